@@ -1,0 +1,43 @@
+"""The small protocol every backend implements; the model code knows nothing else about backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Session(Protocol):
+    """One loaded graph (one tower of one variant)."""
+
+    input_names: list[str]
+    #: the one batch size a fixed-shape graph accepts (LiteRT), or None for a dynamic batch
+    fixed_batch: int | None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the graph and return its single output as float32."""
+        ...
+
+
+class Backend(Protocol):
+    """A runtime that opens graph files of some formats into ``Session`` objects."""
+
+    name: str
+    #: the pip extra that installs it: ``pip install edgeclip[<extra>]``
+    extra: str
+    #: file suffixes this backend opens, e.g. (".onnx",)
+    formats: tuple[str, ...]
+
+    def is_available(self) -> bool:
+        """True when the runtime package can be imported (cheap: no import happens)."""
+        ...
+
+    def devices(self) -> list[str]:
+        """Devices/providers this runtime can use on this host, best first."""
+        ...
+
+    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> Session:
+        """Load one graph file."""
+        ...

@@ -1,0 +1,196 @@
+"""A bundle is a directory the runtime needs nothing else for: graphs, tokenizer, config, manifest.
+
+The format is described in docs/architecture.md. ``Bundle.open`` verifies every file's sha256
+and size against ``manifest.json`` so a corrupt or tampered download is refused, not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, IntegrityError
+
+MANIFEST = "manifest.json"
+FORMAT = "edgeclip-bundle"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-static", "int8-weights")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_table(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under ``directory`` except the manifest, by relative path."""
+    root = Path(directory)
+    table = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST:
+            continue
+        table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return table
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest.json`` into ``directory``, filling in the format fields and the file table."""
+    manifest = dict(manifest)
+    manifest.setdefault("format", FORMAT)
+    manifest.setdefault("format_version", FORMAT_VERSION)
+    manifest["files"] = file_table(directory)
+    path = Path(directory) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return manifest
+
+
+@dataclass(frozen=True)
+class Tower:
+    """One tower of one variant: the file, its input and output names, fixed batch sizes if any."""
+
+    file: str
+    input: str
+    output: str
+    batch_sizes: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Tower:
+        sizes = d.get("batch_sizes")
+        return cls(d["file"], d["input"], d["output"], tuple(sizes) if sizes else None)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One backend × precision compilation of the model, with its measured parity and gate."""
+
+    id: str
+    backend: str
+    precision: str
+    image: Tower
+    text: Tower
+    parity: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.gate.get("passed", True))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        return cls(
+            id=d["id"],
+            backend=d["backend"],
+            precision=d["precision"],
+            image=Tower.from_dict(d["image"]),
+            text=Tower.from_dict(d["text"]),
+            parity=d.get("parity") or {},
+            gate=d.get("gate") or {},
+            options=d.get("options") or {},
+        )
+
+
+class Bundle:
+    """A verified bundle directory. Use ``Bundle.open(path)``."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+        self.variants = [Variant.from_dict(v) for v in manifest.get("variants", [])]
+
+    @classmethod
+    def is_bundle(cls, path: str | os.PathLike) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> Bundle:
+        """Read ``manifest.json``; with ``verify`` check every listed file's size and sha256."""
+        root = Path(path)
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            raise InputError(
+                f"{root} is not an edgeclip bundle (no {MANIFEST}); "
+                "make one with `edgeclip convert CHECKPOINT -o BUNDLE`."
+            )
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IntegrityError(f"{mpath} cannot be read ({exc}); re-create the bundle.") from exc
+        if manifest.get("format") != FORMAT:
+            raise InputError(
+                f"{mpath} is not an edgeclip manifest (format={manifest.get('format')!r})."
+            )
+        if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+            raise InputError(
+                f"{root} uses bundle format {manifest['format_version']}, newer than this edgeclip "
+                f"understands ({FORMAT_VERSION}); upgrade edgeclip."
+            )
+        bundle = cls(root, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Raise ``IntegrityError`` naming every missing, resized or altered file."""
+        problems = []
+        for rel, meta in self.manifest.get("files", {}).items():
+            path = self.root / rel
+            if not path.is_file():
+                problems.append(f"{rel}: missing")
+            elif path.stat().st_size != meta["size"]:
+                problems.append(f"{rel}: size {path.stat().st_size}, manifest says {meta['size']}")
+            elif sha256_file(path) != meta["sha256"]:
+                problems.append(f"{rel}: sha256 differs from the manifest")
+        if problems:
+            raise IntegrityError(
+                f"bundle {self.root} failed verification:\n  "
+                + "\n  ".join(problems)
+                + "\nThe files were altered or the copy is incomplete: re-download or re-convert it."
+            )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or self.root.name
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.manifest.get("logit_scale", 100.0))
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return dict(self.manifest.get("preprocess") or {})
+
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        return dict(self.manifest.get("tokenizer") or {})
+
+    @property
+    def embed_dim(self) -> int | None:
+        return (self.manifest.get("architecture") or {}).get("embed_dim")
+
+    def path_of(self, rel: str) -> Path:
+        return self.root / rel
+
+    def find(self, backend: str | None = None, precision: str | None = None) -> list[Variant]:
+        """Variants matching the backend and precision (None matches any)."""
+        return [
+            v
+            for v in self.variants
+            if (backend is None or v.backend == backend)
+            and (precision is None or v.precision == precision)
+        ]
+
+    def __repr__(self) -> str:
+        ids = ", ".join(v.id for v in self.variants)
+        return f"Bundle({str(self.root)!r}, variants=[{ids}])"

@@ -1,0 +1,301 @@
+"""The ``edgeclip`` command: models, classify, embed, info, convert, bench, distill."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import BatchError, EdgeclipError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def _load(args: argparse.Namespace):
+    from .loader import load
+
+    return load(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", "-m", default="tinyclip-8m", help="zoo name, bundle dir or checkpoint dir"
+    )
+    p.add_argument("--backend", "-b", default="auto", help="auto, onnx, openvino, litert, torch")
+    p.add_argument("--precision", "-p", default="auto", help="auto, fp32, fp16, int8, ...")
+    p.add_argument("--threads", "-t", type=int, default=None, help="intra-op threads")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .zoo import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    print(f"{'name':<22} {'ImageNet':>8} {'GMACs':>6} {'pairs/s':>8}  {'licence':<8} repository")
+    for m in models:
+        pub = m.get("published") or {}
+        repo = next((s.get("repo") for s in m.get("sources", []) if s.get("repo")), "")
+        top1 = pub.get("imagenet_zeroshot_top1")
+        print(
+            f"{m['name']:<22} {top1 if top1 is not None else '-':>8} {pub.get('gmacs', '-'):>6} "
+            f"{pub.get('pairs_per_s', '-'):>8}  {m.get('license', '?'):<8} {repo}"
+        )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    model = _load(args)
+    try:
+        results, failures = (
+            model.classify(args.images, args.labels, top_k=args.top_k, templates=args.templates),
+            {},
+        )
+    except BatchError as exc:
+        results, failures = exc.results, exc.failures
+    rows = []
+    for i, (name, top) in enumerate(zip(args.images, results)):
+        if top is None:
+            rows.append({"input": name, "error": failures.get(i, "failed")})
+        else:
+            rows.append(
+                {"input": name, "top": [{"label": lab, "prob": round(p, 6)} for lab, p in top]}
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['input']}: ERROR {row['error']}", file=sys.stderr)
+            else:
+                print(
+                    f"{row['input']}: "
+                    + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+                )
+    return 1 if failures else 0
+
+
+def _is_image_arg(arg: str) -> bool:
+    return Path(arg).suffix.lower() in IMAGE_SUFFIXES or Path(arg).is_file()
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    model = _load(args)
+    kinds = [
+        "text"
+        if args.text
+        else "image"
+        if args.image
+        else ("image" if _is_image_arg(a) else "text")
+        for a in args.inputs
+    ]
+    rows: list = [None] * len(args.inputs)
+    failures: dict[int, str] = {}
+    img_idx = [i for i, k in enumerate(kinds) if k == "image"]
+    txt_idx = [i for i, k in enumerate(kinds) if k == "text"]
+    if img_idx:
+        try:
+            emb = model.encode_image([args.inputs[i] for i in img_idx])
+        except BatchError as exc:
+            emb = exc.results
+            failures.update({img_idx[j]: why for j, why in exc.failures.items()})
+        for j, i in enumerate(img_idx):
+            rows[i] = emb[j] if emb is not None else None
+    if txt_idx:
+        emb = model.encode_text([args.inputs[i] for i in txt_idx])
+        for j, i in enumerate(txt_idx):
+            rows[i] = emb[j]
+    dim = next(r.shape[0] for r in rows if r is not None) if any(r is not None for r in rows) else 0
+    out = (
+        np.stack([r if r is not None else np.full(dim, np.nan, np.float32) for r in rows])
+        if dim
+        else None
+    )
+    for i, why in sorted(failures.items()):
+        print(f"{args.inputs[i]}: ERROR {why} (its row is NaN)", file=sys.stderr)
+    if args.output and out is not None:
+        np.save(args.output, out)
+        print(f"wrote {args.output}: {out.shape[0]} x {out.shape[1]} float32 ({', '.join(kinds)})")
+    elif out is not None:
+        print(
+            json.dumps(
+                {"shape": list(out.shape), "kinds": kinds, "embeddings": out.round(6).tolist()}
+            )
+        )
+    return 1 if failures else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .bundle import Bundle
+    from .loader import resolve_bundle, select_variant
+
+    bundle = (
+        Bundle.open(args.bundle) if Bundle.is_bundle(args.bundle) else resolve_bundle(args.bundle)
+    )
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    arch = m.get("architecture") or {}
+    print(f"bundle    {bundle.root}")
+    print(
+        f"name      {bundle.name}   (edgeclip {m.get('edgeclip_version', '?')}, created {m.get('created', '?')})"
+    )
+    src = m.get("source") or {}
+    print(
+        f"source    {src.get('kind', '?')}: {src.get('repo') or src.get('path', '?')}"
+        + (f"@{src['revision']}" if src.get("revision") else "")
+    )
+    print("arch      " + ", ".join(f"{k}={v}" for k, v in arch.items()))
+    print(f"logit     scale {bundle.logit_scale:.4g};  preprocess {bundle.preprocess}")
+    print(
+        f"\n{'variant':<22} {'backend':<9} {'precision':<13} {'size MB':>8} {'img cos':>8} {'txt cos':>8} {'top1 agr':>8}  gate"
+    )
+    files = m.get("files", {})
+    for v in bundle.variants:
+        size = sum(meta["size"] for rel, meta in files.items() if rel.startswith(v.id + "/")) / 1e6
+        par = v.parity
+
+        def num(key: str, p: dict = par) -> str:
+            val = p.get(key)
+            return f"{val:.5f}" if isinstance(val, (int, float)) else "-"
+
+        gate = "passed" if v.passed else f"FAILED: {v.gate.get('reason')}"
+        print(
+            f"{v.id:<22} {v.backend:<9} {v.precision:<13} {size:>8.1f} {num('image_cosine_mean'):>8} {num('text_cosine_mean'):>8} {num('top1_agreement'):>8}  {gate}"
+        )
+    try:
+        chosen, why = select_variant(bundle)
+        print(f"\nauto on this host: {chosen.id} ({why})")
+    except EdgeclipError as exc:
+        print(f"\nauto on this host: none ({exc})")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        from converters.cli import run_convert
+    except ImportError as exc:
+        print(
+            f"edgeclip convert needs the convert extra: pip install edgeclip[convert] ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    return run_convert(args)
+
+
+def _forward(module: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        main = importlib.import_module(module).main
+    except ImportError as exc:
+        print(
+            f"this command needs an optional part of edgeclip that is not installed ({exc}).",
+            file=sys.stderr,
+        )
+        return 2
+    return int(main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="edgeclip", description="Zero-shot vision on the edge with small CLIP models."
+    )
+    parser.add_argument("--version", action="version", version=f"edgeclip {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the model zoo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("classify", help="zero-shot classify images against labels")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--labels", "-l", nargs="+", required=True)
+    p.add_argument("--top-k", "-k", type=int, default=3)
+    p.add_argument(
+        "--templates",
+        default=None,
+        help="none, photo, imagenet7, imagenet80, or a template with {}",
+    )
+    p.add_argument("--json", action="store_true")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "embed", help="embed images and/or texts into one .npy (rows in input order)"
+    )
+    p.add_argument(
+        "inputs", nargs="+", help="image paths or texts (an existing file or image suffix = image)"
+    )
+    p.add_argument("--output", "-o", default=None, help="write a float32 (N, D) .npy here")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--text", action="store_true", help="treat every input as text")
+    kind.add_argument("--image", action="store_true", help="treat every input as an image")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "info", help="describe a bundle: variants, sizes, parity, gates, auto choice"
+    )
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="checkpoint -> bundle (needs edgeclip[convert])")
+    p.add_argument(
+        "checkpoint", help="HF CLIPModel dir, open_clip .pt (+ --config JSON), or zoo name"
+    )
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--config", default=None, help="open_clip JSON config for a .pt state dict")
+    p.add_argument("--backend", default="onnx", help="comma list: onnx,openvino,litert")
+    p.add_argument("--precision", default="fp32", help="comma list: fp32,fp16,int8")
+    p.add_argument("--calibration", default=None, help="folder of images for INT8 calibration")
+    p.add_argument(
+        "--captions", default=None, help="text file, one caption a line, for calibration"
+    )
+    p.add_argument("--name", default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+    for name, module, help_ in (
+        ("bench", "benchmarks.cli", "benchmark every variant (see benchmarks/README.md)"),
+        (
+            "distill",
+            "edgeclip.distill.cli",
+            "distil a student from a teacher (needs edgeclip[distill])",
+        ),
+    ):
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, m=module: _forward(m, a.rest))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edgeclip`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeclipError as exc:
+        print(f"edgeclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeclip: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `edgeclip models | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

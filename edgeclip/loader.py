@@ -1,0 +1,172 @@
+"""``edgeclip.load``: a zoo name, a bundle directory or a checkpoint directory → a ready ``EdgeClip``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from .backends import PREFERENCE, available_backends, canonical_name, get_backend
+from .bundle import Bundle, Variant
+from .errors import BackendUnavailableError, InputError, ModelNotFoundError
+from .model import EdgeClip
+
+# Auto precision: among variants that passed their gate, try these in order on each backend.
+# Measured on a 2-core AVX2 host (benchmarks/results): ORT INT8 dynamic 51 pairs/s > fp32 39;
+# fp16 only pays on GPUs / Arm with fp16 arithmetic, so it comes after fp32 on CPU.
+_PRECISION_ORDER = ("int8-dynamic", "int8", "int8-static", "int8-weights", "fp32", "fp16")
+
+
+def edgeclip_home() -> Path:
+    """Where edgeclip keeps bundles it builds: ``$EDGECLIP_HOME`` or ``~/.cache/edgeclip``."""
+    env = os.environ.get("EDGECLIP_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "edgeclip"
+
+
+def _precision_matches(wanted: str, have: str) -> bool:
+    return wanted == have or have.startswith(wanted + "-")
+
+
+def select_variant(
+    bundle: Bundle, backend: str = "auto", precision: str = "auto"
+) -> tuple[Variant, str]:
+    """Pick the variant to run and say why. Explicit choices must exist; 'auto' skips failed gates."""
+    installed = available_backends()
+    if backend != "auto":
+        backend = canonical_name(backend)
+        get_backend(backend)  # raises BackendUnavailableError naming the extra
+        backends = [backend]
+    else:
+        backends = [b for b in PREFERENCE if b in installed]
+    candidates = [v for v in bundle.variants if v.backend in backends]
+    if precision != "auto":
+        candidates = [v for v in candidates if _precision_matches(precision, v.precision)]
+    if not candidates:
+        have = ", ".join(f"{v.backend}/{v.precision}" for v in bundle.variants) or "none"
+        hint = "" if installed else " No backend is installed: `pip install edgeclip[onnx]`."
+        raise InputError(
+            f"bundle {bundle.root} has no variant for backend={backend!r} precision={precision!r} "
+            f"among installed backends ({', '.join(installed) or 'none'}); it has: {have}.{hint}"
+        )
+    passed = [v for v in candidates if v.passed]
+    if not passed:
+        if precision == "auto" or backend == "auto":
+            raise InputError(
+                f"every matching variant of {bundle.root} failed its accuracy gate: "
+                + "; ".join(f"{v.id}: {v.gate.get('reason')}" for v in candidates)
+            )
+        passed = candidates  # an explicit request for a failed variant is honoured, loudly
+        reason = f"explicitly requested; its gate FAILED ({passed[0].gate.get('reason')})"
+        return passed[0], reason
+
+    def rank(v: Variant) -> tuple[int, int]:
+        prec = next(
+            (i for i, p in enumerate(_PRECISION_ORDER) if _precision_matches(p, v.precision)), 99
+        )
+        return (backends.index(v.backend), prec)
+
+    best = min(passed, key=rank)
+    reason = (
+        "requested"
+        if backend != "auto" and precision != "auto"
+        else f"first passing variant by backend preference {backends} and precision order {list(_PRECISION_ORDER)}"
+    )
+    return best, reason
+
+
+def _bundle_for_checkpoint(path: Path) -> Path:
+    """Convert a checkpoint directory once (needs the `convert` extra) and cache the bundle."""
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("converters") is None:
+        raise BackendUnavailableError(
+            f"{path} is a checkpoint, not a bundle; converting it needs torch: "
+            f"`pip install edgeclip[convert]`, or convert elsewhere with "
+            f"`edgeclip convert {path} -o BUNDLE` and load the bundle."
+        )
+    from converters.bundle_writer import convert
+
+    stamp = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = f.stat()
+        stamp.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    out = edgeclip_home() / "converted" / f"{path.name}-{stamp.hexdigest()[:16]}"
+    if not Bundle.is_bundle(out):
+        convert(path, out)
+    return out
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    return (
+        (path / "config.json").is_file()
+        or any(path.glob("*.pt"))
+        or any(path.glob("*.safetensors"))
+    )
+
+
+def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Find (building once if needed) the bundle behind a zoo name, bundle dir or checkpoint dir."""
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.exists():
+        if Bundle.is_bundle(path):
+            return Bundle.open(path, verify=verify)
+        if path.is_dir() and _is_checkpoint_dir(path):
+            return Bundle.open(_bundle_for_checkpoint(path), verify=verify)
+        raise InputError(
+            f"{path} is neither an edgeclip bundle (manifest.json) nor a CLIP checkpoint directory "
+            "(config.json + weights, or an open_clip .pt + config JSON)."
+        )
+    from .zoo import get_model_info
+
+    try:
+        info = get_model_info(str(name_or_path))
+    except ModelNotFoundError as exc:
+        text = str(name_or_path)
+        if text.startswith((".", "~", os.sep)) or os.sep in text.strip(os.sep).split(os.sep, 1)[-1]:
+            raise ModelNotFoundError(
+                f"{path} does not exist, and {text!r} is not a zoo model either "
+                "(`edgeclip models` lists them)."
+            ) from exc
+        raise
+    return Bundle.open(_bundle_for_zoo(info), verify=verify)
+
+
+def _bundle_for_zoo(info: dict) -> Path:
+    """A zoo model's bundle: reuse the cached one, else build it from the first usable source."""
+    from .hub_bundle import bundle_for_model
+
+    return bundle_for_model(info, edgeclip_home() / "bundles")
+
+
+def load(
+    name_or_path: str | os.PathLike = "tinyclip-8m",
+    backend: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    verify: bool = True,
+) -> EdgeClip:
+    """Load a CLIP for inference on whichever backend is installed.
+
+    ``name_or_path``: a zoo name (``edgeclip.list_models()``; downloaded once into the Hugging
+    Face cache, then offline), a bundle directory (``edgeclip convert``), or a checkpoint
+    directory (converted once; needs ``edgeclip[convert]``). ``backend``: 'auto', 'onnx',
+    'openvino', 'litert' or 'torch'. ``precision``: 'auto', 'fp32', 'fp16', 'int8', ...
+    ``threads``: intra-op threads (default: the runtime's). ``verify``: check every file's
+    sha256 against the bundle manifest.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    bundle = resolve_bundle(name_or_path, verify=verify)
+    variant, reason = select_variant(bundle, backend, precision)
+    runtime = get_backend(variant.backend)
+
+    def opener(rel: str):
+        return runtime.open(bundle.path_of(rel), threads=threads, device=device)
+
+    model = EdgeClip(bundle, variant, opener, batch_size=batch_size, backend_info=variant.backend)
+    model.selection_reason = reason
+    return model

@@ -1,0 +1,232 @@
+"""``EdgeClip``: image/text embeddings, similarity and zero-shot classification. Knows no backend."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Union
+
+import numpy as np
+
+from .backends.base import Session
+from .bundle import Bundle, Variant
+from .errors import BatchError, InputError
+from .towers import TowerRunner
+
+ImageLike = Any  # path, bytes, file object, PIL image or HWC array (see edgeclip.images)
+Labels = Sequence[str]
+Templates = Union[str, Sequence[str], None]
+
+_LABEL_CACHE_SIZE = 32
+
+
+@lru_cache(maxsize=1)
+def template_sets() -> dict[str, list[str]]:
+    """The shipped prompt-template sets (``none``, ``photo``, ``imagenet7``, ``imagenet80``)."""
+    text = resources.files("edgeclip").joinpath("data/templates.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
+
+
+def _check_labels(labels: Labels) -> list[str]:
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise InputError(
+            f"labels must be a list of strings, got {type(labels).__name__}; e.g. ['cat', 'dog']."
+        )
+    labels = list(labels)
+    if len(labels) < 1:
+        raise InputError("labels is empty; give at least one class name, e.g. ['cat', 'dog'].")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise InputError(f"label {i} is a {type(label).__name__} ({label!r}), not a string.")
+        if not label.strip():
+            raise InputError(f"label {i} is empty; every label needs a name.")
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if label in seen:
+            raise InputError(
+                f"label {label!r} appears twice (positions {seen[label]} and {i}); labels must be unique."
+            )
+        seen[label] = i
+    return labels
+
+
+def _resolve_templates(templates: Templates) -> tuple[str, ...]:
+    if templates is None:
+        return ("{}",)
+    if isinstance(templates, str):
+        sets = template_sets()
+        if templates in sets:
+            return tuple(sets[templates])
+        if "{}" in templates:
+            return (templates,)
+        raise InputError(
+            f"templates {templates!r} is neither a template set ({', '.join(sets)}) nor a template with '{{}}'."
+        )
+    out = tuple(templates)
+    bad = [t for t in out if not isinstance(t, str) or "{}" not in t]
+    if not out or bad:
+        raise InputError(
+            f"every template must be a string containing '{{}}'; bad: {bad or 'empty list'}."
+        )
+    return out
+
+
+class EdgeClip:
+    """A loaded CLIP: one bundle variant on one backend. Create with ``edgeclip.load``."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        variant: Variant,
+        opener: Callable[[str], Session],
+        *,
+        batch_size: int = 32,
+        backend_info: str = "",
+    ):
+        from .preprocess import Preprocessor
+        from .tokenizer import Tokenizer
+
+        self.bundle = bundle
+        self.variant = variant
+        self.batch_size = int(batch_size)
+        self.backend_info = backend_info
+        self.logit_scale = bundle.logit_scale
+        self.preprocessor = Preprocessor(bundle.preprocess or None)
+        tok = bundle.tokenizer
+        vocab = bundle.path_of(tok["file"]) if tok.get("file") else None
+        self.tokenizer = Tokenizer(vocab, context_length=int(tok.get("context_length", 77)))
+        self._image = TowerRunner(variant.image, opener, is_text=False)
+        self._text = TowerRunner(variant.text, opener, is_text=True)
+        self._label_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    # -- embeddings ---------------------------------------------------------------------------
+    def encode_image(
+        self, images: ImageLike | Sequence[ImageLike], batch_size: int | None = None
+    ) -> np.ndarray:
+        """L2-normalised image embeddings, float32 (N, D); one row per input, in order.
+
+        Accepts paths, bytes, file objects, PIL images and HWC uint8 arrays (a 4-D array is a
+        batch). If some inputs cannot be read, raises ``BatchError`` whose ``.results`` holds
+        every good row (failed rows are NaN) and whose ``.failures`` says why each failed.
+        """
+        items = _as_image_list(images)
+        if not items:
+            raise InputError("encode_image got no images.")
+        pixels, good, failures = self.preprocessor(items)
+        out = None
+        if good:
+            emb = _normalise(self._image(pixels, batch_size or self.batch_size))
+            out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
+            out[good] = emb
+        if failures:
+            raise BatchError("images", failures, out, len(items))
+        return out
+
+    def encode_text(self, texts: str | Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """L2-normalised text embeddings, float32 (N, D). Text past the context is truncated."""
+        items = [texts] if isinstance(texts, str) else list(texts)
+        if not items:
+            raise InputError("encode_text got no texts.")
+        ids = self.tokenizer(items)
+        return _normalise(self._text(ids, batch_size or self.batch_size))
+
+    # -- zero-shot ------------------------------------------------------------------------------
+    def label_embeddings(self, labels: Labels, templates: Templates = None) -> np.ndarray:
+        """One normalised embedding per label: each template filled in, embedded, averaged.
+
+        Cached per (labels, templates), so classifying many images against one label set
+        embeds the labels once.
+        """
+        labels = _check_labels(labels)
+        temps = _resolve_templates(templates)
+        key = (tuple(labels), temps)
+        if key in self._label_cache:
+            self._label_cache.move_to_end(key)
+            return self._label_cache[key]
+        prompts = [t.format(label) for label in labels for t in temps]
+        emb = self.encode_text(prompts).reshape(len(labels), len(temps), -1)
+        # Ensembling as in CLIP's ImageNet notebook: mean of normalised prompt embeddings, renormalised.
+        result = _normalise(emb.mean(axis=1))
+        self._label_cache[key] = result
+        if len(self._label_cache) > _LABEL_CACHE_SIZE:
+            self._label_cache.popitem(last=False)
+        return result
+
+    def classify(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        labels: Labels,
+        top_k: int = 5,
+        templates: Templates = None,
+    ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """Zero-shot classification: ``[(label, probability), ...]`` best first, ``top_k`` long.
+
+        One image in → one list; a list of images in → a list of lists. Probabilities are the
+        softmax of the model's logit scale × cosine. ``templates``: None, a set name
+        ('photo', 'imagenet7', 'imagenet80') or your own list of strings with '{}'.
+        Unreadable images raise ``BatchError``; ``.results`` keeps the others (None for failed).
+        """
+        single = not isinstance(images, (list, tuple)) and not (
+            isinstance(images, np.ndarray) and images.ndim == 4
+        )
+        label_list = _check_labels(labels)
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
+        text_emb = self.label_embeddings(label_list, templates)
+        try:
+            img_emb, error = self.encode_image(images), None
+        except BatchError as exc:
+            img_emb, error = exc.results, exc
+        results: list[list[tuple[str, float]] | None] = []
+        n = len(_as_image_list(images))
+        for i in range(n):
+            if img_emb is None or np.isnan(img_emb[i, 0]):
+                results.append(None)
+                continue
+            logits = self.logit_scale * (img_emb[i] @ text_emb.T)
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            order = np.argsort(-probs)[:top_k]
+            results.append([(label_list[j], float(probs[j])) for j in order])
+        if error is not None:
+            raise BatchError("images", error.failures, results[0] if single else results, n)
+        return results[0] if single else results
+
+    def similarity(
+        self, images: ImageLike | Sequence[ImageLike], texts: str | Sequence[str]
+    ) -> np.ndarray:
+        """Cosine similarity matrix (N_images, N_texts)."""
+        return self.encode_image(images) @ self.encode_text(texts).T
+
+    # -- info -------------------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int | None:
+        return self.bundle.embed_dim
+
+    def warm(self) -> EdgeClip:
+        """Open both graphs now (``load`` is lazy so a CLI that only embeds text skips the image tower)."""
+        self._image.warm()
+        self._text.warm()
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"EdgeClip({self.bundle.name!r}, variant={self.variant.id!r}, "
+            f"backend={self.backend_info or self.variant.backend!r})"
+        )

@@ -1,0 +1,270 @@
+"""CLIP image preprocessing in PIL + numpy, numerically matching transformers' CLIPImageProcessor.
+
+Pipeline ("shortest" + "center", CLIP's default): resize the shortest side to ``resize_size``
+with PIL bicubic (the long side is ``int(size * long / short)``, as transformers computes it),
+centre-crop ``image_size`` (offsets ``(dim - crop) // 2``), scale by 1/255, normalise.
+The crop is fused into the resize through PIL's ``box`` argument, so only the kept pixels are
+resampled: same filter taps and uint8 rounding as resize-then-crop, less work, and no
+gigantic intermediate for extreme aspect ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edgeclip.errors import InputError
+from edgeclip.images import DEFAULT_MAX_PIXELS, load_image
+
+__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "DEFAULT_CONFIG", "Preprocessor"]
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "image_size": 224,
+    "resize": "shortest",
+    "interpolation": "bicubic",
+    "crop": "center",
+    "mean": list(OPENAI_CLIP_MEAN),
+    "std": list(OPENAI_CLIP_STD),
+}
+# Optional key: "resize_size" (int), the shortest-side target when it differs from the crop
+# (e.g. resize 256 then crop 224); defaults to image_size.
+_KEYS = set(DEFAULT_CONFIG) | {"resize_size"}
+_CHOICES = {
+    "resize": ("shortest", "squash"),
+    "interpolation": ("bicubic", "bilinear"),
+    "crop": ("center", "none"),
+}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# Hugging Face `resample` codes (PILImageResampling values) this runtime implements.
+_HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+Result = tuple[np.ndarray, list[int], dict[int, str]]
+
+
+class Preprocessor:
+    """Turns images into CLIP ``pixel_values`` (float32, N x 3 x S x S).
+
+    ``cfg`` keys (all optional, CLIP's defaults): ``image_size``, ``resize`` ("shortest" |
+    "squash"), ``interpolation`` ("bicubic" | "bilinear"), ``crop`` ("center" | "none"),
+    ``mean``, ``std`` (3 floats each) and ``resize_size``. ``max_pixels`` is passed to
+    ``load_image`` (decompression-bomb limit).
+    """
+
+    def __init__(
+        self, cfg: dict[str, Any] | None = None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> None:
+        self.cfg = _validate(cfg)
+        self.max_pixels = max_pixels
+        self.image_size: int = self.cfg["image_size"]
+        self._resample = _RESAMPLE[self.cfg["interpolation"]]
+        self._lut = _normalise_lut(self.cfg["mean"], self.cfg["std"])
+
+    @classmethod
+    def from_hf(
+        cls, preprocessor_config: dict[str, Any], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> Preprocessor:
+        """Build from a Hugging Face ``preprocessor_config.json`` (CLIPImageProcessor) dict."""
+        return cls(hf_to_cfg(preprocessor_config), max_pixels=max_pixels)
+
+    def __repr__(self) -> str:
+        return f"Preprocessor({self.cfg!r})"
+
+    def one(self, image: Any) -> np.ndarray:
+        """Preprocess a single image to a float32 (3, S, S) array; raises ``InputError``."""
+        out = np.empty((3, self.image_size, self.image_size), np.float32)
+        self._into(load_image(image, max_pixels=self.max_pixels), out)
+        return out
+
+    def __call__(self, images: Iterable[Any]) -> Result:
+        """Preprocess a batch; one bad image never loses the good ones.
+
+        Returns ``(pixel_values, good_indices, failures)``: ``pixel_values`` is float32
+        (M, 3, S, S) holding the M images that loaded, in input order; ``good_indices[k]`` is
+        the input index of row k; ``failures`` maps each failed input index to its reason.
+        """
+        items = _as_list(images)
+        s = self.image_size
+        out = np.empty((len(items), 3, s, s), np.float32)
+        good: list[int] = []
+        failures: dict[int, str] = {}
+        for i, x in enumerate(items):
+            try:
+                self._into(load_image(x, max_pixels=self.max_pixels), out[len(good)])
+            except InputError as e:
+                failures[i] = str(e)
+                continue
+            good.append(i)
+        return out[: len(good)], good, failures
+
+    # -- the numeric pipeline -------------------------------------------------------------
+
+    def _into(self, im: Image.Image, out: np.ndarray) -> None:
+        """Resize/crop the RGB image ``im`` and write its normalised CHW pixels into ``out``."""
+        pixels = np.asarray(self._resize_crop(im))
+        # Per-channel lookup tables hold exactly transformers' float32 rescale + normalise
+        # of each uint8 value: bit-identical results, faster than float arithmetic.
+        for c in range(3):
+            np.take(self._lut[c], pixels[:, :, c], out=out[c], mode="clip")
+
+    def _resize_crop(self, im: Image.Image) -> Image.Image:
+        cfg, s = self.cfg, self.image_size
+        w, h = im.size
+        if cfg["resize"] == "squash":
+            if (w, h) == (s, s):
+                return im
+            return im.resize((s, s), self._resample)
+        r = cfg["resize_size"]
+        # transformers' get_resize_output_image_size(default_to_square=False): int() truncation.
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = r, int(r * long / short)
+        nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
+        if nw < s or nh < s:
+            # Crop larger than the resized image: transformers zero-pads; do exactly that.
+            return _center_crop_pad(im.resize((nw, nh), self._resample), s)
+        top, left = (nh - s) // 2, (nw - s) // 2
+        if (nw, nh) == (w, h):
+            return im.crop((left, top, left + s, top + s))
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
+        return im.resize((s, s), self._resample, box=box)
+
+
+def _center_crop_pad(im: Image.Image, s: int) -> Image.Image:
+    """transformers' center_crop when the crop is larger than the image (pads with zeros)."""
+    w, h = im.size
+    canvas = Image.new("RGB", (max(w, s), max(h, s)), (0, 0, 0))
+    pad_left, pad_top = math.ceil((canvas.width - w) / 2), math.ceil((canvas.height - h) / 2)
+    canvas.paste(im, (pad_left, pad_top))
+    left = (w - s) // 2 + pad_left
+    top = (h - s) // 2 + pad_top
+    return canvas.crop((left, top, left + s, top + s))
+
+
+def _normalise_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    # Same operation order and dtypes as transformers: float64 v*(1/255) -> float32, then
+    # (x - mean) / std in float32.
+    x = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    m = np.asarray(mean, np.float32)[:, None]
+    sd = np.asarray(std, np.float32)[:, None]
+    return np.ascontiguousarray((x[None, :] - m) / sd, dtype=np.float32)
+
+
+def _as_list(images: Any) -> list[Any]:
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)  # an (N, H, W, C) stack is a batch of N arrays
+    if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, Image.Image)) or hasattr(
+        images, "read"
+    ):
+        raise InputError(
+            f"Preprocessor(...) takes a list of images, got a single {type(images).__name__}; "
+            "wrap it in a list or call .one(image)."
+        )
+    try:
+        return list(images)
+    except TypeError:
+        raise InputError(
+            f"Preprocessor(...) takes a list of images, got {type(images).__name__}."
+        ) from None
+
+
+def _validate(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise InputError(f"Preprocessor config must be a dict, got {type(cfg).__name__}.")
+    unknown = sorted(set(cfg) - _KEYS)
+    if unknown:
+        raise InputError(
+            f"Preprocessor config has unknown key(s) {unknown}; valid keys: {sorted(_KEYS)}."
+        )
+    out = {**DEFAULT_CONFIG, **cfg}
+    for key in ("image_size", "resize_size"):
+        v = out.get(key, out["image_size"])
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 8192:
+            raise InputError(
+                f"Preprocessor config {key}={v!r} must be an integer between 1 and 8192 (CLIP uses 224)."
+            )
+        out[key] = int(v)
+    for key, choices in _CHOICES.items():
+        if out[key] not in choices:
+            raise InputError(
+                f"Preprocessor config {key}={out[key]!r} is not one of {list(choices)}."
+            )
+    if out["resize"] == "shortest" and out["crop"] == "none":
+        raise InputError(
+            "Preprocessor config resize='shortest' with crop='none' gives non-square images; "
+            "use crop='center', or resize='squash'."
+        )
+    if out["resize"] == "squash" and out["resize_size"] != out["image_size"]:
+        raise InputError("Preprocessor config resize_size only applies to resize='shortest'.")
+    for key in ("mean", "std"):
+        try:
+            vals = [float(v) for v in out[key]]
+        except (TypeError, ValueError):
+            vals = []
+        if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+            raise InputError(
+                f"Preprocessor config {key}={out[key]!r} must be 3 finite numbers (R, G, B)."
+            )
+        if key == "std" and min(vals) <= 0:
+            raise InputError(f"Preprocessor config std={vals} must be positive.")
+        out[key] = vals
+    return out
+
+
+def hf_to_cfg(pc: dict[str, Any]) -> dict[str, Any]:
+    """Map a Hugging Face CLIPImageProcessor config dict to a ``Preprocessor`` cfg."""
+    if not isinstance(pc, dict):
+        raise InputError(f"preprocessor_config must be a dict, got {type(pc).__name__}.")
+    where = "preprocessor_config.json"
+    for flag in ("do_rescale", "do_normalize", "do_resize"):
+        if pc.get(flag, True) is False:
+            raise InputError(f"{where} sets {flag}=false, which edgeclip does not support.")
+    factor = pc.get("rescale_factor", 1 / 255)
+    if abs(float(factor) - 1 / 255) > 1e-9:
+        raise InputError(f"{where} rescale_factor={factor} is not 1/255; not supported.")
+    resample = pc.get("resample", 3)
+    if resample not in _HF_RESAMPLE:
+        raise InputError(
+            f"{where} resample={resample!r} is not supported; edgeclip implements 2 (bilinear) "
+            "and 3 (bicubic)."
+        )
+    size = pc.get("size", {"shortest_edge": 224})
+    if isinstance(size, int):  # very old configs: an int meaning the shortest edge
+        size = {"shortest_edge": size}
+    crop = pc.get("crop_size", {"height": 224, "width": 224})
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    do_crop = pc.get("do_center_crop", True)
+    cfg: dict[str, Any] = {
+        "interpolation": _HF_RESAMPLE[resample],
+        "mean": list(pc.get("image_mean", OPENAI_CLIP_MEAN)),
+        "std": list(pc.get("image_std", OPENAI_CLIP_STD)),
+    }
+    if "shortest_edge" in size and "longest_edge" not in size:
+        if not do_crop:
+            raise InputError(f"{where}: shortest_edge resize without centre crop is not supported.")
+        if crop.get("height") != crop.get("width"):
+            raise InputError(f"{where} crop_size={crop} is not square; not supported.")
+        cfg.update(
+            resize="shortest",
+            crop="center",
+            image_size=crop["height"],
+            resize_size=size["shortest_edge"],
+        )
+    elif "height" in size and "width" in size and size["height"] == size["width"]:
+        if do_crop and (crop.get("height"), crop.get("width")) != (size["height"],) * 2:
+            raise InputError(
+                f"{where}: a square resize followed by a smaller crop is not supported."
+            )
+        cfg.update(resize="squash", crop="none", image_size=size["height"])
+    else:
+        raise InputError(f"{where} size={size} is not supported (need shortest_edge or a square).")
+    return cfg

@@ -1,0 +1,322 @@
+"""CLIP's byte-level BPE tokenizer in plain Python + numpy (no torch, no transformers).
+
+Bit-for-bit the ids of OpenAI's ``simple_tokenizer.py`` as vendored in open_clip: the text is
+cleaned (``ftfy.fix_text``, ``html.unescape`` twice, strip, whitespace collapsed, lower-cased),
+split with CLIP's regex, byte-encoded and merged with the first 49152-256-2 merges of
+``bpe_simple_vocab_16e6.txt.gz``. Rows are ``<start_of_text>`` (49406) + ids + ``<end_of_text>``
+(49407), zero-padded to the context length; a text that does not fit is truncated so that the
+end token is still the last one (the text towers pool at the EOT = argmax of the ids).
+
+Like the reference, the literal strings ``<start_of_text>`` and ``<end_of_text>`` inside a text
+(any case) become the special ids.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import threading
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import regex
+
+from .errors import InputError
+
+__all__ = [
+    "CONTEXT_LENGTH",
+    "EOT_ID",
+    "SOT_ID",
+    "VOCAB_SIZE",
+    "Tokenizer",
+    "default_vocab_path",
+    "tokenize",
+]
+
+CONTEXT_LENGTH = 77
+SOT_ID = 49406
+EOT_ID = 49407
+VOCAB_SIZE = 49408
+_N_MERGES = 49152 - 256 - 2  # exactly the slice OpenAI's simple_tokenizer uses
+_SPECIAL = ("<start_of_text>", "<end_of_text>")
+
+# CLIP's pre-tokenizer: specials, English contractions, letter runs, single digits, other runs.
+_PAT = regex.compile(
+    "|".join(_SPECIAL) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE,
+)
+# Text that ftfy and html.unescape provably leave alone: printable ASCII plus tab/newline/CR and
+# no '&'. ftfy only rewrites non-ASCII, control characters, '&' entities, and line breaks (which
+# the whitespace clean-up collapses anyway), so skipping it here cannot change an id; the tests
+# check this on random ASCII strings. It halves the cost of typical prompts.
+_NEEDS_FTFY = regex.compile(r"[^\x20-\x7e\t\n\r]|&")
+
+TextInput = Union[str, Iterable[str]]
+
+
+def default_vocab_path() -> Path:
+    """The BPE merges file that ships inside the package."""
+    return Path(__file__).resolve().parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """OpenAI's reversible byte -> printable-character table (avoids whitespace/control chars)."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def clean_text(text: str) -> str:
+    """CLIP's text normalisation: ftfy, html-unescape twice, collapse whitespace, lower-case."""
+    if _NEEDS_FTFY.search(text) is not None:
+        import ftfy  # a hard dependency, imported here so `import edgeclip` stays fast
+
+        text = html.unescape(ftfy.fix_text(text))
+    return " ".join(text.split()).lower()
+
+
+class _Vocab:
+    """The tables built from one merges file; shared by every Tokenizer that uses that file."""
+
+    def __init__(self, path: Path):
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().split("\n")
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise InputError(
+                f"cannot read the CLIP BPE vocab {str(path)!r} ({e}); pass vocab_path=None to use "
+                "the one bundled with edgeclip, or a bpe_simple_vocab_16e6.txt.gz file"
+            ) from e
+        merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]  # line 0 is a header
+        if len(merges) != _N_MERGES or any(len(m) != 2 for m in merges):
+            raise InputError(
+                f"{str(path)!r} is not a CLIP BPE merges file: expected a header line and "
+                f"{_N_MERGES} merges of two symbols each; use edgeclip's bundled vocab (vocab_path=None)"
+            )
+        self.byte_encoder = _bytes_to_unicode()
+        self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
+        # Turns latin-1-decoded UTF-8 bytes into OpenAI's byte characters in one str.translate.
+        self.byte_table = dict(self.byte_encoder)
+        vocab = list(self.byte_encoder.values())
+        vocab += [v + "</w>" for v in vocab]
+        vocab += ["".join(m) for m in merges]
+        vocab += list(_SPECIAL)
+        self.encoder = {tok: i for i, tok in enumerate(vocab)}
+        self.decoder = vocab
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        self.special = {s: self.encoder[s] for s in _SPECIAL}
+        # Bounded so a stream of unique words cannot grow memory without limit.
+        self.bpe = lru_cache(maxsize=1 << 16)(self._bpe)
+        self.encode_cached = lru_cache(maxsize=1 << 12)(self._encode)
+
+    def _bpe(self, token: str) -> tuple[int, ...]:
+        """Ids of one pre-token (already byte-encoded): merge the lowest-ranked pair until none."""
+        if token in self.special:
+            return (self.special[token],)
+        word = list(token[:-1]) + [token[-1] + "</w>"]
+        ranks = self.ranks
+        while len(word) > 1:
+            best = None
+            best_rank = None
+            for pair in zip(word, word[1:]):
+                r = ranks.get(pair)
+                if r is not None and (best_rank is None or r < best_rank):
+                    best, best_rank = pair, r
+            if best is None:
+                break
+            first, second = best
+            merged = []
+            i, n = 0, len(word)
+            while i < n:  # merge every non-overlapping occurrence, left to right
+                if i < n - 1 and word[i] == first and word[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        enc = self.encoder
+        return tuple(enc[w] for w in word)
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        ids: list[int] = []
+        bpe, table = self.bpe, self.byte_table
+        for piece in _PAT.findall(clean_text(text)):
+            if piece in self.special:
+                ids.append(self.special[piece])
+            else:
+                ids.extend(bpe(piece.encode("utf-8").decode("latin-1").translate(table)))
+        return tuple(ids)
+
+
+_VOCABS: dict[str, _Vocab] = {}
+_VOCABS_LOCK = threading.Lock()
+
+
+def _load_vocab(path: Path) -> _Vocab:
+    key = str(path)
+    vocab = _VOCABS.get(key)
+    if vocab is None:
+        with _VOCABS_LOCK:  # two threads tokenizing at start-up build the tables once
+            vocab = _VOCABS.get(key)
+            if vocab is None:
+                vocab = _VOCABS[key] = _Vocab(path)
+    return vocab
+
+
+class Tokenizer:
+    """CLIP BPE tokenizer: ``tok(texts)`` -> int64 ``(N, context_length)`` ids, zero-padded.
+
+    ``vocab_path`` defaults to the merges file bundled with edgeclip; it is read lazily, once per
+    process, on the first call. ``context_length`` (>= 2) is 77 for CLIP; student models may use
+    less. Text longer than the context is truncated, never an error: the row keeps the first
+    ``context_length - 1`` tokens (start token included) and ends with ``<end_of_text>``.
+    """
+
+    def __init__(self, vocab_path: str | Path | None = None, context_length: int = CONTEXT_LENGTH):
+        if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):
+            raise InputError(
+                f"context_length must be an int, got {type(context_length).__name__} "
+                f"{context_length!r}; CLIP uses 77"
+            )
+        if context_length < 2:
+            raise InputError(
+                f"context_length={context_length} leaves no room for <start_of_text> and "
+                "<end_of_text>; use at least 2 (CLIP uses 77)"
+            )
+        path = default_vocab_path() if vocab_path is None else Path(vocab_path).expanduser()
+        if not path.is_file():
+            raise InputError(
+                f"CLIP BPE vocab not found at {str(path)!r}; pass vocab_path=None to use the one "
+                "bundled with edgeclip, or the path of a bpe_simple_vocab_16e6.txt.gz file"
+            )
+        self.vocab_path = path.resolve()
+        self.context_length = int(context_length)
+        self.sot_token_id = SOT_ID
+        self.eot_token_id = EOT_ID
+        self.vocab_size = VOCAB_SIZE
+        self._vocab: _Vocab | None = None
+
+    def __getstate__(self) -> dict:
+        # The tables hold lru caches (unpicklable); a copy in a worker process reloads them lazily.
+        return {**self.__dict__, "_vocab": None}
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_path={str(self.vocab_path)!r}, context_length={self.context_length})"
+        )
+
+    @property
+    def _v(self) -> _Vocab:
+        if self._vocab is None:
+            self._vocab = _load_vocab(self.vocab_path)
+        return self._vocab
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of one text, without the start/end tokens and without truncation."""
+        if not isinstance(text, str):
+            raise InputError(
+                f"text must be a str, got {type(text).__name__}; convert it with str() or "
+                "decode bytes first"
+            )
+        v = self._v
+        # Short texts (prompts, labels) repeat a lot; long ones would only churn the cache.
+        ids = v.encode_cached(text) if len(text) <= 512 else v._encode(text)
+        return list(ids)
+
+    def __call__(self, texts: TextInput) -> np.ndarray:
+        """Tokenize one text or a sequence of texts into int64 ``(N, context_length)`` rows.
+
+        Each row is ``[49406, ids..., 49407, 0, 0, ...]``; over-long texts are truncated with
+        49407 kept as the last token. Any non-string item raises ``InputError`` naming it.
+        """
+        batch = _as_text_list(texts)
+        ctx = self.context_length
+        out = np.zeros((len(batch), ctx), dtype=np.int64)
+        for row, text in zip(out, batch):
+            ids = self.encode(text)
+            if len(ids) > ctx - 2:
+                ids = ids[: ctx - 2]
+            row[0] = SOT_ID
+            row[1 : len(ids) + 1] = ids
+            row[len(ids) + 1] = EOT_ID
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a row of ids: stops at ``<end_of_text>``, drops ``<start_of_text>``."""
+        v = self._v
+        arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(
+                f"ids must be integers, got dtype {arr.dtype}; pass one row of token ids"
+            )
+        toks = arr.tolist()
+        if EOT_ID in toks:
+            toks = toks[: toks.index(EOT_ID)]
+        bad = [t for t in toks if not 0 <= t < len(v.decoder)]
+        if bad:
+            raise InputError(
+                f"token id {bad[0]} is outside the CLIP vocab [0, {len(v.decoder)}); "
+                "pass ids produced by this tokenizer"
+            )
+        # '</w>' ends a word: split on it, map the characters back to bytes, join with spaces.
+        words = "".join(v.decoder[t] for t in toks if t != SOT_ID).split("</w>")
+        raw = b" ".join(bytes(v.byte_decoder[c] for c in w) for w in words)
+        return raw.decode("utf-8", errors="replace").strip()
+
+
+def _as_text_list(texts: TextInput) -> list[str]:
+    """``texts`` as a list of str, or an InputError naming every bad item by index and type."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)):
+        raise InputError("texts is bytes; decode it to str first (e.g. texts.decode('utf-8'))")
+    if isinstance(texts, np.ndarray):
+        texts = texts.reshape(-1).tolist() if texts.ndim else [texts.item()]
+    try:
+        batch = list(texts)
+    except TypeError:
+        raise InputError(
+            f"texts must be a str or a list of str, got {type(texts).__name__}"
+        ) from None
+    bad = [(i, t) for i, t in enumerate(batch) if not isinstance(t, str)]
+    if bad:
+        shown = ", ".join(f"index {i} is {type(t).__name__} {_short(t)}" for i, t in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise InputError(
+            f"texts must all be str: {shown}{more}; convert them with str() or drop them"
+        )
+    return batch
+
+
+def _short(x: object) -> str:
+    r = repr(x)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+@lru_cache(maxsize=8)
+def _default(context_length: int) -> Tokenizer:
+    return Tokenizer(None, context_length)
+
+
+def tokenize(texts: TextInput, context_length: int = CONTEXT_LENGTH) -> np.ndarray:
+    """``Tokenizer(context_length=...)(texts)`` with the bundled vocab, loaded once and cached.
+
+    Returns int64 ``(N, context_length)``; over-long texts are truncated, keeping 49407 last.
+    """
+    if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):
+        return Tokenizer(None, context_length)(texts)  # raises the InputError
+    return _default(int(context_length))(texts)

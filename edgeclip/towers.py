@@ -1,0 +1,84 @@
+"""Run one tower of a variant over a batch of any size: chunking, fixed-batch padding, extra inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .backends.base import Session
+from .bundle import Tower
+
+EOT_ID = 49407
+
+
+def text_feeds(ids: np.ndarray, input_names: list[str], id_input: str) -> dict[str, np.ndarray]:
+    """Feeds for a text graph: the ids, plus an attention mask (1 up to EOT) if the graph has one.
+
+    CLIP's text tower is causal and pools at EOT, so the mask only matters for graphs that
+    require it as an input (e.g. transformers' combined exports); its value after EOT is moot.
+    """
+    feeds = {id_input: ids}
+    if "attention_mask" in input_names and id_input != "attention_mask":
+        eot = np.argmax(ids, axis=1)
+        feeds["attention_mask"] = (np.arange(ids.shape[1])[None, :] <= eot[:, None]).astype(
+            ids.dtype
+        )
+    return feeds
+
+
+class TowerRunner:
+    """Opens a tower's graph(s) lazily and runs arrays of any batch size through them.
+
+    A dynamic-batch tower is one file. A fixed-batch tower (LiteRT) has one file per batch size:
+    ``tower.file`` holds a ``{batch}`` placeholder and ``tower.batch_sizes`` the sizes exported;
+    each chunk goes to the largest size that fits, the tail is padded and the padding dropped.
+    """
+
+    def __init__(self, tower: Tower, opener: Callable[[str], Session], is_text: bool):
+        self.tower = tower
+        self._opener = opener
+        self._is_text = is_text
+        self._sessions: dict[int | None, Session] = {}
+
+    def session(self, batch: int | None = None) -> Session:
+        if batch not in self._sessions:
+            rel = self.tower.file.format(batch=batch) if batch is not None else self.tower.file
+            self._sessions[batch] = self._opener(rel)
+        return self._sessions[batch]
+
+    def warm(self) -> None:
+        """Open the graph(s) now rather than on first use."""
+        for size in self.tower.batch_sizes or (None,):
+            self.session(size)
+
+    def _run(self, array: np.ndarray, batch: int | None) -> np.ndarray:
+        session = self.session(batch)
+        if self._is_text:
+            feeds = text_feeds(array, session.input_names, self.tower.input)
+        else:
+            feeds = {self.tower.input: array}
+        return session.run(feeds)
+
+    def __call__(self, array: np.ndarray, batch_size: int) -> np.ndarray:
+        """Run ``array`` (N, ...) in chunks of at most ``batch_size``; returns (N, D) float32."""
+        outputs = []
+        sizes = sorted(self.tower.batch_sizes) if self.tower.batch_sizes else None
+        start = 0
+        while start < len(array):
+            if sizes is None:
+                chunk = array[start : start + batch_size]
+                outputs.append(self._run(chunk, None))
+            else:
+                remaining = len(array) - start
+                fitting = [s for s in sizes if s <= min(remaining, max(batch_size, sizes[0]))]
+                size = fitting[-1] if fitting else sizes[0]
+                chunk = array[start : start + size]
+                if len(chunk) < size:
+                    pad = np.repeat(chunk[-1:], size - len(chunk), axis=0)
+                    out = self._run(np.concatenate([chunk, pad]), size)[: len(chunk)]
+                else:
+                    out = self._run(chunk, size)
+                outputs.append(out)
+            start += len(chunk)
+        return np.concatenate(outputs).astype(np.float32, copy=False)
