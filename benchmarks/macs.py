@@ -9,7 +9,7 @@ The graph walk fixes the batch dimension (and any other symbolic dimension) to 1
 length to the context length, runs ONNX shape inference, and falls back to onnxruntime's symbolic
 shape inference when plain inference leaves a MatMul operand unknown (the legacy torch exporter's
 attention reshapes defeat it). Parameters are the floating-point and 8-bit initializers of the
-graph, token embedding included; int64 shape constants are not parameters.
+graph (counted per use), token embedding included; int64 shape constants are not parameters.
 
 OpenVINO IR and .tflite files are not walked: MACs are a property of the architecture, so the
 report takes them from the fp32 ONNX graph of the same bundle and says so (``source``).
@@ -108,21 +108,22 @@ def _node_macs(node: Any, shapes: dict[str, tuple[int, ...] | None]) -> int:
 
 
 def count_params(path: str | os.PathLike) -> int:
-    """Number of weights in an ONNX graph: float and 8-bit initializers (and Constant tensors)."""
+    """Number of weights in an ONNX graph: float and 8-bit initializers, counted once per use.
+
+    Counting per use, not per stored tensor, because the exporter merges initializers with
+    equal contents (every LayerNorm of a freshly initialised model is ones/zeros), which would
+    under-count; CLIP ties no weights, so per use is the true count. Scalars (quantization
+    scales, constants) are not parameters.
+    """
     import onnx
 
     model = onnx.load(str(path))
-    total = sum(
-        int(np.prod(i.dims, dtype=np.int64))
+    sizes = {
+        i.name: int(np.prod(i.dims, dtype=np.int64))
         for i in model.graph.initializer
         if i.data_type in _PARAM_DTYPES and len(i.dims) > 0
-    )
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type in _PARAM_DTYPES and len(attr.t.dims):
-                    total += int(np.prod(attr.t.dims, dtype=np.int64))
-    return total
+    }
+    return sum(sizes.get(x, 0) for n in model.graph.node for x in n.input if sizes.get(x, 0) > 1)
 
 
 def graph_macs(path: str | os.PathLike, seq_len: int = 77) -> dict[str, Any]:

@@ -99,8 +99,8 @@ def _build(hf_cfg: dict[str, Any], sd: dict[str, Any], where: Path):
     import transformers
 
     try:
-        config = transformers.CLIPConfig(**hf_cfg) if "text_config" in hf_cfg else None
-    except (TypeError, ValueError) as exc:
+        config = transformers.CLIPConfig.from_dict(hf_cfg) if "text_config" in hf_cfg else None
+    except (TypeError, ValueError, KeyError) as exc:
         raise InputError(f"{where}: invalid CLIP config ({exc}).") from exc
     if config is None:
         raise InputError(f"{where}: config has no text_config/vision_config; not a CLIPModel.")

@@ -3,9 +3,9 @@
 Pipeline ("shortest" + "center", CLIP's default): resize the shortest side to ``resize_size``
 with PIL bicubic (the long side is ``int(size * long / short)``, as transformers computes it),
 centre-crop ``image_size`` (offsets ``(dim - crop) // 2``), scale by 1/255, normalise.
-The crop is fused into the resize through PIL's ``box`` argument, so only the kept pixels are
-resampled: same filter taps and uint8 rounding as resize-then-crop, less work, and no
-gigantic intermediate for extreme aspect ratios.
+Pixels are bit-identical to transformers' PIL backend (same Pillow calls, and per-channel
+lookup tables holding its exact float32 arithmetic), except for aspect ratios beyond 8:1,
+where only the kept window is resampled to avoid a gigantic intermediate image.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ _CHOICES = {
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # Hugging Face `resample` codes (PILImageResampling values) this runtime implements.
 _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+# Above this long/short ratio (of the resized image) the crop is fused into the resize.
+_MAX_FULL_RESIZE_RATIO = 8
 
 Result = tuple[np.ndarray, list[int], dict[int, str]]
 
@@ -131,10 +133,18 @@ class Preprocessor:
         top, left = (nh - s) // 2, (nw - s) // 2
         if (nw, nh) == (w, h):
             return im.crop((left, top, left + s, top + s))
+        if new_long <= _MAX_FULL_RESIZE_RATIO * new_short:
+            # The same full resize then crop as transformers: bit-identical pixels. (Fusing the
+            # crop into PIL's ``box`` would resample fewer pixels, but Pillow >= 13 picks the
+            # order of its two passes from the scale factors, which the box changes, and the
+            # intermediate uint8 clipping then differs by a few levels.)
+            return im.resize((nw, nh), self._resample).crop((left, top, left + s, top + s))
+        # Extreme aspect ratios: resample only the kept window, so a 1x100000 strip does not
+        # allocate a 224x22,400,000 intermediate. Pixels may differ from transformers by a few
+        # levels here (pass order), which no CLIP user can notice on such inputs.
         sx, sy = w / nw, h / nh
         box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
         return im.resize((s, s), self._resample, box=box)
-
 
 def _center_crop_pad(im: Image.Image, s: int) -> Image.Image:
     """transformers' center_crop when the crop is larger than the image (pads with zeros)."""

@@ -84,7 +84,7 @@ def clean_text(text: str) -> str:
     if _NEEDS_FTFY.search(text) is not None:
         import ftfy  # a hard dependency, imported here so `import edgeclip` stays fast
 
-        text = html.unescape(ftfy.fix_text(text))
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return " ".join(text.split()).lower()
 
 

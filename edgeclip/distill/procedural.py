@@ -9,6 +9,7 @@ evaluation with ``class_prompts``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -62,6 +63,7 @@ COUNT_TEMPLATES = ("a photo of {count} {colour} {shapes}", "{count} {size} {colo
 PARTIAL_TEMPLATES = ("a photo of a {colour} object", "a photo of a {shape}")
 ROTATIONS = np.linspace(-10.0, 10.0, 5)
 NOISE_SIGMA = 8.0
+_AN = re.compile(r"(^|\s)a ([aeiou])")
 
 
 def _polygon(shape: str) -> list[tuple[float, float]] | None:
@@ -159,11 +161,12 @@ def render(item: Item, image_size: int, rng: np.random.Generator) -> np.ndarray:
 
 def caption_for(item: Item, template: str) -> str:
     """Fill ``template`` with the item's words."""
-    return template.format(
+    text = template.format(
         colour=item.colour, shape=item.shape, size=item.size, position=item.position,
         background=item.background, count=COUNT_WORDS.get(item.count, str(item.count)),
         shapes=PLURALS.get(item.shape, item.shape + "s"),
     )  # fmt: skip
+    return _AN.sub(r"\1an \2", text)
 
 
 class ProceduralCaptions:
