@@ -80,8 +80,14 @@ def _cpuinfo() -> dict[str, Any]:
             physical.add((phys_id, value))
     if model is None:
         # Arm cores often have no "model name": report implementer/part instead
-        impl = next((ln.split(":")[1].strip() for ln in text.splitlines()
-                     if ln.lower().startswith("cpu part")), None)
+        impl = next(
+            (
+                ln.split(":")[1].strip()
+                for ln in text.splitlines()
+                if ln.lower().startswith("cpu part")
+            ),
+            None,
+        )
         model = platform.processor() or (f"Arm part {impl}" if impl else None)
     isa = sorted({name for flag, name in _ISA_FLAGS.items() if flag in flags})
     if platform.machine() in ("aarch64", "arm64") and "NEON" not in isa:
@@ -123,7 +129,10 @@ def _gpu() -> list[dict[str, Any]]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -148,8 +157,14 @@ def _ram_gb() -> float | None:
 
 def _os() -> str:
     rel = _read("/etc/os-release") or ""
-    pretty = next((ln.split("=", 1)[1].strip('"') for ln in rel.splitlines()
-                   if ln.startswith("PRETTY_NAME=")), None)
+    pretty = next(
+        (
+            ln.split("=", 1)[1].strip('"')
+            for ln in rel.splitlines()
+            if ln.startswith("PRETTY_NAME=")
+        ),
+        None,
+    )
     return f"{pretty or platform.system()} ({platform.system()} {platform.release()})"
 
 
@@ -195,7 +210,9 @@ def device_report() -> dict[str, Any]:
             "model": cpu["model"],
             "physical_cores": cpu["physical_cores"] or _physical_cores_sysfs(),
             "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "usable_cores": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
             "isa": cpu["isa"],
         },
         "board": _board(),
@@ -205,6 +222,8 @@ def device_report() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_impl": sys.implementation.name,
         "versions": _versions(),
+        # other processes competing for the cores make CPU numbers slower and noisier
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "onnxruntime_providers": _providers(),
         "openvino_devices": _openvino_devices(),
     }

@@ -90,8 +90,7 @@ def _unresolved(model: Any, shapes: dict[str, Any]) -> list[str]:
 
 def _node_macs(node: Any, shapes: dict[str, tuple[int, ...] | None]) -> int:
     if node.op_type == "MatMul":
-        a, b = shapes[node.input[0]], shapes[node.input[1]]
-        k = a[-1]
+        k = shapes[node.input[0]][-1]
         out = shapes[node.output[0]]
         return int(np.prod(out, dtype=np.int64)) * int(k)
     if node.op_type == "Gemm":
@@ -195,8 +194,12 @@ def analytic_params(arch: dict[str, Any]) -> dict[str, int]:
     return {"image_params": image, "text_params": text, "params": image + text}
 
 
-def tower_report(image_onnx: str | os.PathLike, text_onnx: str | os.PathLike,
-                 arch: dict[str, Any] | None = None, seq_len: int = 77) -> dict[str, Any]:
+def tower_report(
+    image_onnx: str | os.PathLike,
+    text_onnx: str | os.PathLike,
+    arch: dict[str, Any] | None = None,
+    seq_len: int = 77,
+) -> dict[str, Any]:
     """MACs and params per tower and per pair from the two graphs, with the analytic cross-check."""
     img = graph_macs(image_onnx, 1)
     txt = graph_macs(text_onnx, seq_len)

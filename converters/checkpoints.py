@@ -117,6 +117,7 @@ def _build(hf_cfg: dict[str, Any], sd: dict[str, Any], where: Path):
             "the config and the weights come from different models."
         ) from exc
     if result.missing_keys or result.unexpected_keys:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
 

@@ -32,22 +32,48 @@ ARCHS: dict[str, dict[str, Any]] = {
     "tinyclip-8m": {
         "embed_dim": 512,
         "vision_cfg": {"image_size": 224, "layers": 10, "width": 256, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 3},
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 256,
+            "heads": 4,
+            "layers": 3,
+        },
     },
     "micro": {
         "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 64,
+            "patch_size": 8,
+            "head_width": 32,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
     },
     "odd": {
         "embed_dim": 96,
         "quick_gelu": True,
         "vision_cfg": {
-            "image_size": 48, "layers": 3, "width": 96, "patch_size": 12, "head_width": 32,
+            "image_size": 48,
+            "layers": 3,
+            "width": 96,
+            "patch_size": 12,
+            "head_width": 32,
             "mlp_ratio": 3.0,
         },
         "text_cfg": {
-            "context_length": 64, "vocab_size": 49408, "width": 160, "heads": 5, "layers": 2,
+            "context_length": 64,
+            "vocab_size": 49408,
+            "width": 160,
+            "heads": 5,
+            "layers": 2,
             "mlp_ratio": 2.0,
         },
     },
@@ -76,7 +102,16 @@ def random_model(arch: ArchLike = "micro", seed: int = 0):
     config = transformers.CLIPConfig.from_dict(hf_config_from_open_clip(arch_config(arch)))
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
-    return transformers.CLIPModel(config).float().eval()
+    model = transformers.CLIPModel(config).float().eval()
+    # transformers' init (std 0.02) leaves attention nearly uniform, so every image pools to
+    # almost the same embedding (pairwise cosine ≈ 0.98–0.998). Fan-in scaled weights make the
+    # towers input-sensitive (≈ 0.5–0.8, like a trained CLIP), which keeps parity tests honest.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, fan_in**-0.5)
+    return model
 
 
 def hf_to_open_clip(sd: dict[str, Any]) -> dict[str, Any]:
@@ -103,8 +138,16 @@ def hf_to_open_clip(sd: dict[str, Any]) -> dict[str, Any]:
         elif ".encoder.layers." in key:
             tower, rest = key.split(".encoder.layers.", 1)
             idx, suffix = rest.split(".", 1)
-            pre = "visual.transformer.resblocks" if tower == "vision_model" else "transformer.resblocks"
-            if suffix.startswith("self_attn.") and suffix.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+            pre = (
+                "visual.transformer.resblocks"
+                if tower == "vision_model"
+                else "transformer.resblocks"
+            )
+            if suffix.startswith("self_attn.") and suffix.split(".")[1] in (
+                "q_proj",
+                "k_proj",
+                "v_proj",
+            ):
                 _, proj, kind = suffix.split(".")
                 fused.setdefault((f"{pre}.{idx}", kind), {})[proj] = value
             else:
@@ -112,7 +155,9 @@ def hf_to_open_clip(sd: dict[str, Any]) -> dict[str, Any]:
         else:
             raise InputError(f"hf_to_open_clip: unexpected transformers key {key!r}.")
     for (pre, kind), parts in fused.items():
-        out[f"{pre}.attn.in_proj_{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
+        out[f"{pre}.attn.in_proj_{kind}"] = torch.cat(
+            [parts["q_proj"], parts["k_proj"], parts["v_proj"]]
+        )
     return out
 
 

@@ -103,8 +103,9 @@ def _int(cfg: dict[str, Any], key: str, where: str, default: Any = None) -> int:
     if isinstance(value, (list, tuple)) and len(set(value)) == 1:
         value = value[0]  # open_clip allows (h, w) pairs; only square ones map
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        field = f"{where}.{key}" if where else key
         raise InputError(
-            f"open_clip config {where}.{key}={value!r}: expected a positive integer "
+            f"open_clip config {field}={value!r}: expected a positive integer "
             "(a ViT config; ResNet towers and non-square sizes are not supported)."
         )
     return value
@@ -112,8 +113,10 @@ def _int(cfg: dict[str, Any], key: str, where: str, default: Any = None) -> int:
 
 def hf_config_from_open_clip(oc: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of ``transformers.CLIPConfig`` for an open_clip model config dict."""
-    if not isinstance(oc, dict) or not isinstance(oc.get("vision_cfg"), dict) or not isinstance(
-        oc.get("text_cfg"), dict
+    if (
+        not isinstance(oc, dict)
+        or not isinstance(oc.get("vision_cfg"), dict)
+        or not isinstance(oc.get("text_cfg"), dict)
     ):
         raise InputError(
             "not an open_clip model config: expected a JSON object with 'embed_dim', "
@@ -136,7 +139,9 @@ def hf_config_from_open_clip(oc: dict[str, Any]) -> dict[str, Any]:
     t_width = _int(tc, "width", "text_cfg", 512)
     t_heads = _int(tc, "heads", "text_cfg", 8)
     if t_width % t_heads:
-        raise InputError(f"open_clip text_cfg: width {t_width} is not a multiple of heads {t_heads}.")
+        raise InputError(
+            f"open_clip text_cfg: width {t_width} is not a multiple of heads {t_heads}."
+        )
     vision = {
         "hidden_size": v_width,
         "intermediate_size": int(v_width * float(vc.get("mlp_ratio", 4.0))),
@@ -161,7 +166,11 @@ def hf_config_from_open_clip(oc: dict[str, Any]) -> dict[str, Any]:
         "bos_token_id": 49406,
         "eos_token_id": 49407,
     }
-    return {"text_config": text, "vision_config": vision, "projection_dim": vision["projection_dim"]}
+    return {
+        "text_config": text,
+        "vision_config": vision,
+        "projection_dim": vision["projection_dim"],
+    }
 
 
 def _blocks(prefix_oc: str, prefix_hf: str, n: int) -> list[tuple[str, str]]:
@@ -219,6 +228,12 @@ def open_clip_to_hf(sd: dict[str, Any], hf_cfg: dict[str, Any]) -> dict[str, Any
     if "logit_scale" in sd:
         used.add("logit_scale")
         out["logit_scale"] = sd["logit_scale"].reshape(())
+    else:  # stripped inference exports drop it; trained CLIPs sit at the clamp, 100
+        import math
+
+        import torch
+
+        out["logit_scale"] = torch.tensor(math.log(100.0))
     extra = sorted(
         k for k in sd if k not in used and k not in _IGNORED and not k.endswith("position_ids")
     )

@@ -39,10 +39,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     for m in models:
         pub = m.get("published") or {}
         repo = next((s.get("repo") for s in m.get("sources", []) if s.get("repo")), "")
-        top1 = pub.get("imagenet_zeroshot_top1")
+
+        def cell(key: str, p: dict = pub) -> str:
+            return "-" if p.get(key) is None else str(p[key])
+
         print(
-            f"{m['name']:<22} {top1 if top1 is not None else '-':>8} {pub.get('gmacs', '-'):>6} "
-            f"{pub.get('pairs_per_s', '-'):>8}  {m.get('license', '?'):<8} {repo}"
+            f"{m['name']:<22} {cell('imagenet_zero_shot_top1'):>8} {cell('gmacs'):>6} "
+            f"{cell('pairs_per_s'):>8}  {m.get('license', '?'):<8} {repo}"
         )
     return 0
 

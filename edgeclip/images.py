@@ -231,7 +231,7 @@ def _from_array(a: np.ndarray) -> Image.Image:
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise InputError(f"Cannot load image from {name}: it has no pixels.")
     a = _array_to_uint8(a, name)
-    mode = {2: "L", 3: "RGB", 4: "RGBA"}[1 if a.ndim == 2 else a.shape[-1]]
+    mode = "L" if a.ndim == 2 else {3: "RGB", 4: "RGBA"}[a.shape[-1]]
     im = Image.fromarray(np.ascontiguousarray(a), mode)
     return _to_rgb(im, name)
 

@@ -11,20 +11,12 @@ from .backends import PREFERENCE, available_backends, canonical_name, get_backen
 from .bundle import Bundle, Variant
 from .errors import BackendUnavailableError, InputError, ModelNotFoundError
 from .model import EdgeClip
+from .paths import converted_dir
 
 # Auto precision: among variants that passed their gate, try these in order on each backend.
 # Measured on a 2-core AVX2 host (benchmarks/results): ORT INT8 dynamic 51 pairs/s > fp32 39;
 # fp16 only pays on GPUs / Arm with fp16 arithmetic, so it comes after fp32 on CPU.
 _PRECISION_ORDER = ("int8-dynamic", "int8", "int8-static", "int8-weights", "fp32", "fp16")
-
-
-def edgeclip_home() -> Path:
-    """Where edgeclip keeps bundles it builds: ``$EDGECLIP_HOME`` or ``~/.cache/edgeclip``."""
-    env = os.environ.get("EDGECLIP_HOME")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "edgeclip"
 
 
 def _precision_matches(wanted: str, have: str) -> bool:
@@ -78,24 +70,28 @@ def select_variant(
     return best, reason
 
 
-def _bundle_for_checkpoint(path: Path) -> Path:
-    """Convert a checkpoint directory once (needs the `convert` extra) and cache the bundle."""
+def _convert_once(checkpoint: Path, out: Path, name: str | None = None) -> Path:
+    """Convert a checkpoint into ``out`` unless a bundle is already there (needs ``edgeclip[convert]``)."""
+    if Bundle.is_bundle(out):
+        return out
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("converters") is None:
         raise BackendUnavailableError(
-            f"{path} is a checkpoint, not a bundle; converting it needs torch: "
+            f"{checkpoint} is a checkpoint, not a bundle; converting it needs torch: "
             f"`pip install edgeclip[convert]`, or convert elsewhere with "
-            f"`edgeclip convert {path} -o BUNDLE` and load the bundle."
+            f"`edgeclip convert {checkpoint} -o BUNDLE` and load the bundle."
         )
     from converters.bundle_writer import convert
 
+    return Path(convert(checkpoint, out, name=name))
+
+
+def _bundle_for_checkpoint(path: Path) -> Path:
+    """A checkpoint directory's bundle, converted once and cached by the files' names, sizes, mtimes."""
     stamp = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         st = f.stat()
         stamp.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    out = edgeclip_home() / "converted" / f"{path.name}-{stamp.hexdigest()[:16]}"
-    if not Bundle.is_bundle(out):
-        convert(path, out)
-    return out
+    return _convert_once(path, converted_dir() / f"{path.name}-{stamp.hexdigest()[:16]}")
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
@@ -134,10 +130,30 @@ def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bund
 
 
 def _bundle_for_zoo(info: dict) -> Path:
-    """A zoo model's bundle: reuse the cached one, else build it from the first usable source."""
-    from .hub_bundle import bundle_for_model
+    """A zoo model's bundle: the prebuilt ONNX source when there is one (torch-free), else the
+    checkpoint, downloaded and converted once (needs ``edgeclip[convert]``)."""
+    from .hub_bundle import bundle_from_hub_onnx, default_cache_root
+    from .zoo import find_source
 
-    return bundle_for_model(info, edgeclip_home() / "bundles")
+    onnx_src = find_source(info, "hub-onnx")
+    if onnx_src is not None and importlib.util.find_spec("onnx") is not None:
+        return bundle_from_hub_onnx(info["name"], info, onnx_src, default_cache_root())
+    ckpt_src = find_source(info, "hf-checkpoint")
+    if ckpt_src is None:
+        raise ModelNotFoundError(
+            f"zoo model {info['name']!r} has no source this host can use"
+            + (" (its ONNX source needs `pip install edgeclip[onnx]`)." if onnx_src else ".")
+        )
+    out = default_cache_root() / f"{info['name']}@{ckpt_src.get('revision') or 'main'}"
+    if Bundle.is_bundle(out):
+        return out
+    from .hub import fetch_files
+
+    paths = fetch_files(
+        ckpt_src["repo"], ckpt_src.get("revision"), ckpt_src["files"], model_name=info["name"]
+    )
+    checkpoint_dir = next(iter(paths.values())).parent
+    return _convert_once(checkpoint_dir, out, name=info["name"])
 
 
 def load(

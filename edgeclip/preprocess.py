@@ -4,14 +4,16 @@ Pipeline ("shortest" + "center", CLIP's default): resize the shortest side to ``
 with PIL bicubic (the long side is ``int(size * long / short)``, as transformers computes it),
 centre-crop ``image_size`` (offsets ``(dim - crop) // 2``), scale by 1/255, normalise.
 Pixels are bit-identical to transformers' PIL backend (same Pillow calls, and per-channel
-lookup tables holding its exact float32 arithmetic), except for aspect ratios beyond 8:1,
+lookup tables holding its exact float32 arithmetic), except for aspect ratios beyond ~80:1,
 where only the kept window is resampled to avoid a gigantic intermediate image.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from PIL import Image
 from edgeclip.errors import InputError
 from edgeclip.images import DEFAULT_MAX_PIXELS, load_image
 
-__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "DEFAULT_CONFIG", "Preprocessor"]
+__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "DEFAULT_CONFIG", "Preprocessor", "hf_to_cfg"]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,8 +46,11 @@ _CHOICES = {
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # Hugging Face `resample` codes (PILImageResampling values) this runtime implements.
 _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
-# Above this long/short ratio (of the resized image) the crop is fused into the resize.
-_MAX_FULL_RESIZE_RATIO = 8
+# Above this many resized pixels (16 MB as RGBA; an aspect ratio beyond ~80:1 at 224) only the
+# cropped window is resampled instead of the whole resized image.
+_FULL_RESIZE_MAX_PIXELS = 4_000_000
+
+_IMMUTABLE_INPUTS = (str, bytes, os.PathLike, np.ndarray)
 
 Result = tuple[np.ndarray, list[int], dict[int, str]]
 
@@ -56,24 +61,35 @@ class Preprocessor:
     ``cfg`` keys (all optional, CLIP's defaults): ``image_size``, ``resize`` ("shortest" |
     "squash"), ``interpolation`` ("bicubic" | "bilinear"), ``crop`` ("center" | "none"),
     ``mean``, ``std`` (3 floats each) and ``resize_size``. ``max_pixels`` is passed to
-    ``load_image`` (decompression-bomb limit).
+    ``load_image`` (decompression-bomb limit). ``threads``: how many images of a batch are
+    decoded and resized at once (Pillow releases the GIL there); ``None`` = up to 4, by CPU count.
     """
 
     def __init__(
-        self, cfg: dict[str, Any] | None = None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+        self,
+        cfg: dict[str, Any] | None = None,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
     ) -> None:
         self.cfg = _validate(cfg)
         self.max_pixels = max_pixels
+        if threads is None:
+            threads = min(4, os.cpu_count() or 1)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InputError(f"Preprocessor threads={threads!r} must be a positive integer.")
+        self.threads = threads
         self.image_size: int = self.cfg["image_size"]
         self._resample = _RESAMPLE[self.cfg["interpolation"]]
         self._lut = _normalise_lut(self.cfg["mean"], self.cfg["std"])
 
     @classmethod
-    def from_hf(
-        cls, preprocessor_config: dict[str, Any], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
-    ) -> Preprocessor:
-        """Build from a Hugging Face ``preprocessor_config.json`` (CLIPImageProcessor) dict."""
-        return cls(hf_to_cfg(preprocessor_config), max_pixels=max_pixels)
+    def from_hf(cls, preprocessor_config: dict[str, Any], **kwargs: Any) -> Preprocessor:
+        """Build from a Hugging Face ``preprocessor_config.json`` (CLIPImageProcessor) dict.
+
+        ``kwargs`` (``max_pixels``, ``threads``) are passed to the constructor.
+        """
+        return cls(hf_to_cfg(preprocessor_config), **kwargs)
 
     def __repr__(self) -> str:
         return f"Preprocessor({self.cfg!r})"
@@ -94,15 +110,31 @@ class Preprocessor:
         items = _as_list(images)
         s = self.image_size
         out = np.empty((len(items), 3, s, s), np.float32)
-        good: list[int] = []
-        failures: dict[int, str] = {}
-        for i, x in enumerate(items):
+
+        def work(i: int) -> str | None:
             try:
-                self._into(load_image(x, max_pixels=self.max_pixels), out[len(good)])
+                self._into(load_image(items[i], max_pixels=self.max_pixels), out[i])
             except InputError as e:
-                failures[i] = str(e)
-                continue
-            good.append(i)
+                return str(e)
+            return None
+
+        n_threads = min(self.threads, len(items))
+        # The same lazily decoded PIL image or file object twice must not be read by two
+        # threads at once.
+        shared = [id(x) for x in items if not isinstance(x, _IMMUTABLE_INPUTS)]
+        if len(set(shared)) != len(shared):
+            n_threads = 1
+        if n_threads > 1:
+            with ThreadPoolExecutor(n_threads, thread_name_prefix="edgeclip-pre") as pool:
+                errors = list(pool.map(work, range(len(items))))
+        else:
+            errors = [work(i) for i in range(len(items))]
+        failures = {i: e for i, e in enumerate(errors) if e is not None}
+        good = [i for i, e in enumerate(errors) if e is None]
+        # Compact the good rows in place; row <= i, so no row is overwritten before it moves.
+        for row, i in enumerate(good):
+            if row != i:
+                out[row] = out[i]
         return out[: len(good)], good, failures
 
     # -- the numeric pipeline -------------------------------------------------------------
@@ -133,18 +165,26 @@ class Preprocessor:
         top, left = (nh - s) // 2, (nw - s) // 2
         if (nw, nh) == (w, h):
             return im.crop((left, top, left + s, top + s))
-        if new_long <= _MAX_FULL_RESIZE_RATIO * new_short:
+        if nw * nh <= _FULL_RESIZE_MAX_PIXELS:
             # The same full resize then crop as transformers: bit-identical pixels. (Fusing the
             # crop into PIL's ``box`` would resample fewer pixels, but Pillow >= 13 picks the
             # order of its two passes from the scale factors, which the box changes, and the
             # intermediate uint8 clipping then differs by a few levels.)
             return im.resize((nw, nh), self._resample).crop((left, top, left + s, top + s))
         # Extreme aspect ratios: resample only the kept window, so a 1x100000 strip does not
-        # allocate a 224x22,400,000 intermediate. Pixels may differ from transformers by a few
-        # levels here (pass order), which no CLIP user can notice on such inputs.
-        sx, sy = w / nw, h / nh
-        box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
-        return im.resize((s, s), self._resample, box=box)
+        # allocate a 224x22,400,000 image. The two passes run explicitly, horizontal first
+        # (Pillow <= 12 always does; 13 sometimes goes vertical first), so pixels can differ
+        # from transformers' by the intermediate uint8 clipping: a few levels at most on photos.
+        x0, x1 = left * w / nw, (left + s) * w / nw
+        y0, y1 = top * h / nh, (top + s) * h / nh
+        # Source pixels outside the window (plus the filter's reach) never contribute.
+        reach = math.ceil(2 * max(1.0, w / nw, h / nh)) + 1
+        cx0, cy0 = max(0, math.floor(x0) - reach), max(0, math.floor(y0) - reach)
+        cx1, cy1 = min(w, math.ceil(x1) + reach), min(h, math.ceil(y1) + reach)
+        win = im.crop((cx0, cy0, cx1, cy1))
+        rows = win.resize((s, cy1 - cy0), self._resample, box=(x0 - cx0, 0, x1 - cx0, cy1 - cy0))
+        return rows.resize((s, s), self._resample, box=(0, y0 - cy0, s, y1 - cy0))
+
 
 def _center_crop_pad(im: Image.Image, s: int) -> Image.Image:
     """transformers' center_crop when the crop is larger than the image (pads with zeros)."""

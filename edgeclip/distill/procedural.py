@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -97,7 +97,7 @@ def _polygon(shape: str) -> list[tuple[float, float]] | None:
     raise InputError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mask(shape: str, side: int, rotation: float) -> np.ndarray:
     """Anti-aliased alpha mask (side × side float32 in [0, 1]), drawn at 4× and downsampled."""
     big = side * 4

@@ -1,0 +1,354 @@
+"""``edgeclip bench``: measure every variant of a bundle (and torch) and write tables and plots.
+
+    edgeclip bench MODEL_OR_BUNDLE [--backends all] [--precisions all] [--batch-sizes 1,8,32]
+        [--threads N] [--accuracy FOLDER] [--baseline torch] [--quick] -o results/
+    edgeclip bench --merge a/results.json b/results.json -o cmp/
+
+Ctrl-C stops measuring and still writes everything measured so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeclip.errors import EdgeclipError, InputError
+
+from . import report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgeclip bench`` argument parser."""
+    p = argparse.ArgumentParser(prog="edgeclip bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", nargs="?", help="bundle dir, checkpoint dir or zoo name")
+    p.add_argument("-o", "--output", default="results", help="output folder (default: results/)")
+    p.add_argument("--backends", default="all", help="comma list (onnx,openvino,litert) or all")
+    p.add_argument("--precisions", default="all", help="comma list (fp32,int8,...) or all")
+    p.add_argument("--batch-sizes", default=None, help="comma list, default 1,8,32 (quick: 1,4)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: runtime's)"
+    )
+    p.add_argument("--device", default="cpu", help="device for the main sweep (default cpu)")
+    p.add_argument("--baseline", default="torch", choices=["torch", "none"])
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint for the torch baseline (default: the bundle's source)",
+    )
+    p.add_argument(
+        "--accuracy",
+        default=None,
+        metavar="FOLDER",
+        help="labelled folder, one subfolder per class",
+    )
+    p.add_argument("--class-map", default=None, help="JSON {folder: class name}")
+    p.add_argument(
+        "--templates",
+        default="photo",
+        help="template set (none, photo, imagenet7, imagenet80) or a template with {}",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: under a minute, unstable numbers"
+    )
+    p.add_argument("--no-memory", action="store_true", help="skip peak RSS / cold start")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end JPEG rate")
+    p.add_argument("--no-gpu", action="store_true", help="skip the GPU path even if CUDA exists")
+    p.add_argument(
+        "--merge", nargs="+", metavar="RESULTS_JSON", help="merge runs from several devices"
+    )
+    return p
+
+
+def _batch_sizes(text: str | None, quick: bool) -> list[int]:
+    from .variants import check_batch_sizes
+
+    if text is None:
+        return [1, 4] if quick else [1, 8, 32]
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise InputError(
+            f"--batch-sizes {text!r} is not a comma list of integers, e.g. 1,8,32."
+        ) from exc
+    return check_batch_sizes(sizes)
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
+    except ImportError:  # tqdm is optional: a silent stand-in
+
+        class _Null:
+            def update(self, n: int = 1) -> None: ...
+            def set_description(self, s: str) -> None: ...
+            def close(self) -> None: ...
+
+        return _Null()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, write results, print the table; 130 when interrupted (results still written)."""
+    from edgeclip.loader import resolve_bundle
+
+    from . import throughput as T
+    from . import variants as V
+    from .device import device_report, short_name
+
+    if args.merge:
+        from .merge import merge
+
+        paths = merge(args.merge, args.output)
+        print((Path(args.output) / "comparison.md").read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
+    if not args.model:
+        raise InputError("give a bundle dir, checkpoint dir or zoo name to benchmark (or --merge).")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}.")
+    sizes = _batch_sizes(args.batch_sizes, args.quick)
+    bundle = resolve_bundle(args.model)
+    variants, notes = V.select(bundle, args.backends, args.precisions)
+    settings = T.Settings.quick() if args.quick else T.Settings()
+    dev = device_report()
+    results: dict[str, Any] = {
+        "schema": report.SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "name": bundle.name,
+            "bundle": str(bundle.root),
+            "architecture": bundle.manifest.get("architecture"),
+        },
+        "device": dev,
+        "device_label": short_name(dev),
+        "settings": {
+            **settings.as_dict(),
+            "threads": args.threads,
+            "batch_sizes": sizes,
+            "quick": args.quick,
+            "device": args.device,
+            "method": "TinyCLIP: towers timed separately; pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
+        },
+        "baseline": "torch-fp32" if args.baseline == "torch" else None,
+        "macs": None,
+        "throughput": [],
+        "memory": [],
+        "e2e": [],
+        "accuracy": None,
+        "notes": notes,
+        "interrupted": False,
+    }
+    ckpt = V.checkpoint_path(bundle, args.checkpoint) if args.baseline == "torch" else None
+    if args.baseline == "torch" and ckpt is None:
+        notes.append(
+            "torch baseline skipped: the bundle's source checkpoint is not on this machine "
+            "(pass --checkpoint DIR)"
+        )
+        results["baseline"] = None
+    gpu_wanted = not args.no_gpu and not args.quick
+    steps = (
+        1
+        + len(variants)
+        + (ckpt is not None)
+        + gpu_wanted
+        + (0 if args.no_e2e else len(variants))
+        + (0 if args.no_memory else len(variants) + (ckpt is not None and not args.quick))
+        + len(variants) * bool(args.accuracy)
+    )
+    bar = _progress(steps)
+    pixels, ids = T.sample_inputs(
+        max(sizes + ([32] if gpu_wanted else [])), int(bundle.preprocess.get("image_size", 224))
+    )
+    add = results["throughput"].append
+    try:
+        bar.set_description("MACs")
+        results["macs"] = _macs(bundle, notes)
+        bar.update(1)
+        for v in variants:
+            bar.set_description(f"throughput {v.id}")
+            ri, rt = V.open_towers(bundle, v, args.threads, args.device)
+            note = lambda b, v=v: T.chunk_note(v.image.batch_sizes, b)  # noqa: E731
+            T.measure(
+                {**V.describe(v), "device": "cpu" if args.device == "cpu" else args.device},
+                ri,
+                rt,
+                pixels,
+                ids,
+                sizes,
+                settings,
+                notes=note,
+                on_row=add,
+            )
+            bar.update(1)
+        torch_model = None
+        if ckpt is not None:
+            bar.set_description("torch eager fp32")
+            torch_model = V.load_torch(ckpt)
+            ri, rt, _ = T.torch_towers(torch_model, args.threads)
+            T.measure(
+                {"variant": "torch-fp32", "backend": "torch", "precision": "fp32", "device": "cpu"},
+                ri,
+                rt,
+                pixels,
+                ids,
+                sizes,
+                settings,
+                on_row=add,
+            )
+            bar.update(1)
+        if gpu_wanted:
+            from .gpu import run_gpu
+
+            bar.set_description("GPU path")
+            _rows, gnotes = run_gpu(bundle, variants, torch_model, pixels, ids, 32, on_row=add)
+            notes.extend(gnotes)
+            bar.update(1)
+        del torch_model
+        if not args.no_e2e:
+            _e2e(results, bundle, variants, args, sizes, bar)
+        if not args.no_memory:
+            _memory(results, bundle, variants, args, ckpt, bar)
+        if args.accuracy:
+            results["accuracy"] = _accuracy(bundle, variants, args, bar)
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        notes.append("interrupted by Ctrl-C: partial results")
+    finally:
+        bar.close()
+        paths = report.write_all(results, args.output)
+    print(report.console_table(results))
+    for n in notes:
+        print("note: " + n)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 130 if results["interrupted"] else 0
+
+
+def _macs(bundle: Any, notes: list[str]) -> dict[str, Any] | None:
+    from .macs import analytic_macs, analytic_params, tower_report
+    from .variants import fp32_onnx
+
+    arch = bundle.manifest.get("architecture")
+    ref = fp32_onnx(bundle)
+    if ref is not None and not ref.image.batch_sizes:
+        rep = tower_report(
+            bundle.path_of(ref.image.file),
+            bundle.path_of(ref.text.file),
+            arch,
+            int(bundle.tokenizer.get("context_length", 77)),
+        )
+        rep["source"] = f"ONNX graph walk of {ref.id} (every variant shares the architecture)"
+        return rep
+    if arch:
+        notes.append("MACs from the architecture block only: the bundle has no fp32 ONNX graph")
+        a = {**analytic_macs(arch), **analytic_params(arch)}
+        return {**a, "source": "analytic (manifest architecture)", "analytic": a}
+    notes.append("MACs unknown: no fp32 ONNX graph and no architecture block in the manifest")
+    return None
+
+
+def _e2e(
+    results: dict, bundle: Any, variants: list, args: argparse.Namespace, sizes: list[int], bar: Any
+) -> None:
+    from .e2e import end_to_end, open_model, write_jpegs
+
+    n = 8 if args.quick else max(64, max(sizes))
+    batch = min(max(sizes), n)
+    with tempfile.TemporaryDirectory(prefix="edgeclip-bench-") as tmp:
+        paths = write_jpegs(Path(tmp), n)
+        for v in variants:
+            bar.set_description(f"end-to-end {v.id}")
+            model = open_model(bundle, v, args.threads, args.device)
+            row = {
+                "variant": v.id,
+                **end_to_end(model, paths, batch, repeats=1 if args.quick else 3),
+            }
+            row["model_images_per_s"] = next(
+                (
+                    r["images_per_s"]
+                    for r in results["throughput"]
+                    if r["variant"] == v.id and r["batch_size"] == batch
+                ),
+                None,
+            )
+            results["e2e"].append(row)
+            bar.update(1)
+
+
+def _memory(
+    results: dict, bundle: Any, variants: list, args: argparse.Namespace, ckpt: Any, bar: Any
+) -> None:
+    from .memory import measure_process
+    from .variants import variant_size_mb
+
+    for v in variants:
+        bar.set_description(f"memory {v.id}")
+        row = measure_process(
+            {
+                "kind": "variant",
+                "bundle": str(bundle.root),
+                "variant": v.id,
+                "threads": args.threads,
+                "device": args.device,
+            }
+        )
+        results["memory"].append(
+            {"variant": v.id, "size_mb": variant_size_mb(bundle, v)["total"], **row}
+        )
+        bar.update(1)
+    if ckpt is not None and args.quick:
+        results["notes"].append(
+            "torch peak RSS / cold start skipped in --quick (loading torch takes seconds)"
+        )
+    elif ckpt is not None:
+        bar.set_description("memory torch")
+        row = measure_process(
+            {
+                "kind": "torch",
+                "checkpoint": str(ckpt),
+                "threads": args.threads,
+                "image_size": int(bundle.preprocess.get("image_size", 224)),
+            }
+        )
+        size = (
+            sum(f.stat().st_size for f in Path(ckpt).rglob("*") if f.is_file())
+            if Path(ckpt).is_dir()
+            else Path(ckpt).stat().st_size
+        )
+        results["memory"].append({"variant": "torch-fp32", "size_mb": size / 1e6, **row})
+        bar.update(1)
+
+
+def _accuracy(bundle: Any, variants: list, args: argparse.Namespace, bar: Any) -> dict[str, Any]:
+    from .accuracy import evaluate
+    from .e2e import open_model
+
+    models = {v.id: open_model(bundle, v, args.threads, args.device) for v in variants}
+    ref = next((v.id for v in variants if v.precision == "fp32"), None)
+    bar.set_description("accuracy")
+    return evaluate(
+        models,
+        args.accuracy,
+        templates=args.templates,
+        class_map=args.class_map,
+        reference=ref,
+        progress=bar,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``edgeclip bench``; returns the exit status (2 on bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except EdgeclipError as exc:
+        print(f"edgeclip bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Merge several devices' ``results.json`` into one comparison table, CSV and plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from edgeclip.errors import InputError
+
+from .report import SCHEMA, _bar_plot, _table, csv_text
+
+MERGE_SCHEMA = "edgeclip-bench-merge/1"
+
+
+def merge(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Combine several runs' results.json (different devices) into one table, CSV and plot."""
+    runs = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            path = path / "results.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(
+                f"cannot read bench results {path} ({exc}); pass results.json files."
+            ) from exc
+        if data.get("schema") != SCHEMA:
+            raise InputError(
+                f"{path} is not an edgeclip bench result (schema {data.get('schema')!r})."
+            )
+        runs.append(data)
+    if len(runs) < 1:
+        raise InputError("--merge needs at least one results.json.")
+    labels = []
+    for i, r in enumerate(runs):
+        label = r.get("device_label") or f"run {i + 1}"
+        r["device_label"] = label if label not in labels else f"{label} #{i + 1}"
+        labels.append(r["device_label"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(
+        dict.fromkeys(
+            (r["variant"], r.get("device", "cpu"), r["batch_size"])
+            for run in runs
+            for r in run.get("throughput", [])
+        )
+    )
+
+    def value(run: dict, k: tuple) -> float | None:
+        return next(
+            (
+                r["pairs_per_s"]
+                for r in run.get("throughput", [])
+                if (r["variant"], r.get("device", "cpu"), r["batch_size"]) == k
+            ),
+            None,
+        )
+
+    md = [
+        "# edgeclip bench comparison (pairs/s)",
+        "",
+        _table(
+            ["variant", "device", "batch"] + labels,
+            [[k[0], k[1], k[2]] + [value(run, k) for run in runs] for k in keys],
+        ),
+        "",
+    ]
+    md += [
+        f"- {r['device_label']}: {r.get('model', {}).get('name')}, threads {r.get('settings', {}).get('threads')}, "
+        f"created {r.get('created')}"
+        for r in runs
+    ]
+    paths_out = {
+        "json": out / "merged.json",
+        "csv": out / "merged.csv",
+        "md": out / "comparison.md",
+        "png": out / "comparison.png",
+    }
+    paths_out["json"].write_text(
+        json.dumps({"schema": MERGE_SCHEMA, "runs": runs}, indent=1, default=str) + "\n"
+    )
+    paths_out["csv"].write_text(csv_text(runs))
+    paths_out["md"].write_text("\n".join(md) + "\n")
+    groups = [f"{k[0]} b{k[2]}" + ("" if k[1] == "cpu" else f" [{k[1]}]") for k in keys]
+    _bar_plot(
+        paths_out["png"],
+        groups,
+        {lab: [value(run, k) for k in keys] for lab, run in zip(labels, runs)},
+        "pairs/s",
+        "pairs/s by device",
+    )
+    return paths_out

@@ -1,0 +1,223 @@
+"""Throughput and latency of the image and text towers, TinyCLIP's way.
+
+Method (the same as TinyCLIP's ``measure_throughput.py``, so numbers are comparable):
+
+* the image tower and the text tower are timed **separately**, on inputs that are already
+  preprocessed (float32 pixels, int64 token ids): model-only throughput;
+* each measurement does ``warmup`` untimed calls, then timed calls: at least ``repeats`` and
+  for at least ``min_time`` seconds (at most ``max_repeats``);
+* ``images_per_s = batch × calls / total timed seconds`` (likewise ``texts_per_s``);
+* ``pairs_per_s = 1 / (1/images_per_s + 1/texts_per_s)``: the rate at which one image and one
+  text could both be embedded, i.e. the harmonic combination of the two towers;
+* latency percentiles (p50/p95/p99) come from the per-call times at batch 1.
+
+Nothing here knows a backend: a tower is any ``fn(array) -> array``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Settings:
+    """How long to measure. ``quick()`` is a smoke run; the defaults give stable CPU numbers."""
+
+    warmup: int = 3
+    repeats: int = 5
+    min_time: float = 1.0
+    max_repeats: int = 200
+    latency_repeats: int = 30
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(warmup=1, repeats=2, min_time=0.0, max_repeats=2, latency_repeats=5)
+
+    @classmethod
+    def gpu(cls) -> Settings:
+        """TinyCLIP's GPU protocol: 10 warm-up + 50 timed iterations."""
+        return cls(warmup=10, repeats=50, min_time=0.0, max_repeats=50, latency_repeats=50)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pairs_per_s(images_per_s: float, texts_per_s: float) -> float:
+    """TinyCLIP's pair rate: ``1 / (1/images_per_s + 1/texts_per_s)``."""
+    if images_per_s <= 0 or texts_per_s <= 0:
+        return 0.0
+    return 1.0 / (1.0 / images_per_s + 1.0 / texts_per_s)
+
+
+def time_calls(
+    fn: Callable[[], Any],
+    *,
+    warmup: int,
+    repeats: int,
+    min_time: float = 0.0,
+    max_repeats: int | None = None,
+    sync: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Seconds per call of ``fn`` after ``warmup`` calls; ``sync`` waits for async devices (CUDA)."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times: list[float] = []
+    cap = max(repeats, max_repeats or repeats)
+    start_all = time.perf_counter()
+    while len(times) < cap:
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= repeats and time.perf_counter() - start_all >= min_time:
+            break
+    return np.asarray(times, dtype=np.float64)
+
+
+def latency_stats(times: np.ndarray) -> dict[str, float]:
+    """p50/p95/p99/mean per-call latency in milliseconds, and the sample count."""
+    ms = np.asarray(times) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": int(ms.size),
+    }
+
+
+def rate(times: np.ndarray, batch: int) -> float:
+    """Items per second over the timed calls (total items / total time)."""
+    total = float(np.sum(times))
+    return batch * len(times) / total if total > 0 else 0.0
+
+
+def sample_inputs(n: int, image_size: int, context_length: int = 77, seed: int = 0):
+    """``n`` preprocessed-looking images (float32 N,3,S,S) and ``n`` tokenized prompts (int64)."""
+    from edgeclip.tokenizer import tokenize
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32)
+    words = ["cat", "dog", "red sports car", "bowl of ramen", "mountain lake at dawn", "bicycle"]
+    prompts = [f"a photo of a {words[i % len(words)]}." for i in range(n)]
+    ids = tokenize(prompts, context_length=context_length).astype(np.int64)
+    return pixels, ids
+
+
+Tower = Callable[[np.ndarray, int], Any]
+
+
+def measure(
+    label: dict[str, Any],
+    run_image: Tower,
+    run_text: Tower,
+    pixels: np.ndarray,
+    ids: np.ndarray,
+    batch_sizes: list[int],
+    settings: Settings,
+    *,
+    sync: Callable[[], None] | None = None,
+    notes: Callable[[int], str | None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per batch size: images/s, texts/s, pairs/s (+ latency at batch 1).
+
+    ``run_image(array, batch)`` / ``run_text(array, batch)`` embed one batch. ``label`` is
+    copied into every row (variant id, backend, precision, device). ``on_row`` sees each row
+    as soon as it exists, so an interrupted run keeps what it measured.
+    """
+    rows = []
+    for b in batch_sizes:
+        if b > len(pixels):
+            raise ValueError(f"batch {b} exceeds the {len(pixels)} sample inputs")
+        x, t = pixels[:b], ids[:b]
+        reps = max(settings.repeats, settings.latency_repeats) if b == 1 else settings.repeats
+        kw = dict(
+            warmup=settings.warmup,
+            repeats=reps,
+            min_time=settings.min_time,
+            max_repeats=max(reps, settings.max_repeats),
+            sync=sync,
+        )
+        ti = time_calls(lambda x=x, b=b: run_image(x, b), **kw)
+        tt = time_calls(lambda t=t, b=b: run_text(t, b), **kw)
+        ips, tps = rate(ti, b), rate(tt, b)
+        row = {
+            **label,
+            "batch_size": b,
+            "images_per_s": ips,
+            "texts_per_s": tps,
+            "pairs_per_s": pairs_per_s(ips, tps),
+            "image_ms_per_batch": float(np.median(ti) * 1000),
+            "text_ms_per_batch": float(np.median(tt) * 1000),
+            "image_calls": int(ti.size),
+            "text_calls": int(tt.size),
+            "note": notes(b) if notes else None,
+        }
+        if b == 1:
+            row["latency"] = {"image": latency_stats(ti), "text": latency_stats(tt)}
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
+def chunk_note(sizes: tuple[int, ...] | None, b: int) -> str | None:
+    """What a fixed-shape tower does with batch ``b`` (None when it takes ``b`` as is)."""
+    if not sizes or b in sizes:
+        return None
+    fits = [s for s in sorted(sizes) if s <= b]
+    if not fits:
+        return f"padded to fixed batch {min(sizes)}"
+    s = fits[-1]
+    calls = -(-b // s)
+    return f"chunked as {calls}×{s} (fixed batch sizes {list(sizes)})"
+
+
+def torch_towers(model: Any, threads: int | None, device: str = "cpu", amp: bool = False):
+    """(run_image, run_text, sync) for a transformers CLIPModel: eager, inference_mode.
+
+    ``amp``: CUDA autocast to fp16, TinyCLIP's GPU setting. Inputs are moved to the device
+    once per call shape and cached, so the timing is the model, not the host→device copy.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    model = model.to(device).eval()
+    cache: dict[tuple, Any] = {}
+
+    def dev(a: np.ndarray, kind: str):
+        # keyed by the data pointer and shape (not id(), which Python reuses after GC)
+        key = (a.__array_interface__["data"][0], a.shape, kind)
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = torch.as_tensor(a).to(device)
+        return cache[key]
+
+    def ctx():
+        if amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def run_image(x: np.ndarray, b: int):
+        with torch.inference_mode(), ctx():
+            return model.get_image_features(pixel_values=dev(x, "i"))
+
+    def run_text(t: np.ndarray, b: int):
+        with torch.inference_mode(), ctx():
+            return model.get_text_features(input_ids=dev(t, "t"))
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    return run_image, run_text, sync

@@ -1,0 +1,169 @@
+"""Which variants to measure, and how to run each one's towers and the torch baseline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.bundle import Bundle, Variant
+from edgeclip.errors import BackendUnavailableError, InputError, ModelNotFoundError
+
+
+def _split(spec: str | list[str] | None) -> list[str] | None:
+    """'all' / None → None (no filter); 'a,b' → ['a', 'b']."""
+    if spec is None:
+        return None
+    items = spec if isinstance(spec, list) else str(spec).split(",")
+    items = [s.strip().lower() for s in items if s.strip()]
+    return None if not items or items == ["all"] else items
+
+
+def _precision_matches(wanted: str, have: str) -> bool:
+    return wanted == have or have.startswith(wanted + "-")
+
+
+def select(
+    bundle: Bundle,
+    backends: str | list[str] | None = "all",
+    precisions: str | list[str] | None = "all",
+) -> tuple[list[Variant], list[str]]:
+    """The bundle's variants to measure, and notes on what was skipped and why.
+
+    Unknown backend names and precisions the bundle lacks raise ``InputError``; a backend
+    requested by name but not installed raises ``BackendUnavailableError``; with 'all', variants
+    of uninstalled backends are skipped with a note.
+    """
+    from edgeclip.backends import canonical_name, get_backend
+
+    want_b = _split(backends)
+    want_p = _split(precisions)
+    if want_b is not None:
+        want_b = [canonical_name(b) for b in want_b]  # InputError on unknown names
+        for b in want_b:
+            if b != "torch":
+                get_backend(b)  # BackendUnavailableError naming the pip extra
+    have = ", ".join(f"{v.id} ({v.backend}/{v.precision})" for v in bundle.variants) or "none"
+    chosen = [v for v in bundle.variants if want_b is None or v.backend in want_b]
+    if want_b and not chosen and want_b != ["torch"]:
+        raise InputError(
+            f"bundle {bundle.root} has no variant for backend(s) {', '.join(want_b)}; it has: {have}. "
+            "Add one with `edgeclip convert CHECKPOINT --backend ... -o BUNDLE`."
+        )
+    if want_p is not None:
+        missing = [p for p in want_p if not any(_precision_matches(p, v.precision) for v in chosen)]
+        if missing:
+            raise InputError(
+                f"bundle {bundle.root} has no {', '.join(missing)} variant"
+                f"{' for ' + ', '.join(want_b) if want_b else ''}; it has: {have}. "
+                "Pick one of those precisions or re-convert with `--precision`."
+            )
+        chosen = [v for v in chosen if any(_precision_matches(p, v.precision) for p in want_p)]
+    notes, runnable = [], []
+    for v in chosen:
+        try:
+            get_backend(v.backend)
+        except (BackendUnavailableError, InputError) as exc:
+            notes.append(f"skipped {v.id}: {exc}")
+            continue
+        if not v.passed:
+            notes.append(
+                f"{v.id} failed its accuracy gate ({v.gate.get('reason')}); measured anyway"
+            )
+        runnable.append(v)
+    return runnable, notes
+
+
+def open_towers(bundle: Bundle, variant: Variant, threads: int | None, device: str = "cpu"):
+    """(run_image, run_text) for a variant, through the runtime's backend and TowerRunner.
+
+    TowerRunner chunks and pads for fixed-shape graphs exactly as the runtime does, so the
+    measured rate of a batch a LiteRT graph cannot take is the rate users get.
+    """
+    from edgeclip.backends import get_backend
+    from edgeclip.towers import TowerRunner
+
+    backend = get_backend(variant.backend)
+
+    def opener(rel: str):
+        try:
+            return backend.open(bundle.path_of(rel), threads=threads, device=device)
+        except InputError:
+            if device in ("auto", None):
+                raise
+            return backend.open(bundle.path_of(rel), threads=threads, device="auto")
+
+    image = TowerRunner(variant.image, opener, is_text=False)
+    text = TowerRunner(variant.text, opener, is_text=True)
+    image.warm()
+    text.warm()
+    return (lambda x, b: image(x, b)), (lambda t, b: text(t, b))
+
+
+def variant_size_mb(bundle: Bundle, variant: Variant) -> dict[str, float]:
+    """On-disk size of the variant's image and text files, in MB (10^6 bytes)."""
+    out = {}
+    for name, tower in (("image", variant.image), ("text", variant.text)):
+        rels = (
+            [tower.file.format(batch=b) for b in tower.batch_sizes]
+            if "{batch}" in tower.file
+            else [tower.file]
+        )
+        rels += [r[:-4] + ".bin" for r in rels if r.endswith(".xml")]
+        out[name] = (
+            sum(bundle.path_of(r).stat().st_size for r in rels if bundle.path_of(r).exists()) / 1e6
+        )
+    out["total"] = out["image"] + out["text"]
+    return out
+
+
+def fp32_onnx(bundle: Bundle) -> Variant | None:
+    """The bundle's fp32 ONNX variant: the graph MACs are counted on."""
+    for v in bundle.variants:
+        if v.backend == "onnx" and v.precision == "fp32":
+            return v
+    return None
+
+
+def checkpoint_path(bundle: Bundle, override: str | os.PathLike | None = None) -> Path | None:
+    """Where the bundle's source checkpoint is (for the torch baseline), if it still exists."""
+    if override:
+        p = Path(override).expanduser()
+        if not p.exists():
+            raise ModelNotFoundError(f"--checkpoint {p} does not exist.")
+        return p
+    src = bundle.manifest.get("source") or {}
+    if src.get("kind") in ("hf-checkpoint", "open_clip-checkpoint") and src.get("path"):
+        p = Path(src["path"]).expanduser()
+        if p.exists():
+            return p
+    return None
+
+
+def load_torch(path: Path):
+    """The transformers CLIPModel (fp32, eval) of a checkpoint, via the converters' loader."""
+    try:
+        from converters.checkpoints import load_checkpoint
+    except ImportError:
+        from transformers import CLIPModel
+
+        return CLIPModel.from_pretrained(str(path)).float().eval()
+    model, _info = load_checkpoint(path)
+    return model.float().eval()
+
+
+def check_batch_sizes(sizes: list[int]) -> list[int]:
+    """Validate ``--batch-sizes``: positive integers, deduplicated, ascending."""
+    bad = [s for s in sizes if not isinstance(s, (int, np.integer)) or s < 1]
+    if bad or not sizes:
+        raise InputError(
+            f"batch sizes must be positive integers, got {sizes}; e.g. --batch-sizes 1,8,32."
+        )
+    return sorted(set(int(s) for s in sizes))
+
+
+def describe(variant: Variant) -> dict[str, Any]:
+    """The label copied into each measured row."""
+    return {"variant": variant.id, "backend": variant.backend, "precision": variant.precision}

@@ -1,0 +1,237 @@
+"""Calibration and gate data: deterministic image/caption sets from a folder, or synthetic ones.
+
+``load_calibration`` returns a ``CalibrationData`` with three disjoint parts:
+
+- ``calib_*``: what quantizers see (activation ranges);
+- ``eval_*``: held-out images and texts the gate measures embedding cosine on;
+- ``probe_*``: the zero-shot probe (the held-out images × a label set).
+
+Same folder + same arguments → the same arrays, bit for bit (sorted file list, seeded shuffle).
+Without a folder, a small procedural set (coloured shapes on noisy backgrounds, with captions)
+stands in; it needs nothing but PIL and numpy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "purple": (140, 40, 170),
+    "orange": (250, 140, 20),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
+SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
+TEMPLATES = ("a photo of a {c} {s}", "a {c} {s}", "a drawing of a {s} that is {c}", "a {s} in {c}")
+
+
+@dataclass
+class CalibrationData:
+    """Preprocessed arrays for calibration, gate evaluation and the zero-shot probe."""
+
+    calib_pixels: np.ndarray
+    calib_ids: np.ndarray
+    eval_pixels: np.ndarray
+    eval_ids: np.ndarray
+    probe_labels: list[str]
+    probe_ids: np.ndarray
+    source: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able description for the manifest (counts, source, how many files were skipped)."""
+        return {
+            "source": self.source,
+            "n_calib_images": int(len(self.calib_pixels)),
+            "n_calib_texts": int(len(self.calib_ids)),
+            "n_eval_images": int(len(self.eval_pixels)),
+            "n_eval_texts": int(len(self.eval_ids)),
+            "n_probe_labels": len(self.probe_labels),
+            "skipped_images": len(self.skipped),
+        }
+
+
+def synthetic_pairs(n: int, size: int = 224, seed: int = 0) -> tuple[list, list[str], list[str]]:
+    """``n`` procedural (PIL image, caption, label) triples: one coloured shape on a noisy ground."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    images, captions, labels = [], [], []
+    names = list(COLOURS)
+    for i in range(n):
+        colour, shape = names[i % len(names)], SHAPES[(i // len(names) + i) % len(SHAPES)]
+        ground = tuple(int(v) for v in nrng.integers(70, 180, 3))
+        arr = np.clip(
+            np.full((size, size, 3), ground, np.float32) + nrng.normal(0, 8, (size, size, 3)),
+            0,
+            255,
+        )
+        im = Image.fromarray(arr.astype(np.uint8))
+        draw = ImageDraw.Draw(im)
+        r = rng.uniform(0.2, 0.35) * size
+        cx, cy = (rng.uniform(r, size - r) for _ in range(2))
+        box = (cx - r, cy - r, cx + r, cy + r)
+        fill = COLOURS[colour]
+        if shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        elif shape == "cross":
+            w = r / 3
+            draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
+            draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+        elif shape == "diamond":
+            draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+        else:
+            draw.ellipse(box, outline=fill, width=max(2, int(r / 4)))
+        images.append(im)
+        captions.append(rng.choice(TEMPLATES).format(c=colour, s=shape))
+        labels.append(f"{colour} {shape}")
+    return images, captions, labels
+
+
+def synthetic_labels() -> list[str]:
+    """The synthetic set's zero-shot label set: every colour × shape."""
+    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
+
+
+def _read_captions(path: Path) -> tuple[dict[str, str], list[str]]:
+    """``name<TAB>caption`` lines map a file to its caption; bare lines are free captions."""
+    if not path.is_file():
+        raise InputError(
+            f"captions file {path} does not exist; give a text file, one caption a line."
+        )
+    by_name, free = {}, []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "\t" in line:
+            name, caption = line.split("\t", 1)
+            by_name[name.strip()] = caption.strip()
+        else:
+            free.append(line)
+    return by_name, free
+
+
+def _split(n: int, n_calib: int, n_eval: int) -> tuple[int, int]:
+    """Sizes of the calibration and held-out parts of ``n`` items (held-out gets at least 1)."""
+    if n < 2:
+        raise InputError(f"need at least 2 readable images for calibration and the gate, got {n}.")
+    if n < n_calib + n_eval:
+        # Too few items: share them out in the requested proportion, each part non-empty.
+        n_eval = min(n - 1, max(1, round(n * n_eval / (n_calib + n_eval))))
+    return min(n_calib, n - n_eval), n_eval
+
+
+def load_calibration(
+    folder: str | Path | None,
+    preprocess: dict[str, Any] | None = None,
+    context_length: int = 77,
+    *,
+    captions: str | Path | None = None,
+    n_calib: int = 32,
+    n_eval: int = 48,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    log: Any = print,
+) -> CalibrationData:
+    """Build calibration/eval/probe arrays from an image folder (recursive) or synthetic pictures.
+
+    ``folder=None`` uses the synthetic set. Unreadable images are skipped, counted and logged.
+    The probe label set is ``labels`` if given, else the folder's sub-directory names (an
+    ImageFolder layout), else the captions, else the synthetic colour × shape labels.
+    """
+    from edgeclip.preprocess import Preprocessor
+    from edgeclip.tokenizer import Tokenizer
+
+    pre = Preprocessor(preprocess or {})
+    tok = Tokenizer(context_length=context_length)
+    skipped: dict[str, str] = {}
+    if folder is None:
+        images, caps, _ = synthetic_pairs(n_calib + n_eval, pre.image_size, seed)
+        order = list(range(len(images)))
+        source = "synthetic"
+        label_set = labels or synthetic_labels()
+        items = images
+    else:
+        root = Path(folder)
+        if not root.is_dir():
+            raise InputError(
+                f"calibration folder {root} does not exist or is not a directory; give a folder of "
+                "images (e.g. 100 photos like the ones you will embed), or omit it to use synthetic data."
+            )
+        files = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise InputError(
+                f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})."
+            )
+        by_name, free = _read_captions(Path(captions)) if captions else ({}, [])
+        order = list(range(len(files)))
+        random.Random(seed).shuffle(order)
+        # Read only as many as needed, plus replacements for the unreadable ones.
+        items = files
+        caps = [
+            by_name.get(f.name) or by_name.get(f.relative_to(root).as_posix()) or "" for f in files
+        ]
+        subdirs = sorted({f.parent.name for f in files if f.parent != root})
+        label_set = (
+            labels
+            or (subdirs if len(subdirs) >= 2 else None)
+            or free
+            or sorted(set(filter(None, caps)))
+        )
+        label_set = label_set or synthetic_labels()
+        source = f"folder:{root}"
+    pixels, used = [], []
+    want = n_calib + n_eval
+    for idx in order:
+        if len(pixels) >= want:
+            break
+        arr, good, fails = pre([items[idx]])
+        if fails:
+            skipped[str(items[idx])] = next(iter(fails.values()))
+            continue
+        pixels.append(arr[0])
+        used.append(idx)
+    if skipped:
+        log(f"calibration: skipped {len(skipped)} unreadable image(s), e.g. {next(iter(skipped))}")
+    n_c, n_e = _split(len(pixels), n_calib, n_eval)
+    px = np.stack(pixels).astype(np.float32)
+    texts = [caps[i] for i in used if caps[i]]
+    if len(texts) < 2:
+        # No captions: caption-like texts from the label set (prompts), deterministic order.
+        texts = [
+            t.format(c="", s=lab).replace("  ", " ") for lab in label_set for t in TEMPLATES[:2]
+        ]
+    ids = tok(texts)
+    t_c, t_e = _split(len(ids), n_calib, n_eval)
+    prompts = [f"a photo of a {lab}" for lab in label_set]
+    return CalibrationData(
+        calib_pixels=px[:n_c],
+        calib_ids=ids[:t_c],
+        eval_pixels=px[n_c : n_c + n_e],
+        eval_ids=ids[t_c : t_c + t_e],
+        probe_labels=list(label_set),
+        probe_ids=tok(prompts),
+        source=source,
+        skipped=skipped,
+    )

@@ -1,0 +1,428 @@
+"""Registry of backend × precision variant builders, the INT8 search, and the gate around both.
+
+The one entry point for ``bundle_writer.convert`` and ``edgeclip convert`` is
+``build_variants(bundle_root, fp32_variant, model, backends=..., precisions=..., calibration=...)``:
+it builds every requested variant into ``bundle_root`` (the converter's temporary directory),
+measures each against the fp32 reference, and returns ``(kept, rejected)`` variant dicts.
+Rejected variants' files are deleted (or kept and marked failed with ``keep_failed=True``);
+either way the reason is logged and a failed variant is never auto-selected.
+
+Precisions: ``fp32``, ``fp16``, ``int8`` (the accuracy-aware search: the fastest configuration
+that passes the gate, recorded in ``options.search``), and the explicit INT8 flavours
+``int8-dynamic``, ``int8-static``, ``int8-weights``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeclip.errors import BackendUnavailableError, InputError
+
+#: (backend, precision) → "module:function" under ``converters``
+REGISTRY: dict[tuple[str, str], str] = {
+    ("onnx", "fp16"): "quantize_onnx:build_fp16",
+    ("onnx", "int8-dynamic"): "quantize_onnx:build_int8_dynamic",
+    ("onnx", "int8-static"): "quantize_onnx:build_int8_static",
+    ("onnx", "int8-weights"): "quantize_onnx:build_int8_weights",
+    ("openvino", "fp32"): "openvino_variants:build_fp32",
+    ("openvino", "fp16"): "openvino_variants:build_fp16",
+    ("openvino", "int8-static"): "openvino_variants:build_int8_ptq",
+    ("openvino", "int8-weights"): "openvino_variants:build_int8_weights",
+    ("litert", "fp32"): "litert_variants:build_fp32",
+    ("litert", "int8-dynamic"): "litert_variants:build_int8_dynamic",
+    ("litert", "int8-weights"): "litert_variants:build_int8_weights",
+    ("litert", "int8-static"): "litert_variants:build_int8_static",
+}
+#: backends whose ``int8`` is a search over the module's ``INT8_CANDIDATES``
+SEARCH_MODULES = {
+    "onnx": "quantize_onnx",
+    "openvino": "openvino_variants",
+    "litert": "litert_variants",
+}
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-static", "int8-weights")
+BACKENDS = ("onnx", "openvino", "litert")
+#: what each backend's converter needs: (import name, pip name)
+CONVERT_DEPS = {
+    "onnx": [("onnxruntime", "onnxruntime")],
+    "openvino": [("openvino", "openvino"), ("nncf", "nncf")],
+    "litert": [
+        ("litert_torch", "litert-torch"),
+        ("ai_edge_quantizer", "ai-edge-quantizer"),
+        ("ai_edge_litert", "ai-edge-litert"),
+        ("torch", "torch"),
+    ],
+}
+_ALIASES = {"ort": "onnx", "onnxruntime": "onnx", "ov": "openvino", "tflite": "litert"}
+
+Builder = Callable[..., dict[str, Any]]
+
+
+def make_variant(
+    vid: str,
+    backend: str,
+    precision: str,
+    fp32_variant: dict[str, Any],
+    file_pattern: str,
+    *,
+    batch_sizes: list[int] | None = None,
+    io: dict[str, tuple[str, str]] | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A manifest variant dict; ``file_pattern`` has ``{tower}`` (and ``{batch}`` for fixed-batch graphs)."""
+    towers = {}
+    for tower in ("image", "text"):
+        inp, out = (io or {}).get(
+            tower, (fp32_variant[tower]["input"], fp32_variant[tower]["output"])
+        )
+        towers[tower] = {
+            "file": file_pattern.replace("{tower}", tower),
+            "input": inp,
+            "output": out,
+            "batch_sizes": list(batch_sizes) if batch_sizes else None,
+        }
+    return {
+        "id": vid,
+        "backend": backend,
+        "precision": precision,
+        **towers,
+        "options": dict(options or {}),
+    }
+
+
+def parse_list(
+    value: str | Iterable[str] | None,
+    known: tuple[str, ...],
+    what: str,
+    aliases: dict[str, str] | None = None,
+) -> list[str]:
+    """``"onnx,openvino"`` or a list → validated names; unknown names raise ``InputError``."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for raw in items:
+        name = (aliases or {}).get(raw.strip().lower(), raw.strip().lower())
+        if not name:
+            continue
+        if name not in known:
+            raise InputError(f"unknown {what} {raw!r}; choose from: {', '.join(known)}.")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def check_convert_deps(backend: str) -> None:
+    """Raise ``BackendUnavailableError`` naming the packages a backend's converter still needs."""
+    missing = [pip for mod, pip in CONVERT_DEPS[backend] if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise BackendUnavailableError(
+            f"converting to {backend} needs {', '.join(missing)}; install with "
+            f"`pip install {' '.join(missing)}` (or `pip install edgeclip[convert-{backend}]`)."
+        )
+
+
+def get_builder(backend: str, precision: str) -> Builder:
+    """The builder function for a backend × precision (``InputError`` if there is none)."""
+    ref = REGISTRY.get((backend, precision))
+    if ref is None:
+        have = sorted(p for b, p in REGISTRY if b == backend)
+        raise InputError(
+            f"no {backend} variant at precision {precision!r}; {backend} offers: {', '.join(have)}."
+        )
+    module, func = ref.split(":")
+    return getattr(importlib.import_module(f"converters.{module}"), func)
+
+
+def _remove(bundle_root: Path, variant_id: str) -> None:
+    shutil.rmtree(Path(bundle_root) / variant_id, ignore_errors=True)
+
+
+def _short(parity: dict[str, Any]) -> str:
+    if "error" in parity:
+        return parity["error"]
+    return (
+        f"image cos {parity['image_cosine_mean']:.4f}, text cos {parity['text_cosine_mean']:.4f}, "
+        f"top-1 agreement {parity.get('top1_agreement_tie_tolerant', parity['top1_agreement']):.2%} "
+        f"(raw {parity['top1_agreement']:.2%})"
+    )
+
+
+@dataclass
+class _Job:
+    """What every build in one ``build_variants`` call shares."""
+
+    root: Path
+    fp32_variant: dict[str, Any]
+    model: Any
+    calibration: Any
+    ref: Any
+    thresholds: dict[str, float] | None
+    threads: int | None
+    builder_options: dict[str, dict[str, Any]]
+    log: Callable[[str], Any]
+
+    def build(self, backend: str, builder: Builder, options: dict[str, Any]):
+        """Build and gate one variant; a build error becomes a failed variant (reason = the error)."""
+        from .gate import evaluate
+
+        _remove(self.root, options["id"])
+        opts = {**self.builder_options.get(backend, {}), **options}
+        try:
+            built = builder(self.root, self.fp32_variant, self.model, self.calibration, opts)
+        except (InputError, BackendUnavailableError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - converter failures vary; report, go on
+            reason = f"build failed: {type(exc).__name__}: {exc}"
+            return {
+                "id": options["id"],
+                "backend": backend,
+                "options": {},
+                "precision": options.get("precision"),
+                "parity": {"error": reason},
+                "gate": {"passed": False, "reason": reason},
+            }
+        return evaluate(
+            self.root,
+            built,
+            self.calibration,
+            self.ref,
+            thresholds=self.thresholds,
+            threads=self.threads,
+        )
+
+
+def search_int8(job: _Job, backend: str) -> dict[str, Any]:
+    """Try the backend's INT8 candidates fastest first; keep the first that passes the gate.
+
+    The result's ``options.config`` names the configuration kept and ``options.search`` lists
+    every one tried with its numbers; if none passes, the last (safest) failure is returned.
+    """
+    module = importlib.import_module(f"converters.{SEARCH_MODULES[backend]}")
+    vid = f"{backend}-int8"
+    tried: list[dict[str, Any]] = []
+    variant: dict[str, Any] = {}
+    for name, func, opts in module.INT8_CANDIDATES:
+        variant = job.build(
+            backend, getattr(module, func), {**opts, "id": vid, "precision": "int8"}
+        )
+        ok = variant["gate"]["passed"]
+        keys = (
+            "image_cosine_mean",
+            "text_cosine_mean",
+            "top1_agreement",
+            "top1_agreement_tie_tolerant",
+        )
+        tried.append(
+            {
+                "config": name,
+                "passed": ok,
+                "reason": variant["gate"]["reason"],
+                **{k: variant["parity"].get(k) for k in keys},
+            }
+        )
+        job.log(f"  {vid} [{name}]: {'pass' if ok else 'FAIL'} ({_short(variant['parity'])})")
+        if ok:
+            break
+    variant["options"] = {
+        **variant.get("options", {}),
+        "config": tried[-1]["config"],
+        "search": tried,
+    }
+    return variant
+
+
+def build_variants(
+    bundle_root: str | Path,
+    fp32_variant: dict[str, Any],
+    model: Any = None,
+    *,
+    backends: str | Iterable[str] = "onnx",
+    precisions: str | Iterable[str] = "fp32,fp16,int8",
+    calibration: Any = None,
+    thresholds: dict[str, float] | None = None,
+    threads: int | None = None,
+    keep_failed: bool = False,
+    builder_options: dict[str, dict[str, Any]] | None = None,
+    log: Callable[[str], Any] = print,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Build, gate and return ``(kept, rejected)`` variant dicts for every backend × precision.
+
+    ``bundle_root`` holds the ``onnx-fp32`` variant already (``fp32_variant`` is its dict).
+    ``model`` is the transformers ``CLIPModel`` (torch fp32 reference; LiteRT converts from it);
+    without it the reference is the onnx-fp32 graph and LiteRT is refused.
+    ``calibration`` is a ``CalibrationData`` (default: the synthetic set at the model's size).
+    ``builder_options`` per backend, e.g. ``{"litert": {"batch_sizes": [1, 8]}}``.
+    Combinations a backend does not offer (e.g. litert fp16) are skipped with a message.
+    """
+    from .calibration import load_calibration
+    from .gate import reference_embeddings
+
+    root = Path(bundle_root)
+    backs = parse_list(backends, BACKENDS, "backend", _ALIASES)
+    precs = parse_list(precisions, PRECISIONS, "precision")
+    for b in backs:
+        check_convert_deps(b)
+    torch_model = model is not None and not isinstance(model, (str, Path))
+    if "litert" in backs and not torch_model:
+        raise InputError(
+            "LiteRT variants are converted from the torch model: pass the CLIPModel "
+            "(install torch + transformers), or drop litert from --backend."
+        )
+    if calibration is None:
+        calibration = load_calibration(None, _preprocess_of(fp32_variant, root, model), log=log)
+    ref = reference_embeddings(calibration, model if torch_model else None, root, fp32_variant)
+    if ref.name != "torch-fp32":
+        log(f"gate reference: {ref.name} under ONNX Runtime (torch not available)")
+    job = _Job(
+        root, fp32_variant, model, calibration, ref, thresholds, threads, builder_options or {}, log
+    )
+    kept, rejected = [], []
+    try:
+        for backend in backs:
+            for prec in precs:
+                if (backend, prec) == ("onnx", "fp32"):
+                    continue  # the bundle writer's own variant
+                if prec == "int8":
+                    variant = search_int8(job, backend)
+                elif (backend, prec) in REGISTRY:
+                    variant = job.build(
+                        backend, get_builder(backend, prec), {"id": f"{backend}-{prec}"}
+                    )
+                else:
+                    log(f"{backend}-{prec}: {backend} has no {prec} variant, skipped")
+                    continue
+                if variant["gate"]["passed"]:
+                    kept.append(variant)
+                    log(f"{variant['id']}: gate passed ({_short(variant['parity'])})")
+                    continue
+                log(f"{variant['id']}: gate FAILED, not shipped: {variant['gate']['reason']}")
+                if keep_failed and "image" in variant:
+                    kept.append(variant)  # marked failed: listed, never auto-selected
+                else:
+                    _remove(root, variant["id"])
+                    rejected.append(variant)
+    finally:
+        # Scratch files some builders share (LiteRT's fp32 conversions) never ship.
+        shutil.rmtree(root / ".litert-fp32-src", ignore_errors=True)
+    return kept, rejected
+
+
+def _preprocess_of(fp32_variant: dict[str, Any], root: Path, model: Any) -> dict[str, Any]:
+    """The bundle's preprocess config (from its manifest if written yet, else the model's image size)."""
+    import json
+
+    manifest = root / "manifest.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("preprocess") or {}
+    size = getattr(
+        getattr(getattr(model, "config", None), "vision_config", None), "image_size", None
+    )
+    if size is None:
+        import onnx
+
+        graph = onnx.load(str(root / fp32_variant["image"]["file"]), load_external_data=False).graph
+        size = graph.input[0].type.tensor_type.shape.dim[-1].dim_value or None
+    return {"image_size": int(size)} if size else {}
+
+
+def add_variants(
+    bundle_dir: str | Path,
+    checkpoint: Any = None,
+    *,
+    backends: str | Iterable[str] = "onnx",
+    precisions: str | Iterable[str] = "fp32,fp16,int8",
+    calibration_dir: str | Path | None = None,
+    captions: str | Path | None = None,
+    n_calib: int = 32,
+    n_eval: int = 48,
+    thresholds: dict[str, float] | None = None,
+    threads: int | None = None,
+    keep_failed: bool = False,
+    builder_options: dict[str, dict[str, Any]] | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Add gated variants to an existing bundle (one with ``onnx-fp32``); return the new manifest.
+
+    ``checkpoint``: the checkpoint path (or a loaded ``CLIPModel``) the bundle came from; it is
+    the torch fp32 reference and LiteRT's source. Without it the reference is onnx-fp32.
+    The bundle is rebuilt in a sibling temporary directory and swapped in only when complete:
+    an interrupted run leaves the old bundle as it was. Variants with the same id are replaced.
+    """
+    import json
+    import os
+    import tempfile
+
+    from edgeclip.bundle import MANIFEST, write_manifest
+
+    from .calibration import load_calibration
+
+    bundle = Path(bundle_dir).expanduser().resolve()
+    if not (bundle / MANIFEST).is_file():
+        raise InputError(
+            f"{bundle} is not an edgeclip bundle (no {MANIFEST}); convert the checkpoint first."
+        )
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    fp32 = next((v for v in manifest.get("variants", []) if v["id"] == "onnx-fp32"), None)
+    if fp32 is None:
+        raise InputError(f"{bundle} has no onnx-fp32 variant to quantize from; re-convert it.")
+    model = checkpoint
+    if isinstance(checkpoint, (str, Path)):
+        from .checkpoints import load_checkpoint
+
+        model, _ = load_checkpoint(checkpoint)
+    # Validate names and dependencies before any heavy work.
+    for b in parse_list(backends, BACKENDS, "backend", _ALIASES):
+        check_convert_deps(b)
+    parse_list(precisions, PRECISIONS, "precision")
+    calibration = load_calibration(
+        calibration_dir,
+        manifest.get("preprocess"),
+        int(manifest.get("tokenizer", {}).get("context_length", 77)),
+        captions=captions,
+        n_calib=n_calib,
+        n_eval=n_eval,
+        log=log,
+    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.partial-", dir=bundle.parent))
+    try:
+        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        os.chmod(staging, 0o755)
+        kept, rejected = build_variants(
+            staging,
+            fp32,
+            model,
+            backends=backends,
+            precisions=precisions,
+            calibration=calibration,
+            thresholds=thresholds,
+            threads=threads,
+            keep_failed=keep_failed,
+            builder_options=builder_options,
+            log=log,
+        )
+        new_ids = {v["id"] for v in kept} | {v["id"] for v in rejected}
+        manifest["variants"] = [v for v in manifest["variants"] if v["id"] not in new_ids] + kept
+        manifest["calibration"] = calibration.summary()
+        manifest["rejected_variants"] = [
+            {"id": v["id"], "reason": v["gate"]["reason"], "parity": v.get("parity")}
+            for v in rejected
+        ]
+        manifest = write_manifest(staging, manifest)
+        trash = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.old-", dir=bundle.parent))
+        os.replace(bundle, trash / "old")
+        try:
+            os.replace(staging, bundle)
+        except OSError:
+            os.replace(trash / "old", bundle)  # put the previous bundle back
+            raise
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

@@ -1,0 +1,134 @@
+"""LiteRT backend: ``.tflite`` graphs on the CPU (XNNPACK) through ``ai-edge-litert``.
+
+``pip install edgeclip[litert]`` installs ai-edge-litert (works with numpy 2). Fallback: the
+old ``tflite-runtime`` interpreter (last release 2.14, 2023, needs numpy < 2) is used only when
+ai-edge-litert is missing, and only for fp32 and weight-only INT8 graphs: it returns all zeros
+for dynamic-range INT8 graphs (measured), so those are refused with a message naming the fix.
+
+LiteRT graphs have a fixed batch (``Session.fixed_batch``); the runtime chunks and pads to it.
+``run`` also chunks/pads itself, so a direct caller may pass any batch size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputError
+
+# Ops that run INT8 compute on float activations when fed INT8 weights directly (hybrid kernels).
+_HYBRID_OPS = {
+    "FULLY_CONNECTED",
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "BATCH_MATMUL",
+    "EMBEDDING_LOOKUP",
+}
+
+
+def _interpreter_class():
+    """(Interpreter class, package name): ai-edge-litert, else tflite-runtime."""
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    from tflite_runtime.interpreter import Interpreter  # pragma: no cover - numpy<2 hosts only
+
+    return Interpreter, "tflite-runtime"  # pragma: no cover
+
+
+def is_dynamic_range(interpreter) -> bool:
+    """True if the graph is dynamic-range quantized (an FC/conv/matmul reads INT8 weights with float input).
+
+    Weight-only graphs instead DEQUANTIZE their INT8 weights to float before the op.
+    """
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in _HYBRID_OPS or len(op["inputs"]) < 2:
+            continue
+        first, second = (tensors.get(int(i)) for i in op["inputs"][:2])
+        if first is None or second is None:
+            continue
+        if first["dtype"] == np.float32 and second["dtype"] == np.int8:
+            return True
+    return False
+
+
+class LiteRtSession:
+    """One ``Interpreter`` behind the ``Session`` protocol (thread-safe; fixed batch)."""
+
+    def __init__(self, interpreter):
+        self._it = interpreter
+        self._it.allocate_tensors()
+        self._lock = threading.Lock()
+        inputs = interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise InputError(
+                f"edgeclip's LiteRT graphs have one input; this one has {len(inputs)}."
+            )
+        self._in = inputs[0]
+        self._out = interpreter.get_output_details()[0]
+        self.input_names = [self._in["name"]]
+        self.fixed_batch: int | None = int(self._in["shape"][0])
+
+    def _invoke(self, array: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._it.set_tensor(
+                self._in["index"], np.ascontiguousarray(array, dtype=self._in["dtype"])
+            )
+            self._it.invoke()
+            return np.array(self._it.get_tensor(self._out["index"]), dtype=np.float32, copy=True)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        # One input: take it by its graph name, else the single feed given (the manifest's name).
+        if self._in["name"] in feeds:
+            array = feeds[self._in["name"]]
+        elif len(feeds) == 1:
+            array = next(iter(feeds.values()))
+        else:
+            raise InputError(
+                f"LiteRT graph input {self._in['name']!r} not among feeds {sorted(feeds)}."
+            )
+        b = self.fixed_batch
+        if len(array) == b:
+            return self._invoke(array)
+        outs = []
+        for start in range(0, len(array), b):
+            chunk = array[start : start + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+            outs.append(self._invoke(chunk)[:n])
+        return np.concatenate(outs) if outs else np.zeros((0, self._out["shape"][-1]), np.float32)
+
+
+class Backend:
+    name = "litert"
+    extra = "litert"
+    formats = (".tflite",)
+
+    def is_available(self) -> bool:
+        return any(
+            importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime")
+        )
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> LiteRtSession:
+        if device not in (None, "", "auto", "cpu"):
+            raise InputError(
+                f"LiteRT device {device!r}: edgeclip runs LiteRT on the CPU only (use 'cpu')."
+            )
+        interpreter_cls, package = _interpreter_class()
+        it = interpreter_cls(model_path=str(path), num_threads=int(threads) if threads else None)
+        if package == "tflite-runtime" and is_dynamic_range(it):  # pragma: no cover
+            raise BackendUnavailableError(
+                f"{path} is a dynamic-range INT8 LiteRT graph, which tflite-runtime computes as "
+                "zeros; install ai-edge-litert (`pip install edgeclip[litert]`) or load the "
+                "int8-weights or fp32 variant."
+            )
+        return LiteRtSession(it)

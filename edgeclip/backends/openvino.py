@@ -1,0 +1,96 @@
+"""OpenVINO backend: IR (``.xml`` + ``.bin``) or ONNX files on CPU, and GPU/NPU where present.
+
+Needs only ``openvino`` (``pip install edgeclip[openvino]``). Device names follow OpenVINO's
+(``CPU``, ``GPU``, ``GPU.1``, ``NPU``) in any case; ``device="auto"`` means CPU, because
+OpenVINO's own AUTO may start on the CPU and hand over to a GPU mid-run, which makes first-call
+latency and numerics depend on timing. The performance hint is LATENCY (batch-1 calls) unless
+``EDGECLIP_OV_HINT=THROUGHPUT``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+
+class OpenVinoSession:
+    """One compiled OpenVINO model behind the ``Session`` protocol (thread-safe)."""
+
+    fixed_batch = None
+
+    def __init__(self, compiled):
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        # One infer request reused: run() holds a lock so concurrent callers queue, not clash.
+        self._lock = threading.Lock()
+        # A port has several tensor names (ONNX's input name plus internal aliases such as
+        # '/embeddings/Cast_output_0'); the public one is the name without a '/'.
+        self._ports = [
+            (sorted(p.get_names(), key=lambda n: ("/" in n, n)), p) for p in compiled.inputs
+        ]
+        self.input_names = [names[0] for names, _ in self._ports]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {}
+        for names, port in self._ports:
+            key = next((n for n in names if n in feeds), None)
+            if key is None:
+                raise InputError(
+                    f"OpenVINO graph input {names[0]!r} missing from feeds {sorted(feeds)}."
+                )
+            inputs[port] = np.ascontiguousarray(
+                feeds[key], dtype=port.get_element_type().to_dtype()
+            )
+        with self._lock:
+            self._request.infer(inputs)
+            out = self._request.get_output_tensor(0).data
+            return np.array(out, dtype=np.float32, copy=True)
+
+
+class Backend:
+    name = "openvino"
+    extra = "openvino"
+    formats = (".xml", ".onnx")
+
+    def is_available(self) -> bool:
+        return importlib.util.find_spec("openvino") is not None
+
+    def _core(self):
+        import openvino as ov
+
+        if not hasattr(self, "_ov_core"):
+            self._ov_core = ov.Core()
+        return self._ov_core
+
+    def devices(self) -> list[str]:
+        """OpenVINO devices on this host, lower-cased, best first (GPU, NPU, then CPU)."""
+        have = [d.lower() for d in self._core().available_devices]
+        rank = {"gpu": 0, "npu": 1, "cpu": 2}
+        return sorted(have, key=lambda d: (rank.get(d.split(".")[0], 3), d))
+
+    def _device(self, device: str | None) -> str:
+        if device in (None, "", "auto"):
+            return "CPU"
+        wanted = device.upper()
+        have = self._core().available_devices
+        if wanted not in have:
+            raise InputError(
+                f"OpenVINO device {device!r} is not available here; available: {', '.join(have)}. "
+                "GPU/NPU need Intel's drivers (see OpenVINO's install guide)."
+            )
+        return wanted
+
+    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> OpenVinoSession:
+        dev = self._device(device)
+        hint = os.environ.get("EDGECLIP_OV_HINT", "LATENCY").upper()
+        config = {"PERFORMANCE_HINT": hint}
+        if threads and dev == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        compiled = self._core().compile_model(str(path), dev, config)
+        return OpenVinoSession(compiled)

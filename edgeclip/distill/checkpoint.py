@@ -1,0 +1,65 @@
+"""Training checkpoints: everything needed for an exact resume, and refusal of foreign ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from edgeclip.errors import InputError
+
+CKPT_NAME = "train_state.pt"
+# Settings that change what a run computes; a checkpoint from a run that differs in any of
+# them cannot be resumed exactly, so it is refused.
+IDENTITY_KEYS = (
+    "student_arch", "teacher", "teacher_digest", "data", "losses", "inherit", "steps", "batch_size",
+    "lr", "weight_decay", "warmup", "grad_clip", "seed", "world_size", "mask_ratio",
+    "affinity_alpha", "affinity_scale", "procedural_size", "procedural_seed",
+)  # fmt: skip
+
+
+def file_digest(path: str | Path | None) -> str | None:
+    """sha256 of a teacher's weights file (so a retrained teacher is not mistaken for the old)."""
+    if not path:
+        return None
+    p = Path(path)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (p / name).is_file():
+            h = hashlib.sha256()
+            with open(p / name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+    return None
+
+
+def identity(cfg: dict) -> dict:
+    return {k: cfg.get(k) for k in IDENTITY_KEYS}
+
+
+def save(path: Path, state: dict) -> None:
+    """Write atomically (temp file + rename), so a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path, want_identity: dict) -> dict:
+    """Load a checkpoint, refusing one written by a differently configured run."""
+    if not path.is_file():
+        raise InputError(f"no checkpoint at {str(path)!r} to resume from; drop --resume to start fresh")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    have = state.get("identity", {})
+    diff = {k: (have.get(k), want_identity.get(k)) for k in IDENTITY_KEYS if have.get(k) != want_identity.get(k)}
+    if diff:
+        lines = "; ".join(f"{k}: checkpoint {json.dumps(a, default=str)} vs now {json.dumps(b, default=str)}"
+                          for k, (a, b) in diff.items())  # fmt: skip
+        raise InputError(
+            f"refusing to resume from {str(path)!r}: it was written by a run with other settings ({lines}). "
+            "Resume with the same settings, or use a new output folder."
+        )
+    return state

@@ -1,0 +1,130 @@
+"""Command line of the distillation stage: ``python -m edgeclip.distill [distill|train-teacher] ...``.
+
+``main(argv)`` is what ``edgeclip distill`` / ``edgeclip train-teacher`` call; it returns the
+exit code (0 ok, 1 a failed multi-process run, 2 bad input). The same command runs on several
+processes under ``torchrun --nproc_per_node N -m edgeclip.distill ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from edgeclip.errors import EdgeclipError, InputError
+
+PROCEDURAL_TEACHER = "procedural-teacher"
+TEACHER_STEPS, TEACHER_BATCH = 400, 256
+
+
+def cache_dir() -> Path:
+    """Where trained procedural teachers are kept (``$EDGECLIP_CACHE`` or ``~/.cache/edgeclip``)."""
+    return Path(os.environ.get("EDGECLIP_CACHE", Path.home() / ".cache" / "edgeclip")) / "distill"
+
+
+def procedural_teacher_dir(steps: int = TEACHER_STEPS, batch_size: int = TEACHER_BATCH, seed: int = 0) -> Path:
+    return cache_dir() / f"procedural-teacher-{steps}x{batch_size}-seed{seed}"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="procedural", help="procedural | pairs.csv/.tsv | shards/{000000..000003}.tar")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch over all processes")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--procedural-size", type=int, default=60_000, help="number of procedural training pairs")
+    p.add_argument("--eval-every", type=int, default=0, help="zero-shot eval on held-out pairs every N steps")
+    p.add_argument("--eval-held-out", type=int, default=200, help="test images per held-out pair")
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--stop-after", type=int, help="stop after this step, leaving a checkpoint for --resume")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dist-timeout", type=float, default=120.0, help="seconds before a silent peer is an error")
+    p.add_argument("-o", "--out", required=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgeclip distill", description="Distil or train small CLIP models.")
+    sub = ap.add_subparsers(dest="command")
+    d = sub.add_parser("distill", help="distil a student from a teacher")
+    d.add_argument("--teacher", help=f"Hugging Face CLIPModel folder, or {PROCEDURAL_TEACHER} (trained and cached)")
+    d.add_argument("--student", default="procedural-student", help="preset name or architecture JSON")
+    d.add_argument("--losses", default="fd=2000,icl=1,crd=1", help="name=weight,... of clip crd fd mfd gd icl afd affinity")
+    d.add_argument("--inherit", action="store_true", help="TinyCLIP manual weight inheritance from the teacher")
+    d.add_argument("--mask-ratio", type=float, default=0.75, help="MFD patch drop ratio")
+    d.add_argument("--affinity-alpha", type=float, default=1.0)
+    d.add_argument("--affinity-scale", default="50", help="a number or 'teacher'")
+    _common(d)
+    t = sub.add_parser("train-teacher", help="train a CLIP from scratch (default: procedural data)")
+    t.add_argument("--arch", default=PROCEDURAL_TEACHER, help="preset name or architecture JSON")
+    _common(t)
+    t.set_defaults(steps=TEACHER_STEPS, batch_size=TEACHER_BATCH, eval_every=100)
+    return ap
+
+
+def _config(args, **kw):
+    from .trainer import TrainConfig
+
+    return TrainConfig(
+        out=args.out, data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed,
+        procedural_size=args.procedural_size, eval_every=args.eval_every, eval_held_out=args.eval_held_out,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
+        dist_timeout=args.dist_timeout, **kw,
+    )  # fmt: skip
+
+
+def resolve_teacher(teacher: str | None, progress: bool = True) -> str | None:
+    """A teacher folder; ``procedural-teacher`` is trained once (≈ minutes) and then reused."""
+    if teacher != PROCEDURAL_TEACHER:
+        if teacher is not None and not (Path(teacher) / "config.json").is_file():
+            raise InputError(f"--teacher {teacher!r} is not a CLIPModel folder (no config.json) nor {PROCEDURAL_TEACHER!r}")
+        return teacher
+    from .trainer import TrainConfig, train
+
+    out = procedural_teacher_dir()
+    if not (out / "model.safetensors").is_file():
+        print(f"training the procedural teacher into {out} (once; later runs reuse it)", file=sys.stderr)
+        train(TrainConfig(student=PROCEDURAL_TEACHER, out=str(out), steps=TEACHER_STEPS,
+                          batch_size=TEACHER_BATCH, eval_every=100, checkpoint_every=100,
+                          resume=(out / "train_state.pt").is_file(), progress=progress))  # fmt: skip
+    return str(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the distillation CLI; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("distill", "train-teacher", "-h", "--help"):
+        argv = ["distill", *argv]  # `python -m edgeclip.distill --teacher ...` means distill
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    from .dist import DistributedError
+    from .trainer import train
+
+    try:
+        if args.command == "train-teacher":
+            result = train(_config(args, student=args.arch))
+        else:
+            scale = args.affinity_scale
+            scale = scale if scale == "teacher" else float(scale)
+            teacher = resolve_teacher(args.teacher, progress=not args.no_progress)
+            result = train(_config(
+                args, student=args.student, teacher=teacher, losses=args.losses, inherit=args.inherit,
+                mask_ratio=args.mask_ratio, affinity_alpha=args.affinity_alpha, affinity_scale=scale,
+            ))  # fmt: skip
+    except DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (EdgeclipError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(result, indent=2))
+    return 0

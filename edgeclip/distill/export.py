@@ -1,0 +1,75 @@
+"""Write a trained model as a Hugging Face CLIPModel directory the converters take unchanged."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+from .evaluate import MEAN, STD
+from .students import EOT, SOT, arch_of
+
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _bytes_to_unicode() -> list[str]:
+    # CLIP's reversible byte → printable-unicode table (same construction as its tokenizer).
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]  # in CLIP vocab order (printable bytes first)
+
+
+def write_tokenizer_files(out: Path, context_length: int) -> None:
+    """edgeclip's BPE vocab plus the equivalent HF ``vocab.json``/``merges.txt``/tokenizer config."""
+    from edgeclip.tokenizer import default_vocab_path
+
+    src = Path(default_vocab_path())
+    shutil.copyfile(src, out / VOCAB_FILE)
+    lines = gzip.open(src, "rt", encoding="utf-8").read().split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    units = _bytes_to_unicode()
+    vocab = units + [u + "</w>" for u in units] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == EOT + 1 and vocab[SOT] == "<|startoftext|>"
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tok_cfg = {
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": context_length,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        # HF pads with EOT; the model pools at the first EOT, so zero or EOT padding agree.
+        "pad_token": "<|endoftext|>", "do_lower_case": True,
+    }  # fmt: skip
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    special = {k: tok_cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def save_clip_dir(model, out: str | Path, extra: dict | None = None) -> Path:
+    """Save ``model`` (a transformers CLIPModel) with preprocessor and tokenizer files.
+
+    ``extra`` is written as ``edgeclip_distill.json`` (training provenance and metrics).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    arch = arch_of(model)
+    size = arch["image_size"]
+    pre = {
+        "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
+        "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": size, "width": size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": list(MEAN), "image_std": list(STD), "do_convert_rgb": True,
+    }  # fmt: skip
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    write_tokenizer_files(out, arch["context_length"])
+    if extra is not None:
+        (out / "edgeclip_distill.json").write_text(json.dumps({"architecture": arch, **extra}, indent=2))
+    return out

@@ -1,0 +1,315 @@
+"""Fetch pinned files from the Hugging Face hub into the standard HF cache, verified.
+
+Downloads go through ``huggingface_hub.hf_hub_download`` so a user's existing cache is reused
+and the layout is the one every HF tool knows (``models--owner--name/blobs|snapshots``).
+
+What this module adds on top:
+
+- Settings are read from the environment at call time (``HF_ENDPOINT``, ``HF_HOME``,
+  ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``): ``huggingface_hub.constants`` reads them only once, at
+  import, so a variable set later would otherwise be ignored.
+- With a 40-hex revision a cached file is returned without any request.
+- Integrity: after a download the file's sha256 is checked against the zoo's pin, else against
+  the hub's LFS etag (the sha256 of an LFS file), else against the git blob sha1 (the etag of
+  a small, non-LFS file). A mismatch deletes the blob and its snapshot link and raises
+  ``IntegrityError``. A verified file gets a small marker (``.edgeclip-verified/<blob>`` in the
+  repo's cache folder: sha256, size, mtime) so it is hashed once, not on every load; its size
+  and mtime are compared on every load (a changed file is re-hashed, a wrong size is refused).
+- Failures are edgeclip errors that say what to do: offline with nothing cached, hub
+  unreachable (a fast probe with a timeout instead of huggingface_hub's minute-long retries),
+  unknown repo/revision/file, interrupted download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import IntegrityError, ModelNotFoundError
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TRUE = {"1", "true", "yes", "on"}
+MARKER_DIR = ".edgeclip-verified"
+DEFAULT_TIMEOUT = 10.0  # seconds to wait for the hub's answer to a metadata request
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The HF hub cache: ``cache_dir``, else ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ~/.cache."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser().resolve()
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env:
+        return Path(os.path.expandvars(env)).expanduser().resolve()
+    home = os.environ.get("HF_HOME")
+    if not home:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        home = os.path.join(xdg, "huggingface")
+    return (Path(os.path.expandvars(home)).expanduser() / "hub").resolve()
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read now."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in _TRUE
+
+
+def _endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _repo_folder(cache: Path, repo: str) -> Path:
+    return cache / ("models--" + repo.replace("/", "--"))
+
+
+def _normalise(files: Iterable[Any]) -> list[dict[str, Any]]:
+    out = []
+    for spec in files:
+        spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+        out.append(spec)
+    return out
+
+
+def _net_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of whichever HTTP client this huggingface_hub uses (httpx2, httpx, requests)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: list[type[BaseException]] = [OSError, HfHubHTTPError]
+    for module, name in (
+        ("httpx2", "HTTPError"),
+        ("httpx", "HTTPError"),
+        ("requests", "RequestException"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            errors.append(cls)
+    return tuple(errors)
+
+
+def _hash_file(path: Path, want_git_sha1: bool) -> tuple[str, str | None]:
+    """sha256 of the file and, if asked, its git blob sha1 (the etag of a non-LFS hub file)."""
+    sha256 = hashlib.sha256()
+    sha1 = None
+    if want_git_sha1:
+        sha1 = hashlib.sha1()
+        sha1.update(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha256.update(block)
+            if sha1 is not None:
+                sha1.update(block)
+    return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
+
+
+class _Ctx:
+    """What every message about one fetch names: the model, repo@revision, the cache folder."""
+
+    def __init__(self, repo: str, revision: str, cache: Path, model_name: str | None):
+        self.repo, self.revision, self.cache = repo, revision, cache
+        self.model = model_name or repo
+        self.folder = _repo_folder(cache, repo)
+
+    def where(self, path: str | None = None) -> str:
+        return f"{self.repo}@{self.revision}" + (f"/{path}" if path else "")
+
+
+def _discard(pointer: Path, blob: Path, marker: Path) -> None:
+    for p in (pointer, blob, marker):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
+    """Check size always, content once (then a marker remembers it); delete and raise on mismatch."""
+    blob = pointer.resolve()
+    marker = ctx.folder / MARKER_DIR / blob.name
+    stat = blob.stat()
+    size = stat.st_size
+    want_size, want_sha = spec.get("size"), spec.get("sha256")
+    if want_size is not None and size != want_size:
+        _discard(pointer, blob, marker)
+        raise IntegrityError(
+            f"{ctx.model}: {ctx.where(spec['path'])} in the cache has {size} bytes but the zoo "
+            f"expects {want_size}; the file was deleted from {ctx.folder}. Fetch again to re-download it."
+        )
+    try:
+        seen = json.loads(marker.read_text())
+        if (
+            seen.get("size") == size
+            and seen.get("mtime_ns") == stat.st_mtime_ns
+            and (want_sha is None or seen.get("sha256") == want_sha)
+        ):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    # The blob's name is the hub's etag: sha256 for LFS files, git sha1 for small ones.
+    etag = blob.name if blob.parent.name == "blobs" else None
+    git_etag = etag if etag and _COMMIT.fullmatch(etag) else None
+    sha256, actual_sha1 = _hash_file(blob, want_git_sha1=want_sha is None and git_etag is not None)
+    actual = sha256
+    if want_sha is not None:
+        expected, against, ok = want_sha, "the sha256 pinned in the zoo", actual == want_sha
+    elif etag and _SHA256.fullmatch(etag):
+        expected, against, ok = etag, "the hub's LFS etag", actual == etag
+    elif git_etag is not None:
+        expected, against, ok = git_etag, "the hub's git blob sha1 (etag)", actual_sha1 == git_etag
+        actual = f"{sha256} (git sha1 {actual_sha1})"
+    else:
+        expected, against, ok = None, "nothing (no pin, no etag)", True
+    if not ok:
+        _discard(pointer, blob, marker)
+        raise IntegrityError(
+            f"{ctx.model}: {ctx.where(spec['path'])} failed verification against {against}: "
+            f"expected {expected}, got sha256 {actual}. The corrupt file was deleted from "
+            f"{ctx.folder}. Fetch again; if it recurs, a proxy or mirror (HF_ENDPOINT={_endpoint()}) "
+            "is serving altered bytes."
+        )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"sha256": sha256, "size": size, "mtime_ns": stat.st_mtime_ns}))
+    os.replace(tmp, marker)
+
+
+def _offline_error(ctx: _Ctx, missing: list[str], reason: str) -> ModelNotFoundError:
+    snap = ctx.folder / "snapshots" / ctx.revision
+    return ModelNotFoundError(
+        f"model {ctx.model!r}: {', '.join(missing)} of {ctx.where()} not found in the Hugging Face "
+        f"cache ({snap}) and {reason}. Supply the files in one of these ways: "
+        f"(1) point edgeclip at a local copy: edgeclip.load('/path/to/dir') with a bundle or a "
+        f"checkpoint directory; (2) copy a cache that has them into {ctx.cache} (for example from "
+        f"a machine with network: `hf download {ctx.repo} --revision {ctx.revision}`), or set "
+        "HF_HOME / HF_HUB_CACHE to where they are; (3) unset HF_HUB_OFFLINE and connect to the "
+        "network once: the files are then cached and later loads need no network."
+    )
+
+
+def _not_found_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import (
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    return (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError)
+
+
+def _not_found(ctx: _Ctx, path: str, exc: BaseException) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {ctx.model!r}: the hub at {_endpoint()} has no {ctx.where(path)} "
+        f"({type(exc).__name__}). Check the zoo entry's repo, revision and file names, or "
+        "load a local directory with edgeclip.load('/path/to/dir')."
+    )
+
+
+def _probe(ctx: _Ctx, path: str, timeout: float) -> None:
+    """One HEAD with a timeout and no retries, so an unreachable hub fails in seconds, clearly."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(ctx.repo, path, revision=ctx.revision, endpoint=_endpoint())
+    try:
+        get_hf_file_metadata(url, timeout=timeout, endpoint=_endpoint())
+    except _not_found_errors() as exc:
+        raise _not_found(ctx, path, exc) from exc
+    except _net_errors() as exc:
+        raise _offline_error(
+            ctx,
+            [path],
+            f"the hub at {_endpoint()} could not be reached ({type(exc).__name__}: {exc})",
+        ) from exc
+
+
+def _cached_pointer(ctx: _Ctx, path: str, use_refs: bool) -> Path | None:
+    """The cached snapshot file for ``path``, found without any request (None if not cached).
+
+    A branch name is looked up in ``refs/<branch>`` only when ``use_refs`` (offline): online, an
+    unpinned revision is always re-resolved by the hub. Resolving the cache ourselves, rather
+    than through ``hf_hub_download(local_files_only=True)``, keeps offline loads free of the
+    telemetry request huggingface_hub may make when it builds its headers.
+    """
+    commit = ctx.revision
+    if not _COMMIT.fullmatch(commit):
+        if not use_refs:
+            return None
+        try:
+            commit = (ctx.folder / "refs" / commit).read_text().strip()
+        except OSError:
+            return None
+    pointer = ctx.folder / "snapshots" / commit / Path(*path.split("/"))
+    return pointer if pointer.exists() else None
+
+
+def fetch_files(
+    repo: str,
+    revision: str | None,
+    files: Iterable[dict[str, Any] | str],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, Path]:
+    """Download (or find in the HF cache) ``files`` of ``repo`` at ``revision``; verify them.
+
+    ``files`` items are paths or dicts ``{"path", "sha256"?, "size"?}`` (zoo file specs).
+    Returns ``{path: local Path}`` (snapshot paths inside the HF cache). ``revision`` should be
+    a 40-hex commit: a cached file then costs no request. ``None`` means the main branch.
+    """
+    ctx = _Ctx(repo, revision or "main", hub_cache_dir(cache_dir), model_name)
+    specs = _normalise(files)
+    timeout = float(timeout or os.environ.get("EDGECLIP_HUB_TIMEOUT") or DEFAULT_TIMEOUT)
+    offline, pinned, probed = is_offline(), bool(_COMMIT.fullmatch(ctx.revision)), False
+    result: dict[str, Path] = {}
+    missing: list[str] = []
+    for spec in specs:
+        path = spec["path"]
+        pointer = _cached_pointer(ctx, path, pinned or offline)
+        if pointer is None:
+            if offline:
+                missing.append(path)
+                continue
+            else:
+                if not probed:
+                    _probe(ctx, path, timeout)
+                    probed = True
+                pointer = _download(ctx, path, timeout)
+        _verify(ctx, spec, pointer)
+        result[path] = pointer
+    if missing:
+        raise _offline_error(ctx, missing, "HF_HUB_OFFLINE is set, so nothing may be downloaded")
+    return result
+
+
+def _download(ctx: _Ctx, path: str, timeout: float) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(
+            hf_hub_download(
+                ctx.repo,
+                path,
+                revision=ctx.revision,
+                cache_dir=ctx.cache,
+                endpoint=_endpoint(),
+                etag_timeout=timeout,
+            )
+        )
+    except _not_found_errors() as exc:
+        raise _not_found(ctx, path, exc) from exc
+    except _net_errors() as exc:
+        # huggingface_hub downloads to a process-unique temporary file and deletes it on
+        # failure, so an interrupted download never becomes a cached blob.
+        raise ModelNotFoundError(
+            f"model {ctx.model!r}: downloading {ctx.where(path)} from {_endpoint()} failed "
+            f"({type(exc).__name__}: {exc}). The partial download is never used; try again, "
+            "or load a local directory with edgeclip.load('/path/to/dir')."
+        ) from exc
+
+
+__all__ = ["fetch_files", "hub_cache_dir", "is_offline"]

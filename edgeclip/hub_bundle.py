@@ -1,0 +1,337 @@
+"""Turn a prebuilt ONNX repository on the hub (``hub-onnx`` zoo source) into an edgeclip bundle.
+
+Such repositories (e.g. onnx-community's TinyCLIP export) hold one combined transformers
+``CLIPModel`` graph: inputs ``input_ids``, ``pixel_values``, ``attention_mask``; outputs
+``logits_per_image``, ``logits_per_text``, ``text_embeds``, ``image_embeds``. We split it with
+``onnx.utils.extract_model`` into an image tower (pixel_values -> image_embeds) and a text tower
+(input_ids, plus attention_mask only if the text subgraph reads it -> text_embeds), so a device
+needs neither torch nor the other tower to embed one modality. No torch is needed here either:
+only ``onnx`` (and ``onnxruntime``, optionally, to measure the logit scale).
+
+The combined export's ``image_embeds`` / ``text_embeds`` are already L2-normalised; the runtime
+normalises again, which changes nothing.
+
+Logit scale, in order of preference:
+1. an initializer (or Constant) whose name contains ``logit_scale``: the checkpoint's
+   parameter, exp'd here and clamped at 100 as CLIP does;
+2. measured: run the combined graph once on a dummy pair with onnxruntime and divide
+   ``logits_per_image`` by the cosine of the two embeddings (exact; it is how the graph uses it);
+3. ``exp(config.json["logit_scale_init_value"])``: the *initial* value (2.6592 -> 14.3), a last
+   resort that is wrong for trained models; the manifest records which one was used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import BackendUnavailableError, InputError
+from .hub import fetch_files
+
+VOCAB = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
+DEFAULT_PREPROCESS = {
+    "image_size": 224, "resize": "shortest", "interpolation": "bicubic", "crop": "center",
+    "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+}  # fmt: skip
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL codes used by HF image processors
+
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnx.utils
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "building a bundle from a prebuilt ONNX model needs the onnx package: "
+            "pip install 'edgeclip[onnx]'"
+        ) from exc
+    return onnx
+
+
+def graph_inputs_needed(graph, outputs: list[str]) -> list[str]:
+    """Graph inputs that ``outputs`` depend on (walking node inputs backwards)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    declared = [i.name for i in graph.input]
+    seen: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is not None:
+            stack.extend(n for n in node.input if n)
+            # names read by subgraphs (If/Loop bodies) from the outer scope
+            for attr in node.attribute:
+                for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else []:
+                    for sub_node in sub.node:
+                        stack.extend(n for n in sub_node.input if n)
+    return [name for name in declared if name in seen]
+
+
+def _scalar(tensor) -> float | None:
+    from onnx import numpy_helper
+
+    value = numpy_helper.to_array(tensor)
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _logit_scale_from_names(model) -> float | None:
+    for init in model.graph.initializer:
+        if "logit_scale" in init.name.lower() and (v := _scalar(init)) is not None:
+            return v
+    for node in model.graph.node:
+        if node.op_type == "Constant" and any("logit_scale" in o.lower() for o in node.output):
+            for attr in node.attribute:
+                if attr.name == "value" and (v := _scalar(attr.t)) is not None:
+                    return v
+    return None
+
+
+def _logit_scale_measured(model_path: Path, image_size: int, context_length: int) -> float | None:
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    try:
+        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        ids = np.zeros((1, context_length), dtype=np.int64)
+        ids[0, :3] = [49406, 320, 49407]
+        feeds = {
+            "input_ids": ids,
+            "pixel_values": np.random.default_rng(0)
+            .standard_normal((1, 3, image_size, image_size))
+            .astype(np.float32),
+            "attention_mask": (ids != 0).astype(np.int64),
+        }
+        names = [i.name for i in sess.get_inputs()]
+        out = dict(
+            zip(
+                [o.name for o in sess.get_outputs()],
+                sess.run(None, {k: v for k, v in feeds.items() if k in names}),
+            )
+        )
+        img, txt = out["image_embeds"][0], out["text_embeds"][0]
+        cos = float(img @ txt / (np.linalg.norm(img) * np.linalg.norm(txt)))
+        if abs(cos) < 1e-6:
+            return None
+        return float(out["logits_per_image"][0, 0]) / cos
+    except Exception:  # best effort: any failure falls through to the config value
+        return None
+
+
+def read_logit_scale(model, model_path: Path, config: dict, arch: dict) -> tuple[float, str]:
+    """The logit scale multiplier (clamped at 100) and where it came from (see module doc)."""
+    raw = _logit_scale_from_names(model)
+    if raw is not None:
+        return min(math.exp(raw), 100.0), "graph initializer logit_scale (exp'd)"
+    measured = _logit_scale_measured(model_path, arch["image_size"], arch["context_length"])
+    if measured is not None:
+        return min(measured, 100.0), "measured: logits_per_image / cosine on the combined graph"
+    init = float(config.get("logit_scale_init_value", math.log(1 / 0.07)))
+    return min(math.exp(init), 100.0), "config.json logit_scale_init_value (initial value)"
+
+
+def preprocess_from_hf(pp: dict[str, Any]) -> dict[str, Any]:
+    """Map a transformers ``preprocessor_config.json`` (CLIPImageProcessor) to edgeclip's keys."""
+    out = dict(DEFAULT_PREPROCESS)
+    size, crop = pp.get("size"), pp.get("crop_size")
+    if isinstance(crop, dict):
+        crop = crop.get("height") or crop.get("shortest_edge")
+    if isinstance(size, dict):
+        if "shortest_edge" in size:
+            size = size["shortest_edge"]
+        elif "height" in size:
+            out["resize"], size = "squash", size["height"]
+    do_crop = pp.get("do_center_crop", crop is not None)
+    out["crop"] = "center" if do_crop else "none"
+    out["image_size"] = int((crop if do_crop and crop else size) or out["image_size"])
+    out["interpolation"] = _RESAMPLE.get(pp.get("resample"), "bicubic")
+    for key, hf_key in (("mean", "image_mean"), ("std", "image_std")):
+        if isinstance(pp.get(hf_key), list) and len(pp[hf_key]) == 3:
+            out[key] = [float(x) for x in pp[hf_key]]
+    return out
+
+
+def architecture_from_config(config: dict, fallback: dict) -> dict[str, Any]:
+    """The bundle's architecture block: the repo's config.json where it says, else the zoo's."""
+    from .zoo import ARCH_KEYS
+
+    arch = {k: fallback.get(k) for k in ARCH_KEYS}
+    vc, tc = config.get("vision_config") or {}, config.get("text_config") or {}
+    pairs = {
+        "embed_dim": config.get("projection_dim"),
+        "image_size": vc.get("image_size"),
+        "patch_size": vc.get("patch_size"),
+        "vision_width": vc.get("hidden_size"),
+        "vision_layers": vc.get("num_hidden_layers"),
+        "vision_heads": vc.get("num_attention_heads"),
+        "text_width": tc.get("hidden_size"),
+        "text_layers": tc.get("num_hidden_layers"),
+        "text_heads": tc.get("num_attention_heads"),
+        "context_length": tc.get("max_position_embeddings"),
+        "vocab_size": tc.get("vocab_size"),
+        "hidden_act": tc.get("hidden_act") or vc.get("hidden_act"),
+    }
+    arch.update({k: v for k, v in pairs.items() if v is not None})
+    arch["image_size"] = arch["image_size"] or 224
+    arch["context_length"] = arch["context_length"] or 77
+    return arch
+
+
+def _split(onnx, model, model_path: Path, out_dir: Path) -> dict[str, list[str]]:
+    """Write image.onnx and text.onnx into ``out_dir``; return the inputs each tower kept.
+
+    This is ``onnx.utils.extract_model`` on a model loaded once (the function itself would load
+    the whole combined model again for each tower).
+    """
+    outputs = {o.name for o in model.graph.output}
+    for need in ("image_embeds", "text_embeds"):
+        if need not in outputs:
+            raise InputError(
+                f"{model_path} has no output {need!r} (outputs: {sorted(outputs)}); a hub-onnx "
+                "source must be a combined transformers CLIPModel export."
+            )
+    extractor = onnx.utils.Extractor(model)
+    inputs = {}
+    for tower, output in (("image", "image_embeds"), ("text", "text_embeds")):
+        needed = graph_inputs_needed(model.graph, [output])
+        inputs[tower] = needed
+        sub = extractor.extract_model(needed, [output])
+        path = out_dir / f"{tower}.onnx"
+        if sub.ByteSize() > onnx.checker.MAXIMUM_PROTOBUF:
+            onnx.save(sub, str(path), save_as_external_data=True, location=path.name + ".data")
+        else:
+            onnx.save(sub, str(path))
+        onnx.checker.check_model(str(path))
+    return inputs
+
+
+def default_cache_root() -> Path:
+    """Where built bundles go (see ``edgeclip.paths.bundles_dir``)."""
+    from .paths import bundles_dir
+
+    return bundles_dir()
+
+
+def bundle_from_hub_onnx(
+    model_name: str,
+    entry: dict[str, Any],
+    source: dict[str, Any],
+    cache_root: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Fetch a ``hub-onnx`` source, split its combined graph into towers, write a bundle.
+
+    The bundle lands in ``cache_root/<model_name>@<revision>/`` (built in a temporary folder
+    beside it, then renamed, so a crash never leaves half a bundle). An existing bundle there is
+    returned as is, without any request (so it also works offline); with an unpinned revision
+    ("main") that means it is not refreshed: delete the folder to rebuild it. ``cache_dir`` is the HF hub cache for the download (default: HF's own).
+    """
+    revision = source.get("revision") or "main"
+    root = Path(cache_root).expanduser()
+    final = root / f"{model_name}@{revision}"
+    if (final / "manifest.json").is_file():
+        return final
+    roles = {f.get("role"): f["path"] for f in source["files"] if isinstance(f, dict)}
+    if "model" not in roles:
+        raise InputError(
+            f"zoo entry {model_name!r}: hub-onnx source lists no file with role 'model'."
+        )
+    onnx = _import_onnx()
+    paths = fetch_files(
+        source["repo"],
+        source.get("revision"),
+        source["files"],
+        cache_dir=cache_dir,
+        model_name=model_name,
+    )
+    model_path = paths[roles["model"]]
+    config = json.loads(paths[roles["config"]].read_text()) if "config" in roles else {}
+    pp = json.loads(paths[roles["preprocessor"]].read_text()) if "preprocessor" in roles else {}
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_name}@{revision}.", suffix=".tmp", dir=root))
+    try:
+        (tmp / "onnx-fp32").mkdir()
+        (tmp / "tokenizer").mkdir()
+        model = onnx.load(str(model_path))  # external data, if any, resolved beside the file
+        inputs = _split(onnx, model, model_path, tmp / "onnx-fp32")
+        arch = architecture_from_config(config, entry.get("architecture") or {})
+        scale, scale_source = read_logit_scale(model, model_path, config, arch)
+        del model
+        shutil.copyfile(VOCAB, tmp / "tokenizer" / VOCAB.name)
+        preprocess = preprocess_from_hf(pp)
+        manifest = {
+            "name": model_name,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "edgeclip_version": _edgeclip_version(),
+            "source": {
+                "kind": "hub-onnx",
+                "path": str(model_path),
+                "repo": source["repo"],
+                "revision": source.get("revision"),
+                "file": roles["model"],
+                "logit_scale_from": scale_source,
+            },
+            "architecture": arch,
+            "logit_scale": scale,
+            "tokenizer": {
+                "kind": "clip-bpe",
+                "file": f"tokenizer/{VOCAB.name}",
+                "context_length": int(arch.get("context_length") or 77),
+            },
+            "preprocess": preprocess,
+            "variants": [
+                {
+                    "id": "onnx-fp32",
+                    "backend": "onnx",
+                    "precision": "fp32",
+                    "image": {"file": "onnx-fp32/image.onnx", "input": "pixel_values", "output": "image_embeds",
+                              "batch_sizes": None, "inputs": inputs["image"]},
+                    "text": {"file": "onnx-fp32/text.onnx", "input": "input_ids", "output": "text_embeds",
+                             "batch_sizes": None, "inputs": inputs["text"]},
+                    "parity": {"reference": "prebuilt; not measured here"},
+                    "gate": {"passed": True, "reason": None},
+                }
+            ],
+        }  # fmt: skip
+        from .bundle import write_manifest
+
+        write_manifest(tmp, manifest)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "manifest.json").is_file():  # lost a race only if the winner finished
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _edgeclip_version() -> str:
+    try:
+        from . import __version__
+
+        return str(__version__)
+    except ImportError:
+        return "unknown"
+
+
+__all__ = [
+    "bundle_from_hub_onnx",
+    "default_cache_root",
+    "graph_inputs_needed",
+    "preprocess_from_hf",
+]

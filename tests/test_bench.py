@@ -1,0 +1,257 @@
+"""edgeclip bench: MACs, the pairs/s method, result files, bad input and Ctrl-C (no speed thresholds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import cli, report
+from benchmarks.accuracy import scan_folder, topk_accuracy
+from benchmarks.device import device_report
+from benchmarks.macs import analytic_macs, analytic_params, tower_report
+from benchmarks.throughput import Settings, chunk_note, measure, pairs_per_s, time_calls
+from edgeclip.bundle import Bundle
+from edgeclip.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_macs_and_params_of_the_tinyclip8m_graph(tinyclip8m_bundle):
+    b = Bundle.open(tinyclip8m_bundle, verify=False)
+    v = b.find("onnx", "fp32")[0]
+    rep = tower_report(b.path_of(v.image.file), b.path_of(v.text.file), b.manifest["architecture"])
+    # TinyCLIP's card: 1.787 G image + 0.191 G text = 1.978 G a pair ("2.0")
+    assert round(rep["image_macs"] / 1e9, 3) == 1.787
+    assert round(rep["text_macs"] / 1e9, 3) == 0.191
+    assert round(rep["pair_macs"] / 1e9, 3) == 1.978
+    a = rep["analytic"]
+    assert (rep["image_macs"], rep["text_macs"]) == (a["image_macs"], a["text_macs"])
+    # parameters counted per use: the exporter's merging of equal random LayerNorms must not hide any
+    assert (rep["image_params"], rep["text_params"]) == (a["image_params"], a["text_params"])
+    assert 23.0e6 < rep["params"] < 23.6e6
+    assert rep["text_params"] > 49408 * 256  # the token embedding is in
+
+
+def test_analytic_count_follows_the_architecture():
+    arch = {
+        "embed_dim": 512,
+        "image_size": 224,
+        "patch_size": 16,
+        "vision_width": 256,
+        "vision_layers": 10,
+        "text_width": 256,
+        "text_layers": 3,
+        "context_length": 77,
+    }
+    base = analytic_macs(arch)
+    deeper = analytic_macs({**arch, "vision_layers": 11})
+    assert deeper["text_macs"] == base["text_macs"]
+    assert (
+        deeper["image_macs"] - base["image_macs"]
+        == (base["image_macs"] - 196 * 768 * 256 - 256 * 512) // 10
+    )
+    assert (
+        analytic_params(arch)["text_params"]
+        - analytic_params({**arch, "vocab_size": 49407})["text_params"]
+        == 256
+    )
+    with pytest.raises(InputError, match="vision_width"):
+        analytic_macs({k: v for k, v in arch.items() if k != "vision_width"})
+
+
+def test_pairs_per_s_and_timing_protocol():
+    assert pairs_per_s(100.0, 300.0) == pytest.approx(75.0)
+    assert pairs_per_s(0.0, 300.0) == 0.0
+    calls = []
+    times = time_calls(lambda: calls.append(1), warmup=3, repeats=4, min_time=0.0, max_repeats=10)
+    assert len(calls) == 7 and len(times) == 4 and (times >= 0).all()
+    pixels, ids = np.zeros((4, 3, 8, 8), np.float32), np.zeros((4, 77), np.int64)
+    seen = []
+    rows = measure(
+        {"variant": "fake"},
+        lambda x, b: seen.append(("i", len(x))),
+        lambda t, b: seen.append(("t", len(t))),
+        pixels,
+        ids,
+        [1, 4],
+        Settings(warmup=1, repeats=2, min_time=0, max_repeats=2, latency_repeats=3),
+    )
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    assert ("i", 4) in seen and ("t", 4) in seen
+    assert rows[0]["latency"]["image"]["n"] == 3 and "latency" not in rows[1]
+    for r in rows:
+        assert r["pairs_per_s"] == pytest.approx(pairs_per_s(r["images_per_s"], r["texts_per_s"]))
+
+
+def test_fixed_batch_notes():
+    assert chunk_note(None, 32) is None
+    assert chunk_note((1, 8), 8) is None
+    assert chunk_note((1, 8), 32) == "chunked as 4×8 (fixed batch sizes [1, 8])"
+    assert chunk_note((4,), 2) == "padded to fixed batch 4"
+
+
+def _labelled_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog", "red_car"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(
+                root / cls / f"{i}.jpg"
+            )
+    (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def test_quick_run_writes_sane_json_csv_md_png_and_merges(micro_bundle, tmp_path):
+    out = tmp_path / "res"
+    folder = _labelled_folder(tmp_path / "acc")
+    rc = cli.main(
+        [
+            str(micro_bundle),
+            "--quick",
+            "--threads",
+            "1",
+            "--batch-sizes",
+            "1,2",
+            "--accuracy",
+            str(folder),
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema"] == report.SCHEMA and not res["interrupted"]
+    assert res["device"]["cpu"]["logical_cores"] >= 1 and res["device"]["versions"]["numpy"]
+    m = res["macs"]
+    assert m["pair_macs"] == m["image_macs"] + m["text_macs"] == m["analytic"]["pair_macs"]
+    rows = {(r["variant"], r["batch_size"]): r for r in res["throughput"]}
+    assert set(rows) == {("onnx-fp32", 1), ("onnx-fp32", 2), ("torch-fp32", 1), ("torch-fp32", 2)}
+    for r in rows.values():
+        assert r["images_per_s"] > 0 and r["texts_per_s"] > 0
+        assert r["pairs_per_s"] == pytest.approx(1 / (1 / r["images_per_s"] + 1 / r["texts_per_s"]))
+    assert rows[("torch-fp32", 2)]["vs_baseline"] == pytest.approx(1.0)
+    assert rows[("onnx-fp32", 2)]["vs_baseline"] == pytest.approx(
+        rows[("onnx-fp32", 2)]["pairs_per_s"] / rows[("torch-fp32", 2)]["pairs_per_s"]
+    )
+    lat = rows[("onnx-fp32", 1)]["latency"]["image"]
+    assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
+    mem = {r["variant"]: r for r in res["memory"]}
+    assert mem["onnx-fp32"]["peak_rss_mb"] > 10 and mem["onnx-fp32"]["cold_start_s"] > 0
+    assert mem["onnx-fp32"]["size_mb"] > 0
+    assert res["e2e"][0]["images_per_s"] > 0
+    acc = res["accuracy"]
+    assert (acc["n_classes"], acc["n_files"], acc["skipped"]) == (3, 7, 1)
+    assert acc["rows"][0]["n_images"] == 6 and acc["rows"][0]["top1_agreement"] == 1.0
+    assert 0 <= acc["rows"][0]["top1"] <= acc["rows"][0]["top5"] <= 1
+    with open(out / "results.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 4 and float(table[0]["pairs_per_s"]) > 0
+    md = (out / "results.md").read_text()
+    assert "| variant | device | batch | images/s" in md and "Zero-shot accuracy" in md
+    for png in ("pairs_per_s.png", "latency.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    cmp_dir = tmp_path / "cmp"
+    assert cli.main(["--merge", str(out / "results.json"), str(out), "-o", str(cmp_dir)]) == 0
+    merged = json.loads((cmp_dir / "merged.json").read_text())
+    assert len(merged["runs"]) == 2
+    header = (cmp_dir / "comparison.md").read_text().splitlines()[2]
+    assert header.count("Intel") + header.count("(") >= 2  # one column per run
+    assert (cmp_dir / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backends", "tensorflow"], "unknown backend 'tensorflow'"),
+        (["--precisions", "int4"], "no int4 variant"),
+        (["--batch-sizes", "0,8"], "positive integers"),
+        (["--batch-sizes", "a,b"], "comma list of integers"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ],
+)
+def test_bad_input_is_named(micro_bundle, tmp_path, capsys, args, message):
+    assert cli.main([str(micro_bundle), "-o", str(tmp_path / "o"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_accuracy_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no class subfolders"):
+        scan_folder(tmp_path / "empty")
+    (tmp_path / "noimg" / "cat").mkdir(parents=True)
+    with pytest.raises(InputError, match="no image files"):
+        scan_folder(tmp_path / "noimg")
+    folder = _labelled_folder(tmp_path / "named")
+    (folder / "classes.json").write_text(json.dumps({"red_car": "sports car"}))
+    paths, labels, names = scan_folder(folder)
+    assert (
+        names == ["cat", "dog", "sports car"] and len(paths) == 7 and labels.tolist().count(1) == 3
+    )
+    logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])
+    assert topk_accuracy(logits, np.array([1, 1]), 1) == 0.5
+    assert topk_accuracy(logits, np.array([1, 1]), 2) == 1.0
+
+
+def test_device_report_has_the_basics():
+    rep = device_report()
+    assert rep["cpu"]["logical_cores"] >= 1 and rep["python"] and rep["machine"]
+    assert isinstance(rep["cpu"]["isa"], list) and "numpy" in rep["versions"]
+    json.dumps(rep)  # stored inside results.json
+
+
+def test_ctrl_c_writes_what_was_measured(micro_bundle, tmp_path):
+    out = tmp_path / "partial"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.cli",
+            str(micro_bundle),
+            "--threads",
+            "1",
+            "--baseline",
+            "none",
+            "--batch-sizes",
+            "1,2,3,4,5,6,7,8",
+            "--no-memory",
+            "--no-e2e",
+            "-o",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    seen = []
+
+    def read():  # tqdm redraws with \r: read characters, not lines
+        while chunk := proc.stderr.read1(256):
+            seen.append(chunk.decode(errors="replace"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while "throughput onnx-fp32" not in "".join(seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # a batch size or two (≥ 1 s each by default) gets measured
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    res = json.loads((out / "results.json").read_text())
+    assert res["interrupted"] is True and res["macs"]["pair_macs"] > 0
+    assert len(res["throughput"]) < 8
+    assert "Interrupted" in (out / "results.md").read_text()

@@ -1,0 +1,452 @@
+"""converters/: checkpoints (HF and open_clip) → ONNX bundles, parity with transformers, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+for _mod in ("torch", "transformers", "safetensors", "onnx", "onnxruntime"):
+    pytest.importorskip(_mod)
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from converters.bundle_writer import ParityError, _synthetic_images, convert  # noqa: E402
+from converters.checkpoints import load_checkpoint, torch_embeddings  # noqa: E402
+from converters.fixtures import ARCHS, random_model  # noqa: E402
+from converters.open_clip_keys import hf_config_from_open_clip  # noqa: E402
+from edgeclip.bundle import MANIFEST, Bundle, sha256_file  # noqa: E402
+from edgeclip.errors import InputError, ModelNotFoundError  # noqa: E402
+from edgeclip.preprocess import Preprocessor  # noqa: E402
+from edgeclip.tokenizer import tokenize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CONFIG = ROOT.parent / "shared/weights/tinyclip-vit-8m16-text3m/open_clip_config.json"
+TEXTS = ["a photo of a cat", "a dog on a skateboard", "", "über café 東京 🚀", "word " * 100]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _ort(bundle: Path, tower: str) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(bundle / "onnx-fp32" / f"{tower}.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+
+def _fresh_inputs(bundle: Path, n_images: int = 5):
+    """Inputs the conversion never saw: other pictures, other captions, batch 5."""
+    m = Bundle.open(bundle).manifest
+    pixels = Preprocessor(m["preprocess"])(_synthetic_images(n_images, seed=42))[0]
+    ids = tokenize(TEXTS, context_length=m["tokenizer"]["context_length"])
+    return pixels, ids
+
+
+def _bundle_vs_transformers(bundle: Path, checkpoint: Path) -> tuple[float, float]:
+    model, _ = load_checkpoint(checkpoint)
+    pixels, ids = _fresh_inputs(bundle)
+    ref = torch_embeddings(model, pixels, ids)
+    got_i = _ort(bundle, "image").run(None, {"pixel_values": pixels})[0]
+    got_t = _ort(bundle, "text").run(None, {"input_ids": ids})[0]
+    cos_i = (_unit(got_i) * _unit(ref["image"])).sum(1)
+    cos_t = (_unit(got_t) * _unit(ref["text"])).sum(1)
+    # Distinct inputs must give distinct embeddings, or the parity above would prove little.
+    sims = _unit(ref["image"]) @ _unit(ref["image"]).T
+    assert sims[np.triu_indices(len(sims), 1)].max() < 0.99
+    return float(cos_i.min()), float(cos_t.min())
+
+
+# -- parity on the TinyCLIP-8M shape and on an architecture that differs in every dimension ----
+
+
+def test_tinyclip8m_bundle_matches_transformers(tinyclip8m_bundle, tinyclip8m_hf_checkpoint):
+    manifest = Bundle.open(tinyclip8m_bundle).manifest
+    arch = manifest["architecture"]
+    assert (arch["image_size"], arch["patch_size"], arch["embed_dim"]) == (224, 16, 512)
+    assert (arch["vision_width"], arch["vision_layers"], arch["vision_heads"]) == (256, 10, 4)
+    assert (arch["text_width"], arch["text_layers"], arch["text_heads"]) == (256, 3, 4)
+    assert (arch["context_length"], arch["vocab_size"], arch["hidden_act"]) == (77, 49408, "gelu")
+    parity = manifest["variants"][0]["parity"]
+    assert min(parity["image_cosine_min"], parity["text_cosine_min"]) >= 0.9999
+    image_min, text_min = _bundle_vs_transformers(tinyclip8m_bundle, tinyclip8m_hf_checkpoint)
+    assert image_min >= 0.9999 and text_min >= 0.9999
+
+
+def test_odd_architecture_bundle_matches_transformers(odd_bundle, odd_hf_checkpoint):
+    arch = Bundle.open(odd_bundle).manifest["architecture"]
+    tiny = {
+        "embed_dim": 512,
+        "image_size": 224,
+        "patch_size": 16,
+        "vision_width": 256,
+        "vision_layers": 10,
+        "vision_heads": 4,
+        "text_width": 256,
+        "text_layers": 3,
+        "text_heads": 4,
+        "context_length": 77,
+        "hidden_act": "gelu",
+    }
+    assert all(arch[k] != v for k, v in tiny.items()), arch
+    image_min, text_min = _bundle_vs_transformers(odd_bundle, odd_hf_checkpoint)
+    assert image_min >= 0.9999 and text_min >= 0.9999
+
+
+def test_fixture_is_exactly_tinyclip_8m():
+    if SHARED_CONFIG.is_file():
+        assert ARCHS["tinyclip-8m"] == json.loads(SHARED_CONFIG.read_text())
+    cfg = hf_config_from_open_clip(ARCHS["tinyclip-8m"])
+    assert cfg["vision_config"]["num_attention_heads"] == 4  # 256 // head_width 64
+    assert cfg["vision_config"]["intermediate_size"] == 1024
+    assert cfg["text_config"]["hidden_act"] == "gelu"  # TinyCLIP is GELU, not QuickGELU
+
+
+# -- formats ------------------------------------------------------------------------------------
+
+
+def test_hf_safetensors_bundle_lists_every_file_with_its_sha256(micro_bundle, micro_hf_checkpoint):
+    bundle = Bundle.open(micro_bundle)  # verifies sizes and hashes
+    files = bundle.manifest["files"]
+    on_disk = {
+        p.relative_to(micro_bundle).as_posix() for p in micro_bundle.rglob("*") if p.is_file()
+    }
+    assert set(files) == on_disk - {MANIFEST}
+    assert set(files) == {
+        "onnx-fp32/image.onnx",
+        "onnx-fp32/text.onnx",
+        "tokenizer/bpe_simple_vocab_16e6.txt.gz",
+    }
+    for rel, meta in files.items():
+        assert meta["sha256"] == sha256_file(micro_bundle / rel)
+        assert meta["size"] == (micro_bundle / rel).stat().st_size
+    source = bundle.manifest["source"]
+    assert source["kind"] == "hf-checkpoint"
+    assert source["files"]["model.safetensors"]["sha256"] == sha256_file(
+        micro_hf_checkpoint / "model.safetensors"
+    )
+    assert bundle.manifest["preprocess"]["image_size"] == 32
+    assert set(bundle.manifest["conversion"]["seconds"]) >= {
+        "load",
+        "export_image",
+        "export_text",
+        "parity",
+    }
+    assert 0 < bundle.logit_scale <= 100
+
+
+def test_hf_bin_and_open_clip_give_the_same_bundle_outputs(
+    micro_bundle, micro_hf_bin_checkpoint, micro_open_clip_checkpoint, tmp_path
+):
+    pixels, ids = _fresh_inputs(micro_bundle)
+    want_i = _ort(micro_bundle, "image").run(None, {"pixel_values": pixels})[0]
+    want_t = _ort(micro_bundle, "text").run(None, {"input_ids": ids})[0]
+    for ckpt, kind in (
+        (micro_hf_bin_checkpoint, "hf-checkpoint"),
+        (micro_open_clip_checkpoint, "open_clip-checkpoint"),
+    ):
+        out = convert(ckpt, tmp_path / kind, n_parity_images=3, n_parity_texts=4)
+        manifest = Bundle.open(out).manifest
+        assert manifest["source"]["kind"] == kind
+        assert manifest["variants"][0]["parity"]["n_texts"] == 4
+        np.testing.assert_allclose(
+            _ort(out, "image").run(None, {"pixel_values": pixels})[0], want_i, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            _ort(out, "text").run(None, {"input_ids": ids})[0], want_t, atol=1e-5
+        )
+    assert (
+        "pytorch_model.bin" in Bundle.open(tmp_path / "hf-checkpoint").manifest["source"]["files"]
+    )
+
+
+def test_open_clip_mapping_round_trips_exactly(odd_hf_checkpoint, odd_open_clip_checkpoint):
+    hf_model, hf_info = load_checkpoint(odd_hf_checkpoint)
+    oc_model, oc_info = load_checkpoint(odd_open_clip_checkpoint)
+    assert (
+        oc_info["kind"] == "open_clip-checkpoint"
+        and oc_info["architecture"] == hf_info["architecture"]
+    )
+    assert oc_info["architecture"]["hidden_act"] == "quick_gelu"
+    hf_sd, oc_sd = hf_model.state_dict(), oc_model.state_dict()
+    assert set(hf_sd) == set(oc_sd)
+    for key in hf_sd:
+        assert torch.equal(hf_sd[key], oc_sd[key]), key
+    pixels = np.random.default_rng(0).standard_normal((3, 3, 48, 48)).astype(np.float32)
+    ids = tokenize(TEXTS, context_length=64)
+    a, b = torch_embeddings(hf_model, pixels, ids), torch_embeddings(oc_model, pixels, ids)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["text"], b["text"])
+    assert oc_info["logit_scale"] == pytest.approx(hf_info["logit_scale"])
+
+
+def test_open_clip_flat_safetensors_loads_the_same(
+    odd_open_clip_checkpoint, odd_hf_checkpoint, tmp_path
+):
+    from safetensors.torch import save_file
+
+    nested = torch.load(odd_open_clip_checkpoint, weights_only=True)["state_dict"]
+    flat = {k.removeprefix("module."): v.contiguous() for k, v in nested.items()}
+    save_file(flat, str(tmp_path / "student.safetensors"))
+    shutil.copy(
+        odd_open_clip_checkpoint.parent / "open_clip_config.json", tmp_path / "student.json"
+    )
+    model, info = load_checkpoint(tmp_path)  # the directory: one weights file + its config
+    assert info["kind"] == "open_clip-checkpoint" and info["path"].endswith("student.safetensors")
+    ref, _ = load_checkpoint(odd_hf_checkpoint)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values())
+    )
+
+
+def test_legacy_hf_checkpoint_loads_and_converts(micro_hf_checkpoint, micro_bundle, tmp_path):
+    """transformers-4.x style: position_ids buffers in pytorch_model.bin, eos_token_id 2."""
+    from safetensors.torch import load_file
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    sd = load_file(str(micro_hf_checkpoint / "model.safetensors"))
+    sd["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    sd["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    torch.save(sd, legacy / "pytorch_model.bin")
+    cfg = json.loads((micro_hf_checkpoint / "config.json").read_text())
+    cfg["text_config"].update(eos_token_id=2, bos_token_id=0, pad_token_id=1)
+    cfg["transformers_version"] = "4.26.0"
+    (legacy / "config.json").write_text(json.dumps(cfg))
+    out = convert(legacy, tmp_path / "bundle", n_parity_images=2, n_parity_texts=8)
+    assert Bundle.open(out).manifest["preprocess"]["image_size"] == 32  # CLIP defaults at 32 px
+    ids = tokenize(TEXTS)
+    want = _ort(micro_bundle, "text").run(None, {"input_ids": ids})[0]
+    np.testing.assert_allclose(_ort(out, "text").run(None, {"input_ids": ids})[0], want, atol=1e-5)
+
+
+def test_graphs_are_single_file_dynamic_batch_and_pool_on_int32(micro_bundle):
+    assert sorted(p.name for p in (micro_bundle / "onnx-fp32").iterdir()) == [
+        "image.onnx",
+        "text.onnx",
+    ]
+    for tower, in_name, out_name, dtype in (
+        ("image", "pixel_values", "image_embeds", onnx.TensorProto.FLOAT),
+        ("text", "input_ids", "text_embeds", onnx.TensorProto.INT64),
+    ):
+        proto = onnx.load(str(micro_bundle / "onnx-fp32" / f"{tower}.onnx"))
+        assert proto.opset_import[0].version == 17
+        (inp,), (out,) = proto.graph.input, proto.graph.output
+        assert (inp.name, out.name, inp.type.tensor_type.elem_type) == (in_name, out_name, dtype)
+        assert inp.type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    text = onnx.load(str(micro_bundle / "onnx-fp32" / "text.onnx"))
+    assert [n.op_type for n in text.graph.node].count("ArgMax") == 1
+    # Batch sizes other than the export's (2) and pooling at the EOT wherever it falls.
+    session = _ort(micro_bundle, "text")
+    ids = tokenize(["a", "a b c d e f g h", "a"], context_length=77)
+    out = session.run(None, {"input_ids": ids})[0]
+    assert out.shape == (3, 32)
+    np.testing.assert_allclose(out[0], out[2], atol=1e-6)
+    assert not np.allclose(out[0], out[1], atol=1e-3)
+
+
+# -- refusals -------------------------------------------------------------------------------------
+
+
+def test_missing_path_is_model_not_found(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="nope"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(ModelNotFoundError):
+        convert(tmp_path / "nope", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_clip_inputs_raise_input_errors_that_say_what_was_expected(
+    tmp_path, micro_hf_checkpoint
+):
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    torch.save({"w": torch.zeros(2)}, bert / "pytorch_model.bin")
+    with pytest.raises(InputError, match="CLIPModel"):
+        load_checkpoint(bert)
+
+    with pytest.raises(InputError, match="CLIP checkpoint"):
+        load_checkpoint(tmp_path / "bert" / "config.json")  # a JSON file is not weights
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="CLIP checkpoint directory"):
+        load_checkpoint(empty)
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "model.pt").write_bytes(b"this is not a checkpoint")
+    (junk / "open_clip_config.json").write_text(json.dumps(ARCHS["micro"]))
+    with pytest.raises(InputError, match="weights-only"):
+        load_checkpoint(junk / "model.pt")
+
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(3, 3)}}, other / "model.pt")
+    (other / "open_clip_config.json").write_text(json.dumps(ARCHS["micro"]))
+    with pytest.raises(InputError, match="visual.conv1.weight"):
+        load_checkpoint(other)
+
+    unsupported = dict(
+        ARCHS["micro"], vision_cfg={**ARCHS["micro"]["vision_cfg"], "timm_model_name": "vit"}
+    )
+    (other / "open_clip_config.json").write_text(json.dumps(unsupported))
+    with pytest.raises(InputError, match="timm_model_name"):
+        load_checkpoint(other / "model.pt")
+
+    # A config whose depth differs from the weights' (weights from another model).
+    wrong = tmp_path / "wrong"
+    shutil.copytree(micro_hf_checkpoint, wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["vision_config"]["num_hidden_layers"] = 3
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="missing"):
+        load_checkpoint(wrong)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "open_clip_config.json").write_text(json.dumps(ARCHS["micro"]))
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "hook": Path("/")}, evil / "model.pt")
+    with pytest.raises(InputError, match="weights-only"):
+        load_checkpoint(evil / "model.pt")
+
+
+def test_failed_conversion_leaves_no_bundle_and_keeps_the_old_one(
+    micro_hf_checkpoint, micro_bundle, tmp_path
+):
+    out = tmp_path / "bundle"
+    with pytest.raises(ParityError, match="No bundle was written"):
+        convert(
+            micro_hf_checkpoint, out, min_cosine=1.5
+        )  # a gate no graph can pass: fails after export
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging directory left either
+
+    shutil.copytree(micro_bundle, out)
+    before = (out / MANIFEST).read_text()
+    with pytest.raises(InputError, match="overwrite"):
+        convert(micro_hf_checkpoint, out)
+    with pytest.raises(ParityError):
+        convert(micro_hf_checkpoint, out, overwrite=True, min_cosine=1.5)
+    assert (out / MANIFEST).read_text() == before
+    Bundle.open(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+    convert(
+        micro_hf_checkpoint,
+        out,
+        overwrite=True,
+        name="renamed",
+        n_parity_images=2,
+        n_parity_texts=2,
+    )
+    assert Bundle.open(out).name == "renamed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+_KILL_MIDWAY = """
+import os, signal, sys
+import converters.bundle_writer as bw
+import converters.onnx_export as ox
+
+def die(*args, **kwargs):  # the image graph is written; the process dies before the text one
+    os.kill(os.getpid(), signal.SIGKILL)
+
+ox.export_text_tower = die
+bw.convert(sys.argv[1], sys.argv[2], progress=False)
+"""
+
+
+def test_killed_conversion_leaves_nothing_that_loads(micro_hf_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    done = subprocess.run(
+        [sys.executable, "-c", _KILL_MIDWAY, str(micro_hf_checkpoint), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -9, done.stderr
+    assert not out.exists()
+    (staging,) = tmp_path.iterdir()  # only the hidden staging dir, with half the graphs
+    assert staging.name.startswith(".bundle.partial-")
+    assert (staging / "onnx-fp32" / "image.onnx").is_file() and not (staging / MANIFEST).exists()
+    with pytest.raises(InputError):
+        Bundle.open(staging)
+    convert(micro_hf_checkpoint, out, n_parity_images=2, n_parity_texts=2)  # a rerun just works
+    Bundle.open(out)
+
+
+def test_bad_arguments_are_refused_before_any_work(micro_hf_checkpoint, tmp_path):
+    for kwargs in ({"n_parity_images": 0}, {"n_parity_texts": -1}, {"name": ""}):
+        with pytest.raises(InputError):
+            convert(micro_hf_checkpoint, tmp_path / "b", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the runtime on converted bundles ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["odd", "tinyclip8m"])
+def test_edgeclip_load_matches_transformers(which, request):
+    edgeclip = pytest.importorskip("edgeclip")
+    if not hasattr(edgeclip, "load"):
+        pytest.skip("edgeclip.load is not there yet")
+    bundle = request.getfixturevalue(f"{which}_bundle")
+    checkpoint = request.getfixturevalue(f"{which}_hf_checkpoint")
+    runtime = edgeclip.load(str(bundle), backend="onnxruntime", precision="fp32")
+    images = _synthetic_images(4, seed=7)
+    manifest = Bundle.open(bundle).manifest
+    model, _ = load_checkpoint(checkpoint)
+    pixels = Preprocessor(manifest["preprocess"])(images)[0]
+    ids = tokenize(TEXTS, context_length=manifest["tokenizer"]["context_length"])
+    ref = torch_embeddings(model, pixels, ids)
+    got_i, got_t = runtime.encode_image(images), runtime.encode_text(TEXTS)
+    assert (got_i * _unit(ref["image"])).sum(1).min() >= 0.9999
+    assert (got_t * _unit(ref["text"])).sum(1).min() >= 0.9999
+
+
+def test_command_line_writes_fixture_and_bundle(tmp_path, capsys):
+    from converters.__main__ import main
+
+    assert (
+        main(["fixture", str(tmp_path / "ckpt"), "--arch", "micro", "--format", "open_clip"]) == 0
+    )
+    assert "random weights" in capsys.readouterr().out
+    argv = ["convert", str(tmp_path / "ckpt" / "micro.pt"), "-o", str(tmp_path / "b")]
+    assert main(argv + ["--parity-images", "2", "--parity-texts", "2"]) == 0
+    assert "text_cosine_min" in capsys.readouterr().out
+    assert Bundle.open(tmp_path / "b").manifest["source"]["kind"] == "open_clip-checkpoint"
+    assert main(argv) == 2  # exists, no --overwrite
+    assert "overwrite" in capsys.readouterr().err
+    # As a real process: a missing checkpoint fails fast (before torch is imported) with status 2.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "converters",
+            "convert",
+            str(tmp_path / "missing"),
+            "-o",
+            str(tmp_path / "c"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_random_model_is_deterministic():
+    a, b = random_model("micro", seed=3), random_model("micro", seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
