@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeclip.errors import EdgeclipError, InputError
 
 PROCEDURAL_TEACHER = "procedural-teacher"
-TEACHER_STEPS, TEACHER_BATCH = 400, 256
+TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR = 200, 256, 2e-3
 
 
 def cache_dir() -> Path:
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-teacher", help="train a CLIP from scratch (default: procedural data)")
     t.add_argument("--arch", default=PROCEDURAL_TEACHER, help="preset name or architecture JSON")
     _common(t)
-    t.set_defaults(steps=TEACHER_STEPS, batch_size=TEACHER_BATCH, eval_every=100)
+    t.set_defaults(steps=TEACHER_STEPS, batch_size=TEACHER_BATCH, lr=TEACHER_LR, eval_every=100)
     return ap
 
 
@@ -91,7 +91,7 @@ def resolve_teacher(teacher: str | None, progress: bool = True) -> str | None:
     if not (out / "model.safetensors").is_file():
         print(f"training the procedural teacher into {out} (once; later runs reuse it)", file=sys.stderr)
         train(TrainConfig(student=PROCEDURAL_TEACHER, out=str(out), steps=TEACHER_STEPS,
-                          batch_size=TEACHER_BATCH, eval_every=100, checkpoint_every=100,
+                          batch_size=TEACHER_BATCH, lr=TEACHER_LR, eval_every=100, checkpoint_every=100,
                           resume=(out / "train_state.pt").is_file(), progress=progress))  # fmt: skip
     return str(out)
 

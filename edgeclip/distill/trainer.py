@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeclip.errors import InputError
@@ -129,6 +130,21 @@ class _TeacherFeatures:
         return ti, tt
 
 
+class _Tokens:
+    """Tokenised captions, memoised (procedural captions repeat, and BPE is the slow part)."""
+
+    def __init__(self, context_length: int, limit: int = 200_000):
+        self.ctx, self.limit, self.memo = context_length, limit, {}
+
+    def __call__(self, caps: list[str]) -> torch.Tensor:
+        new = [c for c in dict.fromkeys(caps) if c not in self.memo]
+        if new:
+            if len(self.memo) + len(new) > self.limit:
+                self.memo.clear()
+            self.memo.update(zip(new, tokenize(new, self.ctx)))
+        return torch.from_numpy(np.stack([self.memo[c] for c in caps]))
+
+
 def train(cfg: TrainConfig, teacher_cache: dict | None = None) -> dict:
     """Run ``cfg``; returns a summary (output folder, final evaluation, timings).
 
@@ -199,7 +215,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
     ev = None
     if cfg.eval_every or cfg.data == "procedural":
         ev = eval_set(cfg.eval_held_out, cfg.eval_seen, image_size=arch["image_size"])
-    ctx = arch["context_length"]
+    tok = _Tokens(arch["context_length"])
     use_amp = device.type == "cuda"
     n_patches = (arch["image_size"] // arch["patch_size"]) ** 2
     local = cfg.batch_size // world
@@ -220,7 +236,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
     for step in range(start, cfg.steps):
         imgs, caps, idx, stream_state = next(batches)
         pixels = to_pixels(imgs, device)
-        ids = torch.from_numpy(tokenize(caps, ctx)).to(device)
+        ids = tok(caps).to(device)
         ti = tt = None
         if tfeat is not None:
             ti, tt = tfeat(idx, pixels, ids)

@@ -1,0 +1,271 @@
+"""Quantized/compiled variants on the micro fixture: every backend × precision round-trips, the gate
+refuses a broken variant, calibration data is deterministic and skips unreadable images."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeclip.errors import InputError
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_quantizer")
+
+PRECISIONS = "fp32,fp16,int8,int8-dynamic,int8-static,int8-weights"
+# One fixed batch size for LiteRT in tests: exercises the runtime's chunk + pad path and keeps
+# conversion to two graphs per tower set.
+BUILDER_OPTIONS = {"litert": {"batch_sizes": [2]}}
+
+
+@pytest.fixture(scope="module")
+def built(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
+    """A copy of the micro bundle with every backend × precision added (built once)."""
+    from converters.variants import add_variants
+
+    bundle = tmp_path_factory.mktemp("variants") / "micro"
+    shutil.copytree(micro_bundle, bundle)
+    logs: list[str] = []
+    manifest = add_variants(
+        bundle,
+        micro_hf_checkpoint,
+        backends="onnx,openvino,litert",
+        precisions=PRECISIONS,
+        n_calib=8,
+        n_eval=16,
+        builder_options=BUILDER_OPTIONS,
+        log=logs.append,
+    )
+    return bundle, manifest, logs
+
+
+@pytest.fixture(scope="module")
+def eval_data(built):
+    from converters.calibration import load_calibration
+
+    _, manifest, _ = built
+    return load_calibration(None, manifest["preprocess"], n_calib=4, n_eval=8, seed=1)
+
+
+def _variant(manifest, vid):
+    return next(v for v in manifest["variants"] if v["id"] == vid)
+
+
+EXPECTED = [
+    "onnx-fp16", "onnx-int8", "onnx-int8-dynamic", "onnx-int8-static", "onnx-int8-weights",
+    "openvino-fp32", "openvino-fp16", "openvino-int8", "openvino-int8-static",
+    "openvino-int8-weights", "litert-fp32", "litert-int8", "litert-int8-dynamic",
+    "litert-int8-weights",
+]  # fmt: skip
+
+
+def test_every_variant_is_gated_and_recorded(built):
+    from edgeclip.bundle import Bundle
+
+    bundle, manifest, logs = built
+    ids = {v["id"] for v in manifest["variants"]}
+    rejected = {r["id"]: r["reason"] for r in manifest["rejected_variants"]}
+    # Every requested combination either shipped or was rejected with a reason.
+    for vid in EXPECTED + ["litert-int8-static"]:
+        assert vid in ids or rejected.get(vid), vid
+    for v in manifest["variants"]:
+        assert v["gate"]["passed"] is True
+        assert v["gate"]["thresholds"]["cosine_mean"] == 0.99 or v["id"] == "onnx-fp32"
+        if v["id"] != "onnx-fp32":
+            assert v["parity"]["reference"] == "torch-fp32"
+            assert v["parity"]["image_cosine_mean"] >= 0.99
+            assert v["parity"]["text_cosine_mean"] >= 0.99
+    # Rejected variants leave no files behind; the bundle verifies (sha256 of every file).
+    for vid in rejected:
+        assert not (bundle / vid).exists()
+    opened = Bundle.open(bundle)
+    assert {v.id for v in opened.variants} == ids
+    assert not list(bundle.parent.glob(".micro.partial-*"))
+    assert not (bundle / ".litert-fp32-src").exists()
+    assert any("gate" in line for line in logs)
+
+
+def test_int8_search_records_its_choice(built):
+    _, manifest, _ = built
+    for backend in ("onnx", "openvino", "litert"):
+        v = next((v for v in manifest["variants"] if v["id"] == f"{backend}-int8"), None)
+        if v is None:
+            continue
+        search = v["options"]["search"]
+        assert search[-1]["passed"] and v["options"]["config"] == search[-1]["config"]
+        assert all(not s["passed"] for s in search[:-1])
+
+
+@pytest.mark.parametrize("vid", EXPECTED)
+def test_round_trip_matches_fp32(built, eval_data, vid):
+    """Each shipped variant runs through the runtime's backend + tower code and embeds like fp32."""
+    from converters.gate import run_variant
+
+    bundle, manifest, _ = built
+    if vid not in {v["id"] for v in manifest["variants"]}:
+        pytest.skip(f"{vid} did not pass the gate on this host (rejected, see manifest)")
+    ref_i, ref_t = run_variant(bundle, _variant(manifest, "onnx-fp32"), eval_data.eval_pixels, eval_data.eval_ids)
+    # Three images: odd against LiteRT's fixed batch of 2, so padding is exercised.
+    img, txt = run_variant(bundle, _variant(manifest, vid), eval_data.eval_pixels[:3], eval_data.eval_ids[:5])
+    assert img.shape == (3, ref_i.shape[1]) and txt.shape == (5, ref_t.shape[1])
+    assert img.dtype == np.float32
+
+    def cos(a, b):
+        return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    assert cos(img, ref_i[:3]).min() > 0.98
+    assert cos(txt, ref_t[:5]).min() > 0.98
+
+
+def test_litert_batches_recorded(built):
+    bundle, manifest, _ = built
+    v = _variant(manifest, "litert-fp32")
+    assert v["image"]["batch_sizes"] == [2] and "{batch}" in v["image"]["file"]
+    assert (bundle / v["image"]["file"].format(batch=2)).is_file()
+
+
+def test_litert_dynamic_range_detection(built):
+    """The tflite-runtime fallback must tell dynamic-range INT8 (zeros there) from weight-only."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeclip.backends.litert import is_dynamic_range
+
+    bundle, manifest, _ = built
+    kinds = {}
+    for vid in ("litert-int8-dynamic", "litert-int8-weights", "litert-fp32"):
+        f = bundle / _variant(manifest, vid)["image"]["file"].format(batch=2)
+        kinds[vid] = is_dynamic_range(Interpreter(model_path=str(f)))
+    assert kinds == {"litert-int8-dynamic": True, "litert-int8-weights": False, "litert-fp32": False}
+
+
+def test_gate_refuses_perturbed_graph(built, eval_data, tmp_path):
+    """A deliberately broken ONNX graph (one projection weight scrambled) fails the gate."""
+    import onnx
+    from onnx import numpy_helper
+
+    from converters.gate import evaluate, reference_embeddings
+
+    bundle, manifest, _ = built
+    work = tmp_path / "b"
+    (work / "onnx-broken").mkdir(parents=True)
+    fp32 = _variant(manifest, "onnx-fp32")
+    shutil.copytree(bundle / "onnx-fp32", work / "onnx-fp32")
+    graph = onnx.load(str(bundle / "onnx-fp32" / "image.onnx"))
+    # The largest 2-D initializer read by the final projection; scramble its rows.
+    init = max((i for i in graph.graph.initializer if len(i.dims) == 2), key=lambda i: i.dims[0] * i.dims[1])
+    w = numpy_helper.to_array(init)
+    rng = np.random.default_rng(0)
+    init.CopyFrom(numpy_helper.from_array(rng.permutation(w) * 1.5, init.name))
+    onnx.save(graph, str(work / "onnx-broken" / "image.onnx"))
+    shutil.copyfile(bundle / "onnx-fp32" / "text.onnx", work / "onnx-broken" / "text.onnx")
+    broken = copy.deepcopy(fp32)
+    broken.update(id="onnx-broken")
+    broken["image"]["file"] = "onnx-broken/image.onnx"
+    broken["text"]["file"] = "onnx-broken/text.onnx"
+    ref = reference_embeddings(eval_data, None, work, fp32)  # torch-free reference: onnx-fp32
+    assert ref.name == "onnx-fp32"
+    good = evaluate(work, fp32, eval_data, ref)
+    bad = evaluate(work, broken, eval_data, ref)
+    assert good["gate"]["passed"], good["gate"]
+    assert not bad["gate"]["passed"]
+    assert "image cosine mean" in bad["gate"]["reason"]
+    assert bad["parity"]["image_cosine_mean"] < 0.99
+    assert bad["parity"]["text_cosine_mean"] > 0.999  # text untouched
+
+
+def test_unknown_names_and_missing_inputs(built, tmp_path):
+    from converters.variants import add_variants, get_builder, parse_list
+
+    bundle, _, _ = built
+    with pytest.raises(InputError, match="unknown backend 'coreml'"):
+        parse_list("onnx,coreml", ("onnx", "openvino"), "backend")
+    with pytest.raises(InputError, match="unknown precision 'int4'"):
+        add_variants(bundle, None, backends="onnx", precisions="fp16,int4")
+    with pytest.raises(InputError, match="litert offers"):
+        get_builder("litert", "fp16")
+    with pytest.raises(InputError, match="not an edgeclip bundle"):
+        add_variants(tmp_path, None)
+    with pytest.raises(InputError, match="does not exist"):
+        add_variants(bundle, None, calibration_dir=tmp_path / "nope")
+    with pytest.raises(InputError, match="LiteRT variants are converted from the torch model"):
+        add_variants(bundle, None, backends="litert", precisions="fp32")
+
+
+def _write_images(folder: Path, n: int) -> None:
+    from converters.calibration import synthetic_pairs
+
+    images, captions, _ = synthetic_pairs(n, 40, seed=3)
+    lines = []
+    for i, (im, cap) in enumerate(zip(images, captions)):
+        im.save(folder / f"img{i:02d}.png")
+        lines.append(f"img{i:02d}.png\t{cap}")
+    (folder / "captions.txt").write_text("\n".join(lines))
+
+
+def test_calibration_folder_skips_bad_images_and_is_deterministic(tmp_path):
+    from converters.calibration import load_calibration
+
+    _write_images(tmp_path, 12)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    logs: list[str] = []
+    kw = dict(captions=tmp_path / "captions.txt", n_calib=6, n_eval=20, log=logs.append)
+    a = load_calibration(tmp_path, {"image_size": 32}, **kw)
+    b = load_calibration(tmp_path, {"image_size": 32}, **kw)
+    assert len(a.skipped) == 2 and a.summary()["skipped_images"] == 2
+    assert any("skipped 2 unreadable" in line for line in logs)
+    assert len(a.calib_pixels) + len(a.eval_pixels) == 12
+    assert len(a.calib_pixels) >= 1 and len(a.eval_pixels) >= 1
+    assert a.calib_pixels.shape[1:] == (3, 32, 32)
+    np.testing.assert_array_equal(a.calib_pixels, b.calib_pixels)
+    np.testing.assert_array_equal(a.eval_ids, b.eval_ids)
+    # Captions come from the file: the held-out texts are some of them.
+    assert a.eval_ids.shape[1] == 77 and (a.eval_ids[:, 0] == 49406).all()
+    assert len(a.probe_labels) >= 2
+
+
+def test_calibration_errors(tmp_path):
+    from converters.calibration import load_calibration
+
+    with pytest.raises(InputError, match="holds no images"):
+        load_calibration(tmp_path, {"image_size": 32})
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    (tmp_path / "bad2.png").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="at least 2 readable images"):
+        load_calibration(tmp_path, {"image_size": 32}, log=lambda _: None)
+
+
+def test_synthetic_calibration_default(tmp_path):
+    from converters.calibration import load_calibration
+
+    a = load_calibration(None, {"image_size": 32}, n_calib=5, n_eval=7)
+    assert a.source == "synthetic"
+    assert a.calib_pixels.shape == (5, 3, 32, 32) and a.eval_pixels.shape == (7, 3, 32, 32)
+    assert not set(map(bytes, a.calib_pixels)) & set(map(bytes, a.eval_pixels))
+
+
+def test_openvino_backend_devices_and_bad_device(built):
+    from edgeclip.backends.openvino import Backend
+
+    bundle, manifest, _ = built
+    backend = Backend()
+    assert "cpu" in backend.devices()
+    f = bundle / _variant(manifest, "openvino-fp32")["image"]["file"]
+    with pytest.raises(InputError, match="not available here"):
+        backend.open(f, device="npu.7")
+    session = backend.open(f, threads=1)
+    assert session.fixed_batch is None and "pixel_values" in session.input_names
+
+
+def test_manifest_json_is_plain(built):
+    bundle, _, _ = built
+    data = json.loads((bundle / "manifest.json").read_text())
+    assert data["calibration"]["source"] == "synthetic"
