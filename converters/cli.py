@@ -1,0 +1,71 @@
+"""``edgeclip convert``: checkpoint (or zoo name) → bundle with the requested backend × precision variants."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """A local checkpoint path as is; a zoo name → its checkpoint files, fetched into the HF cache."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    from edgeclip.hub import fetch_files
+    from edgeclip.zoo import find_source, get_model_info
+
+    info = get_model_info(name_or_path)
+    source = find_source(info, "hf-checkpoint")
+    if source is None:
+        from edgeclip.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"zoo model {info['name']!r} lists no checkpoint to convert.")
+    paths = fetch_files(
+        source["repo"], source.get("revision"), source["files"], model_name=info["name"]
+    )
+    return next(iter(paths.values())).parent
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert to the onnx-fp32 bundle, then add and gate every other requested variant."""
+    from edgeclip.bundle import Bundle
+
+    from .bundle_writer import convert
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    out = convert(
+        checkpoint, args.output, name=args.name, config=args.config, overwrite=args.overwrite
+    )
+    extra = backends != ["onnx"] or precisions != ["fp32"]
+    if extra:
+        from .variants import add_variants
+
+        add_variants(
+            out,
+            checkpoint if args.config is None else _load_model(checkpoint, args.config),
+            backends=backends,
+            precisions=precisions,
+            calibration_dir=args.calibration,
+            captions=args.captions,
+        )
+    bundle = Bundle.open(out)
+    print(f"wrote {out}")
+    for v in bundle.variants:
+        par = v.parity
+        print(
+            f"  {v.id:<22} image cos {par.get('image_cosine_min', float('nan')):.5f}  "
+            f"text cos {par.get('text_cosine_min', float('nan')):.5f}  "
+            f"gate {'passed' if v.passed else 'FAILED'}"
+        )
+    for rej in bundle.manifest.get("rejected_variants", []):
+        print(f"  {rej['id']:<22} not shipped: {rej['reason']}")
+    return 0
+
+
+def _load_model(checkpoint: Path, config: str):
+    from .checkpoints import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint, config=config)
+    return model

@@ -1,0 +1,110 @@
+"""Two CPU processes (gloo, launched like torchrun does) against one process with the same batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from edgeclip.distill import students as S  # noqa: E402
+from edgeclip.distill.export import save_clip_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_LOSSES = "clip=1,crd=1,fd=2000,mfd=1000,gd=100,icl=1,afd=1,affinity=1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(argv: list[str], world: int) -> list[subprocess.Popen]:
+    port = str(_free_port())
+    procs = []
+    for r in range(world):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        if world > 1:
+            env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "edgeclip.distill", *argv], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    return procs
+
+
+def _finish(procs, timeout=240):
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            outs.append((p.returncode, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return outs
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teacher")
+    save_clip_dir(S.build_model(S.load_arch("micro-teacher"), seed=3), d)
+    return str(d)
+
+
+def _argv(teacher, out, steps=2):
+    return ["distill", "--teacher", teacher, "--student", "micro", "--losses", ALL_LOSSES, "--steps", str(steps),
+            "--batch-size", "8", "--procedural-size", "32", "--eval-held-out", "1", "--no-progress", "-o", str(out)]  # fmt: skip
+
+
+def test_two_processes_equal_one(tmp_path, teacher_dir):
+    one = _launch(_argv(teacher_dir, tmp_path / "one"), 1)
+    two = _launch(_argv(teacher_dir, tmp_path / "two"), 2)
+    for rc, err in _finish(one + two):
+        assert rc == 0, err[-3000:]
+    l1 = [json.loads(x) for x in open(tmp_path / "one" / "train_log.jsonl")]
+    l2 = [json.loads(x) for x in open(tmp_path / "two" / "train_log.jsonl")]
+    assert len(l1) == len(l2) == 2
+    for a, b in zip(l1, l2):  # step 2's losses also check the first optimiser step
+        assert set(a["parts"]) == {"clip", "crd", "fd", "mfd", "gd", "icl", "afd", "affinity"}
+        for k in a["parts"]:
+            assert b["parts"][k] == pytest.approx(a["parts"][k], rel=1e-5, abs=1e-6), k
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    from safetensors.numpy import load_file
+
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+def test_a_dying_process_stops_the_others(tmp_path, teacher_dir):
+    argv = _argv(teacher_dir, tmp_path / "die", steps=100_000) + ["--dist-timeout", "30"]
+    procs = _launch(argv, 2)
+    log = tmp_path / "die" / "train_log.jsonl"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
+            time.sleep(0.5)
+        assert log.exists(), "training never started"
+        procs[1].send_signal(signal.SIGKILL)
+        t0 = time.time()
+        _, err = procs[0].communicate(timeout=120)
+        assert time.time() - t0 < 90
+        assert procs[0].returncode == 1, err[-2000:]
+        assert "another process failed or stopped responding" in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
