@@ -188,12 +188,16 @@ def _providers() -> list[str] | None:
         return None
 
 
-def _openvino_devices() -> list[str] | None:
+def _openvino() -> dict[str, Any] | None:
     if importlib.util.find_spec("openvino") is None:
         return None
     try:
         ov = importlib.import_module("openvino")
-        return list(ov.Core().available_devices)
+        core = ov.Core()
+        # on AMX/AVX-512-BF16 CPUs OpenVINO runs "fp32" graphs in bf16 unless told otherwise
+        value = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
+        hint = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+        return {"devices": list(core.available_devices), "cpu_inference_precision": hint}
     except Exception:
         return None
 
@@ -225,7 +229,7 @@ def device_report() -> dict[str, Any]:
         # other processes competing for the cores make CPU numbers slower and noisier
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "onnxruntime_providers": _providers(),
-        "openvino_devices": _openvino_devices(),
+        "openvino": _openvino(),
     }
 
 

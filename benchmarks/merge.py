@@ -84,11 +84,10 @@ def merge(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict[st
     paths_out["csv"].write_text(csv_text(runs))
     paths_out["md"].write_text("\n".join(md) + "\n")
     groups = [f"{k[0]} b{k[2]}" + ("" if k[1] == "cpu" else f" [{k[1]}]") for k in keys]
-    _bar_plot(
-        paths_out["png"],
-        groups,
-        {lab: [value(run, k) for k in keys] for lab, run in zip(labels, runs)},
-        "pairs/s",
-        "pairs/s by device",
-    )
+    series = {lab: [value(run, k) for k in keys] for lab, run in zip(labels, runs)}
+    try:
+        _bar_plot(paths_out["png"], groups, series, "pairs/s", "pairs/s by device")
+    except ImportError:  # matplotlib is optional: the table and CSV are written anyway
+        del paths_out["png"]
+        print("note: plot skipped: `pip install matplotlib` to get comparison.png")
     return paths_out

@@ -330,8 +330,11 @@ def write_all(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, 
     paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n")
     paths["csv"].write_text(csv_text([results]))
     paths["md"].write_text(markdown(results))
-    for p in plots(results, out):
-        paths[p.stem] = p
+    try:
+        for p in plots(results, out):
+            paths[p.stem] = p
+    except ImportError:  # matplotlib is optional on small devices: tables still get written
+        print("note: plots skipped: `pip install matplotlib` to get the PNGs")
     return paths
 
 

@@ -230,3 +230,41 @@ def evaluate(
         return out
     out["gate"] = decide(out["parity"], thresholds)
     return out
+
+
+def build_torch_fp32(
+    bundle_root: Path,
+    fp32_variant: dict[str, Any],
+    model: Any,
+    calibration: Any,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The reference itself as a variant: ``torch.export`` programs (``.pt2``, dynamic batch).
+
+    Lives here beside ``torch_towers`` so the shipped reference and the gate's are one code path.
+    Runs with torch alone (no transformers) through ``edgeclip.backends.torch``.
+    """
+    import torch
+
+    from .variants import make_variant
+
+    if model is None or isinstance(model, (str, Path)):
+        raise ValueError("the torch variant is exported from the transformers CLIPModel")
+    vid = options.get("id", "torch-fp32")
+    out = Path(bundle_root) / vid
+    out.mkdir(parents=True, exist_ok=True)
+    image, text = torch_towers(model)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    size = int(model.config.vision_config.image_size)
+    ctx = int(model.config.text_config.max_position_embeddings)
+    ids = torch.zeros(2, ctx, dtype=torch.long)
+    ids[:, 0], ids[0, 3], ids[1, 5] = 49406, 49407, 49407  # distinct EOT positions
+    samples = {
+        "image": (image, "pixel_values", torch.randn(2, 3, size, size)),
+        "text": (text, "input_ids", ids),
+    }
+    for tower, (module, name, sample) in samples.items():
+        program = torch.export.export(module, (sample,), dynamic_shapes={name: {0: batch}})
+        torch.export.save(program, str(out / f"{tower}.pt2"))
+    return make_variant(vid, "torch", "fp32", fp32_variant, f"{vid}/{{tower}}.pt2",
+                        options={"method": "torch.export", "torch": torch.__version__})  # fmt: skip

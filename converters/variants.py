@@ -38,6 +38,7 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("litert", "int8-dynamic"): "litert_variants:build_int8_dynamic",
     ("litert", "int8-weights"): "litert_variants:build_int8_weights",
     ("litert", "int8-static"): "litert_variants:build_int8_static",
+    ("torch", "fp32"): "gate:build_torch_fp32",
 }
 #: backends whose ``int8`` is a search over the module's ``INT8_CANDIDATES``
 SEARCH_MODULES = {
@@ -46,7 +47,7 @@ SEARCH_MODULES = {
     "litert": "litert_variants",
 }
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-static", "int8-weights")
-BACKENDS = ("onnx", "openvino", "litert")
+BACKENDS = ("onnx", "openvino", "litert", "torch")
 #: what each backend's converter needs: (import name, pip name)
 CONVERT_DEPS = {
     "onnx": [("onnxruntime", "onnxruntime")],
@@ -57,6 +58,7 @@ CONVERT_DEPS = {
         ("ai_edge_litert", "ai-edge-litert"),
         ("torch", "torch"),
     ],
+    "torch": [("torch", "torch")],
 }
 _ALIASES = {"ort": "onnx", "onnxruntime": "onnx", "ov": "openvino", "tflite": "litert"}
 
@@ -269,11 +271,12 @@ def build_variants(
     for b in backs:
         check_convert_deps(b)
     torch_model = model is not None and not isinstance(model, (str, Path))
-    if "litert" in backs and not torch_model:
-        raise InputError(
-            "LiteRT variants are converted from the torch model: pass the CLIPModel "
-            "(install torch + transformers), or drop litert from --backend."
-        )
+    for b in ("litert", "torch"):
+        if b in backs and not torch_model:
+            raise InputError(
+                f"{b} variants are exported from the torch model: pass the checkpoint "
+                f"(install torch + transformers), or drop {b} from --backend."
+            )
     if calibration is None:
         calibration = load_calibration(None, _preprocess_of(fp32_variant, root, model), log=log)
     ref = reference_embeddings(calibration, model if torch_model else None, root, fp32_variant)
@@ -288,7 +291,7 @@ def build_variants(
             for prec in precs:
                 if (backend, prec) == ("onnx", "fp32"):
                     continue  # the bundle writer's own variant
-                if prec == "int8":
+                if prec == "int8" and backend in SEARCH_MODULES:
                     variant = search_int8(job, backend)
                 elif (backend, prec) in REGISTRY:
                     variant = job.build(

@@ -206,6 +206,22 @@ def _forward(module: str, argv: list[str]) -> int:
     return int(main(argv) or 0)
 
 
+# commands whose arguments belong to another stage's CLI: name -> (module, help, argv prefix)
+_FORWARDED = {
+    "bench": ("benchmarks.cli", "benchmark every variant (see benchmarks/README.md)", []),
+    "distill": (
+        "edgeclip.distill.cli",
+        "distil a student from a teacher (edgeclip[distill])",
+        ["distill"],
+    ),
+    "train-teacher": (
+        "edgeclip.distill.cli",
+        "train a teacher CLIP on procedural data",
+        ["train-teacher"],
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -268,23 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert)
 
-    for name, module, help_ in (
-        ("bench", "benchmarks.cli", "benchmark every variant (see benchmarks/README.md)"),
-        (
-            "distill",
-            "edgeclip.distill.cli",
-            "distil a student from a teacher (needs edgeclip[distill])",
-        ),
-    ):
-        p = sub.add_parser(name, help=help_, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, m=module: _forward(m, a.rest))
+    for name, help_ in _FORWARDED.items():
+        # parsed by the stage's own CLI (see main); listed here for `edgeclip --help`
+        sub.add_parser(name, help=help_[1], add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edgeclip`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _FORWARDED:
+        module, _, prefix = _FORWARDED[argv[0]]
+        return _forward(module, prefix + argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

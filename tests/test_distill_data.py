@@ -37,7 +37,11 @@ def test_procedural_holds_out_pairs_and_varies_captions():
         _, item = d.item(i)
         assert (item.colour, item.shape) not in held
         assert item.colour in item.caption or item.shape in item.caption
-        templates.add(re.sub(r"\b(" + "|".join([*P.COLOURS, *P.SHAPES, *P.SIZES]) + r")\w*", "X", item.caption))
+        templates.add(
+            re.sub(
+                r"\b(" + "|".join([*P.COLOURS, *P.SHAPES, *P.SIZES]) + r")\w*", "X", item.caption
+            )
+        )
         counts.add(item.count)
     assert counts == {1, 2, 3}
     assert len(templates) >= 12  # 9 full + partial + count templates, with positions/backgrounds

@@ -36,7 +36,13 @@ def _launch(argv: list[str], world: int) -> list[subprocess.Popen]:
     for r in range(world):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
         if world > 1:
-            env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            env.update(
+                RANK=str(r),
+                WORLD_SIZE=str(world),
+                LOCAL_RANK=str(r),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            )
         procs.append(subprocess.Popen([sys.executable, "-m", "edgeclip.distill", *argv], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
     return procs
@@ -83,7 +89,10 @@ def test_two_processes_equal_one(tmp_path, teacher_dir):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
     from safetensors.numpy import load_file
 
-    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    w1, w2 = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
     for k in w1:
         np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
 
@@ -94,7 +103,9 @@ def test_a_dying_process_stops_the_others(tmp_path, teacher_dir):
     log = tmp_path / "die" / "train_log.jsonl"
     try:
         deadline = time.time() + 180
-        while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        while time.time() < deadline and not (
+            log.exists() and len(log.read_text().splitlines()) >= 2
+        ):
             assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
             time.sleep(0.5)
         assert log.exists(), "training never started"

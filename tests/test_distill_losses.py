@@ -35,7 +35,9 @@ def test_clip_loss_matches_numpy():
     i, t = _feats(seed=1), _feats(seed=2)
     z = 7.0 * _np_norm(i) @ _np_norm(t).T
     want = 0.5 * (_np_ce_diag(z) + _np_ce_diag(z.T))
-    assert L.clip_loss(i, t, torch.tensor(7.0, dtype=torch.float64)).item() == pytest.approx(want, rel=1e-10)
+    assert L.clip_loss(i, t, torch.tensor(7.0, dtype=torch.float64)).item() == pytest.approx(
+        want, rel=1e-10
+    )
 
 
 def test_crd_equals_hand_kl():
@@ -101,7 +103,9 @@ def test_icl_matches_numpy():
     si, st = _feats(4, 6, 1), _feats(4, 6, 2)
     ti, tt = _feats(4, 6, 3, True), _feats(4, 6, 4, True)
     s = 11.0
-    want = 0.5 * (_np_ce_diag(s * _np_norm(si) @ tt.numpy().T) + _np_ce_diag(s * _np_norm(st) @ ti.numpy().T))
+    want = 0.5 * (
+        _np_ce_diag(s * _np_norm(si) @ tt.numpy().T) + _np_ce_diag(s * _np_norm(st) @ ti.numpy().T)
+    )
     got = L.icl_loss(si, st, ti, tt, torch.tensor(s, dtype=torch.float64))
     assert got.item() == pytest.approx(want, rel=1e-10)
 
@@ -140,7 +144,12 @@ def test_afd_fuses_student_and_teacher():
 
 
 def test_parse_losses():
-    assert L.parse_losses("fd=2000,icl=1,crd=1") == {"fd": 2000.0, "icl": 1.0, "crd": 1.0, "clip": 1.0}
+    assert L.parse_losses("fd=2000,icl=1,crd=1") == {
+        "fd": 2000.0,
+        "icl": 1.0,
+        "crd": 1.0,
+        "clip": 1.0,
+    }
     assert L.parse_losses("clip=0, fd=2") == {"clip": 0.0, "fd": 2.0}
     assert L.parse_losses("affinity=1") == {"affinity": 1.0}
     with pytest.raises(InputError, match="unknown loss 'kd'"):
@@ -179,7 +188,9 @@ def test_composite_affinity_alpha():
     torch.testing.assert_close(total, L.affinity_loss(si, st, ti, tt))
     half = L.DistillLoss({"affinity": 2}, 6, 6, affinity_alpha=0.25, affinity_scale="teacher")
     total, _ = half(si, st, s_scale, ti, tt, 20.0)
-    want = 0.25 * 2 * L.affinity_loss(si, st, ti, tt, s_scale, 20.0) + 0.75 * 2 * L.clip_loss(si, st, s_scale)
+    want = 0.25 * 2 * L.affinity_loss(si, st, ti, tt, s_scale, 20.0) + 0.75 * 2 * L.clip_loss(
+        si, st, s_scale
+    )
     torch.testing.assert_close(total, want)
 
 

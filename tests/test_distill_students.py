@@ -24,8 +24,16 @@ def test_presets_build_the_documented_shapes():
     assert (tiny["text_width"], tiny["text_layers"], tiny["text_heads"]) == (256, 3, 4)
     assert tiny["hidden_act"] == "gelu"
     vt = S.clip_config(S.load_arch("vit-t-16-arch"))
-    assert (vt.vision_config.hidden_size, vt.vision_config.num_hidden_layers, vt.vision_config.num_attention_heads) == (192, 12, 3)
-    assert (vt.text_config.hidden_size, vt.text_config.num_hidden_layers, vt.text_config.num_attention_heads) == (384, 12, 6)
+    assert (
+        vt.vision_config.hidden_size,
+        vt.vision_config.num_hidden_layers,
+        vt.vision_config.num_attention_heads,
+    ) == (192, 12, 3)
+    assert (
+        vt.text_config.hidden_size,
+        vt.text_config.num_hidden_layers,
+        vt.text_config.num_attention_heads,
+    ) == (384, 12, 6)
     assert vt.projection_dim == 512
     m = S.build_model(S.load_arch("micro"), seed=0)
     assert S.arch_of(m) == S.load_arch("micro")
@@ -50,9 +58,13 @@ def test_json_config_and_bad_architectures(tmp_path):
 def test_text_pooling_lands_on_eot():
     m = S.build_model(S.load_arch("micro"), seed=0).eval()
     assert m.config.text_config.eos_token_id == S.EOT and m.config.text_config.pad_token_id == 0
-    ids = torch.from_numpy(tokenize(["a red circle", "a photo of a small blue star in the top left"], 24))
+    ids = torch.from_numpy(
+        tokenize(["a red circle", "a photo of a small blue star in the top left"], 24)
+    )
     captured = {}
-    h = m.text_model.final_layer_norm.register_forward_hook(lambda mod, i, o: captured.setdefault("h", o))
+    h = m.text_model.final_layer_norm.register_forward_hook(
+        lambda mod, i, o: captured.setdefault("h", o)
+    )
     with torch.no_grad():
         got = S.encode_text(m, ids)
     h.remove()
@@ -72,7 +84,9 @@ def test_mfd_masking_really_drops_tokens():
     m = S.build_model(S.load_arch("micro"), seed=0).eval()  # 32 px, patch 8: 16 patches
     x = torch.randn(3, 3, 32, 32)
     shapes = []
-    h = m.vision_model.encoder.layers[0].register_forward_hook(lambda mod, i, o: shapes.append(tuple(i[0].shape)))
+    h = m.vision_model.encoder.layers[0].register_forward_hook(
+        lambda mod, i, o: shapes.append(tuple(i[0].shape))
+    )
     with torch.no_grad():
         full = S.encode_image(m, x)
         masked = S.encode_image(m, x, mask_ratio=0.75, generator=torch.Generator().manual_seed(0))
@@ -89,14 +103,18 @@ def test_mfd_keeps_class_token_and_positions():
     m = S.build_model(S.load_arch("micro"), seed=0).eval()
     x = torch.randn(2, 3, 32, 32)
     seen = {}
-    h = m.vision_model.pre_layrnorm.register_forward_hook(lambda mod, i, o: seen.setdefault("in", i[0]))
+    h = m.vision_model.pre_layrnorm.register_forward_hook(
+        lambda mod, i, o: seen.setdefault("in", i[0])
+    )
     with torch.no_grad():
         S.encode_image(m, x, mask_ratio=0.75, generator=torch.Generator().manual_seed(1))
         full = m.vision_model.embeddings(x)  # positional embeddings already added
     h.remove()
     kept = seen["in"]
     torch.testing.assert_close(kept[:, 0], full[:, 0])
-    for b in range(2):  # every kept token is one of the full sequence's patch tokens (pos added before)
+    for b in range(
+        2
+    ):  # every kept token is one of the full sequence's patch tokens (pos added before)
         for tok in kept[b, 1:]:
             assert torch.isclose(full[b, 1:], tok).all(1).any()
 
@@ -106,20 +124,32 @@ def test_inherited_tensors_equal_teacher_slices():
     s = S.build_model(S.load_arch("micro"), seed=2)
     mapping = S.inherit_weights(s, t)
     ts, ss = t.state_dict(), s.state_dict()
-    assert mapping["vision_model.encoder.layers.1.mlp.fc1.weight"] == "vision_model.encoder.layers.2.mlp.fc1.weight"
-    assert mapping["text_model.encoder.layers.1.mlp.fc1.weight"] == "text_model.encoder.layers.1.mlp.fc1.weight"
+    assert (
+        mapping["vision_model.encoder.layers.1.mlp.fc1.weight"]
+        == "vision_model.encoder.layers.2.mlp.fc1.weight"
+    )
+    assert (
+        mapping["text_model.encoder.layers.1.mlp.fc1.weight"]
+        == "text_model.encoder.layers.1.mlp.fc1.weight"
+    )
     # vision: teacher 64 wide, 4 heads of 16; student 32 wide, 2 heads of 16
     tq = ts["vision_model.encoder.layers.2.self_attn.q_proj.weight"]
-    torch.testing.assert_close(ss["vision_model.encoder.layers.1.self_attn.q_proj.weight"], tq[:32, :32])
+    torch.testing.assert_close(
+        ss["vision_model.encoder.layers.1.self_attn.q_proj.weight"], tq[:32, :32]
+    )
     # text: teacher 48 wide, 3 heads of 16 → student 32, 2 heads: rows of heads 0 and 1
     tv = ts["text_model.encoder.layers.0.self_attn.v_proj.weight"].numpy()
     sv = ss["text_model.encoder.layers.0.self_attn.v_proj.weight"].numpy()
     assert np.array_equal(sv, np.concatenate([tv[0:16, :32], tv[16:32, :32]]))
     to = ts["text_model.encoder.layers.0.self_attn.out_proj.weight"].numpy()
-    assert np.array_equal(ss["text_model.encoder.layers.0.self_attn.out_proj.weight"].numpy(), to[:32, :32])
+    assert np.array_equal(
+        ss["text_model.encoder.layers.0.self_attn.out_proj.weight"].numpy(), to[:32, :32]
+    )
     assert np.array_equal(ss["text_model.embeddings.token_embedding.weight"].numpy(),
                           ts["text_model.embeddings.token_embedding.weight"].numpy()[:, :32])  # fmt: skip
-    assert np.array_equal(ss["visual_projection.weight"].numpy(), ts["visual_projection.weight"].numpy()[:32, :32])
+    assert np.array_equal(
+        ss["visual_projection.weight"].numpy(), ts["visual_projection.weight"].numpy()[:32, :32]
+    )
     assert np.array_equal(ss["vision_model.embeddings.patch_embedding.weight"].numpy(),
                           ts["vision_model.embeddings.patch_embedding.weight"].numpy()[:32])  # fmt: skip
     assert ss["logit_scale"].item() == ts["logit_scale"].item()
@@ -136,3 +166,12 @@ def test_inherit_heads_sliced_when_head_width_differs():
     assert np.array_equal(sk, np.concatenate([tk[0:16, :32], tk[24:40, :32]]))
     with pytest.raises(InputError, match="exceeds"):
         S.inherit_weights(t, s)
+
+
+def test_import_edgeclip_does_not_import_the_distill_stage():
+    import subprocess
+    import sys
+
+    code = "import sys, edgeclip; assert 'edgeclip.distill' not in sys.modules and 'torch' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(S.CONFIG_DIR.parents[2]))
+    assert r.returncode == 0, r.stderr

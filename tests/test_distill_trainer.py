@@ -56,7 +56,18 @@ def test_distill_writes_a_loadable_hf_checkpoint(tmp_path, teacher_dir):
 
 
 def test_training_reduces_the_contrastive_loss(tmp_path):
-    train(_cfg(tmp_path / "t", None, losses="clip=1", steps=12, lr=3e-3, procedural_size=16, batch_size=16, warmup=0.0))
+    train(
+        _cfg(
+            tmp_path / "t",
+            None,
+            losses="clip=1",
+            steps=12,
+            lr=3e-3,
+            procedural_size=16,
+            batch_size=16,
+            warmup=0.0,
+        )
+    )
     log = _log(tmp_path / "t")
     assert log[-1]["loss"] < log[0]["loss"] - 0.3  # a fixed batch of 16 is memorised
 
@@ -71,7 +82,10 @@ def test_resume_is_exact(tmp_path, teacher_dir):
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
     from safetensors.torch import load_file
 
-    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    wa, wb = (
+        load_file(tmp_path / "a" / "model.safetensors"),
+        load_file(tmp_path / "b" / "model.safetensors"),
+    )
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -92,12 +106,27 @@ def test_bad_inputs_are_clear_errors(tmp_path, teacher_dir, capsys):
 
         DistillLoss({"fd": 1}, 32, 48, projections=False)
     out = str(tmp_path / "y")
-    assert main(["--teacher", teacher_dir, "--student", "micro", "--losses", "kd=1", "-o", out]) == 2
+    assert (
+        main(["--teacher", teacher_dir, "--student", "micro", "--losses", "kd=1", "-o", out]) == 2
+    )
     assert "unknown loss 'kd'" in capsys.readouterr().err
-    assert main(["--teacher", teacher_dir, "--student", "micro", "--losses", "fd=-3", "-o", out]) == 2
+    assert (
+        main(["--teacher", teacher_dir, "--student", "micro", "--losses", "fd=-3", "-o", out]) == 2
+    )
     assert ">= 0" in capsys.readouterr().err
     (tmp_path / "empty.csv").write_text("image,caption\n")
-    rc = main(["--teacher", teacher_dir, "--student", "micro", "--data", str(tmp_path / "empty.csv"), "-o", out])
+    rc = main(
+        [
+            "--teacher",
+            teacher_dir,
+            "--student",
+            "micro",
+            "--data",
+            str(tmp_path / "empty.csv"),
+            "-o",
+            out,
+        ]
+    )
     assert rc == 2 and "no rows" in capsys.readouterr().err
     assert main(["--teacher", str(tmp_path), "--student", "micro", "-o", out]) == 2
     assert "not a CLIPModel folder" in capsys.readouterr().err

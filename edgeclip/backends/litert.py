@@ -29,9 +29,16 @@ _HYBRID_OPS = {
 }
 
 
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or import-blocked install
+        return False
+
+
 def _interpreter_class():
     """(Interpreter class, package name): ai-edge-litert, else tflite-runtime."""
-    if importlib.util.find_spec("ai_edge_litert") is not None:
+    if _have("ai_edge_litert"):
         from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter, "ai-edge-litert"
@@ -111,9 +118,7 @@ class Backend:
     formats = (".tflite",)
 
     def is_available(self) -> bool:
-        return any(
-            importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime")
-        )
+        return _have("ai_edge_litert") or _have("tflite_runtime")
 
     def devices(self) -> list[str]:
         return ["cpu"]

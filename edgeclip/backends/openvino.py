@@ -59,7 +59,10 @@ class Backend:
     formats = (".xml", ".onnx")
 
     def is_available(self) -> bool:
-        return importlib.util.find_spec("openvino") is not None
+        try:
+            return importlib.util.find_spec("openvino") is not None
+        except (ImportError, ValueError):  # a broken or import-blocked install
+            return False
 
     def _core(self):
         import openvino as ov
@@ -90,6 +93,10 @@ class Backend:
         dev = self._device(device)
         hint = os.environ.get("EDGECLIP_OV_HINT", "LATENCY").upper()
         config = {"PERFORMANCE_HINT": hint}
+        # On CPUs with AMX/AVX512-BF16, OpenVINO runs fp32 graphs in bf16 by default (faster,
+        # cosine ≈ 0.99996 vs fp32, which the gate measures); EDGECLIP_OV_PRECISION=f32 forces fp32.
+        if os.environ.get("EDGECLIP_OV_PRECISION"):
+            config["INFERENCE_PRECISION_HINT"] = os.environ["EDGECLIP_OV_PRECISION"].lower()
         if threads and dev == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = self._core().compile_model(str(path), dev, config)

@@ -51,10 +51,16 @@ def save(path: Path, state: dict) -> None:
 def load(path: Path, want_identity: dict) -> dict:
     """Load a checkpoint, refusing one written by a differently configured run."""
     if not path.is_file():
-        raise InputError(f"no checkpoint at {str(path)!r} to resume from; drop --resume to start fresh")
+        raise InputError(
+            f"no checkpoint at {str(path)!r} to resume from; drop --resume to start fresh"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     have = state.get("identity", {})
-    diff = {k: (have.get(k), want_identity.get(k)) for k in IDENTITY_KEYS if have.get(k) != want_identity.get(k)}
+    diff = {
+        k: (have.get(k), want_identity.get(k))
+        for k in IDENTITY_KEYS
+        if have.get(k) != want_identity.get(k)
+    }
     if diff:
         lines = "; ".join(f"{k}: checkpoint {json.dumps(a, default=str)} vs now {json.dumps(b, default=str)}"
                           for k, (a, b) in diff.items())  # fmt: skip

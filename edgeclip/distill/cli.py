@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeclip.errors import EdgeclipError, InputError
 
 PROCEDURAL_TEACHER = "procedural-teacher"
-TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR = 200, 256, 2e-3
+TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR = 500, 128, 2e-3
 
 
 def cache_dir() -> Path:
@@ -24,12 +24,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGECLIP_CACHE", Path.home() / ".cache" / "edgeclip")) / "distill"
 
 
-def procedural_teacher_dir(steps: int = TEACHER_STEPS, batch_size: int = TEACHER_BATCH, seed: int = 0) -> Path:
+def procedural_teacher_dir(
+    steps: int = TEACHER_STEPS, batch_size: int = TEACHER_BATCH, seed: int = 0
+) -> Path:
     return cache_dir() / f"procedural-teacher-{steps}x{batch_size}-seed{seed}"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="procedural", help="procedural | pairs.csv/.tsv | shards/{000000..000003}.tar")
+    p.add_argument(
+        "--data",
+        default="procedural",
+        help="procedural | pairs.csv/.tsv | shards/{000000..000003}.tar",
+    )
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=256, help="global batch over all processes")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -37,25 +43,46 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--procedural-size", type=int, default=60_000, help="number of procedural training pairs")
-    p.add_argument("--eval-every", type=int, default=0, help="zero-shot eval on held-out pairs every N steps")
+    p.add_argument(
+        "--procedural-size", type=int, default=60_000, help="number of procedural training pairs"
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="zero-shot eval on held-out pairs every N steps"
+    )
     p.add_argument("--eval-held-out", type=int, default=200, help="test images per held-out pair")
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--stop-after", type=int, help="stop after this step, leaving a checkpoint for --resume")
+    p.add_argument(
+        "--stop-after", type=int, help="stop after this step, leaving a checkpoint for --resume"
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--dist-timeout", type=float, default=120.0, help="seconds before a silent peer is an error")
+    p.add_argument(
+        "--dist-timeout", type=float, default=120.0, help="seconds before a silent peer is an error"
+    )
     p.add_argument("-o", "--out", required=True)
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgeclip distill", description="Distil or train small CLIP models.")
+    ap = argparse.ArgumentParser(
+        prog="edgeclip distill", description="Distil or train small CLIP models."
+    )
     sub = ap.add_subparsers(dest="command")
     d = sub.add_parser("distill", help="distil a student from a teacher")
-    d.add_argument("--teacher", help=f"Hugging Face CLIPModel folder, or {PROCEDURAL_TEACHER} (trained and cached)")
-    d.add_argument("--student", default="procedural-student", help="preset name or architecture JSON")
-    d.add_argument("--losses", default="fd=2000,icl=1,crd=1", help="name=weight,... of clip crd fd mfd gd icl afd affinity")
-    d.add_argument("--inherit", action="store_true", help="TinyCLIP manual weight inheritance from the teacher")
+    d.add_argument(
+        "--teacher",
+        help=f"Hugging Face CLIPModel folder, or {PROCEDURAL_TEACHER} (trained and cached)",
+    )
+    d.add_argument(
+        "--student", default="procedural-student", help="preset name or architecture JSON"
+    )
+    d.add_argument(
+        "--losses",
+        default="fd=2000,icl=1,crd=1",
+        help="name=weight,... of clip crd fd mfd gd icl afd affinity",
+    )
+    d.add_argument(
+        "--inherit", action="store_true", help="TinyCLIP manual weight inheritance from the teacher"
+    )
     d.add_argument("--mask-ratio", type=float, default=0.75, help="MFD patch drop ratio")
     d.add_argument("--affinity-alpha", type=float, default=1.0)
     d.add_argument("--affinity-scale", default="50", help="a number or 'teacher'")
@@ -83,13 +110,18 @@ def resolve_teacher(teacher: str | None, progress: bool = True) -> str | None:
     """A teacher folder; ``procedural-teacher`` is trained once (≈ minutes) and then reused."""
     if teacher != PROCEDURAL_TEACHER:
         if teacher is not None and not (Path(teacher) / "config.json").is_file():
-            raise InputError(f"--teacher {teacher!r} is not a CLIPModel folder (no config.json) nor {PROCEDURAL_TEACHER!r}")
+            raise InputError(
+                f"--teacher {teacher!r} is not a CLIPModel folder (no config.json) nor {PROCEDURAL_TEACHER!r}"
+            )
         return teacher
     from .trainer import TrainConfig, train
 
     out = procedural_teacher_dir()
     if not (out / "model.safetensors").is_file():
-        print(f"training the procedural teacher into {out} (once; later runs reuse it)", file=sys.stderr)
+        print(
+            f"training the procedural teacher into {out} (once; later runs reuse it)",
+            file=sys.stderr,
+        )
         train(TrainConfig(student=PROCEDURAL_TEACHER, out=str(out), steps=TEACHER_STEPS,
                           batch_size=TEACHER_BATCH, lr=TEACHER_LR, eval_every=100, checkpoint_every=100,
                           resume=(out / "train_state.pt").is_file(), progress=progress))  # fmt: skip
@@ -125,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EdgeclipError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from .dist import shutdown
+
+    shutdown()  # only after success: tearing down a broken group can block
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result, indent=2))
     return 0

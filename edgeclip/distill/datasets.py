@@ -56,13 +56,19 @@ class CsvCaptions:
     def __init__(self, path: str | Path, image_size: int = 64):
         self.path = Path(path)
         if not self.path.is_file():
-            raise InputError(f"data file {str(self.path)!r} does not exist; pass a CSV/TSV with image and caption columns")
+            raise InputError(
+                f"data file {str(self.path)!r} does not exist; pass a CSV/TSV with image and caption columns"
+            )
         self.image_size = image_size
         text = self.path.read_text(encoding="utf-8-sig")
-        delim = "\t" if self.path.suffix.lower() == ".tsv" or ("\t" in text.split("\n", 1)[0]) else ","
+        delim = (
+            "\t" if self.path.suffix.lower() == ".tsv" or ("\t" in text.split("\n", 1)[0]) else ","
+        )
         rows = list(csv.DictReader(io.StringIO(text), delimiter=delim))
         if not rows:
-            raise InputError(f"data file {str(self.path)!r} has no rows; it needs a header and at least one pair")
+            raise InputError(
+                f"data file {str(self.path)!r} has no rows; it needs a header and at least one pair"
+            )
         cols = {c.strip().lower(): c for c in rows[0] if c is not None}
         icol = next((cols[c] for c in _IMAGE_COLS if c in cols), None)
         tcol = next((cols[c] for c in _TEXT_COLS if c in cols), None)
@@ -72,7 +78,9 @@ class CsvCaptions:
                 f"({', '.join(_IMAGE_COLS)}) and a caption column ({', '.join(_TEXT_COLS)})"
             )
         root = self.path.parent
-        self.items = [(root / r[icol].strip(), (r[tcol] or "").strip()) for r in rows if r.get(icol)]
+        self.items = [
+            (root / r[icol].strip(), (r[tcol] or "").strip()) for r in rows if r.get(icol)
+        ]
         if not self.items:
             raise InputError(f"data file {str(self.path)!r} lists no images")
 
@@ -87,9 +95,19 @@ class CsvCaptions:
 class IndexedStream:
     """This process's share of a seeded, epoch-wise shuffled stream over an indexed source."""
 
-    def __init__(self, source, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        source,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         if batch_size % world:
-            raise InputError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
+            raise InputError(
+                f"--batch-size {batch_size} must be divisible by the number of processes ({world})"
+            )
         if len(source) == 0:
             raise InputError("the data source is empty; give it at least one image-caption pair")
         self.source, self.batch_size, self.rank, self.world = source, batch_size, rank, world
@@ -104,7 +122,11 @@ class IndexedStream:
         epoch = pos // n
         if epoch != self._perm_epoch:
             self._perm_epoch = epoch
-            self._perm = np.random.default_rng((self.seed, epoch)).permutation(n) if self.shuffle else np.arange(n)
+            self._perm = (
+                np.random.default_rng((self.seed, epoch)).permutation(n)
+                if self.shuffle
+                else np.arange(n)
+            )
         return int(self._perm[pos % n])
 
     def _mine(self, pos: int) -> bool:
@@ -130,7 +152,9 @@ class IndexedStream:
                 self._bad.add(i)
                 self.skipped += 1
                 if len(self._bad) >= len(self.source):
-                    raise InputError("no image in the data source could be read; check the paths") from None
+                    raise InputError(
+                        "no image in the data source could be read; check the paths"
+                    ) from None
                 continue
             imgs.append(img)
             caps.append(cap)
@@ -151,9 +175,13 @@ class ShardStream:
     process's images; repeats the shards forever. Resume skips the recorded number of samples.
     """
 
-    def __init__(self, urls: str, batch_size: int, rank: int = 0, world: int = 1, image_size: int = 64):
+    def __init__(
+        self, urls: str, batch_size: int, rank: int = 0, world: int = 1, image_size: int = 64
+    ):
         if batch_size % world:
-            raise InputError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
+            raise InputError(
+                f"--batch-size {batch_size} must be divisible by the number of processes ({world})"
+            )
         self.urls, self.batch_size, self.rank, self.world = urls, batch_size, rank, world
         self.image_size = image_size
         self.position = 0
@@ -172,7 +200,9 @@ class ShardStream:
                 n += 1
                 yield sample
             if n == 0:
-                raise InputError(f"WebDataset shards {self.urls!r} hold no samples; check the path pattern")
+                raise InputError(
+                    f"WebDataset shards {self.urls!r} hold no samples; check the path pattern"
+                )
 
     def _decode(self, sample: dict) -> tuple[np.ndarray, str]:
         img = next((sample[k] for k in _IMAGE_EXTS if k in sample), None)
@@ -202,7 +232,9 @@ class ShardStream:
                 self.skipped += 1
                 fails += 1
                 if fails > 10_000 and not imgs:
-                    raise InputError(f"no readable image in 10,000 samples of {self.urls!r}") from None
+                    raise InputError(
+                        f"no readable image in 10,000 samples of {self.urls!r}"
+                    ) from None
                 continue
             imgs.append(img)
             caps.append(cap)
@@ -242,4 +274,6 @@ def open_stream(
         if "{" in data and not Path(first).parent.exists():
             raise InputError(f"shard folder {str(Path(first).parent)!r} does not exist")
         return ShardStream(data, batch_size, rank, world, image_size)
-    raise InputError(f"--data {data!r}: expected 'procedural', a .csv/.tsv file, or .tar shards like shards/{{000000..000003}}.tar")
+    raise InputError(
+        f"--data {data!r}: expected 'procedural', a .csv/.tsv file, or .tar shards like shards/{{000000..000003}}.tar"
+    )

@@ -15,9 +15,21 @@ class DistributedError(EdgeclipError, RuntimeError):
     """Another process of a multi-process run failed or stopped answering."""
 
 
+def is_peer_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another process died or went silent."""
+    if isinstance(e, (dist.DistError, ConnectionError)):
+        return True
+    text = str(e).lower()
+    return any(w in text for w in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
+
+
 def world_info() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` without it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def init(timeout_s: float = 120.0) -> tuple[int, int, torch.device]:

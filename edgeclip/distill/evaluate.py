@@ -16,7 +16,13 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 def to_pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, S, S, 3) uint8 → (N, 3, S, S) float32 normalised with CLIP's mean and std."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    x = (
+        torch.from_numpy(np.ascontiguousarray(images))
+        .to(device)
+        .permute(0, 3, 1, 2)
+        .float()
+        .div_(255.0)
+    )
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -25,7 +31,10 @@ def to_pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
 @torch.no_grad()
 def embed_images(model, images: np.ndarray, device="cpu", batch: int = 512) -> torch.Tensor:
     """L2-normalised image embeddings of uint8 images."""
-    out = [encode_image(model, to_pixels(images[i : i + batch], device)) for i in range(0, len(images), batch)]
+    out = [
+        encode_image(model, to_pixels(images[i : i + batch], device))
+        for i in range(0, len(images), batch)
+    ]
     return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
 
 
@@ -35,7 +44,9 @@ def embed_texts(model, texts: list[str], context_length: int, device="cpu") -> t
     return torch.nn.functional.normalize(encode_text(model, ids).float(), dim=-1)
 
 
-def zero_shot(model, ev: dict | None = None, device="cpu", template: str = "a photo of a {colour} {shape}") -> dict:
+def zero_shot(
+    model, ev: dict | None = None, device="cpu", template: str = "a photo of a {colour} {shape}"
+) -> dict:
     """Top-1 accuracies (%) among the 64 colour-shape prompts.
 
     Keys: ``held_out`` (held-out pairs, 64-way), ``seen`` (seen pairs, 64-way),

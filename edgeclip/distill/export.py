@@ -15,7 +15,11 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 def _bytes_to_unicode() -> list[str]:
     # CLIP's reversible byte → printable-unicode table (same construction as its tokenizer).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -38,7 +42,9 @@ def write_tokenizer_files(out: Path, context_length: int) -> None:
     vocab = units + [u + "</w>" for u in units] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     assert len(vocab) == EOT + 1 and vocab[SOT] == "<|startoftext|>"
-    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (out / "vocab.json").write_text(
+        json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False)
+    )
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tok_cfg = {
         "tokenizer_class": "CLIPTokenizer", "model_max_length": context_length,
@@ -71,5 +77,7 @@ def save_clip_dir(model, out: str | Path, extra: dict | None = None) -> Path:
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     write_tokenizer_files(out, arch["context_length"])
     if extra is not None:
-        (out / "edgeclip_distill.json").write_text(json.dumps({"architecture": arch, **extra}, indent=2))
+        (out / "edgeclip_distill.json").write_text(
+            json.dumps({"architecture": arch, **extra}, indent=2)
+        )
     return out

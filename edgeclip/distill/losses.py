@@ -68,8 +68,12 @@ def crd_loss(
     """
     zs = s_scale * _normalize(s_img) @ _normalize(s_txt).T
     zt = t_scale * t_img @ t_txt.T
-    i2t = F.kl_div(F.log_softmax(zs, 1), F.log_softmax(zt, 1), reduction="batchmean", log_target=True)
-    t2i = F.kl_div(F.log_softmax(zs.T, 1), F.log_softmax(zt.T, 1), reduction="batchmean", log_target=True)
+    i2t = F.kl_div(
+        F.log_softmax(zs, 1), F.log_softmax(zt, 1), reduction="batchmean", log_target=True
+    )
+    t2i = F.kl_div(
+        F.log_softmax(zs.T, 1), F.log_softmax(zt.T, 1), reduction="batchmean", log_target=True
+    )
     return 0.5 * (i2t + t2i)
 
 
@@ -81,7 +85,9 @@ def _check_dims(s: torch.Tensor, t: torch.Tensor, what: str) -> None:
         )
 
 
-def fd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor) -> torch.Tensor:
+def fd_loss(
+    s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor
+) -> torch.Tensor:
     """Feature distillation (CLIP-KD §3.2 "FD"; loss.py ``fd_loss``).
 
     ``L = MSE(Î_s, I_t) + MSE(T̂_s, T_t)``: element-mean squared error between the (projected)
@@ -93,7 +99,9 @@ def fd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt
     return F.mse_loss(_normalize(s_img), t_img) + F.mse_loss(_normalize(s_txt), t_txt)
 
 
-def contrastive_grads(p: torch.Tensor, k: torch.Tensor, tau: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_grads(
+    p: torch.Tensor, k: torch.Tensor, tau: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Analytic gradients of ``CE(p·kᵀ/τ, diag)`` (mean over rows) w.r.t. anchors and keys.
 
     ``∂L/∂p = (softmax(p·kᵀ/τ) − Y)·k / (τN)`` and ``∂L/∂k = (softmax(p·kᵀ/τ) − Y)ᵀ·p / (τN)``
@@ -134,7 +142,11 @@ def gd_loss(
 
 
 def icl_loss(
-    s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor, scale: torch.Tensor
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    t_img: torch.Tensor,
+    t_txt: torch.Tensor,
+    scale: torch.Tensor,
 ) -> torch.Tensor:
     """Interactive contrastive learning (CLIP-KD §3.2 "ICL"; loss.py ``icl_loss``).
 
@@ -145,7 +157,9 @@ def icl_loss(
     _check_dims(s_img, t_img, "icl")
     si, st = _normalize(s_img), _normalize(s_txt)
     y = _targets(len(si), si.device)
-    return 0.5 * (F.cross_entropy(scale * si @ t_txt.T, y) + F.cross_entropy(scale * st @ t_img.T, y))
+    return 0.5 * (
+        F.cross_entropy(scale * si @ t_txt.T, y) + F.cross_entropy(scale * st @ t_img.T, y)
+    )
 
 
 def afd_loss(
@@ -207,13 +221,19 @@ def parse_losses(spec: str) -> dict[str, float]:
         name, sep, value = part.partition("=")
         name = name.strip().lower()
         if name not in LOSS_NAMES:
-            raise InputError(f"unknown loss {name!r} in --losses {spec!r}; known: {', '.join(LOSS_NAMES)}")
+            raise InputError(
+                f"unknown loss {name!r} in --losses {spec!r}; known: {', '.join(LOSS_NAMES)}"
+            )
         try:
             w = float(value) if sep else 1.0
         except ValueError:
-            raise InputError(f"loss weight {value!r} for {name!r} is not a number; write e.g. {name}=1") from None
+            raise InputError(
+                f"loss weight {value!r} for {name!r} is not a number; write e.g. {name}=1"
+            ) from None
         if not math.isfinite(w) or w < 0:
-            raise InputError(f"loss weight for {name!r} must be a finite number >= 0, got {value!r}")
+            raise InputError(
+                f"loss weight for {name!r} must be a finite number >= 0, got {value!r}"
+            )
         if name in out:
             raise InputError(f"loss {name!r} appears twice in {spec!r}")
         out[name] = w
@@ -251,7 +271,9 @@ class DistillLoss(nn.Module):
         if not 0.0 <= affinity_alpha <= 1.0:
             raise InputError(f"affinity alpha must be in [0, 1], got {affinity_alpha}")
         if isinstance(affinity_scale, str) and affinity_scale != "teacher":
-            raise InputError(f"affinity scale must be a number or 'teacher', got {affinity_scale!r}")
+            raise InputError(
+                f"affinity scale must be a number or 'teacher', got {affinity_scale!r}"
+            )
         self.affinity_alpha = affinity_alpha
         self.affinity_scale = affinity_scale
         need = [k for k in self.weights if k in _NEEDS_TEACHER_DIM]
@@ -292,7 +314,9 @@ class DistillLoss(nn.Module):
         if "clip" in w:
             parts["clip"] = clip_loss(s_img, s_txt, s_scale)
         if len(parts) < len(w) and (t_img is None or t_txt is None or t_scale is None):
-            raise InputError("distillation losses need teacher embeddings and the teacher's logit scale")
+            raise InputError(
+                "distillation losses need teacher embeddings and the teacher's logit scale"
+            )
         pi, pt = self.proj_img(s_img), self.proj_txt(s_txt)
         if "crd" in w:
             parts["crd"] = crd_loss(s_img, s_txt, s_scale, t_img, t_txt, t_scale)
@@ -307,7 +331,9 @@ class DistillLoss(nn.Module):
         if "icl" in w:
             parts["icl"] = icl_loss(pi, pt, t_img, t_txt, self._scale(self.icl_log_scale))
         if "afd" in w:
-            parts["afd"] = afd_loss(pi, pt, t_img, t_txt, self.fuse_img, self.fuse_txt, self._scale(self.afd_log_scale))
+            parts["afd"] = afd_loss(
+                pi, pt, t_img, t_txt, self.fuse_img, self.fuse_txt, self._scale(self.afd_log_scale)
+            )
         total = sum(w[k] * v for k, v in parts.items())
         if "affinity" in w:
             if self.affinity_scale == "teacher":

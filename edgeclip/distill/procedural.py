@@ -32,7 +32,12 @@ COLOURS = {
 COLOUR_NAMES = tuple(COLOURS)
 SIZES = {"small": 0.32, "large": 0.56}  # object side as a fraction of the image side
 POSITIONS = ("centre", "top left", "top right", "bottom left", "bottom right")
-BACKGROUNDS = {"gray": (128, 128, 128), "beige": (168, 158, 128), "slate": (98, 108, 124), "dark": (62, 62, 68)}
+BACKGROUNDS = {
+    "gray": (128, 128, 128),
+    "beige": (168, 158, 128),
+    "slate": (98, 108, 124),
+    "dark": (62, 62, 68),
+}
 COUNT_WORDS = {2: "two", 3: "three"}
 PLURALS = {"cross": "crosses"}
 # Colour-shape pairs never drawn for training (one per colour, plus two), the zero-shot test.
@@ -109,7 +114,13 @@ def _mask(shape: str, side: int, rotation: float) -> np.ndarray:
         d.ellipse([big * 0.08, big * 0.08, big * 0.92, big * 0.92], fill=255)
     else:
         c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
-        d.polygon([(half + 0.92 * half * (c * x - s * y), half + 0.92 * half * (s * x + c * y)) for x, y in poly], fill=255)
+        d.polygon(
+            [
+                (half + 0.92 * half * (c * x - s * y), half + 0.92 * half * (s * x + c * y))
+                for x, y in poly
+            ],
+            fill=255,
+        )
     return np.asarray(im.resize((side, side), Image.BOX), dtype=np.float32) / 255.0
 
 
@@ -137,11 +148,15 @@ def _centre(position: str, side: int, image_size: int) -> tuple[float, float]:
 
 def render(item: Item, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """Draw ``item`` as an (S, S, 3) uint8 image, randomness (jitter, noise) from ``rng``."""
-    bg = np.asarray(BACKGROUNDS[item.background], np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
+    bg = np.asarray(BACKGROUNDS[item.background], np.float32) + rng.uniform(-15, 15, 3).astype(
+        np.float32
+    )
     img = np.empty((image_size, image_size, 3), np.float32)
     img[:] = bg
     img += rng.standard_normal((image_size, image_size, 3), dtype=np.float32) * NOISE_SIGMA
-    colour = np.asarray(COLOURS[item.colour], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
+    colour = np.asarray(COLOURS[item.colour], np.float32) + rng.uniform(-20, 20, 3).astype(
+        np.float32
+    )
     size = "small" if item.count > 1 else item.size
     side = max(4, int(round(SIZES[size] * image_size)))
     if item.count == 1:
@@ -238,7 +253,9 @@ class ProceduralCaptions:
         return out, caps
 
 
-def class_prompts(template: str = "a photo of a {colour} {shape}") -> tuple[list[str], list[tuple[str, str]]]:
+def class_prompts(
+    template: str = "a photo of a {colour} {shape}",
+) -> tuple[list[str], list[tuple[str, str]]]:
     """One prompt per colour-shape pair (64 classes) and the pairs in the same order."""
     pairs = [(c, s) for c in COLOUR_NAMES for s in SHAPES]
     return [template.format(colour=c, shape=s) for c, s in pairs], pairs

@@ -51,12 +51,18 @@ def load_arch(name_or_path: str | dict) -> dict:
     arch.setdefault("hidden_act", "gelu")
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
-        raise InputError(f"architecture {name_or_path!r} lacks {missing}; see {CONFIG_DIR}/micro.json for the keys")
+        raise InputError(
+            f"architecture {name_or_path!r} lacks {missing}; see {CONFIG_DIR}/micro.json for the keys"
+        )
     for tower in ("vision", "text"):
         if arch[f"{tower}_width"] % arch[f"{tower}_heads"]:
-            raise InputError(f"{tower}_width {arch[f'{tower}_width']} is not divisible by {tower}_heads")
+            raise InputError(
+                f"{tower}_width {arch[f'{tower}_width']} is not divisible by {tower}_heads"
+            )
     if arch["image_size"] % arch["patch_size"]:
-        raise InputError(f"image_size {arch['image_size']} is not a multiple of patch_size {arch['patch_size']}")
+        raise InputError(
+            f"image_size {arch['image_size']} is not a multiple of patch_size {arch['patch_size']}"
+        )
     return {k: arch[k] for k in ARCH_KEYS}
 
 
@@ -111,12 +117,18 @@ def load_model(path: str | Path):
 
     p = Path(path)
     if not (p / "config.json").is_file():
-        raise InputError(f"teacher {str(p)!r} is not a Hugging Face CLIPModel directory (no config.json)")
+        raise InputError(
+            f"teacher {str(p)!r} is not a Hugging Face CLIPModel directory (no config.json)"
+        )
     return CLIPModel.from_pretrained(str(p), attn_implementation="eager").float()
 
 
 def encode_image(
-    model, pixel_values: torch.Tensor, mask_ratio: float = 0.0, generator=None, noise: torch.Tensor | None = None
+    model,
+    pixel_values: torch.Tensor,
+    mask_ratio: float = 0.0,
+    generator=None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projected, unnormalised image embeddings; with ``mask_ratio`` > 0, MAE-style masking.
 
@@ -163,7 +175,9 @@ def _teacher_key(key: str, s_arch: dict, t_arch: dict) -> str:
     return f"{m.group(1)}.encoder.layers.{int(m.group(2)) * (lt // ls)}.{m.group(3)}"
 
 
-def _slice(key: str, t: torch.Tensor, shape: torch.Size, heads: tuple[int, int], head_dims: tuple[int, int]):
+def _slice(
+    key: str, t: torch.Tensor, shape: torch.Size, heads: tuple[int, int], head_dims: tuple[int, int]
+):
     """Front slice of teacher tensor ``t`` to ``shape``, by head for attention projections."""
     (hs, ht), (ds, dt) = heads, head_dims
     if re.search(r"self_attn\.[qkv]_proj\.weight$", key):
@@ -186,14 +200,20 @@ def inherit_weights(student, teacher) -> dict[str, str]:
     for k in ("vision_width", "vision_layers", "vision_heads", "text_width", "text_layers", "text_heads",
               "embed_dim", "context_length"):  # fmt: skip
         if s_arch[k] > t_arch[k]:
-            raise InputError(f"cannot inherit: student {k} {s_arch[k]} exceeds the teacher's {t_arch[k]}")
+            raise InputError(
+                f"cannot inherit: student {k} {s_arch[k]} exceeds the teacher's {t_arch[k]}"
+            )
     if s_arch["patch_size"] != t_arch["patch_size"]:
-        raise InputError(f"cannot inherit: patch sizes differ ({s_arch['patch_size']} vs {t_arch['patch_size']})")
+        raise InputError(
+            f"cannot inherit: patch sizes differ ({s_arch['patch_size']} vs {t_arch['patch_size']})"
+        )
     hd = {t: (s_arch[f"{t}_width"] // s_arch[f"{t}_heads"], t_arch[f"{t}_width"] // t_arch[f"{t}_heads"])
           for t in ("vision", "text")}  # fmt: skip
     for tower, (ds, dt) in hd.items():
         if ds > dt:
-            raise InputError(f"cannot inherit: student {tower} head width {ds} exceeds the teacher's {dt}")
+            raise InputError(
+                f"cannot inherit: student {tower} head width {ds} exceeds the teacher's {dt}"
+            )
     t_state = teacher.state_dict()
     s_state = student.state_dict()
     mapping = {}

@@ -67,7 +67,9 @@ class TrainConfig:
     eval_seen: int = 20
     checkpoint_every: int = 0
     resume: bool = False
-    stop_after: int | None = None  # stop early (a checkpoint is written), e.g. to split a run in parts
+    stop_after: int | None = (
+        None  # stop early (a checkpoint is written), e.g. to split a run in parts
+    )
     progress: bool = True
     dist_timeout: float = 120.0
     extra: dict = field(default_factory=dict)
@@ -89,13 +91,21 @@ def _prefetch(stream, depth: int = 2):
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        while not stop.is_set():  # time out regularly so an abandoned producer ends
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def work():
         try:
-            while not stop.is_set():
-                b = stream.next_batch()
-                q.put((*b, stream.state()))
+            while put((*stream.next_batch(), stream.state())):
+                pass
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            q.put(e)
+            put(e)
 
     threading.Thread(target=work, daemon=True).start()
     try:
@@ -154,7 +164,7 @@ def train(cfg: TrainConfig, teacher_cache: dict | None = None) -> dict:
     try:
         return _train(cfg, rank, world, device, teacher_cache)
     except (RuntimeError, ConnectionError) as e:
-        if world > 1 and not isinstance(e, InputError):
+        if world > 1 and dist.is_peer_failure(e):
             raise dist.DistributedError(
                 f"process {rank} of {world}: another process failed or stopped responding ({e}); stopping too"
             ) from e
@@ -165,7 +175,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
     weights = parse_losses(cfg.losses)
     arch = load_arch(cfg.student)
     if cfg.steps <= 0 or cfg.batch_size <= 1:
-        raise InputError(f"--steps must be > 0 and --batch-size > 1 (got {cfg.steps}, {cfg.batch_size})")
+        raise InputError(
+            f"--steps must be > 0 and --batch-size > 1 (got {cfg.steps}, {cfg.batch_size})"
+        )
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     student = build_model(arch).to(device).train()
@@ -184,9 +196,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
         raise InputError("--inherit needs --teacher")
     t_dim = teacher.config.projection_dim if teacher is not None else None
     loss_mod = DistillLoss(
-        weights, arch["embed_dim"], t_dim, affinity_alpha=cfg.affinity_alpha, affinity_scale=cfg.affinity_scale
+        weights,
+        arch["embed_dim"],
+        t_dim,
+        affinity_alpha=cfg.affinity_alpha,
+        affinity_scale=cfg.affinity_scale,
     ).to(device)
-    named = [(n, p) for n, p in [*student.named_parameters(), *loss_mod.named_parameters()] if p.requires_grad]
+    named = [
+        (n, p)
+        for n, p in [*student.named_parameters(), *loss_mod.named_parameters()]
+        if p.requires_grad
+    ]
     params = [p for _, p in named]
     decay = [p for _, p in named if p.ndim >= 2]
     no_decay = [p for _, p in named if p.ndim < 2]  # biases, norms, logit scales
@@ -199,7 +219,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
         cfg.data, cfg.batch_size, rank, world, image_size=arch["image_size"], seed=cfg.seed,
         procedural_size=cfg.procedural_size, procedural_seed=cfg.procedural_seed,
     )  # fmt: skip
-    info = {**asdict(cfg), "student_arch": arch, "world_size": world, "teacher_digest": ckpt.file_digest(cfg.teacher)}
+    info = {
+        **asdict(cfg),
+        "student_arch": arch,
+        "world_size": world,
+        "teacher_digest": ckpt.file_digest(cfg.teacher),
+    }
     ident = ckpt.identity(info)
     start = 0
     if cfg.resume:
@@ -211,7 +236,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
         torch.set_rng_state(state["torch_rng"])
         stream.load_state(state["streams"][rank])
         start = state["step"]
-    tfeat = _TeacherFeatures(teacher, teacher_cache if isinstance(stream, IndexedStream) else None) if teacher else None
+    tfeat = (
+        _TeacherFeatures(teacher, teacher_cache if isinstance(stream, IndexedStream) else None)
+        if teacher
+        else None
+    )
     ev = None
     if cfg.eval_every or cfg.data == "procedural":
         ev = eval_set(cfg.eval_held_out, cfg.eval_seen, image_size=arch["image_size"])
@@ -228,7 +257,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
     if rank == 0 and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="distill" if teacher else "train", unit="step")
+        bar = tqdm(
+            total=cfg.steps, initial=start, desc="distill" if teacher else "train", unit="step"
+        )
     batches = _prefetch(stream)
     t0, seen, evals = time.perf_counter(), 0, []
     stream_state = stream.state()
@@ -247,15 +278,25 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
                 # The mask noise of the whole global batch comes from (seed, step), so N processes
                 # mask each image exactly as one process would.
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                noise = torch.rand(cfg.batch_size, n_patches, generator=g)[rank * local : (rank + 1) * local]
+                noise = torch.rand(cfg.batch_size, n_patches, generator=g)[
+                    rank * local : (rank + 1) * local
+                ]
                 sim = encode_image(student, pixels, cfg.mask_ratio, noise=noise)
-        g_si, g_st, g_sim = (dist.gather(x.float()) if x is not None else None for x in (si, st, sim))
+        g_si, g_st, g_sim = (
+            dist.gather(x.float()) if x is not None else None for x in (si, st, sim)
+        )
         g_ti, g_tt = dist.gather(ti, with_grad=False), dist.gather(tt, with_grad=False)
-        total, parts = loss_mod(g_si, g_st, scale_of(student), g_ti, g_tt, tfeat.scale if tfeat else None, g_sim)
+        total, parts = loss_mod(
+            g_si, g_st, scale_of(student), g_ti, g_tt, tfeat.scale if tfeat else None, g_sim
+        )
         opt.zero_grad(set_to_none=True)
         total.backward()
         dist.average_gradients(params)
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        gnorm = (
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if cfg.grad_clip > 0
+            else torch.tensor(0.0)
+        )
         opt.step()
         sched.step()
         seen += cfg.batch_size
@@ -266,16 +307,25 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
                 "lr": sched.get_last_lr()[0], "logit_scale": scale_of(student).item(), "grad_norm": gnorm.item(),
                 "samples_per_s": seen / (time.perf_counter() - t0), "skipped": stream_state["skipped"],
             }  # fmt: skip
-            if ev is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+            if (
+                ev is not None
+                and cfg.eval_every
+                and (done % cfg.eval_every == 0 or done == cfg.steps)
+            ):
                 rec["eval"] = zero_shot(student, ev, device)
                 evals.append({"step": done, **rec["eval"]})
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"held_out": f"{rec['eval']['held_out']:.1f}"} if "eval" in rec else {}))
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.3f}",
+                    **({"held_out": f"{rec['eval']['held_out']:.1f}"} if "eval" in rec else {}),
+                )
         stopping = cfg.stop_after is not None and done >= cfg.stop_after
-        if (cfg.checkpoint_every or stopping) and (stopping or done % cfg.checkpoint_every == 0 or done == cfg.steps):
+        if (cfg.checkpoint_every or stopping) and (
+            stopping or done % cfg.checkpoint_every == 0 or done == cfg.steps
+        ):
             streams = dist.all_gather_object(stream_state)
             if rank == 0:
                 ckpt.save(out / ckpt.CKPT_NAME, {
@@ -285,10 +335,16 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
                 })  # fmt: skip
         if stopping:
             break
+    batches.close()  # stops the producer thread
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0
-    result = {"out": str(out), "steps": done, "elapsed_s": elapsed, "skipped": stream_state["skipped"]}
+    result = {
+        "out": str(out),
+        "steps": done,
+        "elapsed_s": elapsed,
+        "skipped": stream_state["skipped"],
+    }
     if done < cfg.steps:  # stopped early: the checkpoint is the output
         dist.barrier()
         return result
@@ -299,7 +355,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
             result["eval"] = zero_shot(student, ev, device)
         if teacher is not None and ev is not None:
             result["teacher_eval"] = zero_shot(teacher, ev, device)
-        extra = {"config": {k: v for k, v in info.items() if k != "extra"}, "result": result, **cfg.extra}
+        extra = {
+            "config": {k: v for k, v in info.items() if k != "extra"},
+            "result": result,
+            **cfg.extra,
+        }
         save_clip_dir(student.float().cpu(), out, extra)
     dist.barrier()
     return result

@@ -1,0 +1,224 @@
+"""Every variant's gate numbers and batch-1 pairs/s, plus torch eager fp32, in one run.
+
+    .venv/bin/python -m benchmarks.variants_speed [--arch tinyclip-8m] [--threads 2] [--iters 30]
+
+Builds a random TinyCLIP-8M-shaped checkpoint, converts it (onnx-fp32), adds every backend ×
+precision with ``converters.variants.add_variants`` (failed variants kept, marked failed, so
+they can be timed too), then times image and text towers at batch 1 through the runtime's
+backends. pairs/s = 1 / (image seconds + text seconds) (TinyCLIP's definition). Also times
+ORT's transformer-fused graphs (``onnxruntime.transformers.optimizer``), measurement only.
+Random weights: the gate numbers are plumbing checks, not accuracy claims.
+Writes ``benchmarks/results/variants_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "results" / "variants_speed.json"
+
+
+def _time(fn, iters: int, warmup: int = 3) -> float:
+    """Median seconds of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _pair_rate(image_s: float, text_s: float) -> float:
+    return 1.0 / (image_s + text_s)
+
+
+def _inputs(manifest):
+    from edgeclip.tokenizer import Tokenizer
+
+    size = manifest["preprocess"]["image_size"]
+    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    ids = Tokenizer(context_length=manifest["tokenizer"]["context_length"])(
+        ["a photo of a red square"]
+    )
+    return pixels, ids
+
+
+def variant_timer(bundle: Path, variant: dict, pixels, ids, threads: int):
+    """(image fn, text fn) running one variant's towers at batch 1 through its runtime backend."""
+    from edgeclip.backends import get_backend
+    from edgeclip.bundle import Tower
+    from edgeclip.towers import TowerRunner
+
+    backend = get_backend(variant["backend"])
+    runners = {}
+    for tower in ("image", "text"):
+        t = Tower.from_dict(variant[tower])
+        runners[tower] = TowerRunner(
+            t, lambda rel: backend.open(bundle / rel, threads=threads), tower == "text"
+        )
+    return (lambda: runners["image"](pixels, 1)), (lambda: runners["text"](ids, 1))
+
+
+def torch_timer(checkpoint: Path, pixels, ids, threads: int):
+    """(image fn, text fn) for torch eager fp32 (the transformers model, inference mode)."""
+    import torch
+
+    from converters.checkpoints import load_checkpoint
+    from converters.gate import torch_towers
+
+    torch.set_num_threads(threads)
+    model, _ = load_checkpoint(checkpoint)
+    image, text = torch_towers(model)
+    px, t = torch.from_numpy(pixels), torch.from_numpy(ids)
+
+    def run(module, x):
+        with torch.inference_mode():
+            return module(x)
+
+    return (lambda: run(image, px)), (lambda: run(text, t))
+
+
+def measure_all(timers: dict, iters: int, rounds: int) -> dict[str, dict]:
+    """Round-robin over the variants ``rounds`` times; keep each one's best median (shared host)."""
+    best = {k: [np.inf, np.inf] for k in timers}
+    for r in range(rounds):
+        for key, (img_fn, txt_fn) in timers.items():
+            img_s, txt_s = _time(img_fn, iters), _time(txt_fn, iters)
+            best[key] = [min(best[key][0], img_s), min(best[key][1], txt_s)]
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    return {
+        k: {
+            "image_ms": round(i * 1e3, 3),
+            "text_ms": round(t * 1e3, 3),
+            "pairs_per_s": round(_pair_rate(i, t), 2),
+        }
+        for k, (i, t) in best.items()
+    }
+
+
+def _cpu_flags() -> list[str]:
+    """The SIMD features that decide INT8/bf16 speed (AVX2, AVX-512 VNNI, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    keys = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return [k for k in keys if f" {k}" in text]
+
+
+def fused_variants(bundle: Path, manifest: dict) -> list[dict]:
+    """ORT transformer-optimizer fused copies of onnx-fp32 and of it INT8-dynamic (timing only)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    arch = manifest["architecture"]
+    fp32 = next(v for v in manifest["variants"] if v["id"] == "onnx-fp32")
+    out = []
+    for vid, quant in (("onnx-fp32-fused", False), ("onnx-int8-fused", True)):
+        (bundle / vid).mkdir(exist_ok=True)
+        for tower, kind in (("image", "vision"), ("text", "text")):
+            opt = optimizer.optimize_model(
+                str(bundle / fp32[tower]["file"]), model_type="clip",
+                num_heads=arch[f"{kind}_heads"], hidden_size=arch[f"{kind}_width"],
+            )  # fmt: skip
+            path = bundle / vid / f"{tower}.onnx"
+            opt.save_model_to_file(str(path))
+            if quant:
+                quantize_dynamic(str(path), str(path), weight_type=QuantType.QInt8, per_channel=True,
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+        v = json.loads(json.dumps(fp32))
+        v["id"] = vid
+        for tower in ("image", "text"):
+            v[tower]["file"] = f"{vid}/{tower}.onnx"
+        out.append(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="tinyclip-8m")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--backends", default="onnx,openvino,litert")
+    ap.add_argument("--precisions", default="fp32,fp16,int8,int8-dynamic,int8-static,int8-weights")
+    ap.add_argument("--work", default=None, help="keep the bundle here (default: a temp dir)")
+    ap.add_argument("--reuse", action="store_true", help="time the bundle already in --work")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+
+    from converters.bundle_writer import convert
+    from converters.fixtures import write_random_checkpoint
+    from converters.variants import add_variants
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="variants-speed-"))
+    t0 = time.perf_counter()
+    ckpt, bundle = work / "ckpt", work / "bundle"
+    if args.reuse and (bundle / "manifest.json").is_file():
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    else:
+        ckpt = write_random_checkpoint(ckpt, arch=args.arch, fmt="hf", seed=0)
+        bundle = convert(ckpt, bundle, name=args.arch, overwrite=True, progress=False)
+        manifest = add_variants(
+            bundle, ckpt, backends=args.backends, precisions=args.precisions, keep_failed=True,
+            builder_options={"litert": {"batch_sizes": [1, 8]}}, threads=args.threads,
+        )  # fmt: skip
+    build_s = time.perf_counter() - t0
+    pixels, ids = _inputs(manifest)
+    variants = manifest["variants"] + fused_variants(bundle, manifest)
+    timers = {"torch-eager-fp32": torch_timer(ckpt, pixels, ids, args.threads)}
+    timers.update({v["id"]: variant_timer(bundle, v, pixels, ids, args.threads) for v in variants})
+    timing = measure_all(timers, args.iters, args.rounds)
+    rows = [
+        {
+            "id": "torch-eager-fp32",
+            "backend": "torch",
+            "precision": "fp32",
+            **timing["torch-eager-fp32"],
+        }
+    ]
+    for v in variants:
+        size = sum(f.stat().st_size for f in (bundle / v["id"]).rglob("*") if f.is_file())
+        rows.append({
+            "id": v["id"], "backend": v["backend"], "precision": v["precision"], **timing[v["id"]],
+            "dir_mb": round(size / 1e6, 2),
+            "gate": (v.get("gate") or {}).get("passed", "not gated (timing only)"),
+            "gate_reason": (v.get("gate") or {}).get("reason"),
+            "config": (v.get("options") or {}).get("config"),
+            "parity": {k: v.get("parity", {}).get(k) for k in (
+                "image_cosine_mean", "text_cosine_mean", "top1_agreement", "top1_agreement_tie_tolerant")},
+        })  # fmt: skip
+        print(f"{v['id']}: {rows[-1]['pairs_per_s']} pairs/s (gate {rows[-1]['gate']})", flush=True)
+    torch_rate = rows[0]["pairs_per_s"]
+    gated = [r for r in rows[1:] if r["gate"] is True]
+    best = max(gated, key=lambda r: r["pairs_per_s"]) if gated else None
+    result = {
+        "what": "batch-1 pairs/s per variant (random TinyCLIP-8M-shaped weights), one run",
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "cpu_flags": _cpu_flags()},
+        "arch": args.arch, "threads": args.threads, "iters": args.iters, "rounds": args.rounds,
+        "build_seconds": round(build_s, 1), "calibration": manifest.get("calibration"),
+        "rows": rows,
+        "best_gated": best and {"id": best["id"], "pairs_per_s": best["pairs_per_s"],
+                                "speedup_vs_torch": round(best["pairs_per_s"] / torch_rate, 2)},
+        "rejected": manifest.get("rejected_variants", []),
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["best_gated"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()

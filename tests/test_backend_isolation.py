@@ -1,0 +1,120 @@
+"""A backend installed alone loads its variants: OpenVINO and LiteRT run with torch, transformers,
+the converters' packages and the other backends made unimportable (a meta-path hook in a
+subprocess), through the public ``edgeclip.load`` path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("openvino")
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("litert_torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+# Everything a runtime-only install lacks; each backend's test unblocks its own runtime.
+HEAVY = ["torch", "transformers", "onnx", "onnxruntime", "onnxscript", "nncf", "litert_torch",
+         "ai_edge_quantizer", "jax", "tensorflow", "torchao", "safetensors", "converters"]  # fmt: skip
+RUNTIMES = {"openvino": ["openvino"], "litert": ["ai_edge_litert", "tflite_runtime"]}
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+
+    BLOCKED = set(json.loads(sys.argv[1]))
+
+    class Block:
+        # Raise at lookup, as for a package that is not installed.
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import edgeclip
+
+    backend, precision, bundle = sys.argv[2], sys.argv[3], sys.argv[4]
+    avail = edgeclip.available_backends()
+    assert backend in avail, f"backend {backend} not available; available: {avail}"
+    m = edgeclip.load(bundle, backend=backend, precision=precision, threads=1)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    img = m.encode_image(images)
+    txt = m.encode_text(["a photo of a cat", "a red square", "a blue circle"])
+    probs = m.classify(images[0], ["cat", "dog"])
+    leaked = sorted(n for n in sys.modules if n.split(".")[0] in BLOCKED)
+    print(json.dumps({"variant": m.variant.id, "image": img.tolist(), "text": txt.tolist(),
+                      "leaked": leaked, "classify": str(probs)[:200]}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
+    from converters.variants import add_variants
+
+    out = tmp_path_factory.mktemp("isolation") / "micro"
+    shutil.copytree(micro_bundle, out)
+    add_variants(out, micro_hf_checkpoint, backends="openvino,litert",
+                 precisions="fp32,int8-dynamic,int8-weights", n_calib=4, n_eval=8,
+                 builder_options={"litert": {"batch_sizes": [2]}}, keep_failed=True,
+                 log=lambda _: None)  # fmt: skip
+    return out
+
+
+def _reference(bundle: Path):
+    """Embeddings from the onnx-fp32 variant in this (unblocked) process."""
+    import edgeclip
+
+    m = edgeclip.load(bundle, backend="onnx", precision="fp32")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    return m.encode_image(images), m.encode_text(
+        ["a photo of a cat", "a red square", "a blue circle"]
+    )
+
+
+@pytest.mark.parametrize(
+    "backend,precision",
+    [
+        ("openvino", "fp32"),
+        ("openvino", "int8-weights"),
+        ("litert", "fp32"),
+        ("litert", "int8-dynamic"),
+    ],
+)
+def test_backend_runs_without_torch_or_other_backends(bundle, backend, precision):
+    blocked = HEAVY + [m for b, mods in RUNTIMES.items() if b != backend for m in mods]
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(blocked), backend, precision, str(bundle)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["variant"] == f"{backend}-{precision}"
+    assert out["leaked"] == []
+    ref_img, ref_txt = _reference(bundle)
+    img, txt = np.array(out["image"], np.float32), np.array(out["text"], np.float32)
+    # Normalised embeddings: the row-wise dot product is the cosine.
+    assert np.sum(img * ref_img, 1).min() > 0.98
+    assert np.sum(txt * ref_txt, 1).min() > 0.98
+
+
+def test_blocking_really_blocks(bundle):
+    """The hook works: with openvino blocked too, loading the openvino variant fails cleanly."""
+    blocked = HEAVY + ["openvino", "ai_edge_litert", "tflite_runtime"]
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(blocked), "openvino", "fp32", str(bundle)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "backend openvino not available; available: []" in proc.stderr
