@@ -33,14 +33,10 @@ def write_jpegs(
 
 def open_model(bundle: Any, variant: Any, threads: int | None, device: str = "cpu") -> Any:
     """An ``EdgeClip`` on exactly this variant (``edgeclip.load`` picks by backend/precision)."""
-    from edgeclip.backends import get_backend
     from edgeclip.model import EdgeClip
+    from edgeclip.towers import variant_opener
 
-    backend = get_backend(variant.backend)
-
-    def opener(rel: str):
-        return backend.open(bundle.path_of(rel), threads=threads, device=device)
-
+    opener = variant_opener(bundle.root, variant, threads, device)
     return EdgeClip(bundle, variant, opener).warm()
 
 

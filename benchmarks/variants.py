@@ -82,18 +82,18 @@ def open_towers(bundle: Bundle, variant: Variant, threads: int | None, device: s
     TowerRunner chunks and pads for fixed-shape graphs exactly as the runtime does, so the
     measured rate of a batch a LiteRT graph cannot take is the rate users get.
     """
-    from edgeclip.backends import get_backend
-    from edgeclip.towers import TowerRunner
+    from edgeclip.towers import TowerRunner, variant_opener
 
-    backend = get_backend(variant.backend)
+    on_device = variant_opener(bundle.root, variant, threads, device)
+    on_auto = variant_opener(bundle.root, variant, threads, "auto")
 
     def opener(rel: str):
         try:
-            return backend.open(bundle.path_of(rel), threads=threads, device=device)
+            return on_device(rel)
         except InputError:
             if device in ("auto", None):
                 raise
-            return backend.open(bundle.path_of(rel), threads=threads, device="auto")
+            return on_auto(rel)
 
     image = TowerRunner(variant.image, opener, is_text=False)
     text = TowerRunner(variant.text, opener, is_text=True)

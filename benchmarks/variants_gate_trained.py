@@ -48,6 +48,10 @@ def train(steps: int, batch: int, seed: int = 0):
     model = random_model(ARCH, seed=seed).train()
     size = ARCH["vision_cfg"]["image_size"]
     pixels, ids, _ = _data(steps * batch // 4, size, seed + 100)  # each pair seen ~4 times
+    # Captions are short: training on the first 16 positions gives the same EOT-pooled output
+    # as the full 77 (causal attention, zero padding after EOT) at a fifth of the text cost.
+    assert (ids[:, 16:] == 0).all()
+    ids = np.ascontiguousarray(ids[:, :16])
     image, text = torch_towers(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
@@ -112,13 +116,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads for training (shared host)"
+    )
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
 
+    import torch
+
     from converters.bundle_writer import convert
     from converters.variants import add_variants
 
+    torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="variants-gate-"))
     t0 = time.perf_counter()
     model = train(args.steps, args.batch)

@@ -164,6 +164,7 @@ def load_calibration(
     pre = Preprocessor(preprocess or {})
     tok = Tokenizer(context_length=context_length)
     skipped: dict[str, str] = {}
+    verbatim = False
     if folder is None:
         images, caps, _ = synthetic_pairs(n_calib + n_eval, pre.image_size, seed)
         order = list(range(len(images)))
@@ -193,12 +194,11 @@ def load_calibration(
             by_name.get(f.name) or by_name.get(f.relative_to(root).as_posix()) or "" for f in files
         ]
         subdirs = sorted({f.parent.name for f in files if f.parent != root})
-        label_set = (
-            labels
-            or (subdirs if len(subdirs) >= 2 else None)
-            or free
-            or sorted(set(filter(None, caps)))
-        )
+        label_set = labels or (subdirs if len(subdirs) >= 2 else None)
+        if not label_set:
+            # Captions as the label set: each is already a sentence, used verbatim as its prompt.
+            label_set = free or sorted(set(filter(None, caps)))
+            verbatim = bool(label_set)
         label_set = label_set or synthetic_labels()
         source = f"folder:{root}"
     pixels, used = [], []
@@ -224,7 +224,7 @@ def load_calibration(
         ]
     ids = tok(texts)
     t_c, t_e = _split(len(ids), n_calib, n_eval)
-    prompts = [f"a photo of a {lab}" for lab in label_set]
+    prompts = list(label_set) if verbatim else [f"a photo of a {lab}" for lab in label_set]
     return CalibrationData(
         calib_pixels=px[:n_c],
         calib_ids=ids[:t_c],
@@ -235,3 +235,21 @@ def load_calibration(
         source=source,
         skipped=skipped,
     )
+
+
+def preprocess_for(fp32_variant: dict[str, Any], root: Path, model: Any) -> dict[str, Any]:
+    """A bundle's preprocess config: its manifest's if written yet, else the model's (or graph's) image size."""
+    import json
+
+    manifest = root / "manifest.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("preprocess") or {}
+    size = getattr(
+        getattr(getattr(model, "config", None), "vision_config", None), "image_size", None
+    )
+    if size is None:
+        import onnx
+
+        graph = onnx.load(str(root / fp32_variant["image"]["file"]), load_external_data=False).graph
+        size = graph.input[0].type.tensor_type.shape.dim[-1].dim_value or None
+    return {"image_size": int(size)} if size else {}

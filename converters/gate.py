@@ -90,18 +90,10 @@ def run_variant(
     batch_size: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image and text embeddings (unnormalised) of a variant dict, through the runtime's backend."""
-    from edgeclip.backends import get_backend
-    from edgeclip.bundle import Tower
-    from edgeclip.towers import TowerRunner
+    from edgeclip.bundle import Variant
+    from edgeclip.towers import open_towers
 
-    root = Path(bundle_root)
-    backend = get_backend(variant["backend"])
-
-    def opener(rel: str):
-        return backend.open(root / rel, threads=threads)
-
-    image = TowerRunner(Tower.from_dict(variant["image"]), opener, is_text=False)
-    text = TowerRunner(Tower.from_dict(variant["text"]), opener, is_text=True)
+    image, text = open_towers(Path(bundle_root), Variant.from_dict(variant), threads)
     return image(pixels, batch_size), text(ids, batch_size)
 
 

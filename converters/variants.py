@@ -262,7 +262,7 @@ def build_variants(
     ``builder_options`` per backend, e.g. ``{"litert": {"batch_sizes": [1, 8]}}``.
     Combinations a backend does not offer (e.g. litert fp16) are skipped with a message.
     """
-    from .calibration import load_calibration
+    from .calibration import load_calibration, preprocess_for
     from .gate import reference_embeddings
 
     root = Path(bundle_root)
@@ -278,10 +278,12 @@ def build_variants(
                 f"(install torch + transformers), or drop {b} from --backend."
             )
     if calibration is None:
-        calibration = load_calibration(None, _preprocess_of(fp32_variant, root, model), log=log)
+        calibration = load_calibration(None, preprocess_for(fp32_variant, root, model), log=log)
     ref = reference_embeddings(calibration, model if torch_model else None, root, fp32_variant)
     if ref.name != "torch-fp32":
-        log(f"gate reference: {ref.name} under ONNX Runtime (torch not available)")
+        log(
+            f"gate reference: {ref.name} under ONNX Runtime (no torch model given: checkpoint missing or torch not installed)"
+        )
     job = _Job(
         root, fp32_variant, model, calibration, ref, thresholds, threads, builder_options or {}, log
     )
@@ -314,24 +316,6 @@ def build_variants(
         # Scratch files some builders share (LiteRT's fp32 conversions) never ship.
         shutil.rmtree(root / ".litert-fp32-src", ignore_errors=True)
     return kept, rejected
-
-
-def _preprocess_of(fp32_variant: dict[str, Any], root: Path, model: Any) -> dict[str, Any]:
-    """The bundle's preprocess config (from its manifest if written yet, else the model's image size)."""
-    import json
-
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        return json.loads(manifest.read_text()).get("preprocess") or {}
-    size = getattr(
-        getattr(getattr(model, "config", None), "vision_config", None), "image_size", None
-    )
-    if size is None:
-        import onnx
-
-        graph = onnx.load(str(root / fp32_variant["image"]["file"]), load_external_data=False).graph
-        size = graph.input[0].type.tensor_type.shape.dim[-1].dim_value or None
-    return {"image_size": int(size)} if size else {}
 
 
 def add_variants(

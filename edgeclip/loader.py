@@ -7,16 +7,13 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .autoselect import PRECISION_ORDER, choose, precision_rank
 from .backends import PREFERENCE, available_backends, canonical_name, get_backend
 from .bundle import Bundle, Variant
 from .errors import BackendUnavailableError, InputError, ModelNotFoundError
 from .model import EdgeClip
 from .paths import converted_dir
-
-# Auto precision: among variants that passed their gate, try these in order on each backend.
-# Measured on a 2-core AVX2 host (benchmarks/results): ORT INT8 dynamic 51 pairs/s > fp32 39;
-# fp16 only pays on GPUs / Arm with fp16 arithmetic, so it comes after fp32 on CPU.
-_PRECISION_ORDER = ("int8-dynamic", "int8", "int8-static", "int8-weights", "fp32", "fp16")
+from .towers import variant_opener
 
 
 def _precision_matches(wanted: str, have: str) -> bool:
@@ -24,9 +21,17 @@ def _precision_matches(wanted: str, have: str) -> bool:
 
 
 def select_variant(
-    bundle: Bundle, backend: str = "auto", precision: str = "auto"
+    bundle: Bundle,
+    backend: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    device: str = "auto",
 ) -> tuple[Variant, str]:
-    """Pick the variant to run and say why. Explicit choices must exist; 'auto' skips failed gates."""
+    """Pick the variant to run and say why. Explicit choices must exist; 'auto' skips failed gates.
+
+    With ``backend="auto"`` the per-backend winners are timed once on this host and the fastest
+    is kept (``edgeclip.autoselect``); the reason string says what was measured.
+    """
     installed = available_backends()
     if backend != "auto":
         backend = canonical_name(backend)
@@ -51,23 +56,17 @@ def select_variant(
                 f"every matching variant of {bundle.root} failed its accuracy gate: "
                 + "; ".join(f"{v.id}: {v.gate.get('reason')}" for v in candidates)
             )
-        passed = candidates  # an explicit request for a failed variant is honoured, loudly
-        reason = f"explicitly requested; its gate FAILED ({passed[0].gate.get('reason')})"
-        return passed[0], reason
-
-    def rank(v: Variant) -> tuple[int, int]:
-        prec = next(
-            (i for i, p in enumerate(_PRECISION_ORDER) if _precision_matches(p, v.precision)), 99
+        # an explicit request for a failed variant is honoured, loudly
+        return candidates[
+            0
+        ], f"explicitly requested; its gate FAILED ({candidates[0].gate.get('reason')})"
+    if backend != "auto":
+        best = min(passed, key=lambda v: precision_rank(v.precision))
+        return (
+            best,
+            f"requested backend {backend}; precision by the rule table {list(PRECISION_ORDER)}",
         )
-        return (backends.index(v.backend), prec)
-
-    best = min(passed, key=rank)
-    reason = (
-        "requested"
-        if backend != "auto" and precision != "auto"
-        else f"first passing variant by backend preference {backends} and precision order {list(_PRECISION_ORDER)}"
-    )
-    return best, reason
+    return choose(bundle, passed, backends, threads, device)
 
 
 def _convert_once(checkpoint: Path, out: Path, name: str | None = None) -> Path:
@@ -177,11 +176,8 @@ def load(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}.")
     bundle = resolve_bundle(name_or_path, verify=verify)
-    variant, reason = select_variant(bundle, backend, precision)
-    runtime = get_backend(variant.backend)
-
-    def opener(rel: str):
-        return runtime.open(bundle.path_of(rel), threads=threads, device=device)
+    variant, reason = select_variant(bundle, backend, precision, threads, device)
+    opener = variant_opener(bundle.root, variant, threads, device)
 
     model = EdgeClip(bundle, variant, opener, batch_size=batch_size, backend_info=variant.backend)
     model.selection_reason = reason

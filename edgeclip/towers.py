@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from .backends.base import Session
-from .bundle import Tower
+from .bundle import Tower, Variant
 
 EOT_ID = 49407
 
@@ -82,3 +83,29 @@ class TowerRunner:
                 outputs.append(out)
             start += len(chunk)
         return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def variant_opener(
+    root: Path, variant: Variant, threads: int | None = None, device: str = "auto"
+) -> Callable[[str], Session]:
+    """A function that opens one of ``variant``'s graph files (relative to ``root``) on its backend."""
+    from .backends import get_backend
+
+    backend = get_backend(variant.backend)
+
+    def opener(rel: str) -> Session:
+        return backend.open(
+            Path(root) / rel, threads=threads, device=device, precision=variant.precision
+        )
+
+    return opener
+
+
+def open_towers(
+    root: Path, variant: Variant, threads: int | None = None, device: str = "auto"
+) -> tuple[TowerRunner, TowerRunner]:
+    """(image, text) runners for a variant: what the runtime, the gate and the benchmarks all use."""
+    opener = variant_opener(root, variant, threads, device)
+    return TowerRunner(variant.image, opener, is_text=False), TowerRunner(
+        variant.text, opener, is_text=True
+    )

@@ -51,6 +51,16 @@ def test_distill_writes_a_loadable_hf_checkpoint(tmp_path, teacher_dir):
     m = CLIPModel.from_pretrained(str(tmp_path / "s"))
     assert m.config.text_config.eos_token_id == 49407 and m.config.projection_dim == 32
     assert S.arch_of(m) == S.load_arch("micro")
+    from transformers import CLIPTokenizer
+
+    from edgeclip.tokenizer import tokenize
+
+    tok = CLIPTokenizer.from_pretrained(
+        str(tmp_path / "s")
+    )  # the HF tokenizer files agree with ours
+    texts = ["a photo of a small red hexagon, isn't it?", "Two   BLUE stars!! 123"]
+    ours = [[int(i) for i in row if i] for row in tokenize(texts, 24)]
+    assert tok(texts)["input_ids"] == ours
     meta = json.load(open(tmp_path / "s" / "edgeclip_distill.json"))
     assert meta["config"]["losses"] == ALL_LOSSES and meta["config"]["inherit"] is True
 

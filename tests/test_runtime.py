@@ -54,7 +54,9 @@ def test_batch_size_does_not_change_results(model):
     b = model.encode_image(images, batch_size=3)
     np.testing.assert_allclose(a, b, atol=1e-5)
     texts = [f"caption number {i}" for i in range(7)]
-    np.testing.assert_allclose(model.encode_text(texts, batch_size=2), model.encode_text(texts), atol=1e-5)
+    np.testing.assert_allclose(
+        model.encode_text(texts, batch_size=2), model.encode_text(texts), atol=1e-5
+    )
 
 
 def test_one_bad_image_keeps_the_good_ones(model, tmp_path):
@@ -94,7 +96,13 @@ def test_classify_probabilities_and_label_cache(model):
 
 @pytest.mark.parametrize(
     "labels, message",
-    [([], "empty"), (["cat", "cat"], "twice"), (["cat", 3], "not a string"), ("cat", "list"), (["cat", " "], "empty")],
+    [
+        ([], "empty"),
+        (["cat", "cat"], "twice"),
+        (["cat", 3], "not a string"),
+        ("cat", "list"),
+        (["cat", " "], "empty"),
+    ],
 )
 def test_bad_labels_are_named(model, labels, message):
     with pytest.raises(InputError, match=message):
@@ -184,7 +192,9 @@ def test_import_is_light_and_cli_lists_models():
     code = "import sys, edgeclip; print(sorted(m for m in ('torch','transformers','onnxruntime','openvino') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    res = subprocess.run([sys.executable, "-m", "edgeclip", "models", "--json"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeclip", "models", "--json"], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     names = [m["name"] for m in json.loads(res.stdout)]
     assert "tinyclip-8m" in names and "clip-vit-b32" in names
@@ -195,7 +205,20 @@ def test_cli_classify_reports_bad_files_and_keeps_good(micro_bundle, tmp_path):
     _picture((0, 0, 255)).save(good)
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    cmd = [sys.executable, "-m", "edgeclip", "classify", str(good), str(empty), "--labels", "cat", "dog", "--model", str(micro_bundle), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeclip",
+        "classify",
+        str(good),
+        str(empty),
+        "--labels",
+        "cat",
+        "dog",
+        "--model",
+        str(micro_bundle),
+        "--json",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 1, res.stderr
     rows = json.loads(res.stdout)
@@ -207,7 +230,18 @@ def test_cli_embed_writes_rows_in_input_order(micro_bundle, tmp_path):
     img = tmp_path / "x.png"
     _picture((9, 99, 199)).save(img)
     out = tmp_path / "e.npy"
-    cmd = [sys.executable, "-m", "edgeclip", "embed", str(img), "a photo of a dog", "-o", str(out), "--model", str(micro_bundle)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeclip",
+        "embed",
+        str(img),
+        "a photo of a dog",
+        "-o",
+        str(out),
+        "--model",
+        str(micro_bundle),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     arr = np.load(out)
@@ -217,7 +251,11 @@ def test_cli_embed_writes_rows_in_input_order(micro_bundle, tmp_path):
 
 
 def test_cli_info_shows_variants_and_auto_choice(micro_bundle):
-    res = subprocess.run([sys.executable, "-m", "edgeclip", "info", str(micro_bundle)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeclip", "info", str(micro_bundle)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert "onnx-fp32" in res.stdout and "auto on this host: onnx-fp32" in res.stdout
 

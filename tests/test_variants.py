@@ -270,7 +270,9 @@ def test_calibration_folder_skips_bad_images_and_is_deterministic(tmp_path):
     np.testing.assert_array_equal(a.eval_ids, b.eval_ids)
     # Captions come from the file: the held-out texts are some of them.
     assert a.eval_ids.shape[1] == 77 and (a.eval_ids[:, 0] == 49406).all()
-    assert len(a.probe_labels) >= 2
+    # Without sub-folders, the captions are the probe's label set, used verbatim as prompts.
+    caps = {line.split("\t")[1] for line in (tmp_path / "captions.txt").read_text().splitlines()}
+    assert set(a.probe_labels) == caps and len(a.probe_ids) == len(caps)
 
 
 def test_calibration_errors(tmp_path):

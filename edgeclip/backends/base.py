@@ -38,6 +38,12 @@ class Backend(Protocol):
         """Devices/providers this runtime can use on this host, best first."""
         ...
 
-    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> Session:
-        """Load one graph file."""
+    def open(
+        self,
+        path: Path,
+        threads: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> Session:
+        """Load one graph file. ``precision`` is the variant's (backends may tune for it)."""
         ...

@@ -123,7 +123,13 @@ class Backend:
     def devices(self) -> list[str]:
         return ["cpu"]
 
-    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> LiteRtSession:
+    def open(
+        self,
+        path: Path,
+        threads: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> LiteRtSession:
         if device not in (None, "", "auto", "cpu"):
             raise InputError(
                 f"LiteRT device {device!r}: edgeclip runs LiteRT on the CPU only (use 'cpu')."

@@ -71,7 +71,13 @@ class Backend:
             )
         return [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
 
-    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> OrtSession:
+    def open(
+        self,
+        path: Path,
+        threads: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> OrtSession:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()

@@ -89,14 +89,21 @@ class Backend:
             )
         return wanted
 
-    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> OpenVinoSession:
+    def open(
+        self,
+        path: Path,
+        threads: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> OpenVinoSession:
         dev = self._device(device)
-        hint = os.environ.get("EDGECLIP_OV_HINT", "LATENCY").upper()
-        config = {"PERFORMANCE_HINT": hint}
-        # On CPUs with AMX/AVX512-BF16, OpenVINO runs fp32 graphs in bf16 by default (faster,
-        # cosine ≈ 0.99996 vs fp32, which the gate measures); EDGECLIP_OV_PRECISION=f32 forces fp32.
-        if os.environ.get("EDGECLIP_OV_PRECISION"):
-            config["INFERENCE_PRECISION_HINT"] = os.environ["EDGECLIP_OV_PRECISION"].lower()
+        config = {"PERFORMANCE_HINT": os.environ.get("EDGECLIP_OV_HINT", "LATENCY").upper()}
+        # On CPUs with AMX/AVX512-BF16, OpenVINO runs fp32 graphs in bf16 by default. An fp32
+        # variant must mean fp32 (its gate and its name say so), so ask for f32 explicitly;
+        # EDGECLIP_OV_PRECISION (f32, bf16, f16) overrides it for every variant.
+        hint = os.environ.get("EDGECLIP_OV_PRECISION") or ("f32" if precision == "fp32" else None)
+        if hint and dev == "CPU":
+            config["INFERENCE_PRECISION_HINT"] = hint.lower()
         if threads and dev == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = self._core().compile_model(str(path), dev, config)

@@ -61,7 +61,13 @@ class Backend:
 
         return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
 
-    def open(self, path: Path, threads: int | None = None, device: str = "auto") -> TorchSession:
+    def open(
+        self,
+        path: Path,
+        threads: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> TorchSession:
         import torch
 
         dev = {"auto": "cuda" if torch.cuda.is_available() else "cpu", "gpu": "cuda"}.get(

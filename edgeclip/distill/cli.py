@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeclip.errors import EdgeclipError, InputError
 
 PROCEDURAL_TEACHER = "procedural-teacher"
-TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR = 500, 128, 2e-3
+TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR = 1000, 128, 2e-3
 
 
 def cache_dir() -> Path:

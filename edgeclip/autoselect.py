@@ -1,0 +1,160 @@
+"""``backend="auto"``: the fastest gated variant on *this* host, by a short probe cached per host.
+
+Within one backend a rule table picks the precision; it follows batch-1 pairs/s measured on the
+TinyCLIP-8M shape (benchmarks/results/variants_speed.json): ONNX Runtime int8 76.5 > int8-static
+63.2 > fp32 33.4 > fp16 30.8 > int8-weights 24.6; OpenVINO int8 115 ≈ int8-static 117 > fp32 >
+int8-weights 73; LiteRT int8-dynamic 101 > fp32 32.4 ≈ int8-weights 32.4. Which *backend* wins
+depends on the CPU (OpenVINO led by 1.5× on an AMX Xeon; the survey's AVX2 EPYC favoured ONNX
+Runtime), so the per-backend winners are timed: 1 warm-up and 3 timed calls of each tower at
+batch 1, pairs/s = 1 / (1/images_per_s + 1/texts_per_s). The result is cached in
+``edgeclip_home()/probe.json`` keyed by host and bundle; ``EDGECLIP_PROBE=0`` skips probing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle, Variant
+from .paths import edgeclip_home
+
+PRECISION_ORDER = ("int8", "int8-static", "int8-dynamic", "fp32", "fp16", "int8-weights")
+_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino", "ai-edge-litert", "torch")
+
+
+def precision_rank(precision: str) -> int:
+    """Position of a precision in the rule table (unknown precisions last)."""
+    return (
+        PRECISION_ORDER.index(precision) if precision in PRECISION_ORDER else len(PRECISION_ORDER)
+    )
+
+
+def best_per_backend(variants: list[Variant], backends: list[str]) -> list[Variant]:
+    """For each backend in order, its passing variant that ranks first in the rule table."""
+    out = []
+    for backend in backends:
+        mine = [v for v in variants if v.backend == backend]
+        if mine:
+            out.append(min(mine, key=lambda v: precision_rank(v.precision)))
+    return out
+
+
+def host_key() -> str:
+    """CPU model, core count, machine and runtime versions: what makes a probe result valid."""
+    from importlib import metadata
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for pkg in _PACKAGES:
+        try:
+            versions.append(f"{pkg}={metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{platform.machine()}|{cpu}|{os.cpu_count()}|" + ",".join(versions)
+
+
+def _bundle_key(bundle: Bundle, threads: int | None, device: str) -> str:
+    manifest = json.dumps(bundle.manifest.get("files", {}), sort_keys=True).encode()
+    return f"{hashlib.sha256(manifest).hexdigest()[:16]}|threads={threads}|device={device}"
+
+
+def _probe_inputs(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    from .tokenizer import Tokenizer
+
+    size = int(bundle.preprocess.get("image_size", 224))
+    ctx = int(bundle.tokenizer.get("context_length", 77))
+    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    tok = bundle.tokenizer.get("file")
+    ids = Tokenizer(bundle.path_of(tok) if tok else None, context_length=ctx)(["a photo of a cat"])
+    return pixels, ids
+
+
+def measure(
+    bundle: Bundle, variant: Variant, threads: int | None, device: str, calls: int = 3
+) -> float:
+    """Batch-1 pairs/s of one variant on this host (1 warm-up, ``calls`` timed calls per tower)."""
+    from .towers import open_towers
+
+    image, text = open_towers(bundle.root, variant, threads, device)
+    pixels, ids = _probe_inputs(bundle)
+    seconds = []
+    for run, x in ((image, pixels), (text, ids)):
+        run(x, 1)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            run(x, 1)
+            times.append(time.perf_counter() - t0)
+        seconds.append(float(np.median(times)))
+    return 1.0 / sum(seconds)
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def choose(
+    bundle: Bundle,
+    variants: list[Variant],
+    backends: list[str],
+    threads: int | None = None,
+    device: str = "auto",
+) -> tuple[Variant, str]:
+    """The fastest of the per-backend winners on this host, probed once and cached."""
+    finalists = best_per_backend(variants, backends)
+    if len(finalists) == 1 or os.environ.get("EDGECLIP_PROBE", "1") == "0":
+        why = (
+            "only candidate"
+            if len(finalists) == 1
+            else "EDGECLIP_PROBE=0: backend preference order"
+        )
+        return finalists[0], f"{why}; precision by the rule table {list(PRECISION_ORDER)}"
+    cache_path = edgeclip_home() / "probe.json"
+    cache = _read_cache(cache_path)
+    host, key = host_key(), _bundle_key(bundle, threads, device)
+    entry = cache.get(host, {}).get(key)
+    ids = {v.id for v in finalists}
+    if not entry or set(entry.get("pairs_per_s", {})) != ids:
+        rates, errors = {}, {}
+        for v in finalists:
+            try:
+                rates[v.id] = round(measure(bundle, v, threads, device), 2)
+            except Exception as exc:  # a variant that cannot run here simply loses
+                rates[v.id], errors[v.id] = 0.0, str(exc)[:200]
+        entry = {
+            "pairs_per_s": rates,
+            "errors": errors,
+            "measured": datetime.now(timezone.utc).isoformat(),
+        }
+        cache.setdefault(host, {})[key] = entry
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass  # a read-only home only costs a re-probe next time
+        how = "probed now"
+    else:
+        how = f"probed {entry.get('measured', '?')[:19]}, cached in {cache_path}"
+    rates = entry["pairs_per_s"]
+    best = max(finalists, key=lambda v: rates.get(v.id, 0.0))
+    table = ", ".join(f"{k} {r:.1f}" for k, r in sorted(rates.items(), key=lambda kv: -kv[1]))
+    return best, f"fastest on this host at batch 1 ({how}; pairs/s: {table})"

@@ -1,0 +1,82 @@
+"""Auto selection: per-backend rule table, a real probe across backends, cached per host and bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import edgeclip
+from edgeclip.autoselect import PRECISION_ORDER, best_per_backend
+from edgeclip.bundle import Bundle
+
+pytest.importorskip("openvino")
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def two_backend_bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
+    from converters.variants import add_variants
+
+    bundle = tmp_path_factory.mktemp("auto") / "micro"
+    shutil.copytree(micro_bundle, bundle)
+    add_variants(
+        bundle, micro_hf_checkpoint, backends="onnx,openvino", precisions="int8-dynamic,fp32",
+        n_calib=8, n_eval=16, log=lambda _: None,
+    )  # fmt: skip
+    return bundle
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EDGECLIP_PROBE", raising=False)
+    return tmp_path / "home"
+
+
+def test_rule_table_picks_int8_within_a_backend(two_backend_bundle):
+    bundle = Bundle.open(two_backend_bundle)
+    ids = {v.id for v in bundle.variants}
+    assert {"onnx-fp32", "onnx-int8-dynamic", "openvino-fp32"} <= ids
+    finalists = best_per_backend([v for v in bundle.variants if v.passed], ["onnx", "openvino"])
+    assert [v.id for v in finalists] == ["onnx-int8-dynamic", "openvino-fp32"]
+    assert PRECISION_ORDER.index("int8-dynamic") < PRECISION_ORDER.index("fp32")
+
+
+def test_auto_probes_once_then_reads_the_cache(two_backend_bundle, home):
+    model = edgeclip.load(two_backend_bundle)
+    assert "probed now" in model.selection_reason
+    cache = json.loads((home / "probe.json").read_text())
+    (host_entries,) = cache.values()
+    (entry,) = host_entries.values()
+    rates = entry["pairs_per_s"]
+    assert set(rates) == {"onnx-int8-dynamic", "openvino-fp32"}
+    assert all(r > 0 for r in rates.values())
+    assert model.variant.id == max(rates, key=rates.get)
+    again = edgeclip.load(two_backend_bundle)
+    assert "cached" in again.selection_reason and again.variant.id == model.variant.id
+    # whichever wins, it embeds like the fp32 reference
+    ref = edgeclip.load(two_backend_bundle, backend="onnx", precision="fp32")
+    texts = ["a red circle", "a blue square"]
+    cos = np.sum(model.encode_text(texts) * ref.encode_text(texts), axis=1)
+    assert (cos > 0.99).all()
+
+
+def test_probe_can_be_switched_off(two_backend_bundle, home, monkeypatch):
+    monkeypatch.setenv("EDGECLIP_PROBE", "0")
+    model = edgeclip.load(two_backend_bundle)
+    assert model.variant.id == "onnx-int8-dynamic" and "EDGECLIP_PROBE=0" in model.selection_reason
+    assert not (home / "probe.json").exists()
+
+
+def test_explicit_backend_uses_rule_table_and_openvino_fp32_is_really_f32(two_backend_bundle, home):
+    model = edgeclip.load(two_backend_bundle, backend="openvino")
+    assert model.variant.id == "openvino-fp32" and "requested backend" in model.selection_reason
+    model.warm()
+    session = model._image.session()
+    import openvino as ov
+
+    # without the hint an AMX/AVX512-BF16 CPU would report bf16 here
+    assert session._compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
