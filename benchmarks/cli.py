@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeclipError as exc:
         print(f"edgeclip bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before measuring began or while writing: nothing half-written
+        print("edgeclip bench: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

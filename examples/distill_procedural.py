@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     teacher_s = time.perf_counter() - t0
     tm = load_model(teacher).eval()
     ev = eval_set(args.eval_held_out, 20, image_size=tm.config.vision_config.image_size)
+    meta = Path(teacher) / "edgeclip_distill.json"
+    if meta.is_file():  # a reused teacher: report the time its training took
+        teacher_s = json.loads(meta.read_text()).get("result", {}).get("elapsed_s", teacher_s)
     rows = [{"run": "teacher", **zero_shot(tm, ev), "time_s": teacher_s}]
     print(json.dumps(rows[-1]), flush=True)
     cache: dict = {}
@@ -84,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{args.steps} steps x batch {args.batch_size}, seed {args.seed}; zero-shot top-1 %\n")
-    print("| run | held-out 64-way | seen 64-way | held-out shape (8) | time s |")
-    print("|---|---|---|---|---|")
+    print(
+        "| run | held-out 64-way | seen 64-way | held-out shape (8) | held-out colour right | time s |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['run']} | {r['held_out']:.1f} | {r['seen']:.1f} | {r['held_out_shape']:.1f} | {r['time_s']:.0f} |"
+            f"| {r['run']} | {r['held_out']:.1f} | {r['seen']:.1f} | {r['held_out_shape']:.1f} "
+            f"| {r['held_out_colour_right']:.1f} | {r['time_s']:.0f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
