@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import os
 import threading
 from collections.abc import Iterable
 from functools import lru_cache
@@ -77,6 +78,22 @@ def _bytes_to_unicode() -> dict[int, str]:
             cs.append(256 + n)
             n += 1
     return dict(zip(bs, map(chr, cs)))
+
+
+def hf_vocab_and_merges(
+    vocab_path: str | os.PathLike | None = None,
+) -> tuple[dict[str, int], list[str]]:
+    """The same BPE as Hugging Face's ``vocab.json`` (token → id) and ``merges.txt`` lines.
+
+    Used to write tokenizer files next to checkpoints so transformers' CLIPTokenizer gives the
+    same ids; HF names the special tokens ``<|startoftext|>`` / ``<|endoftext|>``.
+    """
+    with gzip.open(vocab_path or default_vocab_path(), "rt", encoding="utf-8") as fh:
+        merges = fh.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    units = list(_bytes_to_unicode().values())
+    tokens = units + [u + "</w>" for u in units] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
 
 
 def clean_text(text: str) -> str:

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from pathlib import Path
 
+from ..tokenizer import hf_vocab_and_merges
 from .evaluate import MEAN, STD
 from .students import EOT, SOT, arch_of
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
-
-
-def _bytes_to_unicode() -> list[str]:
-    # CLIP's reversible byte → printable-unicode table (same construction as its tokenizer).
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]  # in CLIP vocab order (printable bytes first)
 
 
 def write_tokenizer_files(out: Path, context_length: int) -> None:
@@ -36,15 +19,9 @@ def write_tokenizer_files(out: Path, context_length: int) -> None:
 
     src = Path(default_vocab_path())
     shutil.copyfile(src, out / VOCAB_FILE)
-    lines = gzip.open(src, "rt", encoding="utf-8").read().split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    units = _bytes_to_unicode()
-    vocab = units + [u + "</w>" for u in units] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    assert len(vocab) == EOT + 1 and vocab[SOT] == "<|startoftext|>"
-    (out / "vocab.json").write_text(
-        json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False)
-    )
+    vocab, merges = hf_vocab_and_merges(src)
+    assert len(vocab) == EOT + 1 and vocab["<|startoftext|>"] == SOT
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tok_cfg = {
         "tokenizer_class": "CLIPTokenizer", "model_max_length": context_length,
