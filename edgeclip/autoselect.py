@@ -5,8 +5,8 @@ TinyCLIP-8M shape (benchmarks/results/variants_speed.json): ONNX Runtime int8 76
 63.2 > fp32 33.4 > fp16 30.8 > int8-weights 24.6; OpenVINO int8 115 ≈ int8-static 117 > fp32 >
 int8-weights 73; LiteRT int8-dynamic 101 > fp32 32.4 ≈ int8-weights 32.4. Which *backend* wins
 depends on the CPU (OpenVINO led by 1.5× on an AMX Xeon; the survey's AVX2 EPYC favoured ONNX
-Runtime), so the per-backend winners are timed: 1 warm-up and 3 timed calls of each tower at
-batch 1, pairs/s = 1 / (1/images_per_s + 1/texts_per_s). The result is cached in
+Runtime), so the per-backend winners are timed at
+batch 1 (median of ≥ 5 calls and ≥ 0.25 s per tower after 2 warm-ups), pairs/s = 1 / (1/images_per_s + 1/texts_per_s). The result is cached in
 ``edgeclip_home()/probe.json`` keyed by host and bundle; ``EDGECLIP_PROBE=0`` skips probing.
 """
 
@@ -43,6 +43,21 @@ def best_per_backend(variants: list[Variant], backends: list[str]) -> list[Varia
         mine = [v for v in variants if v.backend == backend]
         if mine:
             out.append(min(mine, key=lambda v: precision_rank(v.precision)))
+    return out
+
+
+def finalists(variants: list[Variant], backends: list[str]) -> list[Variant]:
+    """What the probe times: each backend's rule-table winner, plus its fp32 variant.
+
+    fp32 is kept in because the rule table is measured on TinyCLIP-8M: on much smaller models
+    the quantize/dequantize overhead can make INT8 the slower one.
+    """
+    out = []
+    for best in best_per_backend(variants, backends):
+        out.append(best)
+        fp32 = [v for v in variants if v.backend == best.backend and v.precision == "fp32"]
+        if fp32 and fp32[0] is not best:
+            out.append(fp32[0])
     return out
 
 
@@ -84,9 +99,19 @@ def _probe_inputs(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure(
-    bundle: Bundle, variant: Variant, threads: int | None, device: str, calls: int = 3
+    bundle: Bundle,
+    variant: Variant,
+    threads: int | None,
+    device: str,
+    min_calls: int = 5,
+    min_seconds: float = 0.25,
 ) -> float:
-    """Batch-1 pairs/s of one variant on this host (1 warm-up, ``calls`` timed calls per tower)."""
+    """Batch-1 pairs/s of one variant on this host: per tower, 2 warm-up calls, then timed calls
+    until both ``min_calls`` and ``min_seconds`` are reached; the median call time counts.
+
+    A floor in seconds, not only in calls, because sub-millisecond towers (small models) are
+    otherwise decided by timer and scheduler noise.
+    """
     from .towers import open_towers
 
     image, text = open_towers(bundle.root, variant, threads, device)
@@ -94,8 +119,10 @@ def measure(
     seconds = []
     for run, x in ((image, pixels), (text, ids)):
         run(x, 1)
-        times = []
-        for _ in range(calls):
+        run(x, 1)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_calls or time.perf_counter() - start < min_seconds:
             t0 = time.perf_counter()
             run(x, 1)
             times.append(time.perf_counter() - t0)
@@ -117,23 +144,24 @@ def choose(
     threads: int | None = None,
     device: str = "auto",
 ) -> tuple[Variant, str]:
-    """The fastest of the per-backend winners on this host, probed once and cached."""
-    finalists = best_per_backend(variants, backends)
-    if len(finalists) == 1 or os.environ.get("EDGECLIP_PROBE", "1") == "0":
-        why = (
-            "only candidate"
-            if len(finalists) == 1
-            else "EDGECLIP_PROBE=0: backend preference order"
+    """The fastest of the ``finalists`` on this host, probed once and cached."""
+    if os.environ.get("EDGECLIP_PROBE", "1") == "0":
+        first = best_per_backend(variants, backends)[0]
+        return first, (
+            "EDGECLIP_PROBE=0: backend preference order, precision by the rule table "
+            f"{list(PRECISION_ORDER)}"
         )
-        return finalists[0], f"{why}; precision by the rule table {list(PRECISION_ORDER)}"
+    timed = finalists(variants, backends)
+    if len(timed) == 1:
+        return timed[0], "the only gated variant on an installed backend"
     cache_path = edgeclip_home() / "probe.json"
     cache = _read_cache(cache_path)
     host, key = host_key(), _bundle_key(bundle, threads, device)
     entry = cache.get(host, {}).get(key)
-    ids = {v.id for v in finalists}
+    ids = {v.id for v in timed}
     if not entry or set(entry.get("pairs_per_s", {})) != ids:
         rates, errors = {}, {}
-        for v in finalists:
+        for v in timed:
             try:
                 rates[v.id] = round(measure(bundle, v, threads, device), 2)
             except Exception as exc:  # a variant that cannot run here simply loses
@@ -155,6 +183,6 @@ def choose(
     else:
         how = f"probed {entry.get('measured', '?')[:19]}, cached in {cache_path}"
     rates = entry["pairs_per_s"]
-    best = max(finalists, key=lambda v: rates.get(v.id, 0.0))
+    best = max(timed, key=lambda v: rates.get(v.id, 0.0))
     table = ", ".join(f"{k} {r:.1f}" for k, r in sorted(rates.items(), key=lambda kv: -kv[1]))
     return best, f"fastest on this host at batch 1 ({how}; pairs/s: {table})"
