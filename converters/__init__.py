@@ -7,7 +7,14 @@ imports no torch: the heavy modules load on first use.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+# transformers imports torchao whenever it is installed (litert-torch brings it); torchao then
+# logs "Failed to load ...so" for GPU kernels and torch's pytree warns about its enums. Neither
+# concerns CPU conversion/training, so keep them out of the user's terminal.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 __all__ = ["convert", "load_checkpoint", "write_random_checkpoint"]
 
