@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from converters.add_variants import add_variants
     from converters.bundle_writer import convert
-    from converters.variants import add_variants
 
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="variants-gate-"))

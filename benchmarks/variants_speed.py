@@ -226,9 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(time_one(Path(args.work), args.time_one, int(args.threads), args.iters)))
         return {}
 
+    from converters.add_variants import add_variants
     from converters.bundle_writer import convert
     from converters.fixtures import write_random_checkpoint
-    from converters.variants import add_variants
 
     work = Path(args.work or tempfile.mkdtemp(prefix="variants-speed-"))
     t0 = time.perf_counter()

@@ -207,7 +207,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _place(staging: Path, out: Path, overwrite: bool) -> None:
+def place_bundle(staging: Path, out: Path, overwrite: bool) -> None:
     """Rename ``staging`` to ``out``; an existing bundle is swapped out only once all is written."""
     if not out.exists():
         os.replace(staging, out)
@@ -358,7 +358,7 @@ def convert(
         }
         seconds["write"] = round(time.perf_counter() - t0, 3)
         write_manifest(staging, manifest)
-        _place(staging, out, overwrite)
+        place_bundle(staging, out, overwrite)
         staging = None
         bar.update(1)
     finally:

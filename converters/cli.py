@@ -40,7 +40,7 @@ def run_convert(args: argparse.Namespace) -> int:
     )
     extra = backends != ["onnx"] or precisions != ["fp32"]
     if extra:
-        from .variants import add_variants
+        from .add_variants import add_variants
 
         add_variants(
             out,

@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         times["no_kd_s"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
+    from converters.add_variants import add_variants
     from converters.bundle_writer import convert
-    from converters.variants import add_variants
 
     bundle = out / "bundle"
     convert(student, bundle, overwrite=True)

@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def two_backend_bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
-    from converters.variants import add_variants
+    from converters.add_variants import add_variants
 
     bundle = tmp_path_factory.mktemp("auto") / "micro"
     shutil.copytree(micro_bundle, bundle)

@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
-    from converters.variants import add_variants
+    from converters.add_variants import add_variants
 
     out = tmp_path_factory.mktemp("isolation") / "micro"
     shutil.copytree(micro_bundle, out)

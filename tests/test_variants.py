@@ -29,7 +29,7 @@ BUILDER_OPTIONS = {"litert": {"batch_sizes": [2]}}
 @pytest.fixture(scope="module")
 def built(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
     """A copy of the micro bundle with every backend × precision added (built once)."""
-    from converters.variants import add_variants
+    from converters.add_variants import add_variants
 
     bundle = tmp_path_factory.mktemp("variants") / "micro"
     shutil.copytree(micro_bundle, bundle)
@@ -99,7 +99,7 @@ def test_every_variant_is_gated_and_recorded(built):
 
 def test_failed_variant_is_not_shipped(built, tmp_path):
     """Without keep_failed, a variant that misses the gate is deleted and listed as rejected."""
-    from converters.variants import add_variants
+    from converters.add_variants import add_variants
 
     bundle, _, _ = built
     copy_ = tmp_path / "b"
@@ -223,7 +223,8 @@ def test_gate_refuses_perturbed_graph(built, eval_data, tmp_path):
 
 
 def test_unknown_names_and_missing_inputs(built, tmp_path):
-    from converters.variants import add_variants, get_builder, parse_list
+    from converters.add_variants import add_variants
+    from converters.variants import get_builder, parse_list
 
     bundle, _, _ = built
     with pytest.raises(InputError, match="unknown backend 'coreml'"):

@@ -1,0 +1,102 @@
+"""Add gated backend × precision variants to an existing bundle, swapped in atomically."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from edgeclip.errors import InputError
+
+from .bundle_writer import place_bundle
+from .variants import _ALIASES, BACKENDS, PRECISIONS, build_variants, check_convert_deps, parse_list
+
+
+def add_variants(
+    bundle_dir: str | Path,
+    checkpoint: Any = None,
+    *,
+    backends: str | Iterable[str] = "onnx",
+    precisions: str | Iterable[str] = "fp32,fp16,int8",
+    calibration_dir: str | Path | None = None,
+    captions: str | Path | None = None,
+    n_calib: int = 32,
+    n_eval: int = 48,
+    thresholds: dict[str, float] | None = None,
+    threads: int | None = None,
+    keep_failed: bool = False,
+    builder_options: dict[str, dict[str, Any]] | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Add gated variants to an existing bundle (one with ``onnx-fp32``); return the new manifest.
+
+    ``checkpoint``: the checkpoint path (or a loaded ``CLIPModel``) the bundle came from; it is
+    the torch fp32 reference and LiteRT's source. Without it the reference is onnx-fp32.
+    The bundle is rebuilt in a sibling temporary directory and swapped in only when complete:
+    an interrupted run leaves the old bundle as it was. Variants with the same id are replaced.
+    """
+    import json
+    import os
+    import tempfile
+
+    from edgeclip.bundle import MANIFEST, write_manifest
+
+    from .calibration import load_calibration
+
+    bundle = Path(bundle_dir).expanduser().resolve()
+    if not (bundle / MANIFEST).is_file():
+        raise InputError(
+            f"{bundle} is not an edgeclip bundle (no {MANIFEST}); convert the checkpoint first."
+        )
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    fp32 = next((v for v in manifest.get("variants", []) if v["id"] == "onnx-fp32"), None)
+    if fp32 is None:
+        raise InputError(f"{bundle} has no onnx-fp32 variant to quantize from; re-convert it.")
+    model = checkpoint
+    if isinstance(checkpoint, (str, Path)):
+        from .checkpoints import load_checkpoint
+
+        model, _ = load_checkpoint(checkpoint)
+    # Validate names and dependencies before any heavy work.
+    for b in parse_list(backends, BACKENDS, "backend", _ALIASES):
+        check_convert_deps(b)
+    parse_list(precisions, PRECISIONS, "precision")
+    calibration = load_calibration(
+        calibration_dir,
+        manifest.get("preprocess"),
+        int(manifest.get("tokenizer", {}).get("context_length", 77)),
+        captions=captions,
+        n_calib=n_calib,
+        n_eval=n_eval,
+        log=log,
+    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.partial-", dir=bundle.parent))
+    try:
+        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        os.chmod(staging, 0o755)
+        kept, rejected = build_variants(
+            staging,
+            fp32,
+            model,
+            backends=backends,
+            precisions=precisions,
+            calibration=calibration,
+            thresholds=thresholds,
+            threads=threads,
+            keep_failed=keep_failed,
+            builder_options=builder_options,
+            log=log,
+        )
+        new_ids = {v["id"] for v in kept} | {v["id"] for v in rejected}
+        manifest["variants"] = [v for v in manifest["variants"] if v["id"] not in new_ids] + kept
+        manifest["calibration"] = calibration.summary()
+        manifest["rejected_variants"] = [
+            {"id": v["id"], "reason": v["gate"]["reason"], "parity": v.get("parity")}
+            for v in rejected
+        ]
+        manifest = write_manifest(staging, manifest)
+        place_bundle(staging, bundle, overwrite=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
