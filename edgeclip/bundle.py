@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, IntegrityError
+from .verified import is_verified, remember
 
 MANIFEST = "manifest.json"
 FORMAT = "edgeclip-bundle"
@@ -53,6 +54,13 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> di
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return manifest
+
+
+def _marker_for(path: Path) -> Path:
+    from .paths import edgeclip_home
+
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    return edgeclip_home() / "verified" / f"{key}.json"
 
 
 @dataclass(frozen=True)
@@ -141,17 +149,28 @@ class Bundle:
             bundle.verify()
         return bundle
 
-    def verify(self) -> None:
-        """Raise ``IntegrityError`` naming every missing, resized or altered file."""
+    def verify(self, full: bool = False) -> None:
+        """Raise ``IntegrityError`` naming every missing, resized or altered file.
+
+        Sizes are always checked. Contents are hashed the first time and whenever a file's
+        size or mtime changes (``edgeclip.verified`` remembers the rest); ``full`` hashes all.
+        """
         problems = []
         for rel, meta in self.manifest.get("files", {}).items():
             path = self.root / rel
             if not path.is_file():
                 problems.append(f"{rel}: missing")
-            elif path.stat().st_size != meta["size"]:
-                problems.append(f"{rel}: size {path.stat().st_size}, manifest says {meta['size']}")
+                continue
+            stat = path.stat()
+            marker = _marker_for(path)
+            if stat.st_size != meta["size"]:
+                problems.append(f"{rel}: size {stat.st_size}, manifest says {meta['size']}")
+            elif not full and is_verified(marker, stat, meta["sha256"]):
+                continue
             elif sha256_file(path) != meta["sha256"]:
                 problems.append(f"{rel}: sha256 differs from the manifest")
+            else:
+                remember(marker, stat, meta["sha256"])
         if problems:
             raise IntegrityError(
                 f"bundle {self.root} failed verification:\n  "

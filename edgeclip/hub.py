@@ -23,7 +23,6 @@ What this module adds on top:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, ModelNotFoundError
+from .verified import is_verified, remember
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -140,16 +140,8 @@ def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
             f"{ctx.model}: {ctx.where(spec['path'])} in the cache has {size} bytes but the zoo "
             f"expects {want_size}; the file was deleted from {ctx.folder}. Fetch again to re-download it."
         )
-    try:
-        seen = json.loads(marker.read_text())
-        if (
-            seen.get("size") == size
-            and seen.get("mtime_ns") == stat.st_mtime_ns
-            and (want_sha is None or seen.get("sha256") == want_sha)
-        ):
-            return
-    except (OSError, ValueError, AttributeError):
-        pass
+    if is_verified(marker, stat, want_sha):
+        return
     # The blob's name is the hub's etag: sha256 for LFS files, git sha1 for small ones.
     etag = blob.name if blob.parent.name == "blobs" else None
     git_etag = etag if etag and _COMMIT.fullmatch(etag) else None
@@ -172,10 +164,7 @@ def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
             f"{ctx.folder}. Fetch again; if it recurs, a proxy or mirror (HF_ENDPOINT={_endpoint()}) "
             "is serving altered bytes."
         )
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"sha256": sha256, "size": size, "mtime_ns": stat.st_mtime_ns}))
-    os.replace(tmp, marker)
+    remember(marker, stat, sha256)
 
 
 def _offline_error(ctx: _Ctx, missing: list[str], reason: str) -> ModelNotFoundError:

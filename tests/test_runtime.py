@@ -272,3 +272,18 @@ def test_bundle_object_lists_variants(micro_bundle):
     bundle = Bundle.open(micro_bundle)
     assert [v.id for v in bundle.find(backend="onnx", precision="fp32")] == ["onnx-fp32"]
     assert bundle.logit_scale > 0
+
+
+def test_verified_once_but_an_altered_file_is_still_refused(micro_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "home"))
+    copy = tmp_path / "bundle"
+    shutil.copytree(micro_bundle, copy)
+    edgeclip.load(copy)  # first load hashes every file and remembers it
+    assert len(list((tmp_path / "home" / "verified").iterdir())) >= 3
+    edgeclip.load(copy)  # second load: size + mtime only
+    graph = next(copy.rglob("text.onnx"))
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF  # same size, new content (and a new mtime)
+    graph.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="text.onnx"):
+        edgeclip.load(copy)

@@ -1,0 +1,38 @@
+"""Hash a file once: a small marker remembers its sha256 with the size and mtime it had then.
+
+Later checks compare size and mtime only, so a 100 MB graph is not re-hashed on every load; a
+file that changed (new mtime or size) is hashed again. Markers are best effort: an unwritable
+location only means hashing next time too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def is_verified(marker: Path, stat: os.stat_result, sha256: str | None = None) -> bool:
+    """True when ``marker`` records this size and mtime (and ``sha256``, if given)."""
+    try:
+        seen = json.loads(marker.read_text())
+        return (
+            seen.get("size") == stat.st_size
+            and seen.get("mtime_ns") == stat.st_mtime_ns
+            and (sha256 is None or seen.get("sha256") == sha256)
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def remember(marker: Path, stat: os.stat_result, sha256: str) -> None:
+    """Record that the file with this size and mtime has ``sha256``."""
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(
+            json.dumps({"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        )
+        os.replace(tmp, marker)
+    except OSError:
+        pass
