@@ -134,12 +134,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .bundle import Bundle
     from .loader import resolve_bundle, select_variant
 
-    bundle = (
-        Bundle.open(args.bundle) if Bundle.is_bundle(args.bundle) else resolve_bundle(args.bundle)
-    )
+    bundle = resolve_bundle(args.bundle)
     m = bundle.manifest
     if args.json:
         print(json.dumps(m, indent=2))

@@ -119,7 +119,8 @@ def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bund
         info = get_model_info(str(name_or_path))
     except ModelNotFoundError as exc:
         text = str(name_or_path)
-        if text.startswith((".", "~", os.sep)) or os.sep in text.strip(os.sep).split(os.sep, 1)[-1]:
+        # "org/name" may be a zoo alias (a hub repo id); anything more path-like was a path
+        if text.startswith((".", "~", os.sep)) or text.count(os.sep) >= 2:
             raise ModelNotFoundError(
                 f"{path} does not exist, and {text!r} is not a zoo model either "
                 "(`edgeclip models` lists them)."
@@ -179,6 +180,12 @@ def load(
     variant, reason = select_variant(bundle, backend, precision, threads, device)
     opener = variant_opener(bundle.root, variant, threads, device)
 
-    model = EdgeClip(bundle, variant, opener, batch_size=batch_size, backend_info=variant.backend)
-    model.selection_reason = reason
+    model = EdgeClip(
+        bundle,
+        variant,
+        opener,
+        batch_size=batch_size,
+        backend_info=variant.backend,
+        selection_reason=reason,
+    )
     return model

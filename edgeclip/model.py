@@ -98,6 +98,7 @@ class EdgeClip:
         *,
         batch_size: int = 32,
         backend_info: str = "",
+        selection_reason: str = "",
     ):
         from .preprocess import Preprocessor
         from .tokenizer import Tokenizer
@@ -106,6 +107,8 @@ class EdgeClip:
         self.variant = variant
         self.batch_size = int(batch_size)
         self.backend_info = backend_info
+        #: why ``edgeclip.load`` picked this variant (see ``edgeclip.autoselect``)
+        self.selection_reason = selection_reason
         self.logit_scale = bundle.logit_scale
         self.preprocessor = Preprocessor(bundle.preprocess or None)
         tok = bundle.tokenizer
