@@ -78,18 +78,69 @@ def _batch_sizes(text: str | None, quick: bool) -> list[int]:
 
 
 def _progress(total: int):
-    try:
-        from tqdm import tqdm
+    from edgeclip.progress import progress
 
-        return tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
-    except ImportError:  # tqdm is optional: a silent stand-in
+    return progress(total, unit="step")
 
-        class _Null:
-            def update(self, n: int = 1) -> None: ...
-            def set_description(self, s: str) -> None: ...
-            def close(self) -> None: ...
 
-        return _Null()
+def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: list[str],
+                 settings: Any, sizes: list[int]) -> dict[str, Any]:  # fmt: skip
+    from .device import device_report, short_name
+
+    dev = device_report()
+    return {
+        "schema": report.SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {"name": bundle.name, "bundle": str(bundle.root),
+                  "architecture": bundle.manifest.get("architecture")},  # fmt: skip
+        "device": dev,
+        "device_label": short_name(dev),
+        "settings": {
+            **settings.as_dict(), "threads": args.threads, "batch_sizes": sizes,
+            "quick": args.quick, "device": args.device,
+            "method": "TinyCLIP: towers timed separately; pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
+        },  # fmt: skip
+        "baseline": "torch-fp32" if args.baseline == "torch" else None,
+        "macs": None, "throughput": [], "memory": [], "e2e": [], "accuracy": None,
+        "notes": notes, "interrupted": False,
+        # which INT8 search configuration each timed variant is: a speed belongs to a config
+        "variant_configs": {v.id: v.options.get("config") for v in variants},
+    }  # fmt: skip
+
+
+def _step_count(args: argparse.Namespace, n_variants: int, ckpt: Any, gpu_wanted: bool) -> int:
+    return (1 + n_variants + (ckpt is not None) + gpu_wanted
+            + (0 if args.no_e2e else n_variants)
+            + (0 if args.no_memory else n_variants + (ckpt is not None and not args.quick))
+            + n_variants * bool(args.accuracy))  # fmt: skip
+
+
+def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar):
+    """Time every variant, then torch eager (if its checkpoint is here); returns the torch model."""
+    from . import throughput as T
+    from . import variants as V
+
+    pixels, ids = inputs
+    for v in variants:
+        bar.set_description(f"throughput {v.id}")
+        ri, rt = V.open_towers(bundle, v, args.threads, args.device)
+        note = lambda b, v=v: T.chunk_note(v.image.batch_sizes, b)  # noqa: E731
+        def on_row(row: dict, v=v) -> None:  # a readiness signal for people and tests alike
+            add(row)
+            bar.set_postfix_str(f"{v.id} batch {row['batch_size']} done")
+
+        T.measure({**V.describe(v), "device": "cpu" if args.device == "cpu" else args.device},
+                  ri, rt, pixels, ids, sizes, settings, notes=note, on_row=on_row)  # fmt: skip
+        bar.update(1)
+    if ckpt is None:
+        return None
+    bar.set_description("torch eager fp32")
+    torch_model = V.load_torch(ckpt)
+    ri, rt, _ = T.torch_towers(torch_model, args.threads)
+    T.measure({"variant": "torch-fp32", "backend": "torch", "precision": "fp32", "device": "cpu"},
+              ri, rt, pixels, ids, sizes, settings, on_row=add)  # fmt: skip
+    bar.update(1)
+    return torch_model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
 
     from . import throughput as T
     from . import variants as V
-    from .device import device_report, short_name
 
     if args.merge:
         from .merge import merge
@@ -115,97 +165,27 @@ def run(args: argparse.Namespace) -> int:
     bundle = resolve_bundle(args.model)
     variants, notes = V.select(bundle, args.backends, args.precisions)
     settings = T.Settings.quick() if args.quick else T.Settings()
-    dev = device_report()
-    results: dict[str, Any] = {
-        "schema": report.SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": {
-            "name": bundle.name,
-            "bundle": str(bundle.root),
-            "architecture": bundle.manifest.get("architecture"),
-        },
-        "device": dev,
-        "device_label": short_name(dev),
-        "settings": {
-            **settings.as_dict(),
-            "threads": args.threads,
-            "batch_sizes": sizes,
-            "quick": args.quick,
-            "device": args.device,
-            "method": "TinyCLIP: towers timed separately; pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
-        },
-        "baseline": "torch-fp32" if args.baseline == "torch" else None,
-        "macs": None,
-        "throughput": [],
-        "memory": [],
-        "e2e": [],
-        "accuracy": None,
-        "notes": notes,
-        "interrupted": False,
-    }
+    results = _new_results(args, bundle, variants, notes, settings, sizes)
     ckpt = V.checkpoint_path(bundle, args.checkpoint) if args.baseline == "torch" else None
     if args.baseline == "torch" and ckpt is None:
-        notes.append(
-            "torch baseline skipped: the bundle's source checkpoint is not on this machine "
-            "(pass --checkpoint DIR)"
-        )
+        notes.append("torch baseline skipped: the bundle's source checkpoint is not on this "
+                     "machine (pass --checkpoint DIR)")  # fmt: skip
         results["baseline"] = None
     gpu_wanted = not args.no_gpu and not args.quick
-    steps = (
-        1
-        + len(variants)
-        + (ckpt is not None)
-        + gpu_wanted
-        + (0 if args.no_e2e else len(variants))
-        + (0 if args.no_memory else len(variants) + (ckpt is not None and not args.quick))
-        + len(variants) * bool(args.accuracy)
-    )
-    bar = _progress(steps)
-    pixels, ids = T.sample_inputs(
-        max(sizes + ([32] if gpu_wanted else [])), int(bundle.preprocess.get("image_size", 224))
-    )
+    bar = _progress(_step_count(args, len(variants), ckpt, gpu_wanted))
+    inputs = T.sample_inputs(max(sizes + ([32] if gpu_wanted else [])),
+                             int(bundle.preprocess.get("image_size", 224)))  # fmt: skip
     add = results["throughput"].append
     try:
         bar.set_description("MACs")
         results["macs"] = _macs(bundle, notes)
         bar.update(1)
-        for v in variants:
-            bar.set_description(f"throughput {v.id}")
-            ri, rt = V.open_towers(bundle, v, args.threads, args.device)
-            note = lambda b, v=v: T.chunk_note(v.image.batch_sizes, b)  # noqa: E731
-            T.measure(
-                {**V.describe(v), "device": "cpu" if args.device == "cpu" else args.device},
-                ri,
-                rt,
-                pixels,
-                ids,
-                sizes,
-                settings,
-                notes=note,
-                on_row=add,
-            )
-            bar.update(1)
-        torch_model = None
-        if ckpt is not None:
-            bar.set_description("torch eager fp32")
-            torch_model = V.load_torch(ckpt)
-            ri, rt, _ = T.torch_towers(torch_model, args.threads)
-            T.measure(
-                {"variant": "torch-fp32", "backend": "torch", "precision": "fp32", "device": "cpu"},
-                ri,
-                rt,
-                pixels,
-                ids,
-                sizes,
-                settings,
-                on_row=add,
-            )
-            bar.update(1)
+        torch_model = _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar)
         if gpu_wanted:
             from .gpu import run_gpu
 
             bar.set_description("GPU path")
-            _rows, gnotes = run_gpu(bundle, variants, torch_model, pixels, ids, 32, on_row=add)
+            _rows, gnotes = run_gpu(bundle, variants, torch_model, *inputs, 32, on_row=add)
             notes.extend(gnotes)
             bar.update(1)
         del torch_model

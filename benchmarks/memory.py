@@ -81,8 +81,10 @@ def _child_torch(spec: dict[str, Any]) -> dict[str, Any]:
     x = torch.as_tensor(
         np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
     )
+    from edgeclip.tokenizer import EOT_ID, SOT_ID
+
     ids = torch.zeros((1, 77), dtype=torch.long)
-    ids[0, 0], ids[0, 1] = 49406, 49407
+    ids[0, 0], ids[0, 1] = SOT_ID, EOT_ID
     with torch.inference_mode():
         model.get_image_features(pixel_values=x)
         model.get_text_features(input_ids=ids)

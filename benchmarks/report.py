@@ -43,8 +43,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The whole run as Markdown: header, throughput, latency, memory, end-to-end, accuracy."""
+def _header(results: dict[str, Any]) -> list[str]:
     m = results.get("macs") or {}
     dev = results.get("device_label", "?")
     out = [f"# edgeclip bench: {results.get('model', {}).get('name', '?')} on {dev}", ""]
@@ -63,150 +62,76 @@ def markdown(results: dict[str, Any]) -> str:
     )
     if results.get("interrupted"):
         out.append("**Interrupted: partial results.**")
-    out += ["", "## Throughput", ""]
-    out.append(
-        _table(
-            [
-                "variant",
-                "device",
-                "batch",
-                "images/s",
-                "texts/s",
-                "pairs/s",
-                f"× {results.get('baseline') or 'baseline'}",
-                "note",
-            ],
-            [
-                [
-                    r["variant"],
-                    r.get("device", "cpu"),
-                    r["batch_size"],
-                    r["images_per_s"],
-                    r["texts_per_s"],
-                    r["pairs_per_s"],
-                    f"{r['vs_baseline']:.2f}" if r.get("vs_baseline") else "–",
-                    r.get("note") or "",
-                ]
-                for r in results.get("throughput", [])
-            ],
-        )
-    )
+    return out
+
+
+def _throughput(results: dict[str, Any]) -> list[str]:
+    head = ["variant", "device", "batch", "images/s", "texts/s", "pairs/s",
+            f"× {results.get('baseline') or 'baseline'}", "note"]  # fmt: skip
+    rows = [[r["variant"], r.get("device", "cpu"), r["batch_size"], r["images_per_s"],
+             r["texts_per_s"], r["pairs_per_s"],
+             f"{r['vs_baseline']:.2f}" if r.get("vs_baseline") else "–", r.get("note") or ""]
+            for r in results.get("throughput", [])]  # fmt: skip
+    return ["", "## Throughput", "", _table(head, rows)]
+
+
+def _latency(results: dict[str, Any]) -> list[str]:
     lat = [r for r in results.get("throughput", []) if r.get("latency")]
-    if lat:
-        out += ["", "## Latency at batch 1 (ms)", ""]
-        out.append(
-            _table(
-                [
-                    "variant",
-                    "device",
-                    "image p50",
-                    "image p95",
-                    "image p99",
-                    "text p50",
-                    "text p95",
-                    "text p99",
-                    "n",
-                ],
-                [
-                    [r["variant"], r.get("device", "cpu")]
-                    + [
-                        r["latency"][t][k]
-                        for t in ("image", "text")
-                        for k in ("p50_ms", "p95_ms", "p99_ms")
-                    ]
-                    + [r["latency"]["image"]["n"]]
-                    for r in lat
-                ],
-            )
-        )
-    if results.get("memory"):
-        out += ["", "## Memory and cold start (fresh process each)", ""]
-        out.append(
-            _table(
-                [
-                    "variant",
-                    "files (MB)",
-                    "peak RSS (MB)",
-                    "cold start (s)",
-                    "import",
-                    "load",
-                    "first result",
-                    "process wall (s)",
-                ],
-                [
-                    [
-                        r["variant"],
-                        r.get("size_mb"),
-                        r.get("peak_rss_mb"),
-                        r.get("cold_start_s"),
-                        r.get("import_s"),
-                        r.get("load_s"),
-                        r.get("first_result_s"),
-                        r.get("process_wall_s"),
-                    ]
-                    if not r.get("error")
-                    else [
-                        r["variant"],
-                        r.get("size_mb"),
-                        "error: " + r["error"],
-                        "",
-                        "",
-                        "",
-                        "",
-                        "",
-                    ]
-                    for r in results["memory"]
-                ],
-            )
-        )
-    if results.get("e2e"):
-        out += ["", "## End to end from JPEG files (decode + preprocess + image tower)", ""]
-        out.append(
-            _table(
-                [
-                    "variant",
-                    "batch",
-                    "images/s end-to-end",
-                    "model-only images/s",
-                    "preprocess-only images/s",
-                ],
-                [
-                    [
-                        r["variant"],
-                        r["batch_size"],
-                        r["images_per_s"],
-                        r.get("model_images_per_s"),
-                        r.get("preprocess_images_per_s"),
-                    ]
-                    for r in results["e2e"]
-                ],
-            )
-        )
+    if not lat:
+        return []
+    head = ["variant", "device", "image p50", "image p95", "image p99", "text p50", "text p95",
+            "text p99", "n"]  # fmt: skip
+    rows = [[r["variant"], r.get("device", "cpu")]
+            + [r["latency"][t][k] for t in ("image", "text") for k in ("p50_ms", "p95_ms", "p99_ms")]
+            + [r["latency"]["image"]["n"]] for r in lat]  # fmt: skip
+    return ["", "## Latency at batch 1 (ms)", "", _table(head, rows)]
+
+
+def _memory(results: dict[str, Any]) -> list[str]:
+    if not results.get("memory"):
+        return []
+    head = ["variant", "files (MB)", "peak RSS (MB)", "cold start (s)", "import", "load",
+            "first result", "process wall (s)"]  # fmt: skip
+    keys = ("peak_rss_mb", "cold_start_s", "import_s", "load_s", "first_result_s", "process_wall_s")
+    rows = [[r["variant"], r.get("size_mb")]
+            + ([r.get(k) for k in keys] if not r.get("error") else ["error: " + r["error"]] + [""] * 5)
+            for r in results["memory"]]  # fmt: skip
+    return ["", "## Memory and cold start (fresh process each)", "", _table(head, rows)]
+
+
+def _e2e(results: dict[str, Any]) -> list[str]:
+    if not results.get("e2e"):
+        return []
+    head = ["variant", "batch", "images/s end-to-end", "model-only images/s",
+            "preprocess-only images/s"]  # fmt: skip
+    rows = [[r["variant"], r["batch_size"], r["images_per_s"], r.get("model_images_per_s"),
+             r.get("preprocess_images_per_s")] for r in results["e2e"]]  # fmt: skip
+    return ["", "## End to end from JPEG files (decode + preprocess + image tower)", "",
+            _table(head, rows)]  # fmt: skip
+
+
+def _accuracy(results: dict[str, Any]) -> list[str]:
     acc = results.get("accuracy")
-    if acc:
-        out += [
-            "",
-            f"## Zero-shot accuracy ({acc['n_classes']} classes, {acc['n_files']} files, "
-            f"{acc['skipped']} unreadable skipped, templates {acc['templates']})",
-            "",
-        ]
-        out.append(
-            _table(
-                ["variant", "top-1", "top-5", "top-1 agreement", "images"],
-                [
-                    [
-                        r["variant"],
-                        f"{100 * r['top1']:.2f} %",
-                        f"{100 * r['top5']:.2f} %",
-                        f"{100 * r['top1_agreement']:.2f} %"
-                        if r.get("top1_agreement") is not None
-                        else "–",
-                        r["n_images"],
-                    ]
-                    for r in acc["rows"]
-                ],
-            )
-        )
+    if not acc:
+        return []
+
+    def pct(x):
+        return f"{100 * x:.2f} %"
+
+    rows = [[r["variant"], pct(r["top1"]), pct(r["top5"]),
+             pct(r["top1_agreement"]) if r.get("top1_agreement") is not None else "–",
+             r["n_images"]] for r in acc["rows"]]  # fmt: skip
+    title = (f"## Zero-shot accuracy ({acc['n_classes']} classes, {acc['n_files']} files, "
+             f"{acc['skipped']} unreadable skipped, templates {acc['templates']})")  # fmt: skip
+    return ["", title, "",
+            _table(["variant", "top-1", "top-5", "top-1 agreement", "images"], rows)]  # fmt: skip
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole run as Markdown: header, throughput, latency, memory, end-to-end, accuracy."""
+    out = []
+    for section in (_header, _throughput, _latency, _memory, _e2e, _accuracy):
+        out += section(results)
     if results.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(out) + "\n"

@@ -42,7 +42,9 @@ def add_variants(
 
     from edgeclip.bundle import MANIFEST, write_manifest
 
+    from .bundle_writer import _probe_entry
     from .calibration import load_calibration
+    from .gate import reference_embeddings
 
     bundle = Path(bundle_dir).expanduser().resolve()
     if not (bundle / MANIFEST).is_file():
@@ -75,10 +77,14 @@ def add_variants(
     try:
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
         os.chmod(staging, 0o755)
+        ref = reference_embeddings(calibration, model, staging, fp32)
+        if not manifest.get("probe"):  # a bundle from before probe sets: give it one
+            manifest["probe"] = _probe_entry(staging, calibration, ref, manifest.get("preprocess"))
         kept, rejected = build_variants(
             staging,
             fp32,
             model,
+            reference=ref,
             backends=backends,
             precisions=precisions,
             calibration=calibration,

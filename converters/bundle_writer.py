@@ -1,12 +1,13 @@
-"""Checkpoint → edgeclip bundle (ONNX fp32), gated on parity with torch fp32, written atomically.
+"""Checkpoint → edgeclip bundle in one pass, through one writer with one atomic swap.
 
-``convert(checkpoint, out_dir)`` loads the checkpoint, exports both towers into a hidden staging
-directory next to ``out_dir``, measures the ONNX Runtime graphs against transformers'
-``get_image_features``/``get_text_features`` on synthetic pictures and real captions, refuses
-(raises, leaves nothing behind) when a cosine falls under ``min_cosine``, then writes the
-tokenizer, the manifest with every file's sha256, and renames the staging directory into place.
-A conversion that dies at any point leaves at most a hidden ``.NAME.partial-*`` directory, never
-a bundle that loads.
+``convert(checkpoint, out_dir, backends=..., precisions=...)`` loads the checkpoint, exports both
+towers into a hidden staging directory next to ``out_dir``, refuses the export (raises, leaves
+nothing behind) when a graph disagrees with transformers (``edgeclip.gate.decide_export``),
+computes the torch fp32 reference on held-out data, writes the probe set the runtime re-checks
+on every host (``edgeclip.probeset``), builds and gates every requested variant
+(``converters.variants``), writes the manifest with every file's sha256 and renames the staging
+directory into place. A conversion that dies at any point leaves at most a hidden
+``.NAME.partial-*`` directory, never a bundle that loads.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import numpy as np
 
 from edgeclip.bundle import sha256_file, write_manifest
 from edgeclip.errors import InputError, IntegrityError
+from edgeclip.gate import EXPORT_MIN_COSINE, decide_export, export_parity
+from edgeclip.tokenizer import EOT_ID, SOT_ID
 
 __all__ = ["convert", "ParityError", "MIN_COSINE", "parity_inputs", "measure_parity"]
 
-MIN_COSINE = 0.9999
+MIN_COSINE = EXPORT_MIN_COSINE
 VARIANT = "onnx-fp32"
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 
@@ -105,62 +108,27 @@ def parity_inputs(
         ids = np.zeros((n_texts, context_length), np.int64)
         for row in range(n_texts):
             n = int(rng.integers(1, context_length - 1))
-            ids[row, 0], ids[row, n] = 49406, 49407
-            ids[row, 1:n] = rng.integers(1, 49406, n - 1)
+            ids[row, 0], ids[row, n] = SOT_ID, EOT_ID
+            ids[row, 1:n] = rng.integers(1, SOT_ID, n - 1)
     return pixels, np.asarray(ids, np.int64)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = (a * b).sum(axis=1) / den
-    return np.where(np.isfinite(cos), cos, -1.0)
+def measure_parity(model: Any, root: Path, variant: dict[str, Any], pixels, ids) -> dict[str, Any]:
+    """``edgeclip.gate.export_parity`` of the exported graphs (through the runtime's towers)
+    against transformers' ``get_image_features`` / ``get_text_features``.
 
-
-def measure_parity(model: Any, image_onnx: Path, text_onnx: Path, pixels, ids) -> dict[str, Any]:
-    """Cosine (normalised embeddings) of the ONNX Runtime graphs vs torch fp32, per tower."""
-    import onnxruntime as ort
+    Batch 1 then the rest: both differ from the export's dummy batch, so dynamic batch is tested.
+    """
+    from edgeclip.bundle import Variant
+    from edgeclip.towers import open_towers
 
     from .checkpoints import torch_embeddings
 
     ref = torch_embeddings(model, pixels, ids)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    image = ort.InferenceSession(str(image_onnx), opts, providers=providers)
-    text = ort.InferenceSession(str(text_onnx), opts, providers=providers)
-    # Batch 1 then the rest: both differ from the export's dummy batch, so dynamic batch is tested.
-    got_i = (
-        np.concatenate(
-            [
-                image.run(None, {"pixel_values": pixels[:1]})[0],
-                image.run(None, {"pixel_values": pixels[1:]})[0],
-            ]
-        )
-        if len(pixels) > 1
-        else image.run(None, {"pixel_values": pixels})[0]
-    )
-    got_t = (
-        np.concatenate(
-            [text.run(None, {"input_ids": ids[:1]})[0], text.run(None, {"input_ids": ids[1:]})[0]]
-        )
-        if len(ids) > 1
-        else text.run(None, {"input_ids": ids})[0]
-    )
-    ci, ct = _cosines(got_i, ref["image"]), _cosines(got_t, ref["text"])
-    return {
-        "reference": "torch-fp32",
-        "image_cosine_min": float(ci.min()),
-        "image_cosine_mean": float(ci.mean()),
-        "text_cosine_min": float(ct.min()),
-        "text_cosine_mean": float(ct.mean()),
-        "image_max_abs_diff": float(np.abs(got_i - ref["image"]).max()),
-        "text_max_abs_diff": float(np.abs(got_t - ref["text"]).max()),
-        "n_images": int(len(pixels)),
-        "n_texts": int(len(ids)),
-    }
+    image, text = open_towers(root, Variant.from_dict(variant))
+    got_i = np.concatenate([image(pixels[:1], 1), image(pixels[1:], len(pixels))]) if len(pixels) > 1 else image(pixels, 1)
+    got_t = np.concatenate([text(ids[:1], 1), text(ids[1:], len(ids))]) if len(ids) > 1 else text(ids, 1)
+    return export_parity(got_i, got_t, ref["image"], ref["text"])
 
 
 def _preprocess_cfg(info: dict[str, Any], image_size: int) -> dict[str, Any]:
@@ -225,144 +193,202 @@ def place_bundle(staging: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def _reference_variant(export_check: dict[str, Any]) -> dict[str, Any]:
+    """The exported fp32 graphs as the bundle's reference variant (gated like every other)."""
+    towers = {
+        tower: {"file": f"{VARIANT}/{tower}.onnx", "input": inp, "output": out, "batch_sizes": None}
+        for tower, inp, out in (("image", "pixel_values", "image_embeds"),
+                                ("text", "input_ids", "text_embeds"))
+    }  # fmt: skip
+    return {"id": VARIANT, "backend": "onnx", "precision": "fp32", **towers,
+            "options": {"role": "reference", "export_parity": export_check}}  # fmt: skip
+
+
+def _export_checked(model, info, staging: Path, n_images: int, n_texts: int, min_cosine: float,
+                    step) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Export both towers into ``staging`` and refuse them unless they match transformers."""
+    from .onnx_export import export_image_tower, export_text_tower
+
+    arch = info["architecture"]
+    preprocess = _preprocess_cfg(info, arch["image_size"])
+    graphs = staging / VARIANT
+    step("export_image", lambda: export_image_tower(model, graphs / "image.onnx"))
+    step("export_text", lambda: export_text_tower(model, graphs / "text.onnx"))
+    variant = _reference_variant({})
+    pixels, ids = parity_inputs(preprocess, arch["context_length"], n_images, n_texts)
+    parity = step("parity", lambda: measure_parity(model, staging, variant, pixels, ids))
+    verdict = decide_export(parity, min_cosine)
+    if not verdict["passed"]:
+        raise ParityError(
+            f"{info['path']}: the exported ONNX graphs disagree with the torch model "
+            f"({verdict['reason']}). No bundle was written; report this with the checkpoint's "
+            "config.json."
+        )
+    variant["options"]["export_parity"] = {**parity, "gate": verdict}
+    return variant, preprocess
+
+
+def _probe_entry(staging: Path, calibration: Any, ref: Any, preprocess: dict) -> dict[str, Any]:
+    """Write the probe set: the first held-out images and captions, all probe labels, and the
+    reference embeddings of exactly those (see ``edgeclip.probeset``)."""
+    from edgeclip.probeset import N_IMAGES, N_TEXTS, crops_from_pixels, write_probe
+
+    n_i, n_t = min(N_IMAGES, len(calibration.eval_pixels)), min(N_TEXTS, len(calibration.eval_ids))
+    ids = np.concatenate([calibration.eval_ids[:n_t], calibration.probe_ids])
+    ref_text = np.concatenate([ref.text[:n_t], ref.probe_text])
+    crops = crops_from_pixels(calibration.eval_pixels[:n_i], preprocess)
+    return write_probe(staging, crops, ids, n_t, calibration.probe_labels, ref.image[:n_i],
+                       ref_text, ref.name)  # fmt: skip
+
+
+def _manifest(name: str, info: dict, preprocess: dict, variants: list, extra: dict) -> dict:
+    from .onnx_export import OPSET
+
+    arch = info["architecture"]
+    return {
+        "name": name,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "edgeclip_version": _versions().get("edgeclip", "0.1.0"),
+        "source": _source(info),
+        "architecture": arch,
+        "logit_scale": info["logit_scale"],
+        "tokenizer": {"kind": "clip-bpe", "file": f"tokenizer/{VOCAB_NAME}",
+                      "context_length": arch["context_length"]},  # fmt: skip
+        "preprocess": preprocess,
+        "variants": variants,
+        **extra,
+        "conversion": {"exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+                       "opset": OPSET, "versions": _versions()},  # fmt: skip
+    }
+
+
 def convert(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     name: str | None = None,
+    backends: str | list[str] = "onnx",
+    precisions: str | list[str] = "fp32",
+    calibration_dir: str | os.PathLike | None = None,
+    captions: str | os.PathLike | None = None,
+    n_calib: int = 32,
+    n_eval: int = 48,
     n_parity_images: int = 8,
     n_parity_texts: int = 16,
     overwrite: bool = False,
     config: str | os.PathLike | None = None,
     min_cosine: float = MIN_COSINE,
+    keep_failed: bool = False,
+    builder_options: dict[str, dict[str, Any]] | None = None,
+    thresholds: dict[str, float] | None = None,
+    threads: int | None = None,
     progress: bool | None = None,
+    log: Any = None,
 ) -> Path:
     """Convert a CLIP checkpoint into a bundle directory at ``out_dir``; return its path.
 
-    ``config``: the open_clip JSON config when it is not next to the weights. The conversion
-    is refused (``ParityError``, nothing written) if any parity cosine is below ``min_cosine``.
-    ``progress``: a tqdm bar (None: only on a terminal).
+    ``backends`` × ``precisions`` (comma lists) are built and gated in the same pass; the
+    reference ``onnx-fp32`` is always there. ``config``: the open_clip JSON config when it is
+    not next to the weights. The export is refused (``ParityError``, nothing written) if any
+    export cosine is below ``min_cosine``. ``calibration_dir``/``captions``: images (and
+    captions) for INT8 calibration and the gate (default: procedural shapes). ``progress``: a
+    tqdm bar (None: only on a terminal). ``log``: where variant messages go (default: the bar).
     """
-    from tqdm.auto import tqdm
-
-    from edgeclip.tokenizer import default_vocab_path
-
     from .checkpoints import load_checkpoint
-    from .onnx_export import OPSET, export_image_tower, export_text_tower
 
-    for label, n in (("n_parity_images", n_parity_images), ("n_parity_texts", n_parity_texts)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise InputError(f"{label}={n!r}: expected a positive integer.")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise InputError(f"name={name!r}: expected a non-empty string (or None for the dir name).")
+    _check_counts(n_parity_images, n_parity_texts, name)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    bar = tqdm(
-        total=5,
-        desc=f"convert {Path(checkpoint_path).name}",
-        unit="step",
-        disable=(not progress) if progress is not None else None,
-    )
-
-    def step(label: str, t0: float) -> None:
-        seconds[label] = round(time.perf_counter() - t0, 3)
-        bar.update(1)
-
-    staging: Path | None = None
+    steps = _Steps(f"convert {Path(checkpoint_path).name}", progress)
+    log = log or steps.write
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        t0 = time.perf_counter()
-        bar.set_postfix_str("load")
-        model, info = load_checkpoint(checkpoint_path, config=config)
-        arch = info["architecture"]
-        preprocess = _preprocess_cfg(info, arch["image_size"])
-        step("load", t0)
-
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be shared
-        graphs = staging / VARIANT
-        t0 = time.perf_counter()
-        bar.set_postfix_str("export image tower")
-        export_image_tower(model, graphs / "image.onnx")
-        step("export_image", t0)
-        t0 = time.perf_counter()
-        bar.set_postfix_str("export text tower")
-        export_text_tower(model, graphs / "text.onnx")
-        step("export_text", t0)
-
-        t0 = time.perf_counter()
-        bar.set_postfix_str("parity vs torch")
-        pixels, ids = parity_inputs(
-            preprocess, arch["context_length"], n_parity_images, n_parity_texts
-        )
-        parity = measure_parity(model, graphs / "image.onnx", graphs / "text.onnx", pixels, ids)
-        worst = min(parity["image_cosine_min"], parity["text_cosine_min"])
-        if not worst >= min_cosine:
-            raise ParityError(
-                f"{checkpoint_path}: the exported ONNX graphs disagree with the torch model "
-                f"(image min cosine {parity['image_cosine_min']:.6f}, text "
-                f"{parity['text_cosine_min']:.6f}; required ≥ {min_cosine}). No bundle was "
-                "written; report this with the checkpoint's config.json."
-            )
-        step("parity", t0)
-
-        t0 = time.perf_counter()
-        bar.set_postfix_str("write bundle")
+        model, info = steps("load", lambda: load_checkpoint(checkpoint_path, config=config))
+        reference, preprocess = _export_checked(model, info, staging, n_parity_images,
+                                                n_parity_texts, min_cosine, steps)  # fmt: skip
         (staging / "tokenizer").mkdir()
-        shutil.copyfile(default_vocab_path(), staging / "tokenizer" / VOCAB_NAME)
-        tower = {"batch_sizes": None}
-        manifest = {
-            "name": name or out.name,
-            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "edgeclip_version": _versions().get("edgeclip", "0.1.0"),
-            "source": _source(info),
-            "architecture": arch,
-            "logit_scale": info["logit_scale"],
-            "tokenizer": {
-                "kind": "clip-bpe",
-                "file": f"tokenizer/{VOCAB_NAME}",
-                "context_length": arch["context_length"],
-            },
-            "preprocess": preprocess,
-            "variants": [
-                {
-                    "id": VARIANT,
-                    "backend": "onnx",
-                    "precision": "fp32",
-                    "image": {
-                        "file": f"{VARIANT}/image.onnx",
-                        "input": "pixel_values",
-                        "output": "image_embeds",
-                        **tower,
-                    },
-                    "text": {
-                        "file": f"{VARIANT}/text.onnx",
-                        "input": "input_ids",
-                        "output": "text_embeds",
-                        **tower,
-                    },
-                    "parity": parity,
-                    "gate": {"passed": True, "reason": None, "min_cosine": min_cosine},
-                }
-            ],
-        }
-        # "write" covers the tokenizer copy and manifest assembly, not the hashing of the files
-        # by write_manifest, which happens after the manifest content is fixed.
-        manifest["conversion"] = {
-            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-            "opset": OPSET,
-            "versions": _versions(),
-            "seconds": seconds,
-        }
-        seconds["write"] = round(time.perf_counter() - t0, 3)
+        shutil.copyfile(_vocab(), staging / "tokenizer" / VOCAB_NAME)
+        kept, extra = steps("variants", lambda: _variants(
+            staging, reference, model, preprocess, info["architecture"]["context_length"],
+            dict(backends=backends, precisions=precisions, thresholds=thresholds,
+                 threads=threads, keep_failed=keep_failed, builder_options=builder_options),
+            dict(folder=calibration_dir, captions=captions, n_calib=n_calib, n_eval=n_eval), log,
+        ))  # fmt: skip
+        manifest = _manifest(name or out.name, info, preprocess, kept, extra)
+        manifest["conversion"]["seconds"] = steps.seconds
         write_manifest(staging, manifest)
         place_bundle(staging, out, overwrite)
         staging = None
-        bar.update(1)
     finally:
-        bar.close()
+        steps.close()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _variants(staging: Path, reference: dict, model: Any, preprocess: dict, context_length: int,
+              build: dict, calib: dict, log: Any) -> tuple[list[dict], dict[str, Any]]:  # fmt: skip
+    """Gate the reference, write the probe set, build and gate the other variants."""
+    from .calibration import load_calibration
+    from .gate import evaluate, reference_embeddings
+    from .variants import build_variants
+
+    calibration = load_calibration(calib["folder"], preprocess, context_length,
+                                   captions=calib["captions"], n_calib=calib["n_calib"],
+                                   n_eval=calib["n_eval"], log=log)  # fmt: skip
+    ref = reference_embeddings(calibration, model)
+    gated = evaluate(staging, reference, calibration, ref, build["thresholds"], build["threads"])
+    if not gated["gate"]["passed"]:
+        raise ParityError(f"the exported fp32 graphs miss the accuracy gate against torch "
+                          f"({gated['gate']['reason']}); no bundle was written.")  # fmt: skip
+    probe = _probe_entry(staging, calibration, ref, preprocess)
+    kept, rejected = build_variants(staging, gated, model, calibration=calibration,
+                                    reference=ref, log=log, **build)  # fmt: skip
+    extra = {
+        "probe": probe,
+        "calibration": calibration.summary(),
+        "rejected_variants": [{"id": v["id"], "reason": v["gate"]["reason"],
+                               "parity": v.get("parity")} for v in rejected],  # fmt: skip
+    }
+    return [gated, *kept], extra
+
+
+def _vocab() -> Path:
+    from edgeclip.tokenizer import default_vocab_path
+
+    return Path(default_vocab_path())
+
+
+def _check_counts(n_images: Any, n_texts: Any, name: Any) -> None:
+    for label, n in (("n_parity_images", n_images), ("n_parity_texts", n_texts)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InputError(f"{label}={n!r}: expected a positive integer.")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise InputError(f"name={name!r}: expected a non-empty string (or None for the dir name).")
+
+
+class _Steps:
+    """Timed conversion steps behind one progress display (``edgeclip.progress``)."""
+
+    def __init__(self, desc: str, enabled: bool | None):
+        from edgeclip.progress import progress
+
+        self.seconds: dict[str, float] = {}
+        self._bar = progress(5, desc, unit="step", enabled=enabled)
+
+    def __call__(self, label: str, work):
+        self._bar.set_postfix_str(label)
+        t0 = time.perf_counter()
+        result = work()
+        self.seconds[label] = round(time.perf_counter() - t0, 3)
+        self._bar.update(1)
+        return result
+
+    def write(self, message: str) -> None:
+        self._bar.write(message)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -21,22 +21,15 @@ from typing import Any
 import numpy as np
 
 from edgeclip.errors import InputError
+from edgeclip.probeset import (  # noqa: F401 - COLOURS, SHAPES re-exported for callers
+    COLOURS,
+    SHAPES,
+    TEMPLATES,
+    synthetic_labels,
+    synthetic_pairs,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 40),
-    "purple": (140, 40, 170),
-    "orange": (250, 140, 20),
-    "white": (245, 245, 245),
-    "black": (15, 15, 15),
-}
-SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
-TEMPLATES = ("a photo of a {c} {s}", "a {c} {s}", "a drawing of a {s} that is {c}", "a {s} in {c}")
-
 
 @dataclass
 class CalibrationData:
@@ -62,53 +55,6 @@ class CalibrationData:
             "n_probe_labels": len(self.probe_labels),
             "skipped_images": len(self.skipped),
         }
-
-
-def synthetic_pairs(n: int, size: int = 224, seed: int = 0) -> tuple[list, list[str], list[str]]:
-    """``n`` procedural (PIL image, caption, label) triples: one coloured shape on a noisy ground."""
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    nrng = np.random.default_rng(seed)
-    images, captions, labels = [], [], []
-    names = list(COLOURS)
-    for i in range(n):
-        colour, shape = names[i % len(names)], SHAPES[(i // len(names) + i) % len(SHAPES)]
-        ground = tuple(int(v) for v in nrng.integers(70, 180, 3))
-        arr = np.clip(
-            np.full((size, size, 3), ground, np.float32) + nrng.normal(0, 8, (size, size, 3)),
-            0,
-            255,
-        )
-        im = Image.fromarray(arr.astype(np.uint8))
-        draw = ImageDraw.Draw(im)
-        r = rng.uniform(0.2, 0.35) * size
-        cx, cy = (rng.uniform(r, size - r) for _ in range(2))
-        box = (cx - r, cy - r, cx + r, cy + r)
-        fill = COLOURS[colour]
-        if shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif shape == "square":
-            draw.rectangle(box, fill=fill)
-        elif shape == "triangle":
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-        elif shape == "cross":
-            w = r / 3
-            draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
-            draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
-        elif shape == "diamond":
-            draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
-        else:
-            draw.ellipse(box, outline=fill, width=max(2, int(r / 4)))
-        images.append(im)
-        captions.append(rng.choice(TEMPLATES).format(c=colour, s=shape))
-        labels.append(f"{colour} {shape}")
-    return images, captions, labels
-
-
-def synthetic_labels() -> list[str]:
-    """The synthetic set's zero-shot label set: every colour × shape."""
-    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
 
 
 def _read_captions(path: Path) -> tuple[dict[str, str], list[str]]:

@@ -27,45 +27,25 @@ def resolve_checkpoint(name_or_path: str) -> Path:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Convert to the onnx-fp32 bundle, then add and gate every other requested variant."""
+    """Convert in one pass: the onnx-fp32 reference plus every requested variant, gated."""
     from edgeclip.bundle import Bundle
 
     from .bundle_writer import convert
 
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     out = convert(
-        checkpoint, args.output, name=args.name, config=args.config, overwrite=args.overwrite
-    )
-    extra = backends != ["onnx"] or precisions != ["fp32"]
-    if extra:
-        from .add_variants import add_variants
-
-        add_variants(
-            out,
-            checkpoint if args.config is None else _load_model(checkpoint, args.config),
-            backends=backends,
-            precisions=precisions,
-            calibration_dir=args.calibration,
-            captions=args.captions,
-        )
+        resolve_checkpoint(args.checkpoint), args.output, name=args.name, config=args.config,
+        overwrite=args.overwrite, backends=args.backend, precisions=args.precision,
+        calibration_dir=args.calibration, captions=args.captions, log=print,
+    )  # fmt: skip
     bundle = Bundle.open(out)
     print(f"wrote {out}")
     for v in bundle.variants:
         par = v.parity
         print(
-            f"  {v.id:<22} image cos {par.get('image_cosine_min', float('nan')):.5f}  "
-            f"text cos {par.get('text_cosine_min', float('nan')):.5f}  "
-            f"gate {'passed' if v.passed else 'FAILED'}"
+            f"  {v.id:<22} image cos {par.get('image_cosine_mean', float('nan')):.5f}  "
+            f"text cos {par.get('text_cosine_mean', float('nan')):.5f}  "
+            f"gate {'passed' if v.passed else 'FAILED'} on {v.gate.get('isa', '?')}"
         )
     for rej in bundle.manifest.get("rejected_variants", []):
         print(f"  {rej['id']:<22} not shipped: {rej['reason']}")
     return 0
-
-
-def _load_model(checkpoint: Path, config: str):
-    from .checkpoints import load_checkpoint
-
-    model, _ = load_checkpoint(checkpoint, config=config)
-    return model

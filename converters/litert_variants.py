@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeclip.tokenizer import EOT_ID, SOT_ID
+
 from .calibration import CalibrationData
 from .variants import make_variant
 
@@ -46,7 +48,7 @@ def _sample(tower: str, model: Any, batch: int):
     for row in range(batch):
         # Distinct EOT positions so the pooling index cannot be folded into a constant.
         n = min(3 + row, ctx - 1)
-        ids[row, 0], ids[row, 1:n], ids[row, n] = 49406, 320, 49407
+        ids[row, 0], ids[row, 1:n], ids[row, n] = SOT_ID, 320, EOT_ID
     return ids
 
 

@@ -18,38 +18,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from edgeclip.tokenizer import EOT_ID, SOT_ID
+
+from .torch_towers import torch_towers
+
 __all__ = ["export_image_tower", "export_text_tower", "OPSET", "TWO_GB"]
 
 OPSET = 17
 TWO_GB = 2 * 1024**3
-
-
-def _towers():
-    import torch
-
-    class ImageTower(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.vision_model = model.vision_model
-            self.projection = model.visual_projection
-
-        def forward(self, pixel_values):
-            pooled = self.vision_model(pixel_values=pixel_values).pooler_output
-            return self.projection(pooled)
-
-    class TextTower(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.text_model = model.text_model
-            self.projection = model.text_projection
-
-        def forward(self, input_ids):
-            hidden = self.text_model(input_ids=input_ids).last_hidden_state
-            eot = input_ids.to(torch.int32).argmax(dim=-1)
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            return self.projection(hidden[rows, eot])
-
-    return ImageTower, TextTower
 
 
 def _export(module, dummy, path: Path, in_name: str, out_name: str) -> Path:
@@ -94,25 +70,25 @@ def export_image_tower(model: Any, path: str | os.PathLike, batch: int = 2) -> P
     """Write the image tower of ``model`` (a transformers CLIPModel) to ``path``."""
     import torch
 
-    image_tower, _ = _towers()
+    image_tower, _ = torch_towers(model)
     size = int(model.config.vision_config.image_size)
     gen = torch.Generator().manual_seed(0)
     dummy = torch.randn(batch, 3, size, size, generator=gen)
-    return _export(image_tower(model).eval(), dummy, Path(path), "pixel_values", "image_embeds")
+    return _export(image_tower, dummy, Path(path), "pixel_values", "image_embeds")
 
 
 def export_text_tower(model: Any, path: str | os.PathLike, batch: int = 2) -> Path:
     """Write the text tower of ``model`` to ``path`` (input int64 ids, zero padded)."""
     import torch
 
-    _, text_tower = _towers()
+    _, text_tower = torch_towers(model)
     ctx = int(model.config.text_config.max_position_embeddings)
     vocab = int(model.config.text_config.vocab_size)
     dummy = torch.zeros(batch, ctx, dtype=torch.long)
     # Distinct EOT positions per row so the trace cannot mistake the pooling index for a constant.
     for row in range(batch):
         n = min(3 + 2 * row, ctx - 1)
-        dummy[row, 0] = min(49406, vocab - 2)
+        dummy[row, 0] = min(SOT_ID, vocab - 2)
         dummy[row, 1:n] = torch.arange(1, n) % max(vocab - 3, 1) + 1
-        dummy[row, n] = min(49407, vocab - 1)
-    return _export(text_tower(model).eval(), dummy, Path(path), "input_ids", "text_embeds")
+        dummy[row, n] = min(EOT_ID, vocab - 1)
+    return _export(text_tower, dummy, Path(path), "input_ids", "text_embeds")

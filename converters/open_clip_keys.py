@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeclip.errors import InputError
+from edgeclip.tokenizer import EOT_ID, SOT_ID
 
 __all__ = ["hf_config_from_open_clip", "normalise_keys", "open_clip_to_hf"]
 
@@ -163,8 +164,8 @@ def hf_config_from_open_clip(oc: dict[str, Any]) -> dict[str, Any]:
         "projection_dim": vision["projection_dim"],
         # CLIP BPE: pad 0, <start_of_text> 49406, <end_of_text> 49407 (pooling is at the EOT).
         "pad_token_id": 0,
-        "bos_token_id": 49406,
-        "eos_token_id": 49407,
+        "bos_token_id": SOT_ID,
+        "eos_token_id": EOT_ID,
     }
     return {
         "text_config": text,

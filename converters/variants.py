@@ -22,45 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeclip.backends import catalog
 from edgeclip.errors import BackendUnavailableError, InputError
 
-#: (backend, precision) → "module:function" under ``converters``
-REGISTRY: dict[tuple[str, str], str] = {
-    ("onnx", "fp16"): "quantize_onnx:build_fp16",
-    ("onnx", "int8-dynamic"): "quantize_onnx:build_int8_dynamic",
-    ("onnx", "int8-static"): "quantize_onnx:build_int8_static",
-    ("onnx", "int8-weights"): "quantize_onnx:build_int8_weights",
-    ("openvino", "fp32"): "openvino_variants:build_fp32",
-    ("openvino", "fp16"): "openvino_variants:build_fp16",
-    ("openvino", "int8-static"): "openvino_variants:build_int8_ptq",
-    ("openvino", "int8-weights"): "openvino_variants:build_int8_weights",
-    ("litert", "fp32"): "litert_variants:build_fp32",
-    ("litert", "int8-dynamic"): "litert_variants:build_int8_dynamic",
-    ("litert", "int8-weights"): "litert_variants:build_int8_weights",
-    ("litert", "int8-static"): "litert_variants:build_int8_static",
-    ("torch", "fp32"): "gate:build_torch_fp32",
-}
+#: (backend, precision) → "module:function" under ``converters``, from ``catalog.SPECS``
+REGISTRY: dict[tuple[str, str], str] = catalog.builder_registry()
 #: backends whose ``int8`` is a search over the module's ``INT8_CANDIDATES``
-SEARCH_MODULES = {
-    "onnx": "quantize_onnx",
-    "openvino": "openvino_variants",
-    "litert": "litert_variants",
-}
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-static", "int8-weights")
-BACKENDS = ("onnx", "openvino", "litert", "torch")
+SEARCH_MODULES = catalog.search_modules()
+PRECISIONS = catalog.PRECISIONS
+BACKENDS = catalog.PREFERENCE
 #: what each backend's converter needs: (import name, pip name)
-CONVERT_DEPS = {
-    "onnx": [("onnxruntime", "onnxruntime")],
-    "openvino": [("openvino", "openvino"), ("nncf", "nncf")],
-    "litert": [
-        ("litert_torch", "litert-torch"),
-        ("ai_edge_quantizer", "ai-edge-quantizer"),
-        ("ai_edge_litert", "ai-edge-litert"),
-        ("torch", "torch"),
-    ],
-    "torch": [("torch", "torch")],
-}
-_ALIASES = {"ort": "onnx", "onnxruntime": "onnx", "ov": "openvino", "tflite": "litert"}
+CONVERT_DEPS = {s.name: list(s.convert_deps) for s in catalog.SPECS}
+_ALIASES = catalog.ALIASES
 
 Builder = Callable[..., dict[str, Any]]
 
@@ -125,7 +98,8 @@ def check_convert_deps(backend: str) -> None:
     if missing:
         raise BackendUnavailableError(
             f"converting to {backend} needs {', '.join(missing)}; install with "
-            f"`pip install {' '.join(missing)}` (or `pip install edgeclip[convert-{backend}]`)."
+            f"`pip install {' '.join(missing)}` (or `pip install "
+            f"edgeclip[{catalog.BY_NAME[backend].convert_extra}]`)."
         )
 
 
@@ -251,6 +225,7 @@ def build_variants(
     threads: int | None = None,
     keep_failed: bool = False,
     builder_options: dict[str, dict[str, Any]] | None = None,
+    reference: Any = None,
     log: Callable[[str], Any] = print,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Build, gate and return ``(kept, rejected)`` variant dicts for every backend × precision.
@@ -260,6 +235,7 @@ def build_variants(
     without it the reference is the onnx-fp32 graph and LiteRT is refused.
     ``calibration`` is a ``CalibrationData`` (default: the synthetic set at the model's size).
     ``builder_options`` per backend, e.g. ``{"litert": {"batch_sizes": [1, 8]}}``.
+    ``reference``: the ``gate.Reference`` already computed on ``calibration`` (else computed here).
     Combinations a backend does not offer (e.g. litert fp16) are skipped with a message.
     """
     from .calibration import load_calibration, preprocess_for
@@ -279,7 +255,9 @@ def build_variants(
             )
     if calibration is None:
         calibration = load_calibration(None, preprocess_for(fp32_variant, root, model), log=log)
-    ref = reference_embeddings(calibration, model if torch_model else None, root, fp32_variant)
+    ref = reference or reference_embeddings(
+        calibration, model if torch_model else None, root, fp32_variant
+    )
     if ref.name != "torch-fp32":
         log(
             f"gate reference: {ref.name} under ONNX Runtime (no torch model given: checkpoint missing or torch not installed)"

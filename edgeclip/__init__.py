@@ -34,6 +34,9 @@ _LAZY = {
     "Tokenizer": ("edgeclip.tokenizer", "Tokenizer"),
     "load_image": ("edgeclip.images", "load_image"),
     "Preprocessor": ("edgeclip.preprocess", "Preprocessor"),
+    "VerificationError": ("edgeclip.verify", "VerificationError"),
+    "verify_bundle": ("edgeclip.selection", "verify_all"),
+    "Index": ("edgeclip.index", "Index"),
 }
 
 

@@ -17,16 +17,18 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from . import settings
 from .bundle import Bundle, Variant
 from .paths import edgeclip_home
 
 PRECISION_ORDER = ("int8", "int8-static", "int8-dynamic", "fp32", "fp16", "int8-weights")
-_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino", "ai-edge-litert", "torch")
+from .backends.catalog import PACKAGES as _PACKAGES  # noqa: E402
 
 
 def precision_rank(precision: str) -> int:
@@ -36,27 +38,40 @@ def precision_rank(precision: str) -> int:
     )
 
 
-def best_per_backend(variants: list[Variant], backends: list[str]) -> list[Variant]:
-    """For each backend in order, its passing variant that ranks first in the rule table."""
+def _always(_: Variant) -> bool:
+    return True
+
+
+def best_per_backend(
+    variants: list[Variant], backends: list[str], usable: Callable[[Variant], bool] = _always
+) -> list[Variant]:
+    """For each backend in order, its first usable variant in the rule table's order.
+
+    ``usable`` is asked lazily (it may run the on-device check), best precision first.
+    """
     out = []
     for backend in backends:
-        mine = [v for v in variants if v.backend == backend]
-        if mine:
-            out.append(min(mine, key=lambda v: precision_rank(v.precision)))
+        mine = sorted((v for v in variants if v.backend == backend),
+                      key=lambda v: precision_rank(v.precision))  # fmt: skip
+        best = next((v for v in mine if usable(v)), None)
+        if best is not None:
+            out.append(best)
     return out
 
 
-def finalists(variants: list[Variant], backends: list[str]) -> list[Variant]:
+def finalists(
+    variants: list[Variant], backends: list[str], usable: Callable[[Variant], bool] = _always
+) -> list[Variant]:
     """What the probe times: each backend's rule-table winner, plus its fp32 variant.
 
     fp32 is kept in because the rule table is measured on TinyCLIP-8M: on much smaller models
     the quantize/dequantize overhead can make INT8 the slower one.
     """
     out = []
-    for best in best_per_backend(variants, backends):
+    for best in best_per_backend(variants, backends, usable):
         out.append(best)
         fp32 = [v for v in variants if v.backend == best.backend and v.precision == "fp32"]
-        if fp32 and fp32[0] is not best:
+        if fp32 and fp32[0] is not best and usable(fp32[0]):
             out.append(fp32[0])
     return out
 
@@ -105,6 +120,7 @@ def measure(
     device: str,
     min_calls: int = 5,
     min_seconds: float = 0.25,
+    towers: tuple | None = None,
 ) -> float:
     """Batch-1 pairs/s of one variant on this host: per tower, 2 warm-up calls, then timed calls
     until both ``min_calls`` and ``min_seconds`` are reached; the median call time counts.
@@ -114,7 +130,7 @@ def measure(
     """
     from .towers import open_towers
 
-    image, text = open_towers(bundle.root, variant, threads, device)
+    image, text = towers or open_towers(bundle.root, variant, threads, device)
     pixels, ids = _probe_inputs(bundle)
     seconds = []
     for run, x in ((image, pixels), (text, ids)):
@@ -143,15 +159,23 @@ def choose(
     backends: list[str],
     threads: int | None = None,
     device: str = "auto",
-) -> tuple[Variant, str]:
-    """The fastest of the ``finalists`` on this host, probed once and cached."""
-    if os.environ.get("EDGECLIP_PROBE", "1") == "0":
-        first = best_per_backend(variants, backends)[0]
-        return first, (
+    usable: Callable[[Variant], bool] = _always,
+    towers: Callable[[Variant], tuple] | None = None,
+) -> tuple[Variant, str] | None:
+    """The fastest of the usable ``finalists`` on this host, probed once and cached.
+
+    None when no variant is usable. ``towers(variant)`` gives the runners to time (so the
+    sessions of the on-device check are reused).
+    """
+    if settings.get("EDGECLIP_PROBE") == "0":
+        firsts = best_per_backend(variants, backends, usable)
+        return (firsts[0], (
             "EDGECLIP_PROBE=0: backend preference order, precision by the rule table "
             f"{list(PRECISION_ORDER)}"
-        )
-    timed = finalists(variants, backends)
+        )) if firsts else None  # fmt: skip
+    timed = finalists(variants, backends, usable)
+    if not timed:
+        return None
     if len(timed) == 1:
         return timed[0], "the only gated variant on an installed backend"
     cache_path = edgeclip_home() / "probe.json"
@@ -163,7 +187,8 @@ def choose(
         rates, errors = {}, {}
         for v in timed:
             try:
-                rates[v.id] = round(measure(bundle, v, threads, device), 2)
+                runners = towers(v) if towers else None
+                rates[v.id] = round(measure(bundle, v, threads, device, towers=runners), 2)
             except Exception as exc:  # a variant that cannot run here simply loses
                 rates[v.id], errors[v.id] = 0.0, str(exc)[:200]
         entry = {

@@ -19,7 +19,7 @@ from .verified import is_verified, remember
 MANIFEST = "manifest.json"
 FORMAT = "edgeclip-bundle"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-static", "int8-weights")
+from .backends.catalog import PRECISIONS  # noqa: E402,F401 - re-exported
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -93,7 +93,20 @@ class Variant:
 
     @property
     def passed(self) -> bool:
-        return bool(self.gate.get("passed", True))
+        """True only for a gate that was measured and passed (no gate recorded is not a pass)."""
+        return self.gate.get("passed") is True
+
+    @property
+    def is_reference(self) -> bool:
+        """The bundle's reference graph: the fp32 export checked against torch, or a prebuilt
+        export taken as is. Bundles from before roles were recorded: their ``onnx-fp32``."""
+        role = self.options.get("role")
+        return role == "reference" if role else self.id == "onnx-fp32"
+
+    @property
+    def batch_invariant(self) -> bool:
+        """False when the manifest marks the variant batch-dependent (dynamic INT8)."""
+        return self.options.get("batch_invariant", True) is not False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Variant:
@@ -177,6 +190,12 @@ class Bundle:
                 + "\n  ".join(problems)
                 + "\nThe files were altered or the copy is incomplete: re-download or re-convert it."
             )
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest's file table: changes whenever any bundle file does."""
+        table = json.dumps(self.manifest.get("files", {}), sort_keys=True).encode()
+        return hashlib.sha256(table).hexdigest()
 
     @property
     def name(self) -> str:

@@ -16,7 +16,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 def _load(args: argparse.Namespace):
     from .loader import load
 
-    return load(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
+    return load(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
+                verify=not args.no_verify)  # fmt: skip
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +27,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", "-b", default="auto", help="auto, onnx, openvino, litert, torch")
     p.add_argument("--precision", "-p", default="auto", help="auto, fp32, fp16, int8, ...")
     p.add_argument("--threads", "-t", type=int, default=None, help="intra-op threads")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 and on-device accuracy checks (you know the variant)")  # fmt: skip
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -133,89 +136,46 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    from .loader import resolve_bundle, select_variant
-
-    bundle = resolve_bundle(args.bundle)
-    m = bundle.manifest
-    if args.json:
-        print(json.dumps(m, indent=2))
-        return 0
-    arch = m.get("architecture") or {}
-    print(f"bundle    {bundle.root}")
-    print(
-        f"name      {bundle.name}   (edgeclip {m.get('edgeclip_version', '?')}, created {m.get('created', '?')})"
-    )
-    src = m.get("source") or {}
-    print(
-        f"source    {src.get('kind', '?')}: {src.get('repo') or src.get('path', '?')}"
-        + (f"@{src['revision']}" if src.get("revision") else "")
-    )
-    print("arch      " + ", ".join(f"{k}={v}" for k, v in arch.items()))
-    print(f"logit     scale {bundle.logit_scale:.4g};  preprocess {bundle.preprocess}")
-    print(
-        f"\n{'variant':<22} {'backend':<9} {'precision':<13} {'size MB':>8} {'img cos':>8} {'txt cos':>8} {'top1 agr':>8}  gate"
-    )
-    files = m.get("files", {})
-    for v in bundle.variants:
-        size = sum(meta["size"] for rel, meta in files.items() if rel.startswith(v.id + "/")) / 1e6
-        par = v.parity
-
-        def num(key: str, p: dict = par) -> str:
-            val = p.get(key)
-            return f"{val:.5f}" if isinstance(val, (int, float)) else "-"
-
-        gate = "passed" if v.passed else f"FAILED: {v.gate.get('reason')}"
-        print(
-            f"{v.id:<22} {v.backend:<9} {v.precision:<13} {size:>8.1f} {num('image_cosine_mean'):>8} {num('text_cosine_mean'):>8} {num('top1_agreement'):>8}  {gate}"
-        )
-    try:
-        chosen, why = select_variant(bundle)
-        print(f"\nauto on this host: {chosen.id} ({why})")
-    except EdgeclipError as exc:
-        print(f"\nauto on this host: none ({exc})")
-    return 0
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
-    try:
-        from converters.cli import run_convert
-    except ImportError as exc:
-        print(
-            f"edgeclip convert needs the convert extra: pip install edgeclip[convert] ({exc})",
-            file=sys.stderr,
-        )
-        return 2
-    return run_convert(args)
+    from .stages import stage
+
+    return int(stage("convert-cli")(args) or 0)
 
 
-def _forward(module: str, argv: list[str]) -> int:
+def _forward(stage_name: str, argv: list[str]) -> int:
     import importlib
 
-    try:
-        main = importlib.import_module(module).main
-    except ImportError as exc:
-        print(
-            f"this command needs an optional part of edgeclip that is not installed ({exc}).",
-            file=sys.stderr,
-        )
-        return 2
+    if stage_name in ("bench", "distill"):
+        from .stages import stage
+
+        main = stage(stage_name)
+    else:  # a runtime command with a CLI of its own (serve, index)
+        try:
+            main = importlib.import_module(stage_name).main
+        except ImportError as exc:
+            print(f"this command needs an optional part of edgeclip that is not installed "
+                  f"({exc}).", file=sys.stderr)  # fmt: skip
+            return 2
     return int(main(argv) or 0)
 
 
-# commands whose arguments belong to another stage's CLI: name -> (module, help, argv prefix)
+# commands whose arguments belong to another CLI: name -> (stage or module, help, argv prefix)
 _FORWARDED = {
-    "bench": ("benchmarks.cli", "benchmark every variant (see benchmarks/README.md)", []),
+    "bench": ("bench", "benchmark every variant (see benchmarks/README.md)", []),
     "distill": (
-        "edgeclip.distill.cli",
+        "distill",
         "distil a student from a teacher (edgeclip[distill])",
         ["distill"],
     ),
     "train-teacher": (
-        "edgeclip.distill.cli",
+        "distill",
         "train a teacher CLIP on procedural data",
         ["train-teacher"],
     ),
+    "serve": ("edgeclip.serve.cli", "HTTP service: OpenAI embeddings, Immich /predict (edgeclip[serve])", []),
+    "index": ("edgeclip.index.cli", "index photo folders for search", ["index"]),
+    "search": ("edgeclip.index.cli", "search an index by text or by image", ["search"]),
+    "dupes": ("edgeclip.index.cli", "list near-duplicate photos in an index", ["dupes"]),
 }
 
 
@@ -258,12 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser(
-        "info", help="describe a bundle: variants, sizes, parity, gates, auto choice"
-    )
-    p.add_argument("bundle")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_info)
+    from .cli_bundle import add_parsers
+
+    add_parsers(sub)
 
     p = sub.add_parser("convert", help="checkpoint -> bundle (needs edgeclip[convert])")
     p.add_argument(
@@ -291,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edgeclip`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _FORWARDED:
-        module, _, prefix = _FORWARDED[argv[0]]
-        return _forward(module, prefix + argv[1:])
+        target, _, prefix = _FORWARDED[argv[0]]
+        try:
+            return _forward(target, prefix + argv[1:])
+        except EdgeclipError as exc:
+            print(f"edgeclip: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .errors import IntegrityError, ModelNotFoundError
 from .verified import is_verified, remember
 
@@ -252,7 +253,7 @@ def fetch_files(
     """
     ctx = _Ctx(repo, revision or "main", hub_cache_dir(cache_dir), model_name)
     specs = _normalise(files)
-    timeout = float(timeout or os.environ.get("EDGECLIP_HUB_TIMEOUT") or DEFAULT_TIMEOUT)
+    timeout = float(timeout or settings.get("EDGECLIP_HUB_TIMEOUT") or DEFAULT_TIMEOUT)
     offline, pinned, probed = is_offline(), bool(_COMMIT.fullmatch(ctx.revision)), False
     result: dict[str, Path] = {}
     missing: list[str] = []

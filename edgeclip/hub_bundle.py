@@ -33,13 +33,10 @@ from typing import Any
 
 from .errors import BackendUnavailableError, InputError
 from .hub import fetch_files
+from .preprocess import DEFAULT_CONFIG, hf_to_cfg
+from .tokenizer import EOT_ID, SOT_ID
 
 VOCAB = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
-DEFAULT_PREPROCESS = {
-    "image_size": 224, "resize": "shortest", "interpolation": "bicubic", "crop": "center",
-    "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
-}  # fmt: skip
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL codes used by HF image processors
 
 
 def _import_onnx():
@@ -104,7 +101,7 @@ def _logit_scale_measured(model_path: Path, image_size: int, context_length: int
     try:
         sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         ids = np.zeros((1, context_length), dtype=np.int64)
-        ids[0, :3] = [49406, 320, 49407]
+        ids[0, :3] = [SOT_ID, 320, EOT_ID]
         feeds = {
             "input_ids": ids,
             "pixel_values": np.random.default_rng(0)
@@ -138,27 +135,6 @@ def read_logit_scale(model, model_path: Path, config: dict, arch: dict) -> tuple
         return min(measured, 100.0), "measured: logits_per_image / cosine on the combined graph"
     init = float(config.get("logit_scale_init_value", math.log(1 / 0.07)))
     return min(math.exp(init), 100.0), "config.json logit_scale_init_value (initial value)"
-
-
-def preprocess_from_hf(pp: dict[str, Any]) -> dict[str, Any]:
-    """Map a transformers ``preprocessor_config.json`` (CLIPImageProcessor) to edgeclip's keys."""
-    out = dict(DEFAULT_PREPROCESS)
-    size, crop = pp.get("size"), pp.get("crop_size")
-    if isinstance(crop, dict):
-        crop = crop.get("height") or crop.get("shortest_edge")
-    if isinstance(size, dict):
-        if "shortest_edge" in size:
-            size = size["shortest_edge"]
-        elif "height" in size:
-            out["resize"], size = "squash", size["height"]
-    do_crop = pp.get("do_center_crop", crop is not None)
-    out["crop"] = "center" if do_crop else "none"
-    out["image_size"] = int((crop if do_crop and crop else size) or out["image_size"])
-    out["interpolation"] = _RESAMPLE.get(pp.get("resample"), "bicubic")
-    for key, hf_key in (("mean", "image_mean"), ("std", "image_std")):
-        if isinstance(pp.get(hf_key), list) and len(pp[hf_key]) == 3:
-            out[key] = [float(x) for x in pp[hf_key]]
-    return out
 
 
 def architecture_from_config(config: dict, fallback: dict) -> dict[str, Any]:
@@ -222,6 +198,56 @@ def default_cache_root() -> Path:
     return bundles_dir()
 
 
+def _write_towers(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict,
+                  model_path: Path, config: dict, pp: dict, tmp: Path) -> dict[str, Any]:  # fmt: skip
+    """Split the combined graph into ``tmp/onnx-fp32``, copy the vocab; return the manifest."""
+    model = onnx.load(str(model_path))  # external data, if any, resolved beside the file
+    inputs = _split(onnx, model, model_path, tmp / "onnx-fp32")
+    arch = architecture_from_config(config, entry.get("architecture") or {})
+    scale, scale_source = read_logit_scale(model, model_path, config, arch)
+    del model
+    shutil.copyfile(VOCAB, tmp / "tokenizer" / VOCAB.name)
+    preprocess = {**DEFAULT_CONFIG, **hf_to_cfg(pp)}  # the one HF mapping (strict)
+    return {
+        "name": model_name,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "edgeclip_version": _edgeclip_version(),
+        "source": {
+            "kind": "hub-onnx",
+            "path": str(model_path),
+            "repo": source["repo"],
+            "revision": source.get("revision"),
+            "file": roles["model"],
+            "logit_scale_from": scale_source,
+        },
+        "architecture": arch,
+        "logit_scale": scale,
+        "tokenizer": {
+            "kind": "clip-bpe",
+            "file": f"tokenizer/{VOCAB.name}",
+            "context_length": int(arch.get("context_length") or 77),
+        },
+        "preprocess": preprocess,
+        "variants": [
+            {
+                "id": "onnx-fp32",
+                "backend": "onnx",
+                "precision": "fp32",
+                "image": {"file": "onnx-fp32/image.onnx", "input": "pixel_values", "output": "image_embeds",
+                          "batch_sizes": None, "inputs": inputs["image"]},
+                "text": {"file": "onnx-fp32/text.onnx", "input": "input_ids", "output": "text_embeds",
+                         "batch_sizes": None, "inputs": inputs["text"]},
+                # Nothing to compare a prebuilt export with here: it *is* the reference, and
+                # no gate verdict is written for it. Variants derived from it are gated
+                # against it, on each device, through the probe set below.
+                "parity": {},
+                "gate": {"reason": "the prebuilt export is this bundle's reference"},
+                "options": {"role": "reference"},
+            }
+        ],
+    }  # fmt: skip
+
+
 def bundle_from_hub_onnx(
     model_name: str,
     entry: dict[str, Any],
@@ -264,49 +290,11 @@ def bundle_from_hub_onnx(
     try:
         (tmp / "onnx-fp32").mkdir()
         (tmp / "tokenizer").mkdir()
-        model = onnx.load(str(model_path))  # external data, if any, resolved beside the file
-        inputs = _split(onnx, model, model_path, tmp / "onnx-fp32")
-        arch = architecture_from_config(config, entry.get("architecture") or {})
-        scale, scale_source = read_logit_scale(model, model_path, config, arch)
-        del model
-        shutil.copyfile(VOCAB, tmp / "tokenizer" / VOCAB.name)
-        preprocess = preprocess_from_hf(pp)
-        manifest = {
-            "name": model_name,
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "edgeclip_version": _edgeclip_version(),
-            "source": {
-                "kind": "hub-onnx",
-                "path": str(model_path),
-                "repo": source["repo"],
-                "revision": source.get("revision"),
-                "file": roles["model"],
-                "logit_scale_from": scale_source,
-            },
-            "architecture": arch,
-            "logit_scale": scale,
-            "tokenizer": {
-                "kind": "clip-bpe",
-                "file": f"tokenizer/{VOCAB.name}",
-                "context_length": int(arch.get("context_length") or 77),
-            },
-            "preprocess": preprocess,
-            "variants": [
-                {
-                    "id": "onnx-fp32",
-                    "backend": "onnx",
-                    "precision": "fp32",
-                    "image": {"file": "onnx-fp32/image.onnx", "input": "pixel_values", "output": "image_embeds",
-                              "batch_sizes": None, "inputs": inputs["image"]},
-                    "text": {"file": "onnx-fp32/text.onnx", "input": "input_ids", "output": "text_embeds",
-                             "batch_sizes": None, "inputs": inputs["text"]},
-                    "parity": {"reference": "prebuilt; not measured here"},
-                    "gate": {"passed": True, "reason": None},
-                }
-            ],
-        }  # fmt: skip
+        manifest = _write_towers(onnx, model_name, entry, source, roles, model_path, config, pp, tmp)
         from .bundle import write_manifest
+        from .probeset import reference_probe
 
+        manifest["probe"] = reference_probe(tmp, manifest, "onnx-fp32 (prebuilt)")
         write_manifest(tmp, manifest)
         try:
             os.replace(tmp, final)
@@ -333,5 +321,4 @@ __all__ = [
     "bundle_from_hub_onnx",
     "default_cache_root",
     "graph_inputs_needed",
-    "preprocess_from_hf",
 ]

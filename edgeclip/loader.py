@@ -7,17 +7,11 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .autoselect import PRECISION_ORDER, choose, precision_rank
-from .backends import PREFERENCE, available_backends, canonical_name, get_backend
 from .bundle import Bundle, Variant
 from .errors import BackendUnavailableError, InputError, ModelNotFoundError
 from .model import EdgeClip
 from .paths import converted_dir
-from .towers import variant_opener
-
-
-def _precision_matches(wanted: str, have: str) -> bool:
-    return wanted == have or have.startswith(wanted + "-")
+from .selection import select
 
 
 def select_variant(
@@ -26,62 +20,26 @@ def select_variant(
     precision: str = "auto",
     threads: int | None = None,
     device: str = "auto",
+    verify: bool = True,
 ) -> tuple[Variant, str]:
-    """Pick the variant to run and say why. Explicit choices must exist; 'auto' skips failed gates.
-
-    With ``backend="auto"`` the per-backend winners are timed once on this host and the fastest
-    is kept (``edgeclip.autoselect``); the reason string says what was measured.
-    """
-    installed = available_backends()
-    if backend != "auto":
-        backend = canonical_name(backend)
-        get_backend(backend)  # raises BackendUnavailableError naming the extra
-        backends = [backend]
-    else:
-        backends = [b for b in PREFERENCE if b in installed]
-    candidates = [v for v in bundle.variants if v.backend in backends]
-    if precision != "auto":
-        candidates = [v for v in candidates if _precision_matches(precision, v.precision)]
-    if not candidates:
-        have = ", ".join(f"{v.backend}/{v.precision}" for v in bundle.variants) or "none"
-        hint = "" if installed else " No backend is installed: `pip install edgeclip[onnx]`."
-        raise InputError(
-            f"bundle {bundle.root} has no variant for backend={backend!r} precision={precision!r} "
-            f"among installed backends ({', '.join(installed) or 'none'}); it has: {have}.{hint}"
-        )
-    passed = [v for v in candidates if v.passed]
-    if not passed:
-        if precision == "auto" or backend == "auto":
-            raise InputError(
-                f"every matching variant of {bundle.root} failed its accuracy gate: "
-                + "; ".join(f"{v.id}: {v.gate.get('reason')}" for v in candidates)
-            )
-        # an explicit request for a failed variant is honoured, loudly
-        return candidates[
-            0
-        ], f"explicitly requested; its gate FAILED ({candidates[0].gate.get('reason')})"
-    if backend != "auto":
-        best = min(passed, key=lambda v: precision_rank(v.precision))
-        return (
-            best,
-            f"requested backend {backend}; precision by the rule table {list(PRECISION_ORDER)}",
-        )
-    return choose(bundle, passed, backends, threads, device)
+    """The variant ``load`` would run on this host and why (``edgeclip.selection.select``)."""
+    chosen = select(bundle, backend, precision, threads, device, verify)
+    return chosen.variant, chosen.reason
 
 
 def _convert_once(checkpoint: Path, out: Path, name: str | None = None) -> Path:
     """Convert a checkpoint into ``out`` unless a bundle is already there (needs ``edgeclip[convert]``)."""
     if Bundle.is_bundle(out):
         return out
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("converters") is None:
+    from .stages import stage
+
+    if importlib.util.find_spec("torch") is None:
         raise BackendUnavailableError(
             f"{checkpoint} is a checkpoint, not a bundle; converting it needs torch: "
             f"`pip install edgeclip[convert]`, or convert elsewhere with "
             f"`edgeclip convert {checkpoint} -o BUNDLE` and load the bundle."
         )
-    from converters.bundle_writer import convert
-
-    return Path(convert(checkpoint, out, name=name))
+    return Path(stage("convert")(checkpoint, out, name=name))
 
 
 def _bundle_for_checkpoint(path: Path) -> Path:
@@ -172,20 +130,20 @@ def load(
     directory (converted once; needs ``edgeclip[convert]``). ``backend``: 'auto', 'onnx',
     'openvino', 'litert' or 'torch'. ``precision``: 'auto', 'fp32', 'fp16', 'int8', ...
     ``threads``: intra-op threads (default: the runtime's). ``verify``: check every file's
-    sha256 against the bundle manifest.
+    sha256 against the bundle manifest, and run the variant's probe set on this host the first
+    time it is used here (``edgeclip.verify``): a variant that misses its gate on this machine
+    is never picked and is refused when asked for. ``verify=False`` skips both.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}.")
     bundle = resolve_bundle(name_or_path, verify=verify)
-    variant, reason = select_variant(bundle, backend, precision, threads, device)
-    opener = variant_opener(bundle.root, variant, threads, device)
-
-    model = EdgeClip(
+    chosen = select(bundle, backend, precision, threads, device, verify)
+    return EdgeClip(
         bundle,
-        variant,
-        opener,
+        chosen.variant,
+        chosen.opener,
         batch_size=batch_size,
-        backend_info=variant.backend,
-        selection_reason=reason,
+        backend_info=chosen.variant.backend,
+        selection_reason=chosen.reason,
+        verification=chosen.status,
     )
-    return model

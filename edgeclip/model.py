@@ -99,6 +99,7 @@ class EdgeClip:
         batch_size: int = 32,
         backend_info: str = "",
         selection_reason: str = "",
+        verification: Any = None,
     ):
         from .preprocess import Preprocessor
         from .tokenizer import Tokenizer
@@ -109,6 +110,8 @@ class EdgeClip:
         self.backend_info = backend_info
         #: why ``edgeclip.load`` picked this variant (see ``edgeclip.autoselect``)
         self.selection_reason = selection_reason
+        #: the on-device check of this variant (``edgeclip.verify.Status``), None if skipped
+        self.verification = verification
         self.logit_scale = bundle.logit_scale
         self.preprocessor = Preprocessor(bundle.preprocess or None)
         tok = bundle.tokenizer
@@ -119,14 +122,46 @@ class EdgeClip:
         self._label_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     # -- embeddings ---------------------------------------------------------------------------
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether this variant's embedding of an input is independent of its batch neighbours.
+
+        Dynamic INT8 graphs compute activation scales over the whole batch tensor, so they are
+        not; ``invariant=True`` then runs them one input per call (see ``_chunk``).
+        """
+        if self.verification is not None:
+            return bool(self.verification.batch_invariant)
+        return self.variant.batch_invariant
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes stored vectors comparable: bundle digest, variant and preprocessing."""
+        return {
+            "bundle": self.bundle.digest,
+            "variant": self.variant.id,
+            "preprocess": self.bundle.preprocess,
+            "embed_dim": self.embed_dim,
+        }
+
+    def _chunk(self, batch_size: int | None, invariant: bool) -> int:
+        if invariant and not self.batch_invariant:
+            return 1
+        return int(batch_size or self.batch_size)
+
     def encode_image(
-        self, images: ImageLike | Sequence[ImageLike], batch_size: int | None = None
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        batch_size: int | None = None,
+        *,
+        invariant: bool = False,
     ) -> np.ndarray:
         """L2-normalised image embeddings, float32 (N, D); one row per input, in order.
 
         Accepts paths, bytes, file objects, PIL images and HWC uint8 arrays (a 4-D array is a
         batch). If some inputs cannot be read, raises ``BatchError`` whose ``.results`` holds
         every good row (failed rows are NaN) and whose ``.failures`` says why each failed.
+        ``invariant=True`` guarantees each row equals encoding that input alone (use it for
+        vectors you store); it costs speed only on batch-dependent variants.
         """
         items = _as_image_list(images)
         if not items:
@@ -134,20 +169,29 @@ class EdgeClip:
         pixels, good, failures = self.preprocessor(items)
         out = None
         if good:
-            emb = _normalise(self._image(pixels, batch_size or self.batch_size))
+            emb = _normalise(self._image(pixels, self._chunk(batch_size, invariant)))
             out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
             out[good] = emb
         if failures:
             raise BatchError("images", failures, out, len(items))
         return out
 
-    def encode_text(self, texts: str | Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """L2-normalised text embeddings, float32 (N, D). Text past the context is truncated."""
+    def encode_text(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int | None = None,
+        *,
+        invariant: bool = False,
+    ) -> np.ndarray:
+        """L2-normalised text embeddings, float32 (N, D). Text past the context is truncated.
+
+        ``invariant=True``: as in ``encode_image``, rows independent of their batch neighbours.
+        """
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
             raise InputError("encode_text got no texts.")
         ids = self.tokenizer(items)
-        return _normalise(self._text(ids, batch_size or self.batch_size))
+        return _normalise(self._text(ids, self._chunk(batch_size, invariant)))
 
     # -- zero-shot ------------------------------------------------------------------------------
     def label_embeddings(self, labels: Labels, templates: Templates = None) -> np.ndarray:

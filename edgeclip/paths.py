@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import settings
+
 
 def edgeclip_home() -> Path:
     """``$EDGECLIP_HOME``, else ``$XDG_CACHE_HOME/edgeclip`` (``~/.cache/edgeclip``)."""
-    env = os.environ.get("EDGECLIP_HOME")
+    env = settings.get("EDGECLIP_HOME")
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -17,7 +19,7 @@ def edgeclip_home() -> Path:
 
 def bundles_dir() -> Path:
     """Bundles built from zoo models: ``$EDGECLIP_CACHE``, else ``edgeclip_home()/bundles``."""
-    env = os.environ.get("EDGECLIP_CACHE")
+    env = settings.get("EDGECLIP_CACHE")
     return Path(env).expanduser() if env else edgeclip_home() / "bundles"
 
 

@@ -137,6 +137,18 @@ class Preprocessor:
                 out[row] = out[i]
         return out[: len(good)], good, failures
 
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) crops → float32 (N, 3, S, S) pixels, exactly as ``__call__`` does."""
+        crops = np.asarray(crops, np.uint8)
+        out = np.empty((len(crops), 3, crops.shape[1], crops.shape[2]), np.float32)
+        for c in range(3):
+            np.take(self._lut[c], crops[..., c], out=out[:, c], mode="clip")
+        return out
+
+    def resize_crop(self, im: Image.Image) -> Image.Image:
+        """The resize and crop of the pipeline alone (RGB in, S × S RGB out)."""
+        return self._resize_crop(im)
+
     # -- the numeric pipeline -------------------------------------------------------------
 
     def _into(self, im: Image.Image, out: np.ndarray) -> None:

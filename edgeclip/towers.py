@@ -10,8 +10,6 @@ import numpy as np
 from .backends.base import Session
 from .bundle import Tower, Variant
 
-EOT_ID = 49407
-
 
 def text_feeds(ids: np.ndarray, input_names: list[str], id_input: str) -> dict[str, np.ndarray]:
     """Feeds for a text graph: the ids, plus an attention mask (1 up to EOT) if the graph has one.

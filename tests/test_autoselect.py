@@ -24,7 +24,7 @@ def two_backend_bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
     shutil.copytree(micro_bundle, bundle)
     add_variants(
         bundle, micro_hf_checkpoint, backends="onnx,openvino", precisions="int8-dynamic,fp32",
-        n_calib=8, n_eval=16, log=lambda _: None,
+        n_calib=8, n_eval=16, keep_failed=True, log=lambda _: None,
     )  # fmt: skip
     return bundle
 
@@ -36,23 +36,36 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def test_rule_table_picks_int8_within_a_backend(two_backend_bundle):
+def _usable(bundle_dir):
+    """Which variants passed the on-device check on this host (whatever its INT8 kernels)."""
+    from edgeclip.selection import verify_all
+
+    return {st.variant.id for st in verify_all(Bundle.open(bundle_dir)) if st.usable}
+
+
+def test_rule_table_picks_the_first_usable_precision_within_a_backend(two_backend_bundle, home):
     bundle = Bundle.open(two_backend_bundle)
-    ids = {v.id for v in bundle.variants}
-    assert {"onnx-fp32", "onnx-int8-dynamic", "openvino-fp32"} <= ids
-    finalists = best_per_backend([v for v in bundle.variants if v.passed], ["onnx", "openvino"])
-    assert [v.id for v in finalists] == ["onnx-int8-dynamic", "openvino-fp32"]
+    assert {"onnx-fp32", "onnx-int8-dynamic", "openvino-fp32"} <= {v.id for v in bundle.variants}
+    usable = _usable(two_backend_bundle)
+    picks = best_per_backend(bundle.variants, ["onnx", "openvino"], lambda v: v.id in usable)
+    for pick in picks:  # the best-ranked usable one of its backend
+        mine = [v for v in bundle.variants if v.backend == pick.backend and v.id in usable]
+        assert pick.precision == min((v.precision for v in mine), key=PRECISION_ORDER.index)
+    # whatever passed here, int8-dynamic outranks fp32 when both did
     assert PRECISION_ORDER.index("int8-dynamic") < PRECISION_ORDER.index("fp32")
+    nothing = best_per_backend(bundle.variants, ["onnx"], lambda v: False)
+    assert nothing == []
 
 
 def test_auto_probes_once_then_reads_the_cache(two_backend_bundle, home):
+    usable = _usable(two_backend_bundle)
     model = edgeclip.load(two_backend_bundle)
     assert "probed now" in model.selection_reason
     cache = json.loads((home / "probe.json").read_text())
     (host_entries,) = cache.values()
     (entry,) = host_entries.values()
     rates = entry["pairs_per_s"]
-    assert set(rates) == {"onnx-int8-dynamic", "onnx-fp32", "openvino-fp32"}
+    assert set(rates) <= usable and {"onnx-fp32", "openvino-fp32"} <= set(rates)
     assert all(r > 0 for r in rates.values())
     assert model.variant.id == max(rates, key=rates.get)
     again = edgeclip.load(two_backend_bundle)
@@ -65,9 +78,12 @@ def test_auto_probes_once_then_reads_the_cache(two_backend_bundle, home):
 
 
 def test_probe_can_be_switched_off(two_backend_bundle, home, monkeypatch):
+    usable = _usable(two_backend_bundle)
     monkeypatch.setenv("EDGECLIP_PROBE", "0")
     model = edgeclip.load(two_backend_bundle)
-    assert model.variant.id == "onnx-int8-dynamic" and "EDGECLIP_PROBE=0" in model.selection_reason
+    bundle = Bundle.open(two_backend_bundle)
+    first = best_per_backend(bundle.variants, ["onnx", "openvino"], lambda v: v.id in usable)[0]
+    assert model.variant.id == first.id and "EDGECLIP_PROBE=0" in model.selection_reason
     assert not (home / "probe.json").exists()
 
 

@@ -1,9 +1,10 @@
-"""A backend installed alone loads its variants: OpenVINO and LiteRT run with torch, transformers,
-the converters' packages and the other backends made unimportable (a meta-path hook in a
-subprocess), through the public ``edgeclip.load`` path."""
+"""A backend installed alone loads its variants: ONNX Runtime, OpenVINO and LiteRT run with torch,
+transformers, the converters' packages and the other backends made unimportable (a meta-path
+hook in a subprocess), through the public ``edgeclip.load`` path, on-device check included."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("openvino")
-pytest.importorskip("ai_edge_litert")
-pytest.importorskip("litert_torch")
+pytest.importorskip("torch")  # the fixture bundle is converted here
 
 ROOT = Path(__file__).resolve().parents[1]
 # Everything a runtime-only install lacks; each backend's test unblocks its own runtime.
 HEAVY = ["torch", "transformers", "onnx", "onnxruntime", "onnxscript", "nncf", "litert_torch",
          "ai_edge_quantizer", "jax", "tensorflow", "torchao", "safetensors", "converters"]  # fmt: skip
-RUNTIMES = {"openvino": ["openvino"], "litert": ["ai_edge_litert", "tflite_runtime"]}
+RUNTIMES = {"onnx": ["onnxruntime"], "openvino": ["openvino"],
+            "litert": ["ai_edge_litert", "tflite_runtime"]}  # fmt: skip
+#: what converting each backend's variants needs on top of torch
+CONVERT = {"onnx": "onnxruntime", "openvino": "nncf", "litert": "litert_torch"}
 
 SCRIPT = textwrap.dedent(
     """
@@ -45,7 +46,10 @@ SCRIPT = textwrap.dedent(
     backend, precision, bundle = sys.argv[2], sys.argv[3], sys.argv[4]
     avail = edgeclip.available_backends()
     assert backend in avail, f"backend {backend} not available; available: {avail}"
-    m = edgeclip.load(bundle, backend=backend, precision=precision, threads=1)
+    # fp32 goes through the on-device check too; an INT8 variant's fate on random weights
+    # depends on the CPU, and this test is about imports, so it skips the check.
+    m = edgeclip.load(bundle, backend=backend, precision=precision, threads=1,
+                      verify=precision == "fp32")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
     img = m.encode_image(images)
@@ -64,7 +68,10 @@ def bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("isolation") / "micro"
     shutil.copytree(micro_bundle, out)
-    add_variants(out, micro_hf_checkpoint, backends="openvino,litert",
+    backends = [b for b in ("openvino", "litert") if importlib.util.find_spec(CONVERT[b])]
+    if not backends:
+        return out
+    add_variants(out, micro_hf_checkpoint, backends=",".join(backends),
                  precisions="fp32,int8-dynamic,int8-weights", n_calib=4, n_eval=8,
                  builder_options={"litert": {"batch_sizes": [2]}}, keep_failed=True,
                  log=lambda _: None)  # fmt: skip
@@ -86,6 +93,7 @@ def _reference(bundle: Path):
 @pytest.mark.parametrize(
     "backend,precision",
     [
+        ("onnx", "fp32"),
         ("openvino", "fp32"),
         ("openvino", "int8-weights"),
         ("litert", "fp32"),
@@ -93,7 +101,11 @@ def _reference(bundle: Path):
     ],
 )
 def test_backend_runs_without_torch_or_other_backends(bundle, backend, precision):
-    blocked = HEAVY + [m for b, mods in RUNTIMES.items() if b != backend for m in mods]
+    for module in (RUNTIMES[backend][0], CONVERT[backend]):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the {backend} extra is not part of this run")
+    blocked = [m for m in HEAVY if m not in RUNTIMES[backend]]
+    blocked += [m for b, mods in RUNTIMES.items() if b != backend for m in mods]
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(blocked), backend, precision, str(bundle)],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
@@ -104,9 +116,10 @@ def test_backend_runs_without_torch_or_other_backends(bundle, backend, precision
     assert out["leaked"] == []
     ref_img, ref_txt = _reference(bundle)
     img, txt = np.array(out["image"], np.float32), np.array(out["text"], np.float32)
-    # Normalised embeddings: the row-wise dot product is the cosine.
-    assert np.sum(img * ref_img, 1).min() > 0.98
-    assert np.sum(txt * ref_txt, 1).min() > 0.98
+    assert np.isfinite(img).all() and np.isfinite(txt).all()
+    if precision == "fp32":  # normalised embeddings: the row-wise dot product is the cosine
+        assert np.sum(img * ref_img, 1).min() > 0.9999
+        assert np.sum(txt * ref_txt, 1).min() > 0.9999
 
 
 def test_blocking_really_blocks(bundle):

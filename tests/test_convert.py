@@ -123,6 +123,7 @@ def test_hf_safetensors_bundle_lists_every_file_with_its_sha256(micro_bundle, mi
         "onnx-fp32/image.onnx",
         "onnx-fp32/text.onnx",
         "tokenizer/bpe_simple_vocab_16e6.txt.gz",
+        *(f"probe/{name}.npy" for name in ("images", "texts", "reference_image", "reference_text")),
     }
     for rel, meta in files.items():
         assert meta["sha256"] == sha256_file(micro_bundle / rel)
@@ -155,7 +156,7 @@ def test_hf_bin_and_open_clip_give_the_same_bundle_outputs(
         out = convert(ckpt, tmp_path / kind, n_parity_images=3, n_parity_texts=4)
         manifest = Bundle.open(out).manifest
         assert manifest["source"]["kind"] == kind
-        assert manifest["variants"][0]["parity"]["n_texts"] == 4
+        assert manifest["variants"][0]["options"]["export_parity"]["n_texts"] == 4
         np.testing.assert_allclose(
             _ort(out, "image").run(None, {"pixel_values": pixels})[0], want_i, atol=1e-5
         )

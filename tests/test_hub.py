@@ -294,11 +294,14 @@ def test_logit_scale_is_measured_when_the_graph_does_not_name_it(combined_onnx):
     )
 
 
-def test_bundle_from_hub_onnx_end_to_end(monkeypatch, tmp_path, combined_onnx):
+# 40 -> 32 is the 256 -> 224 shape of many CLIP configs: resize larger than the crop.
+@pytest.mark.parametrize("shortest", [32, 40])
+def test_bundle_from_hub_onnx_end_to_end(monkeypatch, tmp_path, combined_onnx, shortest):
     ort = pytest.importorskip("onnxruntime")
     combined, config, scale = combined_onnx
     onnx_bytes = combined.read_bytes()
-    pp = {"crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "size": {"shortest_edge": 32},
+    pp = {"crop_size": {"height": 32, "width": 32}, "do_center_crop": True,
+          "size": {"shortest_edge": shortest},
           "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}  # fmt: skip
     files = {"onnx/model.onnx": onnx_bytes, "config.json": json.dumps(config).encode(),
              "preprocessor_config.json": json.dumps(pp).encode()}  # fmt: skip
@@ -336,6 +339,11 @@ def test_bundle_from_hub_onnx_end_to_end(monkeypatch, tmp_path, combined_onnx):
     m = bundle.manifest
     assert m["logit_scale"] == pytest.approx(scale, rel=1e-5)
     assert m["preprocess"]["image_size"] == 32 and m["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert m["preprocess"]["resize_size"] == shortest  # the one HF mapping keeps it
+    # the prebuilt export is the reference: no gate verdict written, a probe set measured here
+    assert m["variants"][0]["options"]["role"] == "reference"
+    assert "passed" not in m["variants"][0]["gate"]
+    assert m["probe"]["reference"].startswith("onnx-fp32 (prebuilt) on ")
     assert m["architecture"]["embed_dim"] == 16 and m["tokenizer"]["context_length"] == 77
     (variant,) = bundle.variants
     assert (variant.id, variant.backend, variant.precision) == ("onnx-fp32", "onnx", "fp32")

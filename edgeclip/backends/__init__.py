@@ -1,4 +1,5 @@
-"""Backend registry: name → module. Adding a backend = one module + one line here."""
+"""Backend registry: name → module, derived from the one description of each backend
+(``catalog.SPECS``). Adding a backend = one module + one ``BackendSpec``."""
 
 from __future__ import annotations
 
@@ -7,20 +8,8 @@ from functools import cache
 
 from ..errors import BackendUnavailableError, InputError
 from .base import Backend, Session
-
-#: backend name → module path; each module defines a ``Backend`` class (see base.py)
-BACKENDS: dict[str, str] = {
-    "onnx": "edgeclip.backends.onnxruntime",
-    "openvino": "edgeclip.backends.openvino",
-    "litert": "edgeclip.backends.litert",
-    "torch": "edgeclip.backends.torch",
-}
-
-#: aliases users type
-ALIASES = {"ort": "onnx", "onnxruntime": "onnx", "ov": "openvino", "tflite": "litert"}
-
-#: the order ``backend="auto"`` tries when no speed probe decides (measured: README, bench results)
-PREFERENCE = ("onnx", "openvino", "litert", "torch")
+from .catalog import ALIASES, PREFERENCE
+from .catalog import MODULES as BACKENDS
 
 
 def canonical_name(name: str) -> str:

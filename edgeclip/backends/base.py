@@ -15,6 +15,9 @@ class Session(Protocol):
     input_names: list[str]
     #: the one batch size a fixed-shape graph accepts (LiteRT), or None for a dynamic batch
     fixed_batch: int | None
+    #: where it really runs ("CPUExecutionProvider", "CPU", "cuda:0", ...): part of the host
+    #: identity the on-device check is cached under (``edgeclip.verify``)
+    device: str
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph and return its single output as float32."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
+from .catalog import BY_NAME
 
 # Ops that run INT8 compute on float activations when fed INT8 weights directly (hybrid kernels).
 _HYBRID_OPS = {
@@ -67,6 +68,8 @@ def is_dynamic_range(interpreter) -> bool:
 class LiteRtSession:
     """One ``Interpreter`` behind the ``Session`` protocol (thread-safe; fixed batch)."""
 
+    device = "cpu"  # XNNPACK / built-in CPU kernels
+
     def __init__(self, interpreter):
         self._it = interpreter
         self._it.allocate_tensors()
@@ -113,9 +116,8 @@ class LiteRtSession:
 
 
 class Backend:
-    name = "litert"
-    extra = "litert"
-    formats = (".tflite",)
+    spec = BY_NAME["litert"]  # name, extra and formats are described once, in catalog.py
+    name, extra, formats = spec.name, spec.extra, spec.formats
 
     def is_available(self) -> bool:
         return _have("ai_edge_litert") or _have("tflite_runtime")

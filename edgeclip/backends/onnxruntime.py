@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .. import settings
 from ..errors import InputError
+from .catalog import BY_NAME
 
 # Providers we use when asked for "auto", best first; others (e.g. CoreML) can be named explicitly.
 _AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -31,6 +32,8 @@ class OrtSession:
         self.input_names = [i.name for i in session.get_inputs()]
         self._input_types = {i.name: i.type for i in session.get_inputs()}
         self.providers = session.get_providers()
+        #: the provider that really runs the graph (ORT falls back to the CPU silently)
+        self.device = self.providers[0]
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {k: v for k, v in feeds.items() if k in self._input_types}
@@ -45,9 +48,8 @@ class OrtSession:
 
 
 class Backend:
-    name = "onnx"
-    extra = "onnx"
-    formats = (".onnx",)
+    spec = BY_NAME["onnx"]  # name, extra and formats are described once, in catalog.py
+    name, extra, formats = spec.name, spec.extra, spec.formats
 
     def is_available(self) -> bool:
         return importlib.util.find_spec("onnxruntime") is not None
@@ -86,7 +88,7 @@ class Backend:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         # Quiet by default: ORT warns about unused initializers in exported CLIP graphs.
-        opts.log_severity_level = int(os.environ.get("EDGECLIP_ORT_LOG_LEVEL", "3"))
+        opts.log_severity_level = int(settings.get("EDGECLIP_ORT_LOG_LEVEL"))
         session = ort.InferenceSession(
             str(path), sess_options=opts, providers=self._providers(device)
         )

@@ -10,13 +10,14 @@ latency and numerics depend on timing. The performance hint is LATENCY (batch-1 
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from .. import settings
 from ..errors import InputError
+from .catalog import BY_NAME
 
 
 class OpenVinoSession:
@@ -24,8 +25,9 @@ class OpenVinoSession:
 
     fixed_batch = None
 
-    def __init__(self, compiled):
+    def __init__(self, compiled, device: str = "CPU"):
         self._compiled = compiled
+        self.device = device
         self._request = compiled.create_infer_request()
         # One infer request reused: run() holds a lock so concurrent callers queue, not clash.
         self._lock = threading.Lock()
@@ -54,9 +56,8 @@ class OpenVinoSession:
 
 
 class Backend:
-    name = "openvino"
-    extra = "openvino"
-    formats = (".xml", ".onnx")
+    spec = BY_NAME["openvino"]  # name, extra and formats are described once, in catalog.py
+    name, extra, formats = spec.name, spec.extra, spec.formats
 
     def is_available(self) -> bool:
         try:
@@ -97,14 +98,14 @@ class Backend:
         precision: str | None = None,
     ) -> OpenVinoSession:
         dev = self._device(device)
-        config = {"PERFORMANCE_HINT": os.environ.get("EDGECLIP_OV_HINT", "LATENCY").upper()}
+        config = {"PERFORMANCE_HINT": settings.get("EDGECLIP_OV_HINT").upper()}
         # On CPUs with AMX/AVX512-BF16, OpenVINO runs fp32 graphs in bf16 by default. An fp32
         # variant must mean fp32 (its gate and its name say so), so ask for f32 explicitly;
         # EDGECLIP_OV_PRECISION (f32, bf16, f16) overrides it for every variant.
-        hint = os.environ.get("EDGECLIP_OV_PRECISION") or ("f32" if precision == "fp32" else None)
+        hint = settings.get("EDGECLIP_OV_PRECISION") or ("f32" if precision == "fp32" else None)
         if hint and dev == "CPU":
             config["INFERENCE_PRECISION_HINT"] = hint.lower()
         if threads and dev == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = self._core().compile_model(str(path), dev, config)
-        return OpenVinoSession(compiled)
+        return OpenVinoSession(compiled, dev)

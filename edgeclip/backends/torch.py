@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .catalog import BY_NAME
 
 
 class TorchSession:
@@ -25,6 +26,7 @@ class TorchSession:
     def __init__(self, module, input_name: str, device: str):
         self._module = module
         self._device = device
+        self.device = str(device)
         self._lock = threading.Lock()
         self.input_names = [input_name]
 
@@ -46,9 +48,8 @@ class TorchSession:
 
 
 class Backend:
-    name = "torch"
-    extra = "torch"
-    formats = (".pt2",)
+    spec = BY_NAME["torch"]  # name, extra and formats are described once, in catalog.py
+    name, extra, formats = spec.name, spec.extra, spec.formats
 
     def is_available(self) -> bool:
         try:

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from ..errors import InputError, ModelNotFoundError
 
 BUILTIN_ZOO = Path(__file__).with_name("models.json")
@@ -127,7 +128,7 @@ def _read(file: Path) -> dict[str, dict[str, Any]]:
 
 def zoo_files() -> list[Path]:
     """The zoo files in merge order: the built-in one, then those in ``EDGECLIP_ZOO``."""
-    extra = [Path(p).expanduser() for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    extra = [Path(p).expanduser() for p in (settings.get(ENV_VAR) or "").split(os.pathsep) if p]
     return [BUILTIN_ZOO, *extra]
 
 

@@ -1,0 +1,106 @@
+"""``edgeclip info`` and ``edgeclip verify``: what a bundle holds, and how each variant does here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .errors import EdgeclipError
+
+
+def _num(value: Any, digits: int = 5) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _header(bundle: Any) -> None:
+    m = bundle.manifest
+    src = m.get("source") or {}
+    print(f"bundle    {bundle.root}")
+    print(f"name      {bundle.name}   (edgeclip {m.get('edgeclip_version', '?')}, "
+          f"created {m.get('created', '?')})")  # fmt: skip
+    print(f"source    {src.get('kind', '?')}: {src.get('repo') or src.get('path', '?')}"
+          + (f"@{src['revision']}" if src.get("revision") else ""))  # fmt: skip
+    print("arch      " + ", ".join(f"{k}={v}" for k, v in (m.get("architecture") or {}).items()))
+    print(f"logit     scale {bundle.logit_scale:.4g};  preprocess {bundle.preprocess}")
+    probe = m.get("probe")
+    print(f"probe     {probe['n_images']} images, {probe['n_texts']} texts, "
+          f"{len(probe['labels'])} labels; reference {probe['reference']}" if probe
+          else "probe     none (older bundle): `edgeclip verify BUNDLE --refresh` adds one")  # fmt: skip
+
+
+def _host_table(statuses: list, files: dict[str, Any]) -> None:
+    from .verify import summarise
+
+    print(f"\n{'variant':<22} {'precision':<13} {'MB':>6}  {'conversion gate':<22} "
+          f"{'img cos':>8} {'txt cos':>8} {'top-1':>6} {'drift':>8} {'s':>5}  on this host")  # fmt: skip
+    for st, row in zip(statuses, summarise(statuses)):
+        v = st.variant
+        size = sum(meta["size"] for rel, meta in files.items() if rel.startswith(v.id + "/")) / 1e6
+        conv = ("reference" if v.is_reference and not v.passed else
+                f"{'passed' if v.passed else 'FAILED'} ({v.gate.get('isa', '?')})")  # fmt: skip
+        invariant = "" if row["batch_invariant"] in (None, True) else " batch-dependent"
+        print(f"{v.id:<22} {v.precision:<13} {size:>6.1f}  {conv:<22} "
+              f"{_num(row['image_cosine_mean']):>8} {_num(row['text_cosine_mean']):>8} "
+              f"{_num(row['top1_agreement'], 3):>6} {_num(row['batch_drift'], 6):>8} "
+              f"{_num(row['seconds'], 2):>5}  {row['state']}{invariant}"
+              + (" (cached)" if row["cached"] else ""))  # fmt: skip
+        if st.state != "passed":
+            print(f"{'':<22}   {st.reason}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .loader import resolve_bundle, select_variant
+    from .selection import verify_all
+
+    bundle = resolve_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(bundle.manifest, indent=2))
+        return 0
+    _header(bundle)
+    _host_table(verify_all(bundle, args.threads), bundle.manifest.get("files", {}))
+    try:
+        chosen, why = select_variant(bundle, threads=args.threads)
+        print(f"\nauto on this host: {chosen.id} ({why})")
+    except EdgeclipError as exc:
+        print(f"\nauto on this host: none ({exc})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Run every variant's probe set on this host; exit 1 if any installed variant fails."""
+    from .loader import resolve_bundle
+    from .probeset import refresh
+    from .selection import verify_all
+    from .verify import cpu_identity, summarise, widest_isa
+
+    bundle = resolve_bundle(args.bundle)
+    if args.refresh:
+        bundle = refresh(bundle)
+    statuses = verify_all(bundle, args.threads)
+    if args.json:
+        host = cpu_identity()
+        print(json.dumps({"bundle": str(bundle.root), "cpu": host["cpu"],
+                          "isa": widest_isa(host["isa"]), "variants": summarise(statuses)},
+                         indent=2))  # fmt: skip
+    else:
+        host = cpu_identity()
+        print(f"{bundle.root} on {host['cpu']} ({widest_isa(host['isa'])})")
+        _host_table(statuses, bundle.manifest.get("files", {}))
+    return 1 if any(st.state == "failed" for st in statuses) else 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``info`` and ``verify`` on the top-level sub-parsers."""
+    p = sub.add_parser("info", help="describe a bundle: variants, gates, status on this host")
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true", help="print the manifest")
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("verify", help="run every variant's probe set on this host; print a table")
+    p.add_argument("bundle")
+    p.add_argument("--refresh", action="store_true",
+                   help="give an older bundle a probe set from its reference variant first")  # fmt: skip
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.set_defaults(func=cmd_verify)

@@ -1,0 +1,161 @@
+"""Which variant ``edgeclip.load`` runs: explicit choices must exist and pass on this host;
+``auto`` keeps the fastest of the variants verified here (``edgeclip.verify`` + ``autoselect``).
+
+Sessions opened for a variant's check are kept and handed to the model, so verifying the
+chosen variant costs no second session build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .autoselect import PRECISION_ORDER, choose, precision_rank
+from .backends import PREFERENCE, available_backends, canonical_name, get_backend
+from .backends.base import Session
+from .bundle import Bundle, Variant
+from .errors import InputError
+from .towers import TowerRunner, variant_opener
+from .verify import Status, refusal, status
+
+
+def memo_opener(root: Path, variant: Variant, threads: int | None, device: str) -> Callable:
+    """``variant_opener`` that opens each graph file once and hands back the same session."""
+    base, sessions = variant_opener(root, variant, threads, device), {}
+
+    def opener(rel: str) -> Session:
+        if rel not in sessions:
+            sessions[rel] = base(rel)
+        return sessions[rel]
+
+    return opener
+
+
+@dataclass
+class Selection:
+    """The chosen variant, why, its on-device status, and the opener holding its sessions."""
+
+    variant: Variant
+    reason: str
+    status: Status | None
+    opener: Callable[[str], Session]
+    statuses: dict[str, Status] = field(default_factory=dict)
+
+
+class _Verifier:
+    """Checks variants on demand (once each), remembering openers so sessions are reused."""
+
+    def __init__(self, bundle: Bundle, threads: int | None, device: str, verify: bool):
+        self.bundle, self.threads, self.device, self.verify = bundle, threads, device, verify
+        self.openers: dict[str, Callable] = {}
+        self.statuses: dict[str, Status] = {}
+
+    def opener(self, v: Variant) -> Callable:
+        if v.id not in self.openers:
+            self.openers[v.id] = memo_opener(self.bundle.root, v, self.threads, self.device)
+        return self.openers[v.id]
+
+    def towers(self, v: Variant) -> tuple[TowerRunner, TowerRunner]:
+        op = self.opener(v)
+        return TowerRunner(v.image, op, is_text=False), TowerRunner(v.text, op, is_text=True)
+
+    def ok(self, v: Variant) -> bool:
+        if not self.verify:
+            return v.passed or v.is_reference
+        if v.id not in self.statuses:
+            self.statuses[v.id] = status(self.bundle, v, self.towers(v))
+        return self.statuses[v.id].usable
+
+    def done(self, v: Variant, reason: str) -> Selection:
+        return Selection(v, reason, self.statuses.get(v.id), self.opener(v), self.statuses)
+
+
+def _precision_matches(wanted: str, have: str) -> bool:
+    return wanted == have or have.startswith(wanted + "-")
+
+
+def _candidates(bundle: Bundle, backend: str, precision: str) -> tuple[list[Variant], list[str]]:
+    installed = available_backends()
+    if backend != "auto":
+        get_backend(backend)  # raises BackendUnavailableError naming the extra
+        backends = [backend]
+    else:
+        backends = [b for b in PREFERENCE if b in installed]
+    found = [v for v in bundle.variants if v.backend in backends]
+    if precision != "auto":
+        exact = [v for v in found if v.precision == precision]
+        found = exact or [v for v in found if _precision_matches(precision, v.precision)]
+    if not found:
+        have = ", ".join(f"{v.backend}/{v.precision}" for v in bundle.variants) or "none"
+        hint = "" if installed else " No backend is installed: `pip install edgeclip[onnx]`."
+        raise InputError(
+            f"bundle {bundle.root} has no variant for backend={backend!r} precision={precision!r} "
+            f"among installed backends ({', '.join(installed) or 'none'}); it has: {have}.{hint}"
+        )
+    return found, backends
+
+
+def _none_usable(bundle: Bundle, found: list[Variant], ver: _Verifier) -> InputError:
+    why = "; ".join(
+        f"{v.id}: {ver.statuses[v.id].reason if v.id in ver.statuses else v.gate.get('reason')}"
+        for v in found
+    )
+    return InputError(
+        f"no variant of {bundle.root} that matches is usable on this host: {why}. "
+        "`edgeclip verify BUNDLE` shows each one's numbers; verify=False (--no-verify) skips "
+        "the check."
+    )
+
+
+def select(bundle: Bundle, backend: str = "auto", precision: str = "auto",
+           threads: int | None = None, device: str = "auto", verify: bool = True) -> Selection:  # fmt: skip
+    """Pick the variant to run on this host and say why (see the module docstring)."""
+    backend = canonical_name(backend) if backend != "auto" else backend
+    found, backends = _candidates(bundle, backend, precision)
+    ver = _Verifier(bundle, threads, device, verify)
+    if backend != "auto" and precision != "auto":
+        first = min(found, key=lambda v: precision_rank(v.precision))
+        if not verify:  # the opt-out: run what was asked for, and say what is known of it
+            known = "" if first.passed or first.is_reference else (
+                f"; its gate FAILED at conversion ({first.gate.get('reason')})")  # fmt: skip
+            return ver.done(first, "explicitly requested" + known + _verified_note(ver, first))
+        if not ver.ok(first):
+            raise refusal(ver.statuses.get(first.id) or status_from_conversion(first))
+        return ver.done(first, "explicitly requested" + _verified_note(ver, first))
+    if backend != "auto":
+        for v in sorted(found, key=lambda v: precision_rank(v.precision)):
+            if ver.ok(v):
+                return ver.done(v, f"requested backend {backend}; precision by the rule table "
+                                   f"{list(PRECISION_ORDER)}" + _verified_note(ver, v))  # fmt: skip
+        raise _none_usable(bundle, found, ver)
+    picked = choose(bundle, found, backends, threads, device, usable=ver.ok, towers=ver.towers)
+    if picked is None:
+        raise _none_usable(bundle, found, ver)
+    variant, reason = picked
+    return ver.done(variant, reason + _verified_note(ver, variant))
+
+
+def _verified_note(ver: _Verifier, v: Variant) -> str:
+    st = ver.statuses.get(v.id)
+    if st is None:
+        return "; on-device check skipped (verify=False)" if not ver.verify else ""
+    return f"; {st.reason}" + (" (cached)" if st.cached else "")
+
+
+def status_from_conversion(v: Variant) -> Status:
+    """A status for a variant refused without running it (its conversion gate failed)."""
+    return Status(v, "failed", f"failed its gate at conversion: {v.gate.get('reason')}")
+
+
+def verify_all(bundle: Bundle, threads: int | None = None, device: str = "auto") -> list[Status]:
+    """The on-device status of every variant whose backend is installed (checks run once)."""
+    ver, installed = _Verifier(bundle, threads, device, True), set(available_backends())
+    out = []
+    for v in bundle.variants:
+        if v.backend not in installed:
+            out.append(Status(v, "unverified", f"backend {v.backend} is not installed here"))
+            continue
+        ver.ok(v)
+        out.append(ver.statuses[v.id])
+    return out

@@ -1,0 +1,41 @@
+"""Every environment variable edgeclip reads, in one place (the README's table is rendered from
+``SETTINGS``). Values are read when asked for, not at import, so a changed environment counts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("EDGECLIP_HOME", None, "where edgeclip keeps what it builds and measures "
+            "(default `$XDG_CACHE_HOME/edgeclip`, i.e. `~/.cache/edgeclip`)"),
+    Setting("EDGECLIP_CACHE", None, "bundles built from zoo models (default `$EDGECLIP_HOME/bundles`)"),
+    Setting("EDGECLIP_ZOO", None, "extra zoo JSON files, `os.pathsep`-separated, merged over the shipped zoo"),
+    Setting("EDGECLIP_PROBE", "1", "`0` skips timing variants for `backend=\"auto\"` (rule table only)"),
+    Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds before a hub download gives up"),
+    Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
+    Setting("EDGECLIP_OV_HINT", "LATENCY", "OpenVINO performance hint: LATENCY or THROUGHPUT"),
+    Setting("EDGECLIP_OV_PRECISION", None, "OpenVINO inference precision for every variant "
+            "(f32, bf16, f16); default: f32 for fp32 variants, the plugin's choice otherwise"),
+)}  # fmt: skip
+
+
+def get(name: str) -> str | None:
+    """The variable's value, else its documented default."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else SETTINGS[name].default
+
+
+def markdown_table() -> str:
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    rows += [f"| `{s.name}` | {f'`{s.default}`' if s.default else '–'} | {s.help} |"
+             for s in SETTINGS.values()]  # fmt: skip
+    return "\n".join(rows)

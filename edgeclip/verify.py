@@ -1,0 +1,248 @@
+"""On-device verification: every variant is gated on the machine that runs it, once per host.
+
+A bundle built and gated on one CPU can behave differently on another: INT8 kernels differ
+between AVX2 (saturating 16-bit pair sums), AVX-512 VNNI, AMX and Arm. So the first time a
+variant is used on a host, its probe set (``edgeclip.probeset``) runs through it and the one
+gate (``edgeclip.gate``) compares the result with the reference embeddings stored at
+conversion. The verdict, the numbers, the time taken and the batch invariance measured are
+cached per host in ``edgeclip_home()/device_checks.json`` (atomic writes under a lock file,
+so several processes can share it; a corrupt file is ignored and rewritten).
+
+The host is what decides the kernels: CPU model and ISA flags, OS and architecture, the
+backend's package version and the provider or device the session actually used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import gate
+from .backends.catalog import BY_NAME
+from .bundle import Bundle, Variant
+from .errors import InputError
+from .paths import edgeclip_home
+from .probeset import Probe
+
+CACHE_NAME = "device_checks.json"
+#: ISA flags that change which INT8/fp16 kernels run (x86 and Arm names from /proc/cpuinfo)
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "fphp")  # fmt: skip
+#: how many probe inputs are also run alone to measure batch invariance
+N_ALONE = 4
+
+
+class VerificationError(InputError):
+    """A variant that missed its accuracy gate on this host was asked for by name."""
+
+
+def cpu_identity() -> dict[str, Any]:
+    """CPU model and the kernel-relevant ISA flags of this machine."""
+    model, flags = platform.processor() or "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware", "cpu model") and not model:
+                model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model or platform.machine(), "isa": sorted(flags.intersection(KERNEL_FLAGS))}
+
+
+def widest_isa(isa: list[str]) -> str:
+    """One word for the INT8 kernel family: amx, avx512-vnni, avx512, avx2, arm-dotprod, ..."""
+    for flag, word in (("amx_int8", "amx"), ("amx_tile", "amx"), ("avx512_vnni", "avx512-vnni"),
+                       ("avx_vnni", "avx-vnni"), ("avx512f", "avx512"), ("avx2", "avx2"),
+                       ("i8mm", "arm-i8mm"), ("asimddp", "arm-dotprod"), ("asimd", "arm-neon")):  # fmt: skip
+        if flag in isa:
+            return word
+    return "generic"
+
+
+def host_identity(backend: str, device_used: str) -> dict[str, Any]:
+    """Everything that decides which kernels a variant runs on this host."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version(BY_NAME[backend].package if backend in BY_NAME else backend)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {**cpu_identity(), "os": platform.system(), "machine": platform.machine(),
+            "backend": backend, "backend_version": version, "device": device_used}  # fmt: skip
+
+
+def _key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _session_device(towers: tuple[Any, Any], default: str) -> str:
+    """Open both towers (so the check times the probe, not session builds); the device used."""
+    towers[0].warm()
+    towers[1].warm()
+    first = towers[0].tower.batch_sizes[0] if towers[0].tower.batch_sizes else None
+    return str(getattr(towers[0].session(first), "device", None) or default)
+
+
+def check(variant: Variant, probe: Probe, towers: tuple[Any, Any]) -> dict[str, Any]:
+    """Run the probe through ``towers`` (the variant's runners) and gate it; also time it and
+    measure batch invariance (the first ``N_ALONE`` inputs alone vs inside the batch)."""
+    image, text = towers
+    start = time.perf_counter()
+    try:
+        img = image(probe.pixels, len(probe.pixels))
+        txt = text(probe.ids, len(probe.ids))
+        k = min(N_ALONE, len(probe.pixels), probe.n_texts)
+        alone_i, alone_t = image(probe.pixels[:k], 1), text(probe.ids[:k], 1)
+    except Exception as exc:  # noqa: BLE001 - a variant that cannot run here fails its gate
+        measured: dict[str, Any] = {"reference": probe.reference,
+                                    "error": f"{type(exc).__name__}: {exc}"[:300]}  # fmt: skip
+        return {"parity": measured, "gate": gate.decide(measured),
+                "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    n = probe.n_texts
+    measured = gate.parity(img, txt[:n], txt[n:], probe.ref_image, probe.ref_text[:n],
+                           probe.ref_text[n:], probe.reference)  # fmt: skip
+    drift = max(gate.batch_drift(alone_i, img[:k]), gate.batch_drift(alone_t, txt[:k]))
+    return {
+        "parity": measured,
+        "gate": gate.decide(measured),
+        "batch_drift": drift,
+        "batch_invariant": drift <= gate.BATCH_INVARIANCE_TOLERANCE,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+class CheckCache:
+    """``device_checks.json``: {host key: {"host": identity, "checks": {bundle|variant: result}}}."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or edgeclip_home() / CACHE_NAME
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}  # missing, truncated or corrupt: start again
+
+    def get(self, identity: dict[str, Any], entry: str) -> dict[str, Any] | None:
+        host = self._read().get(_key(identity))
+        found = host.get("checks", {}).get(entry) if isinstance(host, dict) else None
+        return found if isinstance(found, dict) and "gate" in found else None
+
+    @contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a+") as lock:
+            try:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except ImportError:  # Windows: os.replace alone keeps the file whole
+                pass
+            yield
+
+    def put(self, identity: dict[str, Any], entry: str, result: dict[str, Any]) -> None:
+        """Merge one result in; an unwritable home only means checking again next time."""
+        try:
+            with self._locked():
+                data = self._read()
+                host = data.setdefault(_key(identity), {"host": identity, "checks": {}})
+                host.setdefault("checks", {})[entry] = result
+                tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(data, indent=1))
+                os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+@dataclass
+class Status:
+    """A variant's standing on this host: ``state`` is passed, failed or unverified."""
+
+    variant: Variant
+    state: str
+    reason: str
+    result: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "passed"
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.variant.batch_invariant and self.result.get("batch_invariant", True)
+
+
+def _without_probe(variant: Variant) -> Status:
+    if variant.is_reference:
+        return Status(variant, "passed", "the bundle's reference variant (no probe set to re-check)")
+    return Status(variant, "unverified", "not verified on this host: the bundle has no probe set "
+                  "(re-convert it, or run `edgeclip verify BUNDLE --refresh`)")  # fmt: skip
+
+
+def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
+           cache: CheckCache | None = None, probe: Probe | None = None) -> Status:  # fmt: skip
+    """Look up (or run once, then cache) the on-device check of ``variant`` on this host."""
+    if not variant.passed and not variant.is_reference:
+        return Status(variant, "failed", f"failed its gate at conversion: {variant.gate.get('reason')}")
+    probe = probe or Probe.load(bundle)
+    if probe is None:
+        return _without_probe(variant)
+    identity = host_identity(variant.backend, _session_device(towers, "cpu"))
+    cache = cache or CheckCache()
+    entry = f"{bundle.digest}|{variant.id}"
+    result, cached = cache.get(identity, entry), True
+    if result is None:
+        result, cached = check(variant, probe, towers), False
+        result["checked"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cache.put(identity, entry, result)
+    verdict = result["gate"]
+    state = "passed" if verdict.get("passed") else "failed"
+    reason = "passed on this host" if state == "passed" else f"failed on this host: {verdict.get('reason')}"
+    return Status(variant, state, reason, result, identity, cached)
+
+
+def refusal(st: Status) -> VerificationError:
+    """The error for an explicit request of a variant that failed on this host."""
+    th = (st.result.get("gate") or st.variant.gate or {}).get("thresholds") or gate.THRESHOLDS
+    par = st.result.get("parity") or st.variant.parity or {}
+    numbers = ", ".join(f"{k} {par[k]}" for k in ("image_cosine_mean", "text_cosine_mean",
+                        "top1_agreement_tie_tolerant") if k in par) or par.get("error", "n/a")  # fmt: skip
+    where = f"{st.host.get('cpu', 'this host')} ({widest_isa(st.host.get('isa', []))})" if st.host else "conversion"
+    return VerificationError(
+        f"variant {st.variant.id!r} {st.reason}. Measured on {where}: {numbers}; thresholds: "
+        f"cosine mean ≥ {th.get('cosine_mean')}, top-1 agreement ≥ {th.get('top1_agreement')}. "
+        "Pick another variant (`edgeclip verify BUNDLE` lists them), or pass verify=False "
+        "(--no-verify) to run it anyway."
+    )
+
+
+def summarise(statuses: list[Status]) -> list[dict[str, Any]]:
+    """Rows for ``edgeclip verify`` / ``info``: numbers, time and batch invariance per variant."""
+    rows = []
+    for st in statuses:
+        par = st.result.get("parity") or {}
+        rows.append({
+            "variant": st.variant.id, "state": st.state, "reason": st.reason,
+            "image_cosine_mean": par.get("image_cosine_mean"),
+            "text_cosine_mean": par.get("text_cosine_mean"),
+            "top1_agreement": par.get("top1_agreement_tie_tolerant"),
+            "batch_drift": st.result.get("batch_drift"),
+            "batch_invariant": st.batch_invariant if st.result else None,
+            "seconds": st.result.get("seconds"), "cached": st.cached,
+        })  # fmt: skip
+    return rows
+

@@ -1,0 +1,184 @@
+"""Render README.md's measured tables from the committed results under ``benchmarks/results/``.
+
+Each generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
+everything else in the README is hand-written. ``--check`` exits 1 when the README differs from
+what the results say (a test runs it), so text and files cannot drift apart.
+
+    python scripts/render_readme.py [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+#: how each variant is built (descriptive text, not measurement)
+BUILT_WITH = {
+    "torch-fp32": "transformers eager (the baseline)",
+    "onnx-fp32": "`torch.onnx.export` (opset 17, dynamic batch)",
+    "onnx-fp16": "onnxruntime float16 (fp32 io)",
+    "onnx-int8": "search over dynamic configs (7-bit weights), else weight-only",
+    "onnx-int8-dynamic": "`quantize_dynamic`, 7-bit per-channel weights",
+    "onnx-int8-static": "QDQ, calibrated, LayerNorm/Softmax/GELU/Add kept float",
+    "onnx-int8-weights": "`MatMulNBits` 8-bit, block 32",
+    "openvino-fp32": "`openvino.convert_model`",
+    "openvino-fp16": "IR compressed to fp16",
+    "openvino-int8": "search: NNCF PTQ configs, else weight-only",
+    "openvino-int8-static": "NNCF `quantize`, model_type TRANSFORMER",
+    "openvino-int8-weights": "NNCF `compress_weights`",
+    "litert-fp32": "litert-torch, batch 1 and 8 graphs",
+    "litert-int8": "search → ai-edge-quantizer `dynamic_wi8`",
+    "litert-int8-dynamic": "ai-edge-quantizer `dynamic_wi8`",
+    "litert-int8-static": "ai-edge-quantizer `wi8_ai8`",
+    "litert-int8-weights": "ai-edge-quantizer `weight_only_wi8`",
+}
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _f(value, digits: int = 5, pct: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1%}".replace("%", " %") if pct else f"{value:.{digits}f}"
+
+
+def _speed_rows(results: dict) -> dict[str, dict[int, float]]:
+    rows: dict[str, dict[int, float]] = {}
+    for row in results["throughput"]:
+        rows.setdefault(row["variant"], {})[row["batch_size"]] = row["pairs_per_s"]
+    return rows
+
+
+def _same_config(vid: str, results: dict, gate: dict) -> bool:
+    """A search variant's speed counts only where it timed the config the trained model shipped."""
+    trained = (gate.get(vid) or {}).get("config")
+    if trained is None:
+        return True
+    return (results.get("variant_configs") or {}).get(vid) == trained
+
+
+def _host_dirs() -> list[Path]:
+    return sorted(p for p in RESULTS.iterdir() if p.is_dir() and (p / "results.json").is_file())
+
+
+def backends_table() -> str:
+    """The backends × precisions table: gate on the trained model, speed and size per host."""
+    gate = {v["id"]: v for v in _load(RESULTS / "variants_gate_trained.json")["variants"]}
+    hosts = [(p.name, _load(p / "results.json")) for p in _host_dirs()]
+    speed = {name: _speed_rows(res) for name, res in hosts}
+    sizes = {m["variant"]: m["size_mb"] for _, res in hosts for m in res.get("memory", [])}
+    head = "| variant | built with | MB | image cos | text cos | top-1 agree | gate |"
+    head += "".join(f" {n} b1 | b32 |" for n, _ in hosts)
+    lines = [head, "|" + "---|" * (7 + 2 * len(hosts))]
+    ids = list(BUILT_WITH)
+    for vid in ids:
+        g = gate.get(vid)
+        if g is None and not any(vid in s for s in speed.values()):
+            continue
+        verdict = "–" if g is None else ("pass" if g["passed"] else "**fail**")
+        cells = [vid, BUILT_WITH[vid], _f(sizes.get(vid), 1)]
+        cells += [_f(g and g["image_cosine_mean"]), _f(g and g["text_cosine_mean"]),
+                  _f(g and g.get("top1_agreement_tie_tolerant"), pct=True), verdict]  # fmt: skip
+        for name, res in hosts:
+            s, mark = speed[name].get(vid, {}), "" if _same_config(vid, res, gate) else " †"
+            cells += [_f(s.get(1), 1) + (mark if s else ""), _f(s.get(32), 1) + (mark if s else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def speed_summary() -> str:
+    """Per host: the fastest variant that passed its gate on that host, against torch eager."""
+    gate = {v["id"]: v for v in _load(RESULTS / "variants_gate_trained.json")["variants"]}
+    out = []
+    for path in _host_dirs():
+        res = _load(path / "results.json")
+        checks = path / "device_checks.json"
+        passed_here = None
+        if checks.is_file():
+            passed_here = {r["variant"] for r in _load(checks)["variants"] if r["state"] == "passed"}
+        rows = _speed_rows(res)
+        torch_b1 = rows.get("torch-fp32", {}).get(1)
+        ok = [v for v in rows if v in gate and gate[v]["passed"] and _same_config(v, res, gate)
+              and (passed_here is None or v in passed_here)]  # fmt: skip
+        if not ok or not torch_b1:
+            continue
+        best = max(ok, key=lambda v: rows[v].get(1, 0))
+        mem = [m for m in res.get("memory", []) if m["variant"] in ok]
+        rss = [m["peak_rss_mb"] for m in mem]
+        cold = [m["cold_start_s"] for m in mem]
+        cpu = res["device"]["cpu"]["model"]
+        out.append(
+            f"- **{path.name}** ({cpu}): best gated variant **{best}**, {rows[best][1]:.1f} pairs/s "
+            f"at batch 1 = {rows[best][1] / torch_b1:.2f}× torch eager fp32 ({torch_b1:.1f}); "
+            f"{rows[best].get(32, 0):.1f} pairs/s at batch 32. Gated variants: peak RSS "
+            f"{min(rss):.0f}–{max(rss):.0f} MB, cold start {min(cold):.2f}–{max(cold):.2f} s "
+            f"(`benchmarks/results/{path.name}/`)."
+        )
+    return "\n".join(out)
+
+
+def device_checks_table() -> str:
+    """The on-device check of every variant, per host that committed one."""
+    out = []
+    for path in sorted(RESULTS.glob("*/device_checks.json")):
+        res = _load(path)
+        out.append(f"**{res['cpu']} ({res['isa']})**, `{path.relative_to(ROOT)}`: {res['what']}; "
+                   f"probe {res['probe']} images. All variants first use {res['all_first_use_s']} s, "
+                   f"cached {res['all_cached_s']} s.")  # fmt: skip
+        out += ["", "| variant | here | image cos | text cos | top-1 | batch drift | invariant | s |",
+                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in res["variants"]:
+            out.append(f"| {r['variant']} | {r['state']} | {_f(r['image_cosine_mean'])} | "
+                       f"{_f(r['text_cosine_mean'])} | {_f(r['top1_agreement'], pct=True)} | "
+                       f"{_f(r['batch_drift'], 7)} | {r['batch_invariant']} | {_f(r['seconds'], 2)} |")  # fmt: skip
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def settings_table() -> str:
+    sys.path.insert(0, str(ROOT))
+    from edgeclip.settings import markdown_table
+
+    return markdown_table()
+
+
+BLOCKS = {"backends": backends_table, "speed": speed_summary, "device-checks": device_checks_table,
+          "settings": settings_table}  # fmt: skip
+
+
+def render(text: str) -> str:
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- generated:{name} --> block")
+        body = make()
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    args = ap.parse_args(argv)
+    current = README.read_text()
+    fresh = render(current)
+    if args.check:
+        if fresh != current:
+            print("README.md is out of date: run `python scripts/render_readme.py`", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

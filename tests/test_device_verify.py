@@ -1,0 +1,173 @@
+"""On-device verification: the probe set travels with the bundle, every variant is re-gated on the
+host that runs it, and what failed here is never picked and is refused when asked for.
+
+Nothing here assumes that a given INT8 configuration passes on random weights: a variant's
+fate on this host is read from the check itself, and the failing case is made on purpose (a
+graph altered after gating, re-hashed as if the bundle had been built elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgeclip
+from edgeclip.bundle import Bundle, write_manifest
+from edgeclip.errors import IntegrityError
+from edgeclip.verify import CACHE_NAME, VerificationError
+
+pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
+    from converters.add_variants import add_variants
+
+    bundle = tmp_path_factory.mktemp("verify") / "micro"
+    shutil.copytree(micro_bundle, bundle)
+    add_variants(bundle, micro_hf_checkpoint, backends="onnx", precisions="int8-dynamic",
+                 n_calib=8, n_eval=16, keep_failed=True, log=lambda _: None)  # fmt: skip
+    return bundle
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGECLIP_PROBE", "0")  # speed probing is tested in test_autoselect
+    return tmp_path / "home"
+
+
+def _broken_copy(src, dst):
+    """The int8 text graph altered after gating; manifest re-hashed, its gate still 'passed'."""
+    shutil.copytree(src, dst)
+    path = dst / "onnx-int8-dynamic" / "text.onnx"
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) > 64:
+            arr = onnx.numpy_helper.to_array(init)
+            noisy = arr + rng.standard_normal(arr.shape).astype(np.float32) * np.abs(arr).mean() * 3
+            init.CopyFrom(onnx.numpy_helper.from_array(noisy.astype(np.float32), init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    write_manifest(dst, manifest)
+    return dst
+
+
+def test_probe_set_is_in_the_bundle_and_small(int8_bundle):
+    bundle = Bundle.open(int8_bundle)
+    probe = bundle.manifest["probe"]
+    assert probe["reference"] == "torch-fp32" and probe["n_images"] == 16
+    files = bundle.manifest["files"]
+    assert all(probe[k] in files for k in ("images", "texts", "reference_image", "reference_text"))
+    assert sum(meta["size"] for rel, meta in files.items() if rel.startswith("probe/")) < 3e6
+    for v in bundle.variants:  # every gate records the CPU it was measured on
+        assert v.gate.get("isa") and v.gate.get("gated_on")
+        assert "batch_drift" in v.options and "batch_invariant" in v.options
+
+
+def test_first_use_checks_then_later_loads_read_the_cache(int8_bundle, home):
+    model = edgeclip.load(int8_bundle, backend="onnx", precision="fp32")
+    st = model.verification
+    assert st.state == "passed" and not st.cached and st.result["seconds"] > 0
+    assert st.host["backend"] == "onnx" and st.host["device"] == "CPUExecutionProvider"
+    cache = json.loads((home / CACHE_NAME).read_text())
+    (host,) = cache.values()
+    assert host["host"]["cpu"] and len(host["checks"]) == 1
+    again = edgeclip.load(int8_bundle, backend="onnx", precision="fp32")
+    assert again.verification.cached and again.verification.result == st.result
+
+
+def test_auto_picks_only_what_passed_here(int8_bundle, home):
+    from edgeclip.selection import verify_all
+
+    statuses = {st.variant.id: st for st in verify_all(Bundle.open(int8_bundle))}
+    model = edgeclip.load(int8_bundle)
+    assert statuses[model.variant.id].state == "passed"
+    int8 = statuses["onnx-int8-dynamic"]
+    if int8.state == "failed":  # this host's kernels missed the gate: refused by name too
+        with pytest.raises(VerificationError, match="onnx-int8-dynamic"):
+            edgeclip.load(int8_bundle, backend="onnx", precision="int8-dynamic")
+    else:
+        picked = edgeclip.load(int8_bundle, backend="onnx", precision="int8-dynamic")
+        assert picked.verification.state == "passed"
+
+
+def test_variant_broken_after_gating_is_never_picked_and_refused(int8_bundle, home, tmp_path):
+    broken = _broken_copy(int8_bundle, tmp_path / "broken")
+    variant = Bundle.open(broken).find("onnx", "int8-dynamic")[0]
+    assert variant.passed  # the manifest still claims it passed where it was built
+    assert edgeclip.load(broken).variant.id != "onnx-int8-dynamic"
+    with pytest.raises(VerificationError) as err:
+        edgeclip.load(broken, backend="onnx", precision="int8-dynamic")
+    text = str(err.value)
+    assert "onnx-int8-dynamic" in text and "cosine mean ≥ 0.99" in text and "verify=False" in text
+    forced = edgeclip.load(broken, backend="onnx", precision="int8-dynamic", verify=False)
+    assert forced.variant.id == "onnx-int8-dynamic" and forced.verification is None
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "verify", str(broken)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    row = next(line for line in run.stdout.splitlines() if line.startswith("onnx-int8-dynamic"))
+    assert "  failed" in row
+
+
+def test_batch_invariant_embeddings(int8_bundle, home):
+    from converters.calibration import synthetic_pairs
+
+    images, _, _ = synthetic_pairs(6, 48, seed=5)
+    for precision in ("fp32", "int8-dynamic"):
+        try:
+            model = edgeclip.load(int8_bundle, backend="onnx", precision=precision)
+        except VerificationError:
+            continue  # failed on this host: refused, covered above
+        batch = model.encode_image(images, invariant=True)
+        alone = np.stack([model.encode_image(im)[0] for im in images])
+        assert np.abs(batch - alone).max() <= 1e-5, precision
+        texts = ["a red circle", "a photo of a blue ring that is quite large", "x"]
+        tb = model.encode_text(texts, invariant=True)
+        ta = np.stack([model.encode_text(t)[0] for t in texts])
+        assert np.abs(tb - ta).max() <= 1e-5, precision
+
+
+def test_bundle_without_probe_loads_but_only_its_reference(int8_bundle, home, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(int8_bundle, old)
+    shutil.rmtree(old / "probe")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.pop("probe")
+    write_manifest(old, manifest)
+    model = edgeclip.load(old)
+    assert model.variant.id == "onnx-fp32"
+    with pytest.raises(edgeclip.errors.InputError, match="not verified on this host"):
+        edgeclip.load(old, backend="onnx", precision="int8-dynamic")
+    assert edgeclip.load(old, backend="onnx", precision="int8-dynamic", verify=False)
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "verify", str(old), "--refresh"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode in (0, 1), run.stderr
+    refreshed = Bundle.open(old)
+    assert refreshed.manifest["probe"]["reference"].startswith("reference variant on ")
+    assert "probe/images.npy" in refreshed.manifest["files"]
+
+
+def test_corrupt_cache_is_ignored_and_rewritten(int8_bundle, home):
+    home.mkdir(parents=True, exist_ok=True)
+    (home / CACHE_NAME).write_text('{"truncated": ')
+    model = edgeclip.load(int8_bundle, backend="onnx", precision="fp32")
+    assert model.verification.state == "passed" and not model.verification.cached
+    assert json.loads((home / CACHE_NAME).read_text())  # valid JSON again
+
+
+def test_altered_probe_file_is_refused(int8_bundle, tmp_path):
+    copy_ = tmp_path / "b"
+    shutil.copytree(int8_bundle, copy_)
+    ref = copy_ / "probe" / "reference_text.npy"
+    arr = np.load(ref)
+    np.save(ref, arr * 1.01)
+    with pytest.raises(IntegrityError, match="probe/reference_text.npy"):
+        Bundle.open(copy_)
