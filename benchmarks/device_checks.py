@@ -81,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--backends", default="onnx,openvino")
     ap.add_argument("--precisions", default="fp32,fp16,int8,int8-dynamic,int8-static,int8-weights")
+    ap.add_argument("--work", type=Path, default=None, help="keep the built fixture here")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as work:
-        bundle = args.bundle or build_fixture(Path(work), args.backends, args.precisions)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        bundle = args.bundle or (work / "tinyclip-8m" if (work / "tinyclip-8m").is_dir()
+                                 else build_fixture(work, args.backends, args.precisions))  # fmt: skip
         result = measure(bundle)
     out = ROOT / "benchmarks" / "results" / result["host"]
     out.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,7 @@ def _reference_variant(export_check: dict[str, Any]) -> dict[str, Any]:
         for tower, inp, out in (("image", "pixel_values", "image_embeds"),
                                 ("text", "input_ids", "text_embeds"))
     }  # fmt: skip
+    towers["text"]["dynamic_sequence"] = True  # onnx_export: dynamic batch and sequence axes
     return {"id": VARIANT, "backend": "onnx", "precision": "fp32", **towers,
             "options": {"role": "reference", "export_parity": export_check}}  # fmt: skip
 

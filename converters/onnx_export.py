@@ -28,7 +28,7 @@ OPSET = 17
 TWO_GB = 2 * 1024**3
 
 
-def _export(module, dummy, path: Path, in_name: str, out_name: str) -> Path:
+def _export(module, dummy, path: Path, in_name: str, out_name: str, axes: dict | None = None) -> Path:
     import onnx
     import torch
 
@@ -43,7 +43,7 @@ def _export(module, dummy, path: Path, in_name: str, out_name: str) -> Path:
             str(path),
             input_names=[in_name],
             output_names=[out_name],
-            dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
+            dynamic_axes={in_name: axes or {0: "batch"}, out_name: {0: "batch"}},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
@@ -91,4 +91,7 @@ def export_text_tower(model: Any, path: str | os.PathLike, batch: int = 2) -> Pa
         dummy[row, 0] = min(SOT_ID, vocab - 2)
         dummy[row, 1:n] = torch.arange(1, n) % max(vocab - 3, 1) + 1
         dummy[row, n] = min(EOT_ID, vocab - 1)
-    return _export(text_tower, dummy, Path(path), "input_ids", "text_embeds")
+    # Dynamic sequence too: the runtime feeds only up to the batch's last EOT (causal attention
+    # and pooling at EOT make the padding after it irrelevant), see edgeclip.towers.
+    return _export(text_tower, dummy, Path(path), "input_ids", "text_embeds",
+                   {0: "batch", 1: "sequence"})  # fmt: skip

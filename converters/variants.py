@@ -61,6 +61,8 @@ def make_variant(
             "output": out,
             "batch_sizes": list(batch_sizes) if batch_sizes else None,
         }
+        if not batch_sizes and fp32_variant[tower].get("dynamic_sequence"):
+            towers[tower]["dynamic_sequence"] = True  # derived graphs keep the source's axes
     return {
         "id": vid,
         "backend": backend,

@@ -65,17 +65,20 @@ def _marker_for(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Tower:
-    """One tower of one variant: the file, its input and output names, fixed batch sizes if any."""
+    """One tower of one variant: the file, its input and output names, fixed batch sizes if any,
+    and (text) whether the graph takes any sequence length, so padding after EOT can be cut."""
 
     file: str
     input: str
     output: str
     batch_sizes: tuple[int, ...] | None = None
+    dynamic_sequence: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Tower:
         sizes = d.get("batch_sizes")
-        return cls(d["file"], d["input"], d["output"], tuple(sizes) if sizes else None)
+        return cls(d["file"], d["input"], d["output"], tuple(sizes) if sizes else None,
+                   bool(d.get("dynamic_sequence", False)))  # fmt: skip
 
 
 @dataclass(frozen=True)

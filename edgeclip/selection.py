@@ -29,6 +29,7 @@ def memo_opener(root: Path, variant: Variant, threads: int | None, device: str) 
             sessions[rel] = base(rel)
         return sessions[rel]
 
+    opener.device = device  # type: ignore[attr-defined]
     return opener
 
 

@@ -22,6 +22,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("EDGECLIP_PROBE", "1", "`0` skips timing variants for `backend=\"auto\"` (rule table only)"),
     Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds before a hub download gives up"),
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
+    Setting("EDGECLIP_ORT_SPINNING", "1", "`0` stops ONNX Runtime's threads spinning between calls "
+            "(`edgeclip serve` sets it: with gaps between batches spinning cost 40 % more CPU)"),
     Setting("EDGECLIP_OV_HINT", "LATENCY", "OpenVINO performance hint: LATENCY or THROUGHPUT"),
     Setting("EDGECLIP_OV_PRECISION", None, "OpenVINO inference precision for every variant "
             "(f32, bf16, f16); default: f32 for fp32 variants, the plugin's choice otherwise"),

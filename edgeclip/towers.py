@@ -26,6 +26,18 @@ def text_feeds(ids: np.ndarray, input_names: list[str], id_input: str) -> dict[s
     return feeds
 
 
+def trim_to_last_eot(ids: np.ndarray) -> np.ndarray:
+    """Cut the columns after the chunk's last end-of-text token (the largest id of each row).
+
+    CLIP's text tower is causal and pools at EOT, so what follows a row's EOT never reaches its
+    embedding: a prompt of 7 tokens need not run 77 positions. Same numbers, less work.
+    """
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        return ids
+    last = int(np.argmax(ids, axis=1).max()) + 1
+    return ids[:, :last] if last < ids.shape[1] else ids
+
+
 class TowerRunner:
     """Opens a tower's graph(s) lazily and runs arrays of any batch size through them.
 
@@ -40,6 +52,11 @@ class TowerRunner:
         self._is_text = is_text
         self._sessions: dict[int | None, Session] = {}
 
+    @property
+    def device(self) -> str:
+        """The device its graphs are opened for (what was asked; sessions say what ran)."""
+        return str(getattr(self._opener, "device", "auto"))
+
     def session(self, batch: int | None = None) -> Session:
         if batch not in self._sessions:
             rel = self.tower.file.format(batch=batch) if batch is not None else self.tower.file
@@ -53,6 +70,8 @@ class TowerRunner:
 
     def _run(self, array: np.ndarray, batch: int | None) -> np.ndarray:
         session = self.session(batch)
+        if self._is_text and self.tower.dynamic_sequence:
+            array = trim_to_last_eot(array)
         if self._is_text:
             feeds = text_feeds(array, session.input_names, self.tower.input)
         else:
@@ -96,6 +115,7 @@ def variant_opener(
             Path(root) / rel, threads=threads, device=device, precision=variant.precision
         )
 
+    opener.device = device  # type: ignore[attr-defined]
     return opener
 
 

@@ -37,7 +37,7 @@ CACHE_NAME = "device_checks.json"
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
                 "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "fphp")  # fmt: skip
 #: how many probe inputs are also run alone to measure batch invariance
-N_ALONE = 4
+N_ALONE = 3
 
 
 class VerificationError(InputError):
@@ -92,6 +92,11 @@ def _session_device(towers: tuple[Any, Any], default: str) -> str:
     towers[1].warm()
     first = towers[0].tower.batch_sizes[0] if towers[0].tower.batch_sizes else None
     return str(getattr(towers[0].session(first), "device", None) or default)
+
+
+def requested_device(towers: tuple[Any, Any]) -> str:
+    """The device the runners were opened for (``auto``, ``cpu``, ``cuda``, ...)."""
+    return towers[0].device
 
 
 def check(variant: Variant, probe: Probe, towers: tuple[Any, Any]) -> dict[str, Any]:
@@ -201,14 +206,19 @@ def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
     probe = probe or Probe.load(bundle)
     if probe is None:
         return _without_probe(variant)
-    identity = host_identity(variant.backend, _session_device(towers, "cpu"))
+    # Keyed by the device asked for, so a cached verdict costs no session build; the device
+    # that really ran (ONNX Runtime can fall back silently) is recorded in the result.
+    identity = host_identity(variant.backend, requested_device(towers))
     cache = cache or CheckCache()
     entry = f"{bundle.digest}|{variant.id}"
     result, cached = cache.get(identity, entry), True
     if result is None:
+        used = _session_device(towers, "cpu")
         result, cached = check(variant, probe, towers), False
+        result["device_used"] = used
         result["checked"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         cache.put(identity, entry, result)
+    identity = {**identity, "device_used": result.get("device_used")}
     verdict = result["gate"]
     state = "passed" if verdict.get("passed") else "failed"
     reason = "passed on this host" if state == "passed" else f"failed on this host: {verdict.get('reason')}"

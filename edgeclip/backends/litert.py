@@ -102,17 +102,13 @@ class LiteRtSession:
             raise InputError(
                 f"LiteRT graph input {self._in['name']!r} not among feeds {sorted(feeds)}."
             )
-        b = self.fixed_batch
-        if len(array) == b:
-            return self._invoke(array)
-        outs = []
-        for start in range(0, len(array), b):
-            chunk = array[start : start + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(self._invoke(chunk)[:n])
-        return np.concatenate(outs) if outs else np.zeros((0, self._out["shape"][-1]), np.float32)
+        if len(array) != self.fixed_batch:
+            # Chunking and padding belong to TowerRunner (edgeclip.towers), once for all backends.
+            raise InputError(
+                f"this LiteRT graph takes batch {self.fixed_batch}, got {len(array)}; run it "
+                "through edgeclip.towers.TowerRunner, which chunks and pads."
+            )
+        return self._invoke(array)
 
 
 class Backend:

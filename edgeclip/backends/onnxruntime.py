@@ -1,4 +1,12 @@
-"""ONNX Runtime backend: CPU everywhere; CUDA / TensorRT providers when present (Jetson, GPU boxes)."""
+"""ONNX Runtime backend: CPU everywhere; CUDA / TensorRT providers when present (Jetson, GPU boxes).
+
+``device="auto"`` means CUDA when the CUDA provider is listed, else the CPU. TensorRT is used only
+when asked for (``device="tensorrt"``): ``onnxruntime-gpu`` lists it even where TensorRT's
+libraries are missing, and a session silently falls back to the next provider. So every session
+reports the provider that really runs it (``OrtSession.device``), and an explicit GPU request
+that ends up elsewhere is an error, never a mislabelled CPU run. TensorRT engines are cached per
+graph, GPU and TensorRT version (``EDGECLIP_HOME/trt/…``), so a Jetson builds them once.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,8 @@ from .. import settings
 from ..errors import InputError
 from .catalog import BY_NAME
 
-# Providers we use when asked for "auto", best first; others (e.g. CoreML) can be named explicitly.
-_AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# Providers used for "auto", best first; TensorRT and others (e.g. CoreML) only when named.
+_AUTO_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _DEVICE_TO_PROVIDER = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -57,9 +65,11 @@ class Backend:
     def devices(self) -> list[str]:
         import onnxruntime as ort
 
-        return [p for p in _AUTO_ORDER if p in ort.get_available_providers()]
+        have = ort.get_available_providers()
+        return [p for p in (*_AUTO_ORDER[:1], "TensorrtExecutionProvider", *_AUTO_ORDER[1:])
+                if p in have]  # fmt: skip
 
-    def _providers(self, device: str) -> list[str]:
+    def _providers(self, device: str | None, path: Path, precision: str | None) -> list:
         import onnxruntime as ort
 
         have = ort.get_available_providers()
@@ -71,6 +81,9 @@ class Backend:
                 f"ONNX Runtime device {device!r} ({wanted}) is not available here; available "
                 f"providers: {', '.join(have)}. For CUDA install onnxruntime-gpu (JetPack's wheel on a Jetson)."
             )
+        if wanted == "TensorrtExecutionProvider":
+            return [(wanted, tensorrt_options(path, precision)), "CUDAExecutionProvider",
+                    "CPUExecutionProvider"]  # fmt: skip
         return [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
 
     def open(
@@ -89,7 +102,47 @@ class Backend:
             opts.inter_op_num_threads = 1
         # Quiet by default: ORT warns about unused initializers in exported CLIP graphs.
         opts.log_severity_level = int(settings.get("EDGECLIP_ORT_LOG_LEVEL"))
-        session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=self._providers(device)
-        )
-        return OrtSession(session)
+        if settings.get("EDGECLIP_ORT_SPINNING") == "0":
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        providers = self._providers(device, Path(path), precision)
+        session = OrtSession(ort.InferenceSession(str(path), sess_options=opts,
+                                                  providers=providers))  # fmt: skip
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if device not in ("auto", "", None, "cpu") and session.device != first:
+            raise InputError(
+                f"ONNX Runtime was asked for {first} but runs {path.name} on {session.device} "
+                "(the provider's libraries did not load: for TensorRT install tensorrt and "
+                "check LD_LIBRARY_PATH; for CUDA the CUDA/cuDNN runtime). Use device='cpu', or "
+                "fix the install."
+            )
+        return session
+
+
+def _gpu_name() -> str:
+    """The first NVIDIA GPU's model name (Linux driver's proc file), else a placeholder."""
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                return line.split(":", 1)[1].strip()
+    return "unknown-gpu"
+
+
+def tensorrt_options(path: Path, precision: str | None) -> dict[str, str]:
+    """TensorRT provider options: fp16 engines for fp16 variants, and an engine cache keyed on
+    the graph's bytes, the GPU and the TensorRT version (a stale engine is never reused)."""
+    import hashlib
+    from importlib import metadata
+
+    from ..bundle import sha256_file
+    from ..paths import edgeclip_home
+
+    try:
+        trt = metadata.version("tensorrt")
+    except metadata.PackageNotFoundError:
+        trt = "system"
+    key = hashlib.sha256(f"{sha256_file(path)}|{_gpu_name()}|{trt}".encode()).hexdigest()[:24]
+    cache = edgeclip_home() / "trt" / key
+    cache.mkdir(parents=True, exist_ok=True)
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+            "trt_fp16_enable": "True" if precision == "fp16" else "False"}  # fmt: skip

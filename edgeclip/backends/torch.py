@@ -84,4 +84,9 @@ class Backend:
             raise InputError(f"{path}: the torch backend opens torch.export programs (.pt2).")
         program = torch.export.load(str(path))
         name = next(iter(program.graph_signature.user_inputs), "input")
-        return TorchSession(program.module().to(dev), name, dev)
+        if dev != "cpu":
+            # The supported way: `.module().to(dev)` leaves constants the graph captured behind.
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, dev)
+        return TorchSession(program.module(), name, dev)

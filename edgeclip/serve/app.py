@@ -1,0 +1,229 @@
+"""The ASGI application of ``edgeclip serve``: routes, middlewares and the model's lifespan.
+
+Middlewares, outermost first: ``RequestMetrics`` (counts and times every request, whatever
+happens inside), ``ApiKeyAuth`` (before the body is read, so an unauthenticated client cannot
+make the server buffer anything) and ``BodyGuard`` (size limit and read deadline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from . import immich, openai_api
+from .errors import APIError, send_error
+from .limits import BodyGuard
+from .service import ServeConfig, Service
+
+log = logging.getLogger("edgeclip.serve")
+
+# Reachable without the API key: the page (its requests need the key), liveness checks.
+PUBLIC_PATHS = frozenset({"/", "/health", "/ping", "/favicon.ico"})
+
+
+class RequestMetrics:
+    def __init__(self, app: Any, *, service: Service, endpoints: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = service.metrics
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
+        status = 500  # if the app dies before it answers
+        started = time.perf_counter()
+
+        async def send_and_record(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.request_started(endpoint)
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self.metrics.request_finished(endpoint, status, time.perf_counter() - started)
+
+
+class ApiKeyAuth:
+    """``Authorization: Bearer <key>`` on every path but ``PUBLIC_PATHS``, compared in constant time."""
+
+    def __init__(self, app: Any, *, api_key: str | None) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.key is None or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers", [])).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+            await self.app(scope, receive, send)
+            return
+        why = "a wrong API key" if header else "no API key"
+        error = APIError(
+            401,
+            f"this server needs an API key and the request has {why}; send "
+            "'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await send_error(send, error, close=True)
+
+
+# -- small endpoints ------------------------------------------------------------------------------
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def health(request: Request) -> Response:
+    svc = _service(request)
+    body = {
+        "status": "stopping" if svc.stopping else "ok",
+        "unix": time.time(),
+        "model": svc.model_name,
+        "loaded": svc.host.loaded,
+        "in_process": svc.host.in_process,
+        "worker_pid": svc.host.worker_pid,
+        "auth_required": svc.config.api_key is not None,
+        "memory": svc.host.memory(),
+        "last_unload": svc.host.last_unload,
+        "limits": vars(svc.limits),
+    }
+    return JSONResponse(body, status_code=503 if svc.stopping else 200)
+
+
+async def models(request: Request) -> Response:
+    svc = _service(request)
+    info = svc.host.info or {}
+    created = int(svc.metrics.started)
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "edgeclip",
+            "modalities": ["text", "image"],
+            "loaded": svc.host.loaded,
+            "embed_dim": info.get("embed_dim"),
+            "variant": info.get("variant"),
+        }  # fmt: skip
+        for name in svc.served_names()
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def metrics(request: Request) -> Response:
+    svc = _service(request)
+    memory = svc.host.memory()
+    memory_rows = {
+        (("process", k),): v for k, v in memory.items() if k != "total" and v is not None
+    }
+    gauges = {
+        "edgeclip_queue_depth": ("inputs waiting for the model, by modality",
+                                 {(("modality", "image"),): svc.images.depth,
+                                  (("modality", "text"),): svc.texts.depth}),
+        "edgeclip_model_loaded": ("1 while the model is loaded", {(): int(svc.host.loaded)}),
+        "edgeclip_resident_memory_bytes": ("resident set size by process", memory_rows),
+    }  # fmt: skip
+    text = svc.metrics.render(gauges)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def page(request: Request) -> Response:
+    html = resources.files("edgeclip.serve").joinpath("static/index.html").read_text("utf-8")
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no endpoint {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+    return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s", request.url.path, exc_info=exc)
+    error = APIError(
+        500, f"internal error ({type(exc).__name__}); see the server log.", code="internal_error"
+    )
+    return JSONResponse(error.body(), status_code=500)
+
+
+# -- the app ----------------------------------------------------------------------------------------
+
+
+def create_app(config: ServeConfig) -> Starlette:
+    """The Starlette app serving ``config``; run it with any ASGI server (``cli`` uses uvicorn)."""
+    service = Service(config)
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/ping", immich.ping, methods=["GET"]),
+        Route("/predict", immich.predict, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/models", models, methods=["GET"]),  # infinity's path without the /v1 prefix
+        Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/v1/classify", openai_api.classify, methods=["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    endpoints = frozenset(r.path for r in routes)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(RequestMetrics, service=service, endpoints=endpoints),
+            Middleware(ApiKeyAuth, api_key=config.api_key),
+            Middleware(
+                BodyGuard,
+                max_bytes=config.limits.max_body_bytes,
+                timeout_s=config.limits.body_timeout_s,
+            ),
+        ],  # fmt: skip
+        exception_handlers={
+            APIError: _api_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,280 @@
+"""Turn request fields into model inputs, refusing each bad one with a message that names it.
+
+Images arrive as ``data:<type>;base64,`` URIs or, only when the operator allowed a directory
+(``--allow-dir``), as paths of files inside it. URLs are never fetched. Decoding stays in
+``edgeclip.images`` (it runs in the model worker); here an image's header is read only to
+refuse decompression bombs before they are queued and to report the size Immich asks for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import stat
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import APIError
+from .limits import Limits
+
+JSON_TYPES = ("application/json",)
+
+
+def parse_json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The request's JSON object; 415 for another content type, 400 for malformed JSON."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media not in JSON_TYPES and not media.endswith("+json"):
+        raise APIError(
+            415,
+            f"the content type is {media or 'missing'!r}; send the request as JSON with "
+            "'Content-Type: application/json'.",
+            code="unsupported_media_type",
+        )
+    try:
+        value = json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise APIError(
+            400, f"the body is not UTF-8 text ({exc.reason}).", code="invalid_json"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise APIError(
+            400,
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(value, dict):
+        raise APIError(
+            422,
+            f"the body must be a JSON object, got a JSON {_json_kind(value)}.",
+            code="invalid_type",
+        )
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def require(body: dict[str, Any], field: str) -> Any:
+    if field not in body or body[field] is None:
+        raise APIError(422, f"the field {field!r} is missing.", param=field, code="missing_field")
+    return body[field]
+
+
+def choice(body: dict[str, Any], field: str, allowed: Sequence[str], default: str) -> str:
+    value = body.get(field)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise APIError(
+            400,
+            f"{field}={value!r} is not supported; use one of {', '.join(map(repr, allowed))}.",
+            param=field,
+            code="invalid_value",
+        )
+    return value
+
+
+def positive_int(body: dict[str, Any], field: str, default: int | None) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise APIError(
+            422,
+            f"{field} must be an integer, got {_json_kind(value)}.",
+            param=field,
+            code="invalid_type",
+        )
+    if value < 0:
+        raise APIError(
+            400, f"{field}={value} must not be negative.", param=field, code="invalid_value"
+        )
+    return value
+
+
+def string_list(value: Any, field: str, *, what: str, limit: int, flag: str) -> list[str]:
+    """A string or a list of strings, non-empty, at most ``limit`` long; each item non-empty."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise APIError(
+            422,
+            f"{field} must be a string or a list of strings, got a JSON {_json_kind(value)}.",
+            param=field,
+            code="invalid_type",
+        )
+    if not items:
+        raise APIError(
+            400, f"{field} is empty; send at least one {what}.", param=field, code="empty_input"
+        )
+    if len(items) > limit:
+        raise APIError(
+            413,
+            f"{field} holds {len(items):,} {what}s; this server takes at most {limit:,} per "
+            f"request ({flag}). Split the request.",
+            param=field,
+            code="too_many_inputs",
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            hint = " (token ids are not accepted; send the text)" if isinstance(item, int) else ""
+            raise APIError(
+                422,
+                f"{field}[{i}] is a JSON {_json_kind(item)}, not a string{hint}.",
+                param=f"{field}[{i}]",
+                code="invalid_type",
+            )
+        if not item.strip():
+            where = field if isinstance(value, str) else f"{field}[{i}]"
+            raise APIError(400, f"{where} is an empty string.", param=where, code="empty_input")
+    return items
+
+
+def check_text_lengths(texts: list[str], field: str, limits: Limits) -> None:
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_text_chars:
+            raise APIError(
+                413,
+                f"{field}[{i}] has {len(text):,} characters; this server takes at most "
+                f"{limits.max_text_chars:,} (--max-text-chars). Text past the model's context "
+                "(77 tokens) is truncated anyway, so send its start.",
+                param=f"{field}[{i}]",
+                code="text_too_long",
+            )
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def image_bytes(ref: str, param: str, allow_dirs: Sequence[Path], max_bytes: int) -> bytes:
+    """The encoded image behind ``ref``: a base64 data URI, or a file under an allowed directory."""
+    if ref.startswith("data:"):
+        return _from_data_uri(ref, param)
+    lowered = ref[:16].lower()
+    if "://" in lowered:
+        raise APIError(
+            400,
+            f"{param} is a URL; edgeclip serve never fetches URLs. Send the image itself as a "
+            "'data:image/jpeg;base64,...' URI.",
+            param=param,
+            code="url_not_allowed",
+        )
+    if not allow_dirs:
+        raise APIError(
+            400,
+            f"{param} is neither a 'data:image/...;base64,' URI nor allowed as a server path "
+            "(this server was started without --allow-dir).",
+            param=param,
+            code="invalid_image",
+        )
+    return read_allowed_file(ref, param, allow_dirs, max_bytes)
+
+
+def _from_data_uri(ref: str, param: str) -> bytes:
+    head, sep, payload = ref.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise APIError(
+            400,
+            f"{param} is a data URI without ';base64,'; send 'data:image/jpeg;base64,<bytes>'.",
+            param=param,
+            code="invalid_image",
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(
+            400, f"{param} is not valid base64 ({exc}).", param=param, code="invalid_base64"
+        ) from None
+    if not data:
+        raise APIError(
+            400, f"{param} is an empty image (0 bytes).", param=param, code="invalid_image"
+        )
+    return data
+
+
+def resolve_allowed(ref: str, allow_dirs: Sequence[Path]) -> Path | None:
+    """``ref``'s real path (symlinks resolved) if it lies inside one of ``allow_dirs``, else None.
+
+    A relative ``ref`` is taken relative to the first allowed directory. ``..`` segments and
+    symlinks are resolved before the containment check, so neither can leave the directory.
+    """
+    if "\x00" in ref or not allow_dirs:
+        return None
+    raw = Path(ref)
+    candidate = raw if raw.is_absolute() else allow_dirs[0] / raw
+    real = Path(os.path.realpath(candidate))
+    for root in allow_dirs:
+        if real == root or root in real.parents:
+            return real
+    return None
+
+
+def read_allowed_file(ref: str, param: str, allow_dirs: Sequence[Path], max_bytes: int) -> bytes:
+    real = resolve_allowed(ref, allow_dirs)
+    if real is None:
+        raise APIError(
+            400,
+            f"{param} is outside the directories this server may read (--allow-dir); "
+            "paths are resolved, symlinks included, before they are checked.",
+            param=param,
+            code="path_not_allowed",
+        )
+    try:
+        # O_NONBLOCK: opening a FIFO placed in the directory must not hang the server.
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise APIError(
+            400, f"{param} cannot be opened ({exc.strerror}).", param=param, code="invalid_image"
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise APIError(
+                400, f"{param} is not a regular file.", param=param, code="invalid_image"
+            )
+        if st.st_size > max_bytes:
+            raise APIError(
+                413,
+                f"{param} is {st.st_size:,} bytes; the limit is {max_bytes:,} (--max-body-bytes).",
+                param=param,
+                code="image_too_large",
+            )
+        return f.read(max_bytes + 1)[:max_bytes]
+
+
+def image_size(data: bytes, param: str, max_pixels: int) -> tuple[int, int] | None:
+    """(width, height) from the header, refusing more than ``max_pixels`` (413).
+
+    None when Pillow cannot read the header: the model worker then decodes it and reports
+    edgeclip's own reason (not an image, HEIC without its plugin, ...).
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(param, max_pixels, str(exc)) from None
+    except Exception:  # unreadable headers are the decoder's to explain
+        return None
+    if width * height > max_pixels:
+        raise _too_many_pixels(param, max_pixels, f"{width}x{height} = {width * height:,} pixels")
+    return width, height
+
+
+def _too_many_pixels(param: str, max_pixels: int, what: str) -> APIError:
+    return APIError(
+        413,
+        f"{param} is too large to decode ({what}); this server takes at most {max_pixels:,} "
+        "pixels per image (--max-pixels). Downscale it first.",
+        param=param,
+        code="image_too_large",
+    )

@@ -1,0 +1,180 @@
+"""``POST /v1/embeddings`` (OpenAI's format as infinity extends it) and ``POST /v1/classify``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import APIError
+from .inputs import (
+    check_text_lengths,
+    choice,
+    parse_json_body,
+    positive_int,
+    require,
+    string_list,
+)
+from .service import Service
+
+
+async def json_response(payload: dict[str, Any], status: int = 200) -> Response:
+    """JSON rendered off the event loop: 2,048 vectors of 512 floats take a while to write."""
+    body = await asyncio.to_thread(json.dumps, payload, separators=(",", ":"))
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def check_dimensions(dimensions: int, full: int) -> None:
+    if dimensions > full:
+        raise APIError(
+            400,
+            f"dimensions={dimensions} exceeds this model's embedding size {full}; "
+            f"send dimensions <= {full} or leave it out.",
+            param="dimensions",
+            code="invalid_value",
+        )
+
+
+def apply_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """OpenAI's ``dimensions``: keep the first ``dimensions`` values and renormalise.
+
+    CLIP was not trained for truncation (unlike Matryoshka models), so a shorter vector keeps
+    less of the meaning; docs/serve.md says so. Longer than the model's vector is refused.
+    """
+    full = vectors.shape[1]
+    check_dimensions(dimensions, full)
+    if not dimensions or dimensions == full:
+        return vectors
+    cut = vectors[:, :dimensions]
+    return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _encode(vector: np.ndarray, fmt: str) -> Any:
+    if fmt == "base64":  # OpenAI's: raw little-endian float32 bytes, base64 encoded
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+async def embeddings(request: Request) -> Response:
+    svc: Service = request.app.state.service
+    limits = svc.limits
+    body = parse_json_body(await request.body(), request.headers.get("content-type"))
+    model = svc.check_model(body.get("model"))
+    modality = choice(body, "modality", ("text", "image"), "text")
+    fmt = choice(body, "encoding_format", ("float", "base64"), "float")
+    dimensions = positive_int(body, "dimensions", 0) or 0
+    info = svc.host.info
+    if info and info.get("embed_dim") and dimensions > info["embed_dim"]:
+        check_dimensions(dimensions, info["embed_dim"])  # before the work, when known
+    raw = require(body, "input")
+    if modality == "text":
+        texts = string_list(raw, "input", what="text", limit=limits.max_texts, flag="--max-texts")
+        check_text_lengths(texts, "input", limits)
+        vectors, counts = await svc.embed_texts(texts)
+        tokens = sum(counts)
+    else:
+        refs = string_list(raw, "input", what="image", limit=limits.max_images, flag="--max-images")
+        vectors, _ = await svc.embed_images(refs, "input")
+        tokens = len(refs)  # an image counts as one token
+    vectors = apply_dimensions(vectors, dimensions)
+    payload = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "embedding": _encode(v, fmt), "index": i}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "id": f"embd-{uuid.uuid4().hex}",
+        "created": int(time.time()),
+    }
+    return await json_response(payload)
+
+
+def _template_count(templates: Any) -> int:
+    """How many prompts each label becomes; the library validates the templates themselves."""
+    if templates is None:
+        return 1
+    if isinstance(templates, str):
+        from edgeclip.model import template_sets
+
+        return len(template_sets().get(templates, [templates]))
+    if isinstance(templates, list) and all(isinstance(t, str) for t in templates):
+        return max(1, len(templates))
+    raise APIError(
+        422,
+        "templates must be a template-set name ('photo', 'imagenet7', 'imagenet80'), a string "
+        "with '{}', or a list of such strings.",
+        param="templates",
+        code="invalid_type",
+    )
+
+
+def _rank(
+    image_emb: np.ndarray, label_emb: np.ndarray, labels: list[str], scale: float, top_k: int
+) -> list[dict[str, Any]]:
+    cosine = image_emb @ label_emb.T
+    logits = scale * cosine.astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    data = []
+    for i in range(len(image_emb)):
+        order = np.argsort(-probs[i], kind="stable")[:top_k]
+        ranking = [
+            {"label": labels[j], "probability": float(probs[i, j]), "cosine": float(cosine[i, j])}
+            for j in order
+        ]
+        data.append({"object": "classification", "index": i, "ranking": ranking})
+    return data
+
+
+async def classify(request: Request) -> Response:
+    svc: Service = request.app.state.service
+    limits = svc.limits
+    body = parse_json_body(await request.body(), request.headers.get("content-type"))
+    model = svc.check_model(body.get("model"))
+    images = string_list(
+        require(body, "images"),
+        "images",
+        what="image",
+        limit=limits.max_images,
+        flag="--max-images",
+    )
+    labels = string_list(
+        require(body, "labels"),
+        "labels",
+        what="label",
+        limit=limits.max_labels,
+        flag="--max-labels",
+    )
+    check_text_lengths(labels, "labels", limits)
+    templates = body.get("templates")
+    prompts = len(labels) * _template_count(templates)
+    if prompts > limits.max_prompts:
+        raise APIError(
+            413,
+            f"{len(labels)} labels x {prompts // len(labels)} templates = {prompts:,} prompts; "
+            f"this server embeds at most {limits.max_prompts:,} per request (--max-prompts).",
+            param="labels",
+            code="too_many_inputs",
+        )
+    top_k = positive_int(body, "top_k", len(labels))
+    if top_k == 0:
+        raise APIError(400, "top_k must be at least 1.", param="top_k", code="invalid_value")
+    label_emb = await svc.label_embeddings(labels, templates)
+    image_emb, _ = await svc.embed_images(images, "images")
+    info = await svc.model_info()
+    payload = {
+        "object": "list",
+        "model": model,
+        "data": _rank(image_emb, label_emb, labels, info["logit_scale"], top_k),
+        "usage": {"images": len(images), "prompts": prompts},
+    }
+    return await json_response(payload)
