@@ -10,6 +10,7 @@ latency and numerics depend on timing. The performance hint is LATENCY (batch-1 
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from pathlib import Path
 
@@ -53,6 +54,25 @@ class OpenVinoSession:
             self._request.infer(inputs)
             out = self._request.get_output_tensor(0).data
             return np.array(out, dtype=np.float32, copy=True)
+
+
+def _model_cache_dir():
+    """OpenVINO's compiled-model cache, one folder per CPU and OpenVINO version (OpenVINO keys
+    the blobs on the model and config itself); None where the home is not writable."""
+    import hashlib
+    from importlib import metadata
+
+    from ..paths import edgeclip_home
+    from ..verify import cpu_identity
+
+    ident = cpu_identity()
+    key = f"{ident['cpu']}|{','.join(ident['isa'])}|{metadata.version('openvino')}"
+    folder = edgeclip_home() / "ov-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
 
 
 class Backend:
@@ -107,5 +127,8 @@ class Backend:
             config["INFERENCE_PRECISION_HINT"] = hint.lower()
         if threads and dev == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        cache = _model_cache_dir()
+        if cache is not None:
+            config["CACHE_DIR"] = str(cache)
         compiled = self._core().compile_model(str(path), dev, config)
         return OpenVinoSession(compiled, dev)
