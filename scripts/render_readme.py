@@ -76,16 +76,17 @@ def backends_table() -> str:
     hosts = [(p.name, _load(p / "results.json")) for p in _host_dirs()]
     speed = {name: _speed_rows(res) for name, res in hosts}
     sizes = {m["variant"]: m["size_mb"] for _, res in hosts for m in res.get("memory", [])}
-    head = "| variant | built with | MB | image cos | text cos | top-1 agree | gate |"
+    head = "| variant | built with | kept config | MB | image cos | text cos | top-1 agree | gate |"
     head += "".join(f" {n} b1 | b32 |" for n, _ in hosts)
-    lines = [head, "|" + "---|" * (7 + 2 * len(hosts))]
+    lines = [head, "|" + "---|" * (8 + 2 * len(hosts))]
     ids = list(BUILT_WITH)
     for vid in ids:
         g = gate.get(vid)
         if g is None and not any(vid in s for s in speed.values()):
             continue
         verdict = "–" if g is None else ("pass" if g["passed"] else "**fail**")
-        cells = [vid, BUILT_WITH[vid], _f(sizes.get(vid), 1)]
+        cells = [vid, BUILT_WITH[vid], f"`{g['config']}`" if g and g.get("config") else "–",
+                 _f(sizes.get(vid), 1)]
         cells += [_f(g and g["image_cosine_mean"]), _f(g and g["text_cosine_mean"]),
                   _f(g and g.get("top1_agreement_tie_tolerant"), pct=True), verdict]  # fmt: skip
         for name, res in hosts:
@@ -108,7 +109,8 @@ def speed_summary() -> str:
         rows = _speed_rows(res)
         torch_b1 = rows.get("torch-fp32", {}).get(1)
         ok = [v for v in rows if v in gate and gate[v]["passed"] and _same_config(v, res, gate)
-              and (passed_here is None or v in passed_here)]  # fmt: skip
+              and (passed_here is None or v in passed_here)
+              and not v.startswith("torch")]  # the baseline is not an edgeclip variant  # fmt: skip
         if not ok or not torch_b1:
             continue
         best = max(ok, key=lambda v: rows[v].get(1, 0))
@@ -144,6 +146,25 @@ def device_checks_table() -> str:
     return "\n".join(out).rstrip()
 
 
+def main_job_table() -> str:
+    """The quick start's own result (``benchmarks/results/main_job.json``)."""
+    res = _load(RESULTS / "main_job.json")
+    t = res["times"]
+    rows = [("teacher", res["teacher"]["train_s"], res["teacher"]["eval"]),
+            (f"student, inherit + `{res['losses']}`", t["distill_s"], res["student"]["eval"]),
+            ("student, inherit, no distillation loss", t["no_kd_s"], res["student_no_kd"]["eval"])]  # fmt: skip
+    out = [f"{res['steps']:,} steps × {res['batch_size']} each; 64-way zero-shot, seen / held-out "
+           "compositions (`benchmarks/results/main_job.json`).", "",
+           "| model | train s | seen | held-out | held-out, shape right |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, secs, ev in rows:
+        out.append(f"| {name} | {secs:.0f} | {ev['seen']:.1f} % | {ev['held_out']:.1f} % | "
+                   f"{ev['held_out_shape']:.1f} % |")  # fmt: skip
+    be = res["bundle_eval"]
+    out.append(f"| the student's bundle ({res['variant']['id']}) on {be['n_images']} held-out PNGs | – | – | "
+               f"{be['held_out']:.1f} % | {be['held_out_shape']:.1f} % |")  # fmt: skip
+    return "\n".join(out)
+
+
 def settings_table() -> str:
     sys.path.insert(0, str(ROOT))
     from edgeclip.settings import markdown_table
@@ -152,7 +173,7 @@ def settings_table() -> str:
 
 
 BLOCKS = {"backends": backends_table, "speed": speed_summary, "device-checks": device_checks_table,
-          "settings": settings_table}  # fmt: skip
+          "main-job": main_job_table, "settings": settings_table}  # fmt: skip
 
 
 def render(text: str) -> str:
