@@ -1,13 +1,12 @@
-"""``backend="auto"``: the fastest gated variant on *this* host, by a short probe cached per host.
+"""``backend="auto"``: the fastest variant that passed its gate on *this* host, by measurement.
 
-Within one backend a rule table picks the precision; it follows batch-1 pairs/s measured on the
-TinyCLIP-8M shape (benchmarks/results/variants_speed.json): ONNX Runtime int8 76.5 > int8-static
-63.2 > fp32 33.4 > fp16 30.8 > int8-weights 24.6; OpenVINO int8 115 ≈ int8-static 117 > fp32 >
-int8-weights 73; LiteRT int8-dynamic 101 > fp32 32.4 ≈ int8-weights 32.4. Which *backend* wins
-depends on the CPU (OpenVINO led by 1.5× on an AMX Xeon; the survey's AVX2 EPYC favoured ONNX
-Runtime), so the per-backend winners are timed at
-batch 1 (median of ≥ 5 calls and ≥ 0.25 s per tower after 2 warm-ups), pairs/s = 1 / (1/images_per_s + 1/texts_per_s). The result is cached in
-``edgeclip_home()/probe.json`` keyed by host and bundle; ``EDGECLIP_PROBE=0`` skips probing.
+Every usable variant of every installed backend is a candidate, fp16 included: no fixed rule
+table decides (which precision wins depends on the CPU: OpenVINO fp16 ran 2.6× its fp32 on an
+AMX Xeon and slower on an AVX2 EPYC). Each candidate is timed at batch 1 with the same function
+``edgeclip bench`` uses (``edgeclip.timing``: 3 warm-ups, ≥ 8 calls and ≥ 0.4 s per tower,
+towers separately, pairs/s = 1 / (1/images_per_s + 1/texts_per_s)); the result is cached in
+``edgeclip_home()/probe.json`` per host and bundle. ``EDGECLIP_PROBE=0`` skips timing and
+falls back to ``PRECISION_ORDER`` within the backend preference order.
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ import hashlib
 import json
 import os
 import platform
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,23 +55,6 @@ def best_per_backend(
         best = next((v for v in mine if usable(v)), None)
         if best is not None:
             out.append(best)
-    return out
-
-
-def finalists(
-    variants: list[Variant], backends: list[str], usable: Callable[[Variant], bool] = _always
-) -> list[Variant]:
-    """What the probe times: each backend's rule-table winner, plus its fp32 variant.
-
-    fp32 is kept in because the rule table is measured on TinyCLIP-8M: on much smaller models
-    the quantize/dequantize overhead can make INT8 the slower one.
-    """
-    out = []
-    for best in best_per_backend(variants, backends, usable):
-        out.append(best)
-        fp32 = [v for v in variants if v.backend == best.backend and v.precision == "fp32"]
-        if fp32 and fp32[0] is not best and usable(fp32[0]):
-            out.append(fp32[0])
     return out
 
 
@@ -118,32 +100,16 @@ def measure(
     variant: Variant,
     threads: int | None,
     device: str,
-    min_calls: int = 5,
-    min_seconds: float = 0.25,
     towers: tuple | None = None,
+    settings: Any = None,
 ) -> float:
-    """Batch-1 pairs/s of one variant on this host: per tower, 2 warm-up calls, then timed calls
-    until both ``min_calls`` and ``min_seconds`` are reached; the median call time counts.
-
-    A floor in seconds, not only in calls, because sub-millisecond towers (small models) are
-    otherwise decided by timer and scheduler noise.
-    """
+    """Batch-1 pairs/s of one variant on this host (``edgeclip.timing``, ``Settings.probe()``)."""
+    from .timing import Settings, tower_pairs_per_s
     from .towers import open_towers
 
     image, text = towers or open_towers(bundle.root, variant, threads, device)
     pixels, ids = _probe_inputs(bundle)
-    seconds = []
-    for run, x in ((image, pixels), (text, ids)):
-        run(x, 1)
-        run(x, 1)
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < min_calls or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            run(x, 1)
-            times.append(time.perf_counter() - t0)
-        seconds.append(float(np.median(times)))
-    return 1.0 / sum(seconds)
+    return tower_pairs_per_s(image, text, pixels, ids, 1, settings or Settings.probe())["pairs_per_s"]
 
 
 def _read_cache(path: Path) -> dict:
@@ -162,7 +128,7 @@ def choose(
     usable: Callable[[Variant], bool] = _always,
     towers: Callable[[Variant], tuple] | None = None,
 ) -> tuple[Variant, str] | None:
-    """The fastest of the usable ``finalists`` on this host, probed once and cached.
+    """The fastest of the usable variants on this host, probed once and cached.
 
     None when no variant is usable. ``towers(variant)`` gives the runners to time (so the
     sessions of the on-device check are reused).
@@ -173,7 +139,7 @@ def choose(
             "EDGECLIP_PROBE=0: backend preference order, precision by the rule table "
             f"{list(PRECISION_ORDER)}"
         )) if firsts else None  # fmt: skip
-    timed = finalists(variants, backends, usable)
+    timed = [v for v in variants if v.backend in backends and usable(v)]
     if not timed:
         return None
     if len(timed) == 1:

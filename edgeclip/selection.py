@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .autoselect import PRECISION_ORDER, choose, precision_rank
+from .autoselect import choose, precision_rank
 from .backends import PREFERENCE, available_backends, canonical_name, get_backend
 from .backends.base import Session
 from .bundle import Bundle, Variant
@@ -124,16 +124,12 @@ def select(bundle: Bundle, backend: str = "auto", precision: str = "auto",
         if not ver.ok(first):
             raise refusal(ver.statuses.get(first.id) or status_from_conversion(first))
         return ver.done(first, "explicitly requested" + _verified_note(ver, first))
-    if backend != "auto":
-        for v in sorted(found, key=lambda v: precision_rank(v.precision)):
-            if ver.ok(v):
-                return ver.done(v, f"requested backend {backend}; precision by the rule table "
-                                   f"{list(PRECISION_ORDER)}" + _verified_note(ver, v))  # fmt: skip
-        raise _none_usable(bundle, found, ver)
     picked = choose(bundle, found, backends, threads, device, usable=ver.ok, towers=ver.towers)
     if picked is None:
         raise _none_usable(bundle, found, ver)
     variant, reason = picked
+    if backend != "auto":
+        reason = f"requested backend {backend}; {reason}"
     return ver.done(variant, reason + _verified_note(ver, variant))
 
 

@@ -1,0 +1,57 @@
+"""Is the ``backend="auto"`` speed probe reproducible? Two probes in a row per variant.
+
+    python -m benchmarks.probe_stability BUNDLE
+
+Times every variant twice with exactly what auto selection runs (``autoselect.measure``), and
+writes ``benchmarks/results/<host>/probe_stability.{json,md}`` with both rates and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .hosts import host_label
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edgeclip.autoselect import measure
+    from edgeclip.bundle import Bundle
+    from edgeclip.towers import open_towers
+    from edgeclip.verify import cpu_identity, widest_isa
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    bundle = Bundle.open(args.bundle)
+    rows = []
+    for v in bundle.variants:
+        towers = open_towers(bundle.root, v, args.threads, "auto")
+        first, second = (measure(bundle, v, args.threads, "auto", towers=towers) for _ in range(2))
+        rows.append({"variant": v.id, "first": round(first, 2), "second": round(second, 2),
+                     "ratio": round(max(first, second) / min(first, second), 3)})  # fmt: skip
+    ident = cpu_identity()
+    result = {"what": "autoselect.measure twice in a row, batch 1", "cpu": ident["cpu"],
+              "isa": widest_isa(ident["isa"]), "threads": args.threads, "variants": rows,
+              "max_ratio": max(r["ratio"] for r in rows),
+              "ranking_same": sorted(rows, key=lambda r: -r["first"])[0]["variant"]
+              == sorted(rows, key=lambda r: -r["second"])[0]["variant"]}  # fmt: skip
+    out = ROOT / "benchmarks" / "results" / host_label()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe_stability.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"# Speed-probe stability, {result['cpu']} ({result['isa']}), {args.threads} threads", "",
+             "| variant | pairs/s, 1st | 2nd | max/min |", "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['variant']} | {r['first']} | {r['second']} | {r['ratio']} |" for r in rows]
+    lines += ["", f"Largest disagreement {result['max_ratio']}×; same winner both times: "
+              f"{result['ranking_same']}."]  # fmt: skip
+    (out / "probe_stability.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
