@@ -124,6 +124,7 @@ def speed_summary() -> str:
             f"{rows[best].get(32, 0):.1f} pairs/s at batch 32. Gated variants: peak RSS "
             f"{min(rss):.0f}–{max(rss):.0f} MB, cold start {min(cold):.2f}–{max(cold):.2f} s "
             f"(`benchmarks/results/{path.name}/`)."
+            + (f" **Caveat:** {res['conditions']}." if res.get("conditions") else "")
         )
     return "\n".join(out)
 
