@@ -1,9 +1,10 @@
-"""Text-to-image search over a folder: embed every image once, then rank by a text query.
+"""Text-to-image search over a folder with ``edgeclip.index``: index once, then query.
 
     python examples/image_search.py FOLDER "a red circle" [--model tinyclip-8m] [--top 5]
 
-The image embeddings are saved next to the folder (``FOLDER.edgeclip.npz``) and reused while the
-folder's file list is unchanged, so later queries only embed the text.
+The index lives next to the folder (``FOLDER.edgeclip.db``). Later runs embed only new and
+changed images, so a query on an unchanged folder costs one text embedding. The same from the
+shell: ``edgeclip index FOLDER --db FOLDER.edgeclip.db`` then ``edgeclip search "..." --db ...``.
 """
 
 from __future__ import annotations
@@ -11,27 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-import edgeclip
-
-SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def index(model: edgeclip.EdgeClip, folder: Path) -> tuple[list[str], np.ndarray]:
-    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES)
-    cache = folder.with_suffix(".edgeclip.npz")
-    if cache.exists():
-        saved = np.load(cache, allow_pickle=False)
-        if saved["files"].tolist() == files and str(saved["model"]) == model.bundle.name:
-            return files, saved["embeddings"]
-    try:
-        emb = model.encode_image(files)
-    except edgeclip.BatchError as err:
-        print(f"skipping {len(err.failures)} unreadable image(s):\n{err}")
-        emb = err.results
-    np.savez(cache, files=np.array(files), embeddings=emb, model=model.bundle.name)
-    return files, emb
+from edgeclip.index import Index
 
 
 def main() -> None:
@@ -44,11 +25,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=5)
     args = ap.parse_args()
 
-    model = edgeclip.load(args.model)
-    files, emb = index(model, args.folder)
-    scores = np.nan_to_num(emb @ model.encode_text(args.query)[0], nan=-1.0)
-    for i in np.argsort(-scores)[: args.top]:
-        print(f"{scores[i]:.3f}  {files[i]}")
+    with Index(args.folder.with_suffix(".edgeclip.db"), args.model) as index:
+        report = index.update([args.folder])
+        print(report.summary())
+        for path, reason in report.failures:
+            print(f"  skipped {path}: {reason}")
+        for hit in index.search(args.query, k=args.top):
+            print(f"{hit.score:.3f}  {hit.path}")
 
 
 if __name__ == "__main__":

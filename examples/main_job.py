@@ -1,10 +1,13 @@
 """The main job, end to end with no network: teacher → distilled student → bundle → zero-shot.
 
-    bash scripts/main_job.sh [--steps N] [--out DIR] [--skip-teacher-check] [--no-kd-baseline]
+    bash scripts/main_job.sh [--steps N] [--out DIR] [--inherit] [--skip-baseline] [--skip-teacher-check]
 
 1. trains (once, then reused from the cache) the procedural teacher;
-2. distils ``procedural-student`` from it with ``fd=2000,icl=1,crd=1`` into ``OUT/student``;
-3. converts it into the bundle ``OUT/bundle`` and adds gated int8 variants (onnx, openvino);
+2. distils ``procedural-student`` from it with ``fd=2000,icl=1,crd=1`` into ``OUT/student`` and,
+   for an honest measure of what distillation adds, trains the same student with the same
+   steps, seed and start (random init, or ``--inherit``) without the teacher into
+   ``OUT/student-no-kd``; prints the difference (one seed: ``benchmarks/distill_bench.py`` has 3);
+3. converts the distilled student into the bundle ``OUT/bundle`` and adds gated int8 variants;
 4. writes the held-out test images (colour-shape pairs never seen in training) as PNG files
    under ``OUT/heldout/<colour>_<shape>/NNN.png`` and classifies them with ``edgeclip.load``;
 5. times pairs/s at batch 1 of the auto-selected variant and of onnx-fp32;
@@ -95,155 +98,185 @@ def _bundle_eval(model, paths: list[Path], labels: list[int]) -> dict:
     }
 
 
+def student_image_size(student_dir: Path) -> int:
+    """Image size of a distilled student, from the provenance the distill stage writes."""
+    meta = json.loads((Path(student_dir) / "edgeclip_distill.json").read_text())
+    return int(meta["config"]["student_arch"]["image_size"])
+
+
 def _pct(d: dict | None) -> dict | None:
     return None if d is None else {k: round(float(v), 1) for k, v in d.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv):
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--steps", type=int, default=1500, help="student distillation steps (~3 min)")
+    ap.add_argument("--steps", type=int, default=600, help="student steps, KD and no-KD alike")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--no-inherit", action="store_true", help="student from random init")
+    ap.add_argument(
+        "--inherit", action="store_true", help="both students start from the teacher's slices"
+    )
+    ap.add_argument("--skip-baseline", action="store_true", help="no no-KD student (no comparison)")
     ap.add_argument("--per-pair", type=int, default=20, help="held-out PNGs per held-out pair")
     ap.add_argument("--out", default="runs")
     ap.add_argument(
         "--skip-teacher-check", action="store_true", help="do not re-evaluate the teacher"
     )
-    ap.add_argument(
-        "--no-kd-baseline",
-        action="store_true",
-        help="also train the student without a teacher (clip loss only) for comparison",
-    )
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "main_job.json"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    import torch
 
-    torch.set_num_threads(2)  # the 2-core box this job is sized for
-    import edgeclip
+def _teacher(args, times: dict) -> tuple[str, dict]:
     from edgeclip.distill import cli
-    from edgeclip.distill.procedural import class_prompts
-
-    out = Path(args.out)
-    times: dict[str, float] = {}
-    summary: dict = {"steps": args.steps, "batch_size": args.batch_size, "losses": LOSSES}
 
     t = time.perf_counter()
     teacher = cli.resolve_teacher(cli.PROCEDURAL_TEACHER)
     times["teacher_s"] = round(time.perf_counter() - t, 1)
     meta = json.loads((Path(teacher) / "edgeclip_distill.json").read_text())
-    summary["teacher"] = {
-        "dir": teacher,
-        "train_s": round(meta.get("result", {}).get("elapsed_s", 0.0), 1),
-        "eval": _pct(meta.get("result", {}).get("eval")),
-    }
+    info = {"dir": teacher, "train_s": round(meta.get("result", {}).get("elapsed_s", 0.0), 1),
+            "eval": _pct(meta.get("result", {}).get("eval"))}  # fmt: skip
     if not args.skip_teacher_check:
         from edgeclip.distill.evaluate import zero_shot
         from edgeclip.distill.students import load_model
 
-        tm = load_model(teacher)
-        summary["teacher"]["eval"] = _pct(zero_shot(tm, None))
-    _log(f"teacher {teacher}: {summary['teacher']['eval']}")
+        info["eval"] = _pct(zero_shot(load_model(teacher), None))
+    _log(f"teacher {teacher}: {info['eval']}")
+    return teacher, info
+
+
+def _student(args, out: Path, losses: str, times: dict, key: str) -> dict | None:
+    """Train one student (``losses`` with the teacher, or ``clip=1`` alone) into ``out``."""
+    from edgeclip.distill import cli
 
     t = time.perf_counter()
-    student = out / "student"
-    argv_d = ["distill", "--teacher", cli.PROCEDURAL_TEACHER, "--losses", LOSSES,
-              "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-              "--lr", str(args.lr), "--warmup", "0.1", "--out", str(student)]  # fmt: skip
-    if not args.no_inherit:
-        argv_d.append("--inherit")
-    rc = cli.main(argv_d)
+    argv = ["distill", "--teacher", cli.PROCEDURAL_TEACHER, "--losses", losses, "--steps", str(args.steps),
+            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", "0.1", "--out", str(out),
+            "--teacher-cache", str(cli.cache_dir() / "teacher-features")]  # fmt: skip
+    if args.inherit:
+        argv.append("--inherit")
+    rc = cli.main(argv)
+    times[key] = round(time.perf_counter() - t, 1)
     if rc != 0:
-        _log(f"distillation failed (exit {rc})")
-        return rc
-    times["distill_s"] = round(time.perf_counter() - t, 1)
-    smeta = json.loads((student / "edgeclip_distill.json").read_text())
-    summary["student"] = {
-        "dir": str(student),
-        "inherit": not args.no_inherit,
-        "eval": _pct(smeta.get("result", {}).get("eval")),
+        _log(f"training {out} failed (exit {rc})")
+        return None
+    meta = json.loads((out / "edgeclip_distill.json").read_text())
+    return {
+        "dir": str(out),
+        "inherit": args.inherit,
+        "eval": _pct(meta.get("result", {}).get("eval")),
     }
 
-    if args.no_kd_baseline:
-        t = time.perf_counter()
-        base = out / "student-no-kd"
-        argv_b = [a if a != LOSSES else "clip=1" for a in argv_d]
-        argv_b[argv_b.index(str(student))] = str(base)
-        if cli.main(argv_b) == 0:
-            bmeta = json.loads((base / "edgeclip_distill.json").read_text())
-            summary["student_no_kd"] = {
-                "dir": str(base),
-                "inherit": not args.no_inherit,
-                "eval": _pct(bmeta.get("result", {}).get("eval")),
-            }
-        times["no_kd_s"] = round(time.perf_counter() - t, 1)
 
-    t = time.perf_counter()
+def _bundle(student: Path, out: Path, per_pair: int, times: dict):
+    """Convert, add gated int8 variants, classify the held-out PNGs with ``edgeclip.load``."""
+    import edgeclip
     from converters.add_variants import add_variants
     from converters.bundle_writer import convert
 
+    t = time.perf_counter()
     bundle = out / "bundle"
     convert(student, bundle, overwrite=True)
     backends = "onnx,openvino" if importlib.util.find_spec("openvino") else "onnx"
     add_variants(bundle, student, backends=backends, precisions="int8", log=print)
     times["convert_s"] = round(time.perf_counter() - t, 1)
-
     t = time.perf_counter()
-    image_size = smeta["config"].get("arch", {}).get("image_size", 64)
-    paths, labels = _write_heldout(out / "heldout", args.per_pair, image_size)
+    paths, labels = _write_heldout(out / "heldout", per_pair, student_image_size(student))
     model = edgeclip.load(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = next(v for v in manifest["variants"] if v["id"] == model.variant.id)
-    summary["variant"] = {
-        "id": model.variant.id,
-        "reason": getattr(model, "selection_reason", None),
-        "gate": entry.get("gate"),
-        "parity": entry.get("parity"),
-    }
-    summary["bundle_eval"] = _bundle_eval(model, paths, labels)
+    variant = {"id": model.variant.id, "reason": getattr(model, "selection_reason", None),
+               "gate": entry.get("gate"), "parity": entry.get("parity")}  # fmt: skip
+    evaluation = _bundle_eval(model, paths, labels)
     times["bundle_eval_s"] = round(time.perf_counter() - t, 1)
+    return model, bundle, paths, variant, evaluation
 
-    t = time.perf_counter()
+
+def _speed(model, bundle: Path, image_path: Path, times: dict) -> dict:
     import numpy as np
     from PIL import Image
 
+    import edgeclip
+    from edgeclip.distill.procedural import class_prompts
+
+    t = time.perf_counter()
     prompt = class_prompts()[0][0]
-    image = np.asarray(Image.open(paths[0]).convert("RGB"))  # decoded once: time the model only
+    image = np.asarray(Image.open(image_path).convert("RGB"))  # decoded once: time the model only
     speed = {model.variant.id: _pairs_per_s(model, image, prompt)}
     if model.variant.id != "onnx-fp32":
-        fp32 = edgeclip.load(bundle, backend="onnx", precision="fp32")
-        speed["onnx-fp32"] = _pairs_per_s(fp32, image, prompt)
-    summary["speed_batch1"] = speed
+        speed["onnx-fp32"] = _pairs_per_s(
+            edgeclip.load(bundle, backend="onnx", precision="fp32"), image, prompt
+        )
     times["speed_s"] = round(time.perf_counter() - t, 1)
-    summary["times"] = times
+    return speed
 
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
-    te, se, be = (
-        summary["teacher"]["eval"] or {},
-        summary["student"]["eval"] or {},
-        summary["bundle_eval"],
-    )
+
+def kd_effect(kd: dict, no_kd: dict) -> dict:
+    """Distillation's effect at equal steps, seed and start: KD minus no-KD, in points."""
+    return {k: round(kd[k] - no_kd[k], 1) for k in ("seen", "held_out", "held_out_shape")}
+
+
+def _print_summary(summary: dict, speed: dict, json_path: str) -> None:
+    nan = float("nan")
+    start = "inherited" if summary["inherit"] else "random init"
     print("\n== main job summary ==")
     print("zero-shot top-1 % (64-way colour-shape prompts; shape-only 8-way; colour from 64-way)")
     print("| model | seen | held-out | held-out shape | held-out colour |")
     print("|---|---|---|---|---|")
-    rows = [("teacher (torch)", te), ("student (torch)", se)]
+    rows = [("teacher (torch)", summary["teacher"]["eval"] or {}),
+            (f"student, {start} + KD (torch)", summary["student"]["eval"] or {})]  # fmt: skip
     if "student_no_kd" in summary:
-        rows.append(("student no-KD (torch)", summary["student_no_kd"]["eval"] or {}))
+        rows.append((f"student, {start}, no KD (torch)", summary["student_no_kd"]["eval"] or {}))
     for name, e in rows:
-        print(f"| {name} | {e.get('seen', float('nan')):.1f} | {e.get('held_out', float('nan')):.1f} "
-              f"| {e.get('held_out_shape', float('nan')):.1f} | {e.get('held_out_colour_right', float('nan')):.1f} |")  # fmt: skip
-    print(f"| student bundle {model.variant.id} ({be['n_images']} PNGs) | - | {be['held_out']:.1f} "
+        print(f"| {name} | {e.get('seen', nan):.1f} | {e.get('held_out', nan):.1f} | "
+              f"{e.get('held_out_shape', nan):.1f} | {e.get('held_out_colour_right', nan):.1f} |")  # fmt: skip
+    be = summary["bundle_eval"]
+    print(f"| student bundle {summary['variant']['id']} ({be['n_images']} PNGs) | - | {be['held_out']:.1f} "
           f"| {be['held_out_shape']:.1f} | {be['held_out_colour_right']:.1f} |")  # fmt: skip
-    print(f"variant {model.variant.id}: gate {entry.get('gate')}")
+    if "kd_effect" in summary:
+        d = summary["kd_effect"]
+        print(f"distillation's effect ({summary['steps']} steps each, same seed and start, one seed): "
+              f"seen {d['seen']:+.1f}, held-out {d['held_out']:+.1f}, held-out shape {d['held_out_shape']:+.1f} "
+              "points (3 seeds: python -m benchmarks.distill_bench)")  # fmt: skip
+    print(f"variant {summary['variant']['id']}: gate {summary['variant']['gate']}")
     for vid, s in speed.items():
-        print(f"{vid}: {s['pairs_per_s']} pairs/s at batch 1 (image {s['image_per_s']}/s, text {s['text_per_s']}/s)")  # fmt: skip
-    print(f"times: {times}")
-    print(f"wrote {args.json}")
+        print(
+            f"{vid}: {s['pairs_per_s']} pairs/s at batch 1 (image {s['image_per_s']}/s, text {s['text_per_s']}/s)"
+        )
+    print(f"times: {summary['times']}")
+    print(f"wrote {json_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    import torch
+
+    torch.set_num_threads(2)  # the 2-core box this job is sized for
+    out, times = Path(args.out), {}
+    summary: dict = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "losses": LOSSES,
+        "inherit": args.inherit,
+    }
+    _, summary["teacher"] = _teacher(args, times)
+    summary["student"] = _student(args, out / "student", LOSSES, times, "distill_s")
+    if summary["student"] is None:
+        return 1
+    if not args.skip_baseline:
+        base = _student(args, out / "student-no-kd", "clip=1", times, "no_kd_s")
+        if base is not None:
+            summary["student_no_kd"] = base
+            summary["kd_effect"] = kd_effect(summary["student"]["eval"], base["eval"])
+    model, bundle, paths, summary["variant"], summary["bundle_eval"] = _bundle(
+        Path(summary["student"]["dir"]), out, args.per_pair, times
+    )
+    speed = _speed(model, bundle, paths[0], times)
+    summary["speed_batch1"], summary["times"] = speed, times
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, speed, args.json)
     return 0
 
 

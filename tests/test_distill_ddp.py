@@ -97,6 +97,33 @@ def test_two_processes_equal_one(tmp_path, teacher_dir):
         np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
 
 
+def test_two_processes_equal_one_with_masks_across_the_prune_step(tmp_path, teacher_dir):
+    def argv(out):
+        return ["distill", "--teacher", teacher_dir, "--auto-inherit", "--losses", "clip=1,fd=2000,crd=1,mfd=100",
+                "--steps", "3", "--prune-step", "2", "--mask-lr", "0.5", "--mask-kinds", "hidden,heads,mlp,layers",
+                "--batch-size", "8", "--procedural-size", "32", "--eval-held-out", "1", "--no-progress", "-o", str(out)]  # fmt: skip
+
+    procs = _launch(argv(tmp_path / "one"), 1) + _launch(argv(tmp_path / "two"), 2)
+    for rc, err in _finish(procs):
+        assert rc == 0, err[-3000:]
+    l1 = [json.loads(x) for x in open(tmp_path / "one" / "train_log.jsonl")]
+    l2 = [json.loads(x) for x in open(tmp_path / "two" / "train_log.jsonl")]
+    assert [r["phase"] for r in l1] == [r["phase"] for r in l2] == ["masked", "masked", "pruned"]
+    for a, b in zip(l1, l2):
+        for k in a["parts"]:
+            assert b["parts"][k] == pytest.approx(a["parts"][k], rel=1e-5, abs=1e-6), k
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b.get("expected_sparsity") == pytest.approx(a.get("expected_sparsity"), abs=1e-6)
+    m1 = json.loads((tmp_path / "one" / "edgeclip_distill.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "edgeclip_distill.json").read_text())
+    assert m1["architecture"] == m2["architecture"]  # the same units pruned
+    from safetensors.numpy import load_file
+
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
+
+
 def test_a_dying_process_stops_the_others(tmp_path, teacher_dir):
     argv = _argv(teacher_dir, tmp_path / "die", steps=100_000) + ["--dist-timeout", "30"]
     procs = _launch(argv, 2)

@@ -58,11 +58,16 @@ def test_crd_equals_hand_kl():
     assert abs(same.item()) < 1e-12
 
 
-def test_fd_is_mse_of_normalised_features():
+def test_fd_is_mse_of_normalised_features_scaled_to_the_width():
     si, st = _feats(3, 4, 1), _feats(3, 4, 2)
     ti, tt = _feats(3, 4, 3, True), _feats(3, 4, 4, True)
     want = np.mean((_np_norm(si) - ti.numpy()) ** 2) + np.mean((_np_norm(st) - tt.numpy()) ** 2)
-    assert L.fd_loss(si, st, ti, tt).item() == pytest.approx(want, rel=1e-10)
+    # CLIP-KD's element mean at its 512 dims; at 4 dims, scaled by 4/512
+    assert L.fd_loss(si, st, ti, tt, reference_dim=4).item() == pytest.approx(want, rel=1e-10)
+    assert L.fd_loss(si, st, ti, tt).item() == pytest.approx(want * 4 / 512, rel=1e-10)
+    # = per-row squared distance / 512, the same for any width
+    rows = np.sum((_np_norm(si) - ti.numpy()) ** 2, 1).mean() + np.sum((_np_norm(st) - tt.numpy()) ** 2, 1).mean()
+    assert L.fd_loss(si, st, ti, tt).item() == pytest.approx(rows / 512, rel=1e-10)
     with pytest.raises(InputError, match="teacher width"):
         L.fd_loss(_feats(3, 5), st, ti, tt)
 

@@ -19,6 +19,14 @@ from edgeclip.errors import InputError  # noqa: E402
 ALL_LOSSES = "clip=1,crd=1,fd=2000,mfd=1000,gd=100,icl=1,afd=1,affinity=1"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds contention on 2 cores
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("teacher")
@@ -158,3 +166,16 @@ def test_cli_distills_from_csv_with_bad_rows(tmp_path, teacher_dir):
     assert main(argv) == 0
     log = _log(out)
     assert log[-1]["skipped"] == 1 and (out / "model.safetensors").is_file()
+
+
+def test_teacher_embeddings_cached_on_disk_make_a_rerun_identical_and_teacher_free(tmp_path, teacher_dir):
+    cache = tmp_path / "teacher-features"
+    kw = dict(steps=3, losses="fd=2000,icl=1,crd=1", procedural_size=24, teacher_cache_dir=str(cache))
+    first = train(_cfg(tmp_path / "a", teacher_dir, **kw))
+    assert first["teacher_items_computed"] == 24 and len(list(cache.glob("*.pt"))) == 1
+    second = train(_cfg(tmp_path / "b", teacher_dir, **kw))
+    assert second["teacher_items_computed"] == 0  # every item's embeddings came from the disk
+    assert [r["loss"] for r in _log(tmp_path / "a")] == [r["loss"] for r in _log(tmp_path / "b")]
+    # another source (size) is another cache file, never a wrong hit
+    third = train(_cfg(tmp_path / "c", teacher_dir, **{**kw, "procedural_size": 16}))
+    assert third["teacher_items_computed"] == 16 and len(list(cache.glob("*.pt"))) == 2

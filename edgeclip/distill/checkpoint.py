@@ -17,7 +17,9 @@ CKPT_NAME = "train_state.pt"
 IDENTITY_KEYS = (
     "student_arch", "teacher", "teacher_digest", "data", "losses", "inherit", "steps", "batch_size",
     "lr", "weight_decay", "warmup", "grad_clip", "seed", "world_size", "mask_ratio",
-    "affinity_alpha", "affinity_scale", "procedural_size", "procedural_seed",
+    "affinity_alpha", "affinity_scale", "procedural_size", "procedural_seed", "clipkd_variant",
+    "auto_inherit", "target_sparsity", "prune_step", "sparsity_warmup", "mask_lr", "lambda_lr", "sparsity_penalty",
+    "mask_kinds", "prune_layout", "start_from", "start_from_digest",
 )  # fmt: skip
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from edgeclip.errors import EdgeclipError, InputError
 
 PROCEDURAL_TEACHER = "procedural-teacher"
-# Recipe that learns shape as well as colour in ~5 min on 2 CPU cores (shape needs ~800+ steps).
-TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR, TEACHER_WARMUP = 1500, 128, 2e-3, 0.1
+# The CPU probe's recipe (../shared/notes/distill-probe.md: seen 94.3 %, held-out shape 86.3 %,
+# 9.4 min at 545 images/s on 2 cores); the cache folder is keyed by it and the architecture.
+TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR, TEACHER_WARMUP = 1200, 256, 1e-3, 0.05
+TEACHER_DATA_SIZE = 120_000
 
 
 def cache_dir() -> Path:
@@ -25,10 +27,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGECLIP_CACHE", Path.home() / ".cache" / "edgeclip")) / "distill"
 
 
-def procedural_teacher_dir(
-    steps: int = TEACHER_STEPS, batch_size: int = TEACHER_BATCH, seed: int = 0
-) -> Path:
-    return cache_dir() / f"procedural-teacher-{steps}x{batch_size}-seed{seed}"
+def teacher_recipe(seed: int = 0) -> dict:
+    """Everything that decides the cached procedural teacher (its architecture included)."""
+    from .students import load_arch
+
+    return {"arch": load_arch(PROCEDURAL_TEACHER), "steps": TEACHER_STEPS, "batch_size": TEACHER_BATCH,
+            "lr": TEACHER_LR, "warmup": TEACHER_WARMUP, "procedural_size": TEACHER_DATA_SIZE, "seed": seed}  # fmt: skip
+
+
+def procedural_teacher_dir(seed: int = 0) -> Path:
+    """The cache folder of the procedural teacher, named by a digest of its recipe."""
+    import hashlib
+
+    recipe = teacher_recipe(seed)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / f"procedural-teacher-{TEACHER_STEPS}x{TEACHER_BATCH}-seed{seed}-{digest}"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -58,9 +71,43 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--teacher-cache", help="folder keeping teacher embeddings of procedural/CSV items for later runs"
+    )
+    p.add_argument(
         "--dist-timeout", type=float, default=120.0, help="seconds before a silent peer is an error"
     )
     p.add_argument("-o", "--out", required=True)
+
+
+def _auto_inherit_args(d: argparse.ArgumentParser) -> None:
+    a = d.add_argument_group("automatic weight inheritance (TinyCLIP: L0 masks, then pruning)")
+    a.add_argument(
+        "--auto-inherit", action="store_true",
+        help="learn masks on a copy of the teacher, prune it at --prune-step, keep training it",
+    )  # fmt: skip
+    a.add_argument(
+        "--target-sparsity", type=float, default=0.5,
+        help="share of the encoder layers' parameters to remove, in (0, 1)",
+    )  # fmt: skip
+    a.add_argument(
+        "--start-from", help="CLIPModel folder the masks start on (default: the teacher; progressive stages)"
+    )
+    a.add_argument("--prune-step", type=int, help="step at which to prune (default: steps // 2)")
+    a.add_argument(
+        "--sparsity-warmup", type=float, default=0.5,
+        help="fraction of --prune-step over which the target rises from 0",
+    )  # fmt: skip
+    a.add_argument("--mask-lr", type=float, default=0.1, help="learning rate of the mask log-alphas")
+    a.add_argument("--lambda-lr", type=float, default=0.1, help="gradient-ascent rate of the multipliers")
+    a.add_argument(
+        "--sparsity-penalty", choices=("two-sided", "one-sided"), default="two-sided",
+        help="Lagrangian term: pull to the target from both sides, or TinyCLIP's one-sided form",
+    )  # fmt: skip
+    a.add_argument("--mask-kinds", default="hidden,heads,mlp", help="of hidden,heads,mlp,layers")
+    a.add_argument(
+        "--prune-layout", choices=("per-layer", "uniform"), default="per-layer",
+        help="per-layer widths (zero padded in the exported config) or the same widths in every layer",
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--mask-ratio", type=float, default=0.75, help="MFD patch drop ratio")
     d.add_argument("--affinity-alpha", type=float, default=1.0)
     d.add_argument("--affinity-scale", default="50", help="a number or 'teacher'")
+    d.add_argument(
+        "--clipkd-variant", choices=("paper", "released"), default="paper",
+        help="ICL/AFD/GD as in CLIP-KD's paper or its released code (docs/distill.md: weights)",
+    )  # fmt: skip
+    _auto_inherit_args(d)
     _common(d)
     t = sub.add_parser("train-teacher", help="train a CLIP from scratch (default: procedural data)")
     t.add_argument("--arch", default=PROCEDURAL_TEACHER, help="preset name or architecture JSON")
@@ -109,7 +161,7 @@ def _config(args, **kw):
         weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed,
         procedural_size=args.procedural_size, eval_every=args.eval_every, eval_held_out=args.eval_held_out,
         checkpoint_every=args.checkpoint_every, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
-        dist_timeout=args.dist_timeout, **kw,
+        dist_timeout=args.dist_timeout, teacher_cache_dir=getattr(args, "teacher_cache", None), **kw,
     )  # fmt: skip
 
 
@@ -124,14 +176,16 @@ def resolve_teacher(teacher: str | None, progress: bool = True) -> str | None:
     from .trainer import TrainConfig, train
 
     out = procedural_teacher_dir()
-    if not (out / "model.safetensors").is_file():
+    if not (out / "config.json").is_file():  # written last: an unfinished teacher has none
         print(
             f"training the procedural teacher into {out} (once; later runs reuse it)",
             file=sys.stderr,
         )
-        train(TrainConfig(student=PROCEDURAL_TEACHER, out=str(out), steps=TEACHER_STEPS,
-                          batch_size=TEACHER_BATCH, lr=TEACHER_LR, warmup=TEACHER_WARMUP, eval_every=100, checkpoint_every=100,
-                          resume=(out / "train_state.pt").is_file(), progress=progress))  # fmt: skip
+        r = teacher_recipe()
+        train(TrainConfig(student=PROCEDURAL_TEACHER, out=str(out), steps=r["steps"], batch_size=r["batch_size"],
+                          lr=r["lr"], warmup=r["warmup"], procedural_size=r["procedural_size"], seed=r["seed"],
+                          eval_every=100, checkpoint_every=100, resume=(out / "train_state.pt").is_file(),
+                          progress=progress))  # fmt: skip
     return str(out)
 
 
@@ -157,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             result = train(_config(
                 args, student=args.student, teacher=teacher, losses=args.losses, inherit=args.inherit,
                 mask_ratio=args.mask_ratio, affinity_alpha=args.affinity_alpha, affinity_scale=scale,
+                clipkd_variant=args.clipkd_variant, auto_inherit=args.auto_inherit,
+                target_sparsity=args.target_sparsity, prune_step=args.prune_step,
+                sparsity_warmup=args.sparsity_warmup, mask_lr=args.mask_lr, lambda_lr=args.lambda_lr,
+                mask_kinds=args.mask_kinds, prune_layout=args.prune_layout,
+                sparsity_penalty=args.sparsity_penalty, start_from=args.start_from,
             ))  # fmt: skip
     except DistributedError as e:
         print(f"error: {e}", file=sys.stderr)

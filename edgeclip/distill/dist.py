@@ -32,19 +32,68 @@ def world_info() -> tuple[int, int, int]:
     )
 
 
+_WAIT_GROUP = None  # a gloo group for long waits (rank 0 evaluating), whatever the backend
+
+
+def process_group_options(device: torch.device, timeout_s: float) -> tuple[str, dict, dict]:
+    """``(backend, init_process_group kwargs, environment to set)`` for a run on ``device``.
+
+    On CUDA: nccl, with ``device_id`` (binds the group to this process's GPU at once) and
+    ``TORCH_NCCL_BLOCKING_WAIT=1``, so that a collective that times out because a peer died
+    raises a Python exception, as gloo does, instead of the watchdog aborting the process.
+    """
+    kwargs: dict = {"timeout": timedelta(seconds=timeout_s)}
+    if device.type == "cuda":
+        kwargs["device_id"] = device
+        return "nccl", kwargs, {"TORCH_NCCL_BLOCKING_WAIT": "1"}
+    return "gloo", kwargs, {}
+
+
 def init(timeout_s: float = 120.0) -> tuple[int, int, torch.device]:
     """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU).
 
     The timeout bounds every collective, so a dead peer makes the others fail, not hang.
     """
+    global _WAIT_GROUP
     rank, world, local = world_info()
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend, kwargs, env = process_group_options(device, timeout_s)
+        for k, v in env.items():
+            os.environ.setdefault(k, v)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, **kwargs)
+        _WAIT_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else None
     return rank, world, device
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that support it (Ampere and newer); ``None`` (fp32) elsewhere.
+
+    Pre-Ampere GPUs and some Jetsons lack bf16; fp16 would need a gradient scaler, so they
+    train in fp32.
+    """
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def final_wait_s(base_s: float, eval_images: int, samples_per_s: float, n_params: int) -> float:
+    """How long the other processes wait while rank 0 evaluates and exports.
+
+    ``base_s`` (the collective timeout) plus three times an estimate: the evaluation images at
+    this process's training rate (a training sample costs more than an evaluation forward, so
+    this over-estimates) and 30 s + 20 MB/s for writing the weights.
+    """
+    rate = samples_per_s if samples_per_s > 0 else 10.0
+    return base_s + 3.0 * (eval_images / rate + 30.0 + 4.0 * n_params / 20e6)
+
+
+def wait_for_rank0(timeout_s: float) -> None:
+    """Barrier with its own timeout (gloo's ``monitored_barrier``), for the end of a run."""
+    if active():
+        dist.monitored_barrier(group=_WAIT_GROUP, timeout=timedelta(seconds=timeout_s))
 
 
 def active() -> bool:

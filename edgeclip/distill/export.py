@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from ..tokenizer import hf_vocab_and_merges
 from .evaluate import MEAN, STD
-from .students import EOT, SOT, arch_of
+from .students import EOT, SOT, arch_of, quiet_transformers
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
@@ -37,11 +38,19 @@ def write_tokenizer_files(out: Path, context_length: int) -> None:
 def save_clip_dir(model, out: str | Path, extra: dict | None = None) -> Path:
     """Save ``model`` (a transformers CLIPModel) with preprocessor and tokenizer files.
 
-    ``extra`` is written as ``edgeclip_distill.json`` (training provenance and metrics).
+    ``extra`` is written as ``edgeclip_distill.json`` (training provenance and metrics). Files
+    are written into ``OUT/.export-partial`` and moved into ``OUT`` one by one (atomic renames),
+    ``config.json`` last: an interrupted export never looks like a complete CLIPModel folder.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    stage = out / ".export-partial"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    (out / "config.json").unlink(missing_ok=True)  # a folder being rewritten is not complete
+    with quiet_transformers():
+        model.save_pretrained(str(stage), safe_serialization=True)
     arch = arch_of(model)
     size = arch["image_size"]
     pre = {
@@ -51,10 +60,14 @@ def save_clip_dir(model, out: str | Path, extra: dict | None = None) -> Path:
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "image_mean": list(MEAN), "image_std": list(STD), "do_convert_rgb": True,
     }  # fmt: skip
-    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
-    write_tokenizer_files(out, arch["context_length"])
+    (stage / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    write_tokenizer_files(stage, arch["context_length"])
     if extra is not None:
-        (out / "edgeclip_distill.json").write_text(
+        (stage / "edgeclip_distill.json").write_text(
             json.dumps({"architecture": arch, **extra}, indent=2)
         )
+    names = sorted(p.name for p in stage.iterdir())
+    for name in [n for n in names if n != "config.json"] + ["config.json"]:
+        os.replace(stage / name, out / name)
+    stage.rmdir()
     return out

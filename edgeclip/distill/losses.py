@@ -11,8 +11,20 @@ Conventions: ``s_img``/``s_txt`` are the student's projected, *unnormalised* emb
 Sources: CLIP-KD, Yang et al., "CLIP-KD: An Empirical Study of CLIP Model Distillation",
 CVPR 2024 (arXiv 2307.12732), code winycg/CLIP-KD ``src/open_clip/loss.py``; TinyCLIP, Wu et
 al., ICCV 2023, code wkcn/TinyCLIP ``src/open_clip/loss.py``. Where the released CLIP-KD code
-differs from its paper (GD's temperature, ICL's un-exponentiated scale, MFD's unmasked
-features) we follow the paper.
+differs from its paper (GD's temperature, ICL's and AFD's un-exponentiated scale) both are
+offered: ``DistillLoss(variant="paper")`` (default) or ``variant="released"``. MFD follows the
+paper (the released code's MFD silently computes FD, see ``docs/distill.md``).
+
+Weights that go with each formula (CLIP-KD's recipe is crd=1, icl=1, fd=2000):
+
+* ``fd``/``mfd``: 2000 in both variants. FD is scaled to the embedding width
+  (``fd_loss(reference_dim=512)``), so 2000 pulls as hard at 128 dims as at CLIP-KD's 512.
+* ``icl``/``afd``: 1 in both. The released scale is the raw parameter (≈ 2.66 at start,
+  softer logits) instead of ``exp`` of it (≈ 14.3).
+* ``gd``: the released code divides by the logit scale where the paper multiplies, and its
+  softmax at τ = scale is nearly uniform. Measured ratio paper / released of the loss value:
+  1.3–1.7e8 at scales of 100 (CLIP-KD's setting, where its weight 1e8 ≈ paper weight 1) and
+  6.5e4 at scales of 14–18 (the procedural teachers, where 1e8 ≈ paper weight 1.5e3).
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ from torch import nn
 from edgeclip.errors import InputError
 
 LOSS_NAMES = ("clip", "crd", "fd", "mfd", "gd", "icl", "afd", "affinity")
+VARIANTS = ("paper", "released")
+# CLIP-KD tuned FD's weight (2000) on 512-dim embeddings with an element-mean MSE.
+FD_REFERENCE_DIM = 512
 # Losses that compare student and teacher embeddings element-wise and so need equal widths.
 _NEEDS_TEACHER_DIM = ("fd", "mfd", "gd", "icl", "afd")
 MAX_LOGIT_SCALE = 100.0
@@ -86,17 +101,25 @@ def _check_dims(s: torch.Tensor, t: torch.Tensor, what: str) -> None:
 
 
 def fd_loss(
-    s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    t_img: torch.Tensor,
+    t_txt: torch.Tensor,
+    reference_dim: int = FD_REFERENCE_DIM,
 ) -> torch.Tensor:
-    """Feature distillation (CLIP-KD §3.2 "FD"; loss.py ``fd_loss``).
+    """Feature distillation (CLIP-KD §3.2 "FD"; loss.py ``fd_loss``), scaled to the width.
 
-    ``L = MSE(Î_s, I_t) + MSE(T̂_s, T_t)``: element-mean squared error between the (projected)
-    L2-normalised student embeddings and the teacher's normalised ones, image plus text.
+    ``L = (D / D_ref) · [MSE(Î_s, I_t) + MSE(T̂_s, T_t)]`` with MSE the element mean over the
+    (projected) L2-normalised student embeddings against the teacher's normalised ones, ``D``
+    their width and ``D_ref`` = 512. Equivalently ``mean_rows ‖Î_s − I_t‖² / D_ref`` (+ text).
+    At ``D = 512`` this is CLIP-KD's loss; at other widths the element mean would make a fixed
+    weight ``D_ref/D`` times stronger (4× at 128 dims), the scaling keeps it CLIP-KD's pull.
     Used for MFD too, where ``s_img`` comes from a masked student forward.
     """
     _check_dims(s_img, t_img, "fd")
     _check_dims(s_txt, t_txt, "fd")
-    return F.mse_loss(_normalize(s_img), t_img) + F.mse_loss(_normalize(s_txt), t_txt)
+    width = s_img.shape[-1] / reference_dim
+    return width * (F.mse_loss(_normalize(s_img), t_img) + F.mse_loss(_normalize(s_txt), t_txt))
 
 
 def contrastive_grads(
@@ -120,18 +143,20 @@ def gd_loss(
     t_img: torch.Tensor,
     t_txt: torch.Tensor,
     t_scale: torch.Tensor | float,
+    released: bool = False,
 ) -> torch.Tensor:
     """Gradient distillation (CLIP-KD §3.2 "GD"; loss.py ``gd_loss``).
 
     For the image→text contrastive loss (anchors Î, keys T̂) and the text→image one, the
     analytic gradients w.r.t. anchors and keys (``contrastive_grads``) of student and teacher
     are matched with MSE: ``L = Σ_{4 terms} MSE(g_s, g_t)``, each model at its own temperature
-    ``τ = 1 / logit_scale``. (The released code passes the scale itself as τ.)
+    ``τ = 1 / logit_scale`` (paper). ``released=True``: ``τ = logit_scale`` as the released
+    code passes it, near-uniform softmaxes and ≈ 10⁸ smaller values (its weight is 1e8).
     """
     _check_dims(s_img, t_img, "gd")
     si, st = _normalize(s_img), _normalize(s_txt)
-    tau_s = 1.0 / s_scale
-    tau_t = 1.0 / t_scale
+    tau_s = s_scale if released else 1.0 / s_scale
+    tau_t = t_scale if released else 1.0 / t_scale
     loss = s_img.new_zeros(())
     for (sp, sk), (tp, tk) in (((si, st), (t_img, t_txt)), ((st, si), (t_txt, t_img))):
         gp_s, gk_s = contrastive_grads(sp, sk, tau_s)
@@ -151,8 +176,9 @@ def icl_loss(
     """Interactive contrastive learning (CLIP-KD §3.2 "ICL"; loss.py ``icl_loss``).
 
     ``L = ½ [CE(s·Î_s·T_tᵀ, I) + CE(s·T̂_s·I_tᵀ, I)]``: student embeddings as anchors, teacher
-    embeddings as keys, both directions. ``scale`` is exp of a learnable log-scale (the released
-    code uses the log-scale itself as the multiplier).
+    embeddings as keys, both directions. ``scale`` is the multiplier: exp of a learnable
+    log-scale in the paper, the learnable parameter itself in the released code (see
+    ``DistillLoss`` ``variant``).
     """
     _check_dims(s_img, t_img, "icl")
     si, st = _normalize(s_img), _normalize(s_txt)
@@ -175,7 +201,7 @@ def afd_loss(
 
     ``F_I = norm(W_I [Î_s ‖ I_t])``, ``F_T = norm(W_T [T̂_s ‖ T_t])`` (learnable linear fusion
     encoders trained with the student) and ``L = clip_loss(F_I, F_T, s)`` with its own
-    exponentiated learnable scale.
+    learnable scale (exp'd in the paper, raw in the released code, as for ICL).
     """
     _check_dims(s_img, t_img, "afd")
     fi = fuse_img(torch.cat([_normalize(s_img), t_img], dim=1))
@@ -250,7 +276,9 @@ class DistillLoss(nn.Module):
     student→teacher (image and text) are created and trained with the student (CLIP-KD).
     ``affinity_alpha``: TinyCLIP's α (1 = pure soft); ``affinity_scale``: a number (TinyCLIP's
     50) or ``"teacher"`` (the teacher's own scale for the teacher's logits, the student's own
-    scale for its logits).
+    scale for its logits). ``variant``: ``"paper"`` or ``"released"`` formulas of ICL, AFD and
+    GD (module docstring: which weights go with which). Call ``clamp_scales_()`` after each
+    optimiser step: it caps the learnable scales on the parameters themselves.
     """
 
     def __init__(
@@ -262,8 +290,12 @@ class DistillLoss(nn.Module):
         projections: bool = True,
         affinity_alpha: float = 1.0,
         affinity_scale: float | str = 50.0,
+        variant: str = "paper",
     ):
         super().__init__()
+        if variant not in VARIANTS:
+            raise InputError(f"CLIP-KD variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
         self.weights = {k: float(v) for k, v in weights.items() if v > 0}
         kd = [k for k in self.weights if k != "clip"]
         if kd and teacher_dim is None:
@@ -294,9 +326,17 @@ class DistillLoss(nn.Module):
             self.fuse_txt = nn.Linear(2 * teacher_dim, teacher_dim)
             self.afd_log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    @staticmethod
-    def _scale(log_scale: torch.Tensor) -> torch.Tensor:
-        return log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+    def _scale(self, param: torch.Tensor) -> torch.Tensor:
+        # The released CLIP-KD code multiplies by the parameter itself (≈ 2.66 at init).
+        return param if self.variant == "released" else param.exp()
+
+    @torch.no_grad()
+    def clamp_scales_(self) -> None:
+        """Cap the ICL/AFD scales in place: the multiplier stays in [1, 100] (paper) / [0, 100]."""
+        cap = MAX_LOGIT_SCALE if self.variant == "released" else math.log(MAX_LOGIT_SCALE)
+        for name in ("icl_log_scale", "afd_log_scale"):
+            if hasattr(self, name):
+                getattr(self, name).clamp_(0.0, cap)
 
     def forward(
         self,
@@ -327,7 +367,8 @@ class DistillLoss(nn.Module):
                 raise InputError("mfd needs the student's masked-image embeddings (s_img_masked)")
             parts["mfd"] = fd_loss(self.proj_img(s_img_masked), pt, t_img, t_txt)
         if "gd" in w:
-            parts["gd"] = gd_loss(pi, pt, s_scale, t_img, t_txt, t_scale)
+            released = self.variant == "released"
+            parts["gd"] = gd_loss(pi, pt, s_scale, t_img, t_txt, t_scale, released=released)
         if "icl" in w:
             parts["icl"] = icl_loss(pi, pt, t_img, t_txt, self._scale(self.icl_log_scale))
         if "afd" in w:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,8 +22,12 @@ CONFIG_DIR = Path(__file__).with_name("model_configs")
 ARCH_KEYS = (
     "embed_dim", "image_size", "patch_size", "vision_width", "vision_layers", "vision_heads",
     "text_width", "text_layers", "text_heads", "context_length", "vocab_size", "hidden_act",
+    "vision_mlp", "text_mlp",
 )  # fmt: skip
 SOT, EOT = 49406, 49407
+# CLIP's cap on the logit multiplier (ln 100 for the parameter, which is a log-scale).
+MAX_LOGIT_SCALE = 100.0
+MAX_LOG_LOGIT_SCALE = math.log(MAX_LOGIT_SCALE)
 
 
 def presets() -> list[str]:
@@ -49,6 +54,9 @@ def load_arch(name_or_path: str | dict) -> dict:
             raise InputError(f"architecture file {str(p)!r} is not valid JSON: {e}") from None
     arch.setdefault("vocab_size", 49408)
     arch.setdefault("hidden_act", "gelu")
+    for tower in ("vision", "text"):  # MLP width; 4 × width unless given (pruned students differ)
+        if f"{tower}_width" in arch:
+            arch.setdefault(f"{tower}_mlp", 4 * arch[f"{tower}_width"])
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
         raise InputError(
@@ -72,13 +80,13 @@ def clip_config(arch: dict):
 
     text = {
         "vocab_size": arch["vocab_size"], "hidden_size": arch["text_width"],
-        "intermediate_size": 4 * arch["text_width"], "num_hidden_layers": arch["text_layers"],
+        "intermediate_size": arch["text_mlp"], "num_hidden_layers": arch["text_layers"],
         "num_attention_heads": arch["text_heads"], "max_position_embeddings": arch["context_length"],
         "hidden_act": arch["hidden_act"], "bos_token_id": SOT, "eos_token_id": EOT, "pad_token_id": 0,
         "projection_dim": arch["embed_dim"],
     }  # fmt: skip
     vision = {
-        "hidden_size": arch["vision_width"], "intermediate_size": 4 * arch["vision_width"],
+        "hidden_size": arch["vision_width"], "intermediate_size": arch["vision_mlp"],
         "num_hidden_layers": arch["vision_layers"], "num_attention_heads": arch["vision_heads"],
         "image_size": arch["image_size"], "patch_size": arch["patch_size"], "hidden_act": arch["hidden_act"],
         "projection_dim": arch["embed_dim"],
@@ -108,7 +116,22 @@ def arch_of(model) -> dict:
         "vision_width": v.hidden_size, "vision_layers": v.num_hidden_layers, "vision_heads": v.num_attention_heads,
         "text_width": t.hidden_size, "text_layers": t.num_hidden_layers, "text_heads": t.num_attention_heads,
         "context_length": t.max_position_embeddings, "vocab_size": t.vocab_size, "hidden_act": t.hidden_act,
+        "vision_mlp": v.intermediate_size, "text_mlp": t.intermediate_size,
     }  # fmt: skip
+
+
+@contextmanager
+def quiet_transformers():
+    """No transformers progress bars inside: their carriage returns flood piped logs."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(path: str | Path):
@@ -120,7 +143,26 @@ def load_model(path: str | Path):
         raise InputError(
             f"teacher {str(p)!r} is not a Hugging Face CLIPModel directory (no config.json)"
         )
-    return CLIPModel.from_pretrained(str(p), attn_implementation="eager").float()
+    with quiet_transformers():
+        return CLIPModel.from_pretrained(str(p), attn_implementation="eager").float()
+
+
+def drop_patches(
+    emb: torch.Tensor, mask_ratio: float, generator=None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MAE-style token drop (CLIP-KD MFD) on embeddings that already carry their positions.
+
+    Keeps the class token and the ``round(n · (1 − mask_ratio))`` patches with the lowest
+    ``noise`` (shape (batch, patches), drawn from ``generator`` when not given).
+    """
+    cls, patches = emb[:, :1], emb[:, 1:]
+    b, n, d = patches.shape
+    keep = max(1, int(round(n * (1.0 - mask_ratio))))
+    if noise is None:
+        noise = torch.rand(b, n, generator=generator)
+    ids = noise.to(patches.device).argsort(dim=1)[:, :keep]
+    patches = torch.gather(patches, 1, ids.unsqueeze(-1).expand(-1, -1, d))
+    return torch.cat([cls, patches], dim=1)
 
 
 def encode_image(
@@ -132,23 +174,14 @@ def encode_image(
 ) -> torch.Tensor:
     """Projected, unnormalised image embeddings; with ``mask_ratio`` > 0, MAE-style masking.
 
-    Masking (CLIP-KD MFD): positional embeddings are added first, then a random
-    ``mask_ratio`` of the patch tokens is dropped per image (the lowest ``keep`` of ``noise``,
-    shape (batch, patches), drawn from ``generator`` when not given), the class token kept,
-    and the encoder runs on the remaining ``1 + keep`` tokens only.
+    Masking (CLIP-KD MFD): positional embeddings are added first, then ``drop_patches``
+    removes a ``mask_ratio`` of the patch tokens per image, and the encoder runs on the
+    remaining ``1 + keep`` tokens only.
     """
     vm = model.vision_model
     emb = vm.embeddings(pixel_values)
     if mask_ratio > 0:
-        cls, patches = emb[:, :1], emb[:, 1:]
-        b, n, d = patches.shape
-        keep = max(1, int(round(n * (1.0 - mask_ratio))))
-        if noise is None:
-            noise = torch.rand(b, n, generator=generator)
-        noise = noise.to(patches.device)
-        ids = noise.argsort(dim=1)[:, :keep]
-        patches = torch.gather(patches, 1, ids.unsqueeze(-1).expand(-1, -1, d))
-        emb = torch.cat([cls, patches], dim=1)
+        emb = drop_patches(emb, mask_ratio, generator, noise)
     h = vm.encoder(inputs_embeds=vm.pre_layrnorm(emb)).last_hidden_state
     return model.visual_projection(vm.post_layernorm(h[:, 0]))
 
@@ -158,9 +191,33 @@ def encode_text(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model.get_text_features(input_ids=input_ids).pooler_output
 
 
-def logit_scale(model, max_scale: float = 100.0) -> torch.Tensor:
-    """The logit multiplier ``exp(logit_scale)`` capped at ``max_scale``."""
-    return model.logit_scale.exp().clamp(max=max_scale)
+def eot_positions(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Where the text tower pools: transformers' rule (first ``eos_token_id``, or argmax for
+    legacy configs whose ``eos_token_id`` is 2), which for edgeclip's ids is ``argmax(ids)``."""
+    eos = model.config.text_config.eos_token_id
+    ids = input_ids.to(torch.int)
+    return ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
+
+
+def logit_scale(model) -> torch.Tensor:
+    """The student's logit multiplier ``exp(logit_scale)``, differentiable everywhere.
+
+    The cap at 100 lives on the parameter (``clamp_log_scale_`` after each optimiser step, as
+    CLIP and CLIP-KD do): clamping after ``exp`` would zero the gradient above the cap and
+    leave the parameter stuck there.
+    """
+    return model.logit_scale.exp()
+
+
+def teacher_logit_scale(model) -> torch.Tensor:
+    """A frozen model's multiplier ``min(exp(logit_scale), 100)`` (checkpoints may exceed the cap)."""
+    return model.logit_scale.detach().exp().clamp(max=MAX_LOGIT_SCALE)
+
+
+@torch.no_grad()
+def clamp_log_scale_(param: torch.Tensor, max_log: float = MAX_LOG_LOGIT_SCALE) -> None:
+    """In place: a log-scale parameter into ``[0, ln 100]`` (CLIP-KD/open_clip ``clamp_(0, ln 100)``)."""
+    param.clamp_(0.0, max_log)
 
 
 _LAYER = re.compile(r"^(text_model|vision_model)\.encoder\.layers\.(\d+)\.(.+)$")
@@ -198,7 +255,7 @@ def inherit_weights(student, teacher) -> dict[str, str]:
     """
     s_arch, t_arch = arch_of(student), arch_of(teacher)
     for k in ("vision_width", "vision_layers", "vision_heads", "text_width", "text_layers", "text_heads",
-              "embed_dim", "context_length"):  # fmt: skip
+              "embed_dim", "context_length", "vision_mlp", "text_mlp"):  # fmt: skip
         if s_arch[k] > t_arch[k]:
             raise InputError(
                 f"cannot inherit: student {k} {s_arch[k]} exceeds the teacher's {t_arch[k]}"

@@ -3,41 +3,35 @@
 Run under torchrun for several processes: every process draws its slice of each global batch,
 embeddings are all-gathered with gradients so every contrastive loss sees the global batch,
 and parameter gradients are averaged, which makes N processes compute what one would.
+With ``auto_inherit`` the student starts as the teacher's copy under L0 masks and is pruned to
+a dense student at ``prune_step`` (``runstate``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import queue
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgeclip.errors import InputError
 from edgeclip.tokenizer import tokenize
 
 from . import checkpoint as ckpt
 from . import dist
+from . import runstate as rs
 from .datasets import IndexedStream, open_stream
 from .evaluate import to_pixels, zero_shot
 from .export import save_clip_dir
-from .losses import DistillLoss, parse_losses
-from .procedural import eval_set
-from .students import (
-    arch_of,
-    build_model,
-    encode_image,
-    encode_text,
-    inherit_weights,
-    load_arch,
-    load_model,
-)
+from .procedural import COLOURS, HELD_OUT, SHAPES, eval_set
+from .progress import Progress
 from .students import logit_scale as scale_of
+from .teacher_cache import TeacherFeatures, source_key
 
 
 @dataclass
@@ -60,6 +54,17 @@ class TrainConfig:
     mask_ratio: float = 0.75
     affinity_alpha: float = 1.0
     affinity_scale: float | str = 50.0
+    clipkd_variant: str = "paper"  # "paper" or "released" formulas of ICL, AFD, GD
+    auto_inherit: bool = False  # TinyCLIP automatic inheritance: L0 masks on the teacher's copy
+    start_from: str | None = None  # auto-inherit from these weights instead (progressive stages)
+    target_sparsity: float = 0.5  # of the encoder layers' parameters, both towers jointly
+    prune_step: int | None = None  # default: steps // 2
+    sparsity_warmup: float = 0.5  # fraction of prune_step over which the target rises from 0
+    sparsity_penalty: str = "two-sided"  # or TinyCLIP's released "one-sided"
+    mask_lr: float = 0.1
+    lambda_lr: float = 0.1
+    mask_kinds: str = "hidden,heads,mlp"  # and "layers" for whole attention / MLP blocks
+    prune_layout: str = "per-layer"  # or "uniform" (see prune.py)
     procedural_size: int = 60_000
     procedural_seed: int = 0
     eval_every: int = 0
@@ -67,23 +72,11 @@ class TrainConfig:
     eval_seen: int = 20
     checkpoint_every: int = 0
     resume: bool = False
-    stop_after: int | None = (
-        None  # stop early (a checkpoint is written), e.g. to split a run in parts
-    )
+    stop_after: int | None = None  # stop early (a checkpoint is written), e.g. to split a run
     progress: bool = True
     dist_timeout: float = 120.0
+    teacher_cache_dir: str | None = None  # keep teacher embeddings of indexed sources here
     extra: dict = field(default_factory=dict)
-
-
-def _lr_lambda(steps: int, warmup: float):
-    warm = max(1, int(round(warmup * steps)))
-
-    def f(s: int) -> float:
-        if s < warm:
-            return (s + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (s - warm) / max(1, steps - warm))))
-
-    return f
 
 
 def _prefetch(stream, depth: int = 2):
@@ -118,28 +111,6 @@ def _prefetch(stream, depth: int = 2):
         stop.set()
 
 
-class _TeacherFeatures:
-    """Frozen teacher embeddings (normalised), cached per source index when the source has one."""
-
-    def __init__(self, teacher, cache: dict | None):
-        self.teacher = teacher
-        self.cache = cache if cache is not None else {}
-        self.scale = scale_of(teacher).detach()
-
-    @torch.no_grad()
-    def __call__(self, idx, pixels, ids):
-        keys = [int(i) for i in idx]
-        if all(k >= 0 and k in self.cache for k in keys):
-            ti, tt = zip(*(self.cache[k] for k in keys))
-            return torch.stack(ti).to(pixels.device), torch.stack(tt).to(pixels.device)
-        ti = torch.nn.functional.normalize(encode_image(self.teacher, pixels).float(), dim=-1)
-        tt = torch.nn.functional.normalize(encode_text(self.teacher, ids).float(), dim=-1)
-        for k, a, b in zip(keys, ti.cpu(), tt.cpu()):
-            if k >= 0:
-                self.cache[k] = (a, b)
-        return ti, tt
-
-
 class _Tokens:
     """Tokenised captions, memoised (procedural captions repeat, and BPE is the slow part)."""
 
@@ -171,195 +142,240 @@ def train(cfg: TrainConfig, teacher_cache: dict | None = None) -> dict:
         raise
 
 
+@dataclass
+class _Loop:
+    """Per-run loop context: what the step, logging and checkpoint helpers share."""
+
+    cfg: TrainConfig
+    run: rs.Run
+    rank: int
+    world: int
+    arch: dict
+    ident: dict
+    out: Path
+    tfeat: TeacherFeatures | None
+    tok: _Tokens
+    ev: dict | None
+    amp: torch.dtype | None
+    stream_state: dict = field(default_factory=dict)
+    evals: list = field(default_factory=list)
+    seen: int = 0
+    t0: float = 0.0
+
+
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teacher_cache) -> dict:
-    weights = parse_losses(cfg.losses)
-    arch = load_arch(cfg.student)
-    if cfg.steps <= 0 or cfg.batch_size <= 1:
-        raise InputError(
-            f"--steps must be > 0 and --batch-size > 1 (got {cfg.steps}, {cfg.batch_size})"
-        )
-    out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
-    student = build_model(arch).to(device).train()
-    teacher = None
-    if cfg.teacher:
-        teacher = load_model(cfg.teacher).to(device).eval().requires_grad_(False)
-        t_arch = arch_of(teacher)
-        if (t_arch["image_size"], t_arch["vocab_size"]) != (arch["image_size"], arch["vocab_size"]):
-            raise InputError(
-                f"teacher image size/vocab {t_arch['image_size']}/{t_arch['vocab_size']} differ from the "
-                f"student's {arch['image_size']}/{arch['vocab_size']}; pick a student with the teacher's"
-            )
-        if cfg.inherit:
-            inherit_weights(student, teacher)
-    elif cfg.inherit:
-        raise InputError("--inherit needs --teacher")
-    t_dim = teacher.config.projection_dim if teacher is not None else None
-    loss_mod = DistillLoss(
-        weights,
-        arch["embed_dim"],
-        t_dim,
-        affinity_alpha=cfg.affinity_alpha,
-        affinity_scale=cfg.affinity_scale,
-    ).to(device)
-    named = [
-        (n, p)
-        for n, p in [*student.named_parameters(), *loss_mod.named_parameters()]
-        if p.requires_grad
-    ]
-    params = [p for _, p in named]
-    decay = [p for _, p in named if p.ndim >= 2]
-    no_decay = [p for _, p in named if p.ndim < 2]  # biases, norms, logit scales
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
-    )  # fmt: skip
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.steps, cfg.warmup))
+    rs.validate(cfg)
+    run, arch = rs.build(cfg, device)
     stream = open_stream(
         cfg.data, cfg.batch_size, rank, world, image_size=arch["image_size"], seed=cfg.seed,
         procedural_size=cfg.procedural_size, procedural_seed=cfg.procedural_seed,
     )  # fmt: skip
-    info = {
-        **asdict(cfg),
-        "student_arch": arch,
-        "world_size": world,
-        "teacher_digest": ckpt.file_digest(cfg.teacher),
-    }
-    ident = ckpt.identity(info)
-    start = 0
-    if cfg.resume:
-        state = ckpt.load(out / ckpt.CKPT_NAME, ident)
-        student.load_state_dict(state["student"])
-        loss_mod.load_state_dict(state["loss"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        stream.load_state(state["streams"][rank])
-        start = state["step"]
-    tfeat = (
-        _TeacherFeatures(teacher, teacher_cache if isinstance(stream, IndexedStream) else None)
-        if teacher
-        else None
-    )
-    ev = None
-    if cfg.eval_every or cfg.data == "procedural":
-        ev = eval_set(cfg.eval_held_out, cfg.eval_seen, image_size=arch["image_size"])
-    tok = _Tokens(arch["context_length"])
-    use_amp = device.type == "cuda"
-    n_patches = (arch["image_size"] // arch["patch_size"]) ** 2
-    local = cfg.batch_size // world
-    log_path = out / "train_log.jsonl"
+    info = {**asdict(cfg), "student_arch": arch, "world_size": world,
+            "teacher_digest": ckpt.file_digest(cfg.teacher), "start_from_digest": ckpt.file_digest(cfg.start_from),
+            "prune_step": rs.prune_step_of(cfg)
+            if cfg.auto_inherit else None}  # fmt: skip
+    loop = _Loop(
+        cfg=cfg, run=run, rank=rank, world=world, arch=arch, ident=ckpt.identity(info),
+        out=Path(cfg.out), tok=_Tokens(arch["context_length"]), amp=dist.autocast_dtype(device),
+        tfeat=_teacher_features(cfg, run, stream, arch, info["teacher_digest"], teacher_cache),
+        ev=eval_set(cfg.eval_held_out, cfg.eval_seen, image_size=arch["image_size"])
+        if rank == 0 and (cfg.eval_every or cfg.data == "procedural") else None,
+    )  # fmt: skip
+    start = _resume(loop, stream) if cfg.resume else 0
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        loop.out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
-            log_path.write_text("")
-    bar = None
-    if rank == 0 and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=cfg.steps, initial=start, desc="distill" if teacher else "train", unit="step"
-        )
-    batches = _prefetch(stream)
-    t0, seen, evals = time.perf_counter(), 0, []
-    stream_state = stream.state()
-    done = start
-    for step in range(start, cfg.steps):
-        imgs, caps, idx, stream_state = next(batches)
-        pixels = to_pixels(imgs, device)
-        ids = tok(caps).to(device)
-        ti = tt = None
-        if tfeat is not None:
-            ti, tt = tfeat(idx, pixels, ids)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            si, st = encode_image(student, pixels), encode_text(student, ids)
-            sim = None
-            if "mfd" in loss_mod.weights:
-                # The mask noise of the whole global batch comes from (seed, step), so N processes
-                # mask each image exactly as one process would.
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                noise = torch.rand(cfg.batch_size, n_patches, generator=g)[
-                    rank * local : (rank + 1) * local
-                ]
-                sim = encode_image(student, pixels, cfg.mask_ratio, noise=noise)
-        g_si, g_st, g_sim = (
-            dist.gather(x.float()) if x is not None else None for x in (si, st, sim)
-        )
-        g_ti, g_tt = dist.gather(ti, with_grad=False), dist.gather(tt, with_grad=False)
-        total, parts = loss_mod(
-            g_si, g_st, scale_of(student), g_ti, g_tt, tfeat.scale if tfeat else None, g_sim
-        )
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        dist.average_gradients(params)
-        gnorm = (
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if cfg.grad_clip > 0
-            else torch.tensor(0.0)
-        )
-        opt.step()
-        sched.step()
-        seen += cfg.batch_size
-        done = step + 1
-        if rank == 0:
-            rec = {
-                "step": done, "loss": total.item(), "parts": {k: v.item() for k, v in parts.items()},
-                "lr": sched.get_last_lr()[0], "logit_scale": scale_of(student).item(), "grad_norm": gnorm.item(),
-                "samples_per_s": seen / (time.perf_counter() - t0), "skipped": stream_state["skipped"],
-            }  # fmt: skip
-            if (
-                ev is not None
-                and cfg.eval_every
-                and (done % cfg.eval_every == 0 or done == cfg.steps)
-            ):
-                rec["eval"] = zero_shot(student, ev, device)
-                evals.append({"step": done, **rec["eval"]})
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{rec['loss']:.3f}",
-                    **({"held_out": f"{rec['eval']['held_out']:.1f}"} if "eval" in rec else {}),
-                )
-        stopping = cfg.stop_after is not None and done >= cfg.stop_after
-        if (cfg.checkpoint_every or stopping) and (
-            stopping or done % cfg.checkpoint_every == 0 or done == cfg.steps
-        ):
-            streams = dist.all_gather_object(stream_state)
-            if rank == 0:
-                ckpt.save(out / ckpt.CKPT_NAME, {
-                    "identity": ident, "step": done, "student": student.state_dict(), "loss": loss_mod.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "streams": streams,
-                })  # fmt: skip
-        if stopping:
-            break
-    batches.close()  # stops the producer thread
-    if bar is not None:
-        bar.close()
-    elapsed = time.perf_counter() - t0
-    result = {
-        "out": str(out),
-        "steps": done,
-        "elapsed_s": elapsed,
-        "skipped": stream_state["skipped"],
-    }
+            (loop.out / "train_log.jsonl").write_text("")
+    done = _loop(loop, stream, start)
+    result = {"out": str(loop.out), "steps": done, "elapsed_s": time.perf_counter() - loop.t0,
+              "skipped": loop.stream_state["skipped"]}  # fmt: skip
+    if loop.tfeat is not None:  # teacher forwards this run needed (0 with a warm cache)
+        result["teacher_items_computed"] = loop.tfeat.computed
     if done < cfg.steps:  # stopped early: the checkpoint is the output
-        dist.barrier()
+        dist.wait_for_rank0(dist.final_wait_s(cfg.dist_timeout, 0, _rate(loop), 0))
         return result
-    if rank == 0:
-        if evals and evals[-1]["step"] == cfg.steps:
-            result["eval"] = {k: v for k, v in evals[-1].items() if k != "step"}
-        elif ev is not None:
-            result["eval"] = zero_shot(student, ev, device)
-        if teacher is not None and ev is not None:
-            result["teacher_eval"] = zero_shot(teacher, ev, device)
+    return _finish(loop, info, result)
+
+
+def _teacher_features(cfg: TrainConfig, run: rs.Run, stream, arch: dict, digest, shared):
+    """Teacher embeddings, stored per item for indexed sources (and on disk with a cache folder)."""
+    if run.teacher is None:
+        return None
+    indexed = isinstance(stream, IndexedStream)
+    key = f"{(digest or 'teacher')[:16]}-" + source_key(
+        cfg.data,
+        cfg.procedural_size,
+        cfg.procedural_seed,
+        arch["image_size"],
+        arch["context_length"],
+    )
+    disk = Path(cfg.teacher_cache_dir) / f"{key}.pt" if cfg.teacher_cache_dir and indexed else None
+    return TeacherFeatures(run.teacher, len(stream.source) if indexed else None, key, shared, disk)
+
+
+def _resume(loop: _Loop, stream) -> int:
+    state = ckpt.load(loop.out / ckpt.CKPT_NAME, loop.ident)
+    rs.restore(loop.run, state)
+    torch.set_rng_state(state["torch_rng"])
+    stream.load_state(state["streams"][loop.rank])
+    return state["step"]
+
+
+def _loop(loop: _Loop, stream, start: int) -> int:
+    cfg, run = loop.cfg, loop.run
+    prune_at = rs.prune_step_of(cfg) if cfg.auto_inherit else None
+    bar = None
+    if loop.rank == 0 and cfg.progress:
+        bar = Progress(cfg.steps, start, "distill" if run.teacher is not None else "train")
+    batches = _prefetch(stream)
+    loop.t0, loop.stream_state = time.perf_counter(), stream.state()
+    done = start
+    try:
+        for step in range(start, cfg.steps):
+            if run.phase == "masked" and step == prune_at:
+                rs.prune_now(run)
+            imgs, caps, idx, loop.stream_state = next(batches)
+            total, parts, gnorm, extra = _train_step(loop, step, imgs, caps, idx)
+            done = step + 1
+            loop.seen += cfg.batch_size
+            if loop.rank == 0:
+                _log_step(loop, done, total, parts, gnorm, extra, bar)
+            stopping = cfg.stop_after is not None and done >= cfg.stop_after
+            _maybe_checkpoint(
+                loop, done, stopping or (cfg.checkpoint_every > 0 and done == prune_at)
+            )
+            if stopping:
+                break
+        if run.phase == "masked" and done == cfg.steps:  # prune step == last step
+            rs.prune_now(run)
+    finally:
+        batches.close()  # stops the producer thread
+        if bar is not None:
+            bar.close()
+    return done
+
+
+def _train_step(loop: _Loop, step: int, imgs, caps, idx):
+    """One optimiser step on the global batch; returns ``(loss, parts, grad norm, extra log)``."""
+    cfg, run = loop.cfg, loop.run
+    device = run.device
+    pixels, ids = to_pixels(imgs, device), loop.tok(caps).to(device)
+    ti = tt = None
+    if loop.tfeat is not None:
+        ti, tt = loop.tfeat(idx, pixels, ids)
+    enc_img, enc_txt = run.encoders(step)
+    amp = torch.autocast(device.type, dtype=loop.amp) if loop.amp is not None else nullcontext()
+    with amp:
+        si, st = enc_img(pixels), enc_txt(ids)
+        sim = (
+            enc_img(pixels, cfg.mask_ratio, _mfd_noise(loop, step, pixels))
+            if "mfd" in run.loss_mod.weights
+            else None
+        )
+    g_si, g_st, g_sim = (dist.gather(x.float()) if x is not None else None for x in (si, st, sim))
+    g_ti, g_tt = dist.gather(ti, with_grad=False), dist.gather(tt, with_grad=False)
+    t_scale = loop.tfeat.scale if loop.tfeat else None
+    total, parts = run.loss_mod(g_si, g_st, scale_of(run.model), g_ti, g_tt, t_scale, g_sim)
+    extra: dict = {}
+    if run.phase == "masked":
+        penalty, extra = run.student.penalty(step)
+        parts["lagrangian"] = penalty
+        total = total + penalty
+    run.opt.zero_grad(set_to_none=True)
+    total.backward()
+    dist.average_gradients(run.params)
+    gnorm = (
+        torch.nn.utils.clip_grad_norm_(run.clipped, cfg.grad_clip)
+        if cfg.grad_clip > 0
+        else torch.tensor(0.0)
+    )
+    run.opt.step()
+    run.sched.step()
+    rs.clamp_after_step(run)
+    return total, parts, gnorm, extra
+
+
+def _mfd_noise(loop: _Loop, step: int, pixels) -> torch.Tensor:
+    # The mask noise of the whole global batch comes from (seed, step), so N processes mask
+    # each image exactly as one process would.
+    cfg, local = loop.cfg, loop.cfg.batch_size // loop.world
+    n_patches = (loop.arch["image_size"] // loop.arch["patch_size"]) ** 2
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return torch.rand(cfg.batch_size, n_patches, generator=g)[
+        loop.rank * local : (loop.rank + 1) * local
+    ]
+
+
+def _eval_images(cfg: TrainConfig) -> int:
+    """How many images rank 0 embeds per evaluation (known to every process)."""
+    if not (cfg.eval_every or cfg.data == "procedural"):
+        return 0
+    n_pairs = len(SHAPES) * len(COLOURS)
+    return len(HELD_OUT) * cfg.eval_held_out + (n_pairs - len(HELD_OUT)) * cfg.eval_seen
+
+
+def _rate(loop: _Loop) -> float:
+    """Training samples per second on this process so far."""
+    elapsed = time.perf_counter() - loop.t0
+    return loop.seen / loop.world / elapsed if elapsed > 0 and loop.seen else 0.0
+
+
+def _log_step(loop: _Loop, done: int, total, parts, gnorm, extra: dict, bar) -> None:
+    cfg, run = loop.cfg, loop.run
+    rec = {
+        "step": done, "loss": total.item(), "parts": {k: v.item() for k, v in parts.items()},
+        "lr": run.sched.get_last_lr()[0], "logit_scale": scale_of(run.model).item(), "grad_norm": gnorm.item(),
+        "samples_per_s": loop.seen / (time.perf_counter() - loop.t0), "skipped": loop.stream_state["skipped"],
+        "phase": run.phase, **extra,
+    }  # fmt: skip
+    if loop.ev is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+        rec["eval"] = zero_shot(run.eval_model(), loop.ev, run.device)
+        loop.evals.append({"step": done, **rec["eval"]})
+    with open(loop.out / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if bar is not None:
+        shown = {"loss": f"{rec['loss']:.3f}"}
+        if "expected_sparsity" in extra:
+            shown["sparsity"] = f"{extra['expected_sparsity']:.3f}"
+        if "eval" in rec:
+            shown["held_out"] = f"{rec['eval']['held_out']:.1f}"
+        bar.update(1, **shown)
+
+
+def _maybe_checkpoint(loop: _Loop, done: int, force: bool) -> None:
+    cfg = loop.cfg
+    every = cfg.checkpoint_every
+    if not (force or (every and (done % every == 0 or done == cfg.steps))):
+        return
+    streams = dist.all_gather_object(loop.stream_state)
+    if loop.rank == 0:  # written atomically: a crash never leaves half a checkpoint
+        state = {"identity": loop.ident, "step": done, "torch_rng": torch.get_rng_state(), "streams": streams,
+                 **rs.checkpoint_state(loop.run)}  # fmt: skip
+        ckpt.save(loop.out / ckpt.CKPT_NAME, state)
+
+
+def _finish(loop: _Loop, info: dict, result: dict) -> dict:
+    """Rank 0 evaluates and exports while the others wait (with a timeout sized to it)."""
+    cfg, run = loop.cfg, loop.run
+    model = run.model
+    if loop.rank == 0:
+        if loop.evals and loop.evals[-1]["step"] == cfg.steps:
+            result["eval"] = {k: v for k, v in loop.evals[-1].items() if k != "step"}
+        elif loop.ev is not None:
+            result["eval"] = zero_shot(model, loop.ev, run.device)
+        if run.teacher is not None and loop.ev is not None:
+            result["teacher_eval"] = zero_shot(run.teacher, loop.ev, run.device)
+        if run.prune_report is not None:
+            result["pruning"] = run.prune_report
         extra = {
             "config": {k: v for k, v in info.items() if k != "extra"},
             "result": result,
             **cfg.extra,
         }
-        save_clip_dir(student.float().cpu(), out, extra)
-    dist.barrier()
+        save_clip_dir(model.float().cpu(), loop.out, extra)
+        if loop.tfeat is not None:
+            loop.tfeat.save()
+    n_eval = _eval_images(cfg) * (2 if run.teacher is not None else 1)
+    n_params = sum(p.numel() for p in model.parameters())
+    dist.wait_for_rank0(dist.final_wait_s(cfg.dist_timeout, n_eval, _rate(loop), n_params))
     return result

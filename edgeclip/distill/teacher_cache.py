@@ -1,0 +1,94 @@
+"""Frozen-teacher embeddings computed once per training item and reused (in memory, on disk).
+
+For an indexed source (procedural data, CSV files) item ``i`` is always the same image and
+caption, so its teacher embeddings are too: the first time a run meets ``i`` they are computed,
+afterwards they are looked up, and with a cache folder they are kept on disk for later runs, so a
+KD step costs what a plain step costs. Embeddings are L2-normalised and rounded to fp16 whether
+fresh or cached, so a run computes the same numbers with and without a warm cache (resume stays
+exact). Streams without indices (tar shards) compute them every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .students import encode_image, encode_text, teacher_logit_scale
+
+
+def source_key(data: str, size: int, seed: int, image_size: int, context_length: int) -> str:
+    """What decides item ``i``'s image and tokens: the source, its size/seed and input shapes."""
+    blob = json.dumps([data, size, seed, image_size, context_length])
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class TeacherFeatures:
+    """``(idx, pixels, ids) → (image, text)`` teacher embeddings with a per-index store.
+
+    ``n_items``: the source's length (``None``: no store). ``shared``: a dict several runs in one
+    process share (keyed by ``key``). ``disk``: a file to load the store from and ``save`` it to.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        n_items: int | None,
+        key: str,
+        shared: dict | None = None,
+        disk: Path | None = None,
+    ):
+        self.teacher, self.disk = teacher, disk
+        self.scale = teacher_logit_scale(teacher)
+        self.store = None
+        if n_items is not None:
+            dim = teacher.config.projection_dim
+            if shared is not None and key in shared:
+                self.store = shared[key]
+            else:
+                self.store = _load(disk, n_items, dim) or {
+                    "img": torch.zeros(n_items, dim, dtype=torch.float16),
+                    "txt": torch.zeros(n_items, dim, dtype=torch.float16),
+                    "have": torch.zeros(n_items, dtype=torch.bool),
+                }
+                if shared is not None:
+                    shared[key] = self.store
+        self.computed = 0
+
+    @torch.no_grad()
+    def __call__(self, idx, pixels: torch.Tensor, ids: torch.Tensor):
+        dev = pixels.device
+        index = torch.as_tensor(idx, dtype=torch.long)
+        s = self.store
+        if s is not None and bool((index >= 0).all()) and bool(s["have"][index].all()):
+            return s["img"][index].to(dev).float(), s["txt"][index].to(dev).float()
+        ti = torch.nn.functional.normalize(
+            encode_image(self.teacher, pixels).float(), dim=-1
+        ).half()
+        tt = torch.nn.functional.normalize(encode_text(self.teacher, ids).float(), dim=-1).half()
+        if s is not None and bool((index >= 0).all()):
+            s["img"][index], s["txt"][index], s["have"][index] = ti.cpu(), tt.cpu(), True
+            self.computed += len(index)
+        return ti.float(), tt.float()
+
+    def save(self) -> None:
+        """Write the store to ``disk`` (atomically) when this run added embeddings to it."""
+        if self.disk is None or self.store is None or not self.computed:
+            return
+        self.disk.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.disk.with_suffix(".tmp")
+        torch.save(self.store, tmp)
+        os.replace(tmp, self.disk)
+
+
+def _load(path: Path | None, n_items: int, dim: int) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    store = torch.load(path, map_location="cpu", weights_only=True)
+    ok = tuple(store.get("img", torch.empty(0)).shape) == (n_items, dim) and store[
+        "have"
+    ].shape == (n_items,)
+    return store if ok else None

@@ -1,0 +1,228 @@
+"""``edgeclip index`` / ``search`` / ``dupes``: the command line of ``edgeclip.index.Index``.
+
+    edgeclip index DIR... --db PATH [--model M] [--exclude GLOB] [--prune] [--hash] [--reindex]
+    edgeclip index --prune --db PATH              # drop indexed files that no longer exist
+    edgeclip search "text" --db PATH [-k 20] [--json]
+    edgeclip search --image IMG --db PATH
+    edgeclip dupes --db PATH [--threshold T] [--json]
+
+Exit status: 0 ok, 1 some files could not be read (the rest are indexed), 2 an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeclip.errors import EdgeclipError
+
+__all__ = ["main"]
+
+_REPORT_LINES = 50
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, help="the index file (SQLite), e.g. photos.db")
+    p.add_argument("--model", default=None, help="zoo name or bundle dir (default: the index's own)")
+    p.add_argument("--backend", default=None, help="onnx | openvino | litert (default: the index's)")
+    p.add_argument("--precision", default=None, help="fp32 | fp16 | int8 (default: the index's)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"edgeclip {command}", description=_DESCRIPTIONS[command])
+    _model_args(p)
+    if command == "index":
+        p.add_argument("dirs", nargs="*", metavar="DIR", help="folders to index (recursively)")
+        p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                       help="skip files/folders matching GLOB (name or path; repeatable)")
+        p.add_argument("--prune", action="store_true", help="drop indexed files that no longer exist")
+        p.add_argument("--hash", action="store_true",
+                       help="compare content hashes instead of size + mtime (reads every file)")
+        p.add_argument("--reindex", action="store_true",
+                       help="drop every vector and rebuild (e.g. with another --model)")
+        p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="wait this long for another indexer on the same --db (default: refuse)")
+        p.add_argument("--no-draft", action="store_true",
+                       help="decode JPEGs at full size (slower; see docs/index.md)")
+        p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--commit-every", type=int, default=256, metavar="FILES",
+                       help="commit after this many files (a crash loses at most these)")
+        p.add_argument("--workers", type=int, default=None, help="decode threads")
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+    elif command == "search":
+        p.add_argument("text", nargs="?", help="what to look for")
+        p.add_argument("--image", default=None, help="search by this example image instead")
+        p.add_argument("-k", type=int, default=20, help="how many results (default 20)")
+        p.add_argument("--exact", action="store_true", help="scan every vector (no HNSW graph)")
+    else:
+        p.add_argument("--threshold", type=float, default=0.95, help="cosine (default 0.95)")
+    return p  # fmt: skip
+
+
+_DESCRIPTIONS = {
+    "index": "Index photo folders for search (incremental: unchanged files are skipped).",
+    "search": "Search an index by text or by an example image.",
+    "dupes": "List groups of near-duplicate photos in an index.",
+}
+
+
+def main(argv: list[str]) -> int:
+    """``argv`` starts with the sub-command: ``["index", ...]``, ``["search", ...]``, ``["dupes", ...]``."""
+    if not argv or argv[0] not in _DESCRIPTIONS:
+        print("usage: edgeclip {index,search,dupes} ...", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    args = build_parser(command).parse_args(rest)
+    try:
+        return {"index": _index, "search": _search, "dupes": _dupes}[command](args)
+    except EdgeclipError as exc:
+        print(f"edgeclip {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgeclip {command}: interrupted (committed work is kept; run again to resume)", file=sys.stderr)
+        return 130
+
+
+def _open(args: argparse.Namespace, readonly: bool, **kw: Any) -> Any:
+    from .library import Index
+
+    return Index(
+        args.db, args.model, backend=args.backend, precision=args.precision,
+        threads=args.threads, readonly=readonly, **kw,
+    )  # fmt: skip
+
+
+def _index(args: argparse.Namespace) -> int:
+    from edgeclip.images import DEFAULT_MAX_PIXELS
+
+    if not args.dirs and not args.prune:
+        raise _usage("give at least one DIR to index (or --prune alone to drop vanished files).")
+    ix = _open(
+        args, False, reindex=args.reindex, wait=args.wait, batch_size=args.batch_size,
+        workers=args.workers, draft=not args.no_draft,
+        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+    )  # fmt: skip
+    with ix:
+        if not args.dirs:
+            n = ix.remove([r.path for r in ix.store.rows() if not os.path.lexists(r.path)])
+            _say(args, {"pruned": n}, f"pruned {n} files that no longer exist")
+            return 0
+        progress = None if (args.quiet or args.json) else Progress()
+        try:
+            report = ix.update(args.dirs, exclude=args.exclude, prune=args.prune,
+                               use_hash=args.hash, progress=progress,
+                               commit_every=args.commit_every)  # fmt: skip
+        finally:
+            if progress is not None:
+                progress.close()
+    _print_report(args, report)
+    return 1 if report.failures else 0
+
+
+def _print_report(args: argparse.Namespace, report: Any) -> None:
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    print(report.summary())
+    problems = report.failures + [(e, "") for e in report.walk_errors]
+    if problems:
+        print(f"{len(problems)} files or folders could not be read:", file=sys.stderr)
+        for path, reason in problems[:_REPORT_LINES]:
+            print(f"  {path}: {reason}" if reason else f"  {path}", file=sys.stderr)
+        if len(problems) > _REPORT_LINES:
+            print(f"  ... and {len(problems) - _REPORT_LINES} more (--json lists all)", file=sys.stderr)
+
+
+def _search(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.image is None):
+        raise _usage('give one query: a text ("a red bicycle") or --image IMG.')
+    if args.image is not None and not Path(args.image).is_file():
+        raise _usage(f"--image {args.image}: no such file.")
+    with _open(args, True) as ix:
+        query = Path(args.image) if args.image is not None else args.text
+        hits = ix.search(query, k=args.k, exact=args.exact)
+    if args.json:
+        print(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits], indent=2))
+    else:
+        for h in hits:
+            print(f"{h.score:.4f}  {h.path}")
+    return 0
+
+
+def _dupes(args: argparse.Namespace) -> int:
+    with _open(args, True) as ix:
+        groups = ix.duplicates(args.threshold)
+    if args.json:
+        print(json.dumps([[{"path": h.path, "score": round(h.score, 6)} for h in g] for g in groups], indent=2))
+        return 0
+    for n, group in enumerate(groups, 1):
+        print(f"group {n} ({len(group)} images):")
+        for h in group:
+            print(f"  {h.score:.4f}  {h.path}")
+    if not groups:
+        print(f"no near-duplicates at cosine >= {args.threshold}")
+    return 0
+
+
+def _usage(message: str) -> EdgeclipError:
+    from edgeclip.errors import InputError
+
+    return InputError(message)
+
+
+def _say(args: argparse.Namespace, data: dict, text: str) -> None:
+    print(json.dumps(data) if args.json else text)
+
+
+class Progress:
+    """A tqdm bar (count, rate, ETA) on a terminal; elsewhere a line every 5 % (at most one
+    each 2 s) or 30 s.
+
+    The total comes from a background count of the tree, so the bar starts at once and its
+    total grows until the count is final.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.bar: Any = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=None, unit=" files", file=self.stream, dynamic_ncols=True)
+        self.t0: float | None = None  # set by the first file, so model loading is not counted
+        self.next_line = 0.0
+        self.last_t = 0.0
+
+    def __call__(self, done: int, total: int, final: bool) -> None:
+        if self.t0 is None:
+            self.t0 = self.last_t = time.monotonic()
+        if self.bar is not None:
+            if total != self.bar.total:
+                self.bar.total = total
+                self.bar.set_description("indexing" if final else "indexing (counting)")
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        due = final and done >= self.next_line and (done == total or now - self.last_t >= 2)
+        if due or now - self.last_t >= 30:
+            self._line(done, total, final, now)
+
+    def _line(self, done: int, total: int, final: bool, now: float) -> None:
+        rate = done / max(now - (self.t0 or now), 1e-9)
+        eta = f", ETA {(total - done) / rate:.0f} s" if final and rate > 0 else ""
+        of = f"/{total} ({100 * done / max(total, 1):.0f} %)" if final else ""
+        print(f"indexed {done}{of} files, {rate:.1f} files/s{eta}", file=self.stream, flush=True)
+        self.next_line = done + max(1, total // 20)
+        self.last_t = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,354 @@
+"""The index's metadata in SQLite (WAL): one row per file, the model fingerprint, the writer lock.
+
+SQLite is the commit record of the whole index. A vector is first appended to the vectors file
+(``vectors.py``) and synced; only then is the row that points at its slot committed, together
+with the new slot count, in one transaction. A kill at any point therefore leaves either the old
+state or the new one: rows never point past the committed slots, ``path`` is UNIQUE (no
+duplicate rows), and an uncommitted vector tail is cut off by the next writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeclip.errors import EdgeclipError, InputError
+
+__all__ = [
+    "FORMAT", "IndexFileError", "IndexLockedError", "ModelMismatchError", "Row", "Store",
+    "WriterLock",
+]  # fmt: skip
+
+FORMAT = "edgeclip-index"
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# status of a row: an embedded image, an image that could not be read, a file that is no image,
+# or an indexed file that was not found by the last walk of its folder.
+OK, FAILED, OTHER, MISSING = "ok", "failed", "other", "missing"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    dev INTEGER NOT NULL DEFAULT 0,
+    ino INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    status TEXT NOT NULL,
+    slot INTEGER UNIQUE,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS files_by_stat ON files (size, mtime_ns);
+CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256) WHERE sha256 IS NOT NULL;
+"""
+
+
+class IndexFileError(EdgeclipError):
+    """The index file is not an edgeclip index, is corrupt, or cannot be written where it is."""
+
+
+class ModelMismatchError(EdgeclipError):
+    """The index was built with another model (bundle, variant or preprocessing)."""
+
+
+class IndexLockedError(EdgeclipError):
+    """Another process is updating the same index."""
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    dev: int
+    ino: int
+    sha256: str | None
+    status: str
+    slot: int | None
+    reason: str | None
+
+
+_COLUMNS = "id, path, size, mtime_ns, dev, ino, sha256, status, slot, reason"
+
+
+def _check_header(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise IndexFileError(f"cannot read the index {path}: {e.strerror or e}.") from e
+    if head != _SQLITE_MAGIC:
+        raise IndexFileError(
+            f"{path} is not an edgeclip index (it is not an SQLite database); pass a new --db "
+            "path: edgeclip never overwrites a file it did not create."
+        )
+
+
+class Store:
+    """The SQLite side of one index. ``readonly`` opens without creating or writing anything."""
+
+    def __init__(self, path: str | os.PathLike, readonly: bool = False) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.readonly = readonly
+        _check_header(self.path)
+        if readonly and not self.path.exists():
+            raise InputError(
+                f"no index at {self.path}; build one first with `edgeclip index DIR --db {self.path}`."
+            )
+        if not readonly:
+            _check_writable_location(self.path)
+        self.con = self._connect()
+        self._check_format()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                uri = self.path.as_uri() + "?mode=ro"
+                if not os.access(self.path.parent, os.W_OK):
+                    uri += "&immutable=1"  # WAL readers need the -shm file; none can be made here
+                con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            else:
+                con = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            # Someone else's SQLite file is refused before anything is written to it.
+            if tables and not {"meta", "files"} <= tables:
+                con.close()
+                raise IndexFileError(
+                    f"{self.path} is an SQLite database but not an edgeclip index; pass a new --db path."
+                )
+            if not self.readonly:
+                con.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a power cut may lose the last commits, never consistency.
+                con.execute("PRAGMA synchronous=NORMAL")
+                con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise self.corrupt(e) from e
+        return con
+
+    def corrupt(self, e: Exception) -> IndexFileError:
+        text = str(e)
+        if "readonly" in text or "unable to open" in text:
+            return IndexFileError(
+                f"cannot write the index {self.path} ({text}); its folder must be writable: "
+                "pass --db somewhere you can write."
+            )
+        return IndexFileError(
+            f"the index {self.path} is corrupt or not an edgeclip index ({text}); move it away "
+            "or delete it (and its -wal, -shm and .vectors files), then run `edgeclip index` again."
+        )
+
+    def _check_format(self) -> None:
+        try:
+            fmt = self.get_meta("format")
+            if fmt is None and not self.readonly and self._is_empty():
+                self.set_meta({"format": FORMAT, "schema": str(SCHEMA_VERSION)})
+                return
+        except sqlite3.DatabaseError as e:
+            raise self.corrupt(e) from e
+        if fmt != FORMAT:
+            raise IndexFileError(
+                f"{self.path} is an SQLite database but not an edgeclip index; pass a new --db path."
+            )
+        schema = int(self.get_meta("schema") or 0)
+        if schema > SCHEMA_VERSION:
+            raise IndexFileError(
+                f"{self.path} was written by a newer edgeclip (index schema {schema}); upgrade edgeclip."
+            )
+
+    def _is_empty(self) -> bool:
+        return self.con.execute("SELECT count(*) FROM files").fetchone()[0] == 0
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def get_json(self, key: str) -> Any:
+        value = self.get_meta(key)
+        return None if value is None else json.loads(value)
+
+    def set_meta(self, values: dict[str, Any], in_transaction: bool = False) -> None:
+        items = [(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in values.items()]
+        sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+        if in_transaction:
+            self.con.executemany(sql, items)
+        else:
+            with self.transaction():
+                self.con.executemany(sql, items)
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.con)
+
+    # -- rows ---------------------------------------------------------------------------------
+    def row(self, path: str) -> Row | None:
+        r = self.con.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
+        return None if r is None else Row(*r)
+
+    def rows_with_stat(self, size: int, mtime_ns: int, ino: int) -> list[Row]:
+        cur = self.con.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE size = ? AND mtime_ns = ? AND ino = ?",
+            (size, mtime_ns, ino),
+        )
+        return [Row(*r) for r in cur]
+
+    def rows_with_hash(self, sha256: str) -> list[Row]:
+        cur = self.con.execute(f"SELECT {_COLUMNS} FROM files WHERE sha256 = ?", (sha256,))
+        return [Row(*r) for r in cur]
+
+    def rows(self, status: str | None = None, under: str | None = None) -> Iterator[Row]:
+        sql, args = f"SELECT {_COLUMNS} FROM files WHERE 1", []
+        if status is not None:
+            sql, args = sql + " AND status = ?", [status]
+        if under is not None:
+            sql += " AND path LIKE ? ESCAPE '\\'"
+            args.append(_like_prefix(under))
+        yield from (Row(*r) for r in self.con.execute(sql + " ORDER BY path", args))
+
+    def paths_of_slots(self, slots: Iterable[int]) -> dict[int, str]:
+        slots = [int(s) for s in slots]
+        out: dict[int, str] = {}
+        for i in range(0, len(slots), 500):  # SQLite's bound-parameter limit
+            part = slots[i : i + 500]
+            marks = ",".join("?" * len(part))
+            cur = self.con.execute(
+                f"SELECT slot, path FROM files WHERE status = '{OK}' AND slot IN ({marks})", part
+            )
+            out.update(cur.fetchall())
+        return out
+
+    def counts(self) -> dict[str, int]:
+        cur = self.con.execute("SELECT status, count(*) FROM files GROUP BY status")
+        return {OK: 0, FAILED: 0, OTHER: 0, MISSING: 0, **dict(cur.fetchall())}
+
+    def live_slots(self) -> list[int]:
+        cur = self.con.execute(f"SELECT slot FROM files WHERE status = '{OK}' ORDER BY slot")
+        return [r[0] for r in cur]
+
+    def put(self, entry: Any, status: str, slot: int | None, sha256: str | None, reason: str | None) -> None:
+        """Insert or replace the row of ``entry`` (a ``FileEntry``); call inside a transaction."""
+        self.con.execute(
+            "INSERT INTO files (path, size, mtime_ns, dev, ino, sha256, status, slot, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+            "mtime_ns = excluded.mtime_ns, dev = excluded.dev, ino = excluded.ino, "
+            "sha256 = excluded.sha256, status = excluded.status, slot = excluded.slot, "
+            "reason = excluded.reason",
+            (entry.path, entry.size, entry.mtime_ns, entry.dev, entry.ino, sha256, status, slot, reason),
+        )
+
+    def move(self, row_id: int, entry: Any) -> None:
+        """Give an existing row (a renamed file) its new path and stat; inside a transaction."""
+        self.con.execute("DELETE FROM files WHERE path = ? AND id != ?", (entry.path, row_id))
+        self.con.execute(
+            "UPDATE files SET path = ?, size = ?, mtime_ns = ?, dev = ?, ino = ?, status = ? WHERE id = ?",
+            (entry.path, entry.size, entry.mtime_ns, entry.dev, entry.ino, OK, row_id),
+        )
+
+    def set_status(self, paths: Iterable[str], status: str) -> None:
+        self.con.executemany("UPDATE files SET status = ? WHERE path = ?", [(status, p) for p in paths])
+
+    def delete(self, paths: Iterable[str]) -> int:
+        cur = self.con.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+        return cur.rowcount
+
+    def integrity(self) -> str:
+        return self.con.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+class _Transaction:
+    """``with store.transaction():`` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.con.execute("BEGIN IMMEDIATE")
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _like_prefix(folder: str) -> str:
+    prefix = folder.rstrip(os.sep) + os.sep
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _check_writable_location(path: Path) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise IndexFileError(
+            f"cannot create the index {path}: the folder {folder} does not exist; create it or "
+            "pass another --db path."
+        )
+    eff = os.access in os.supports_effective_ids  # a setuid/seteuid process: its effective ids
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=eff) or (
+        path.exists() and not os.access(path, os.W_OK, effective_ids=eff)
+    ):
+        raise IndexFileError(
+            f"cannot write the index {path}: {folder if not path.exists() else path} is read-only; "
+            "pass --db somewhere writable (searching a read-only index works)."
+        )
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<db>.lock``: one writer per index, across processes.
+
+    A second writer waits up to ``timeout`` seconds (0: refuse at once) and then gets an
+    ``IndexLockedError`` naming the holder's pid. The kernel drops the lock when its holder
+    dies, even by kill -9, so a stale lock file never blocks anyone.
+    """
+
+    def __init__(self, db_path: Path, timeout: float = 0.0) -> None:
+        self.path = Path(str(db_path) + ".lock")
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise IndexFileError(
+                f"cannot open the index's lock file {self.path} ({e.strerror or e}); the index "
+                "and its folder must be writable: pass --db somewhere writable."
+            ) from e
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    waited = f" after waiting {self.timeout:g} s" if self.timeout else ""
+                    raise IndexLockedError(
+                        f"another edgeclip process (pid {holder}) is updating the index "
+                        f"{str(self.path)[:-5]}{waited}; let it finish, or pass --wait SECONDS "
+                        "to wait for it."
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None

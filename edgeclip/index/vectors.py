@@ -1,0 +1,188 @@
+"""Vector storage and search: an append-only float16 matrix on disk, exact and HNSW search.
+
+The matrix file holds one row per *slot*, float16 (half the bytes of float32; the cosine it
+loses is measured in ``benchmarks/index_bench.py``). Rows are only ever appended; the SQLite
+store says which slots are live. Search memory-maps the file, so a cold ``edgeclip search``
+reads only what it touches.
+
+Candidates come from usearch (``pip install edgeclip[index]``): its SIMD exact scan below
+``ANN_MIN_VECTORS`` and its HNSW graph above it (chosen by measurement, see docs/index.md).
+Every candidate is then rescored in float32 numpy against the stored row, so exact search
+returns exactly what a numpy brute force over the stored vectors returns. Without usearch
+the scan is numpy, correct but slower.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ANN_MIN_VECTORS", "AnnIndex", "VectorFile", "have_usearch", "rescore", "scan", "unit_rows"]
+
+DTYPE = np.float16
+# Below this many vectors the exact SIMD scan is fast enough (a few ms here, tens on a Pi) and
+# costs no graph build; above it HNSW search stays ~1 ms to 1 M vectors (benchmarks/results).
+ANN_MIN_VECTORS = 50_000
+# HNSW parameters picked in the benchmark: recall@10 >= 0.95 at 100k with room to spare.
+CONNECTIVITY = 16
+EXPANSION_ADD = 64
+EXPANSION_SEARCH = 64
+_SCAN_ROWS = 65_536
+
+
+def have_usearch() -> bool:
+    try:
+        import usearch.index  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class VectorFile:
+    """``dim``-wide float16 rows in a flat file; ``slots`` (committed rows) is kept by the caller."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path = Path(path)
+        self.dim = int(dim)
+        self.row_bytes = self.dim * np.dtype(DTYPE).itemsize
+
+    def rows_on_disk(self) -> int:
+        try:
+            return self.path.stat().st_size // self.row_bytes
+        except FileNotFoundError:
+            return 0
+
+    def truncate(self, slots: int) -> None:
+        """Cut an uncommitted tail (a writer killed between its append and its commit)."""
+        with open(self.path, "ab") as f:
+            if f.tell() != slots * self.row_bytes:
+                f.truncate(slots * self.row_bytes)
+                os.fsync(f.fileno())
+
+    def append(self, slots: int, vectors: np.ndarray) -> None:
+        """Write ``vectors`` as rows ``slots, slots+1, ...`` and fsync before any commit."""
+        data = np.ascontiguousarray(vectors, dtype=DTYPE)
+        if data.ndim != 2 or data.shape[1] != self.dim:
+            raise ValueError(f"vectors of shape {data.shape} do not fit a {self.dim}-wide index")
+        with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+            f.seek(slots * self.row_bytes)
+            f.write(data.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def matrix(self, slots: int) -> np.ndarray:
+        """Rows ``0 .. slots-1``, memory-mapped read-only (an empty array for no slots)."""
+        if slots == 0:
+            return np.zeros((0, self.dim), DTYPE)
+        on_disk = self.rows_on_disk()
+        if on_disk < slots:
+            from .store import IndexFileError
+
+            raise IndexFileError(
+                f"the vectors file {self.path} holds {on_disk} rows but the index committed "
+                f"{slots}; it was truncated or replaced. Rebuild with `edgeclip index --reindex`."
+            )
+        return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(slots, self.dim))
+
+
+def scan(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` slots per query by inner product: (slots (Q, k'), approx scores)."""
+    k = min(k, len(matrix))
+    if k == 0:
+        return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    if have_usearch():
+        from usearch.index import MetricKind, search
+
+        res = search(matrix, queries.astype(DTYPE), k, MetricKind.IP, exact=True)
+        return _matches(res, len(queries), k)
+    scores = np.concatenate(
+        [matrix[i : i + _SCAN_ROWS].astype(np.float32) @ queries.T for i in range(0, len(matrix), _SCAN_ROWS)]
+    ).T
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return top, np.take_along_axis(scores, top, axis=1)
+
+
+def _matches(res: Any, n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.asarray(res.keys, np.int64).reshape(n_queries, -1)[:, :k]
+    dist = np.asarray(res.distances, np.float32).reshape(n_queries, -1)[:, :k]
+    counts = np.asarray(getattr(res, "counts", [keys.shape[1]] * n_queries)).reshape(-1)
+    for i, c in enumerate(counts):  # unfilled places (fewer results than k) are marked -1
+        keys[i, int(c) :] = -1
+    return keys, 1.0 - dist
+
+
+def rescore(matrix: np.ndarray, query: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float32 cosines of ``slots`` (deduplicated, -1 dropped), best first.
+
+    Rows are renormalised after the float16 round trip, so a file and its byte copy score 1.
+    """
+    slots = np.unique(slots[slots >= 0])
+    scores = unit_rows(matrix[slots]) @ query.astype(np.float32)
+    order = np.lexsort((slots, -scores))  # ties broken by slot, so results are deterministic
+    return slots[order], scores[order]
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """float16 rows as unit-length float32 rows."""
+    out = np.asarray(rows, np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+class AnnIndex:
+    """An HNSW graph (usearch, float16, inner product) over slots ``0 .. len-1`` of a matrix.
+
+    Saved as one file, replaced atomically; opened memory-mapped (``view``) for search. Dead
+    slots stay in the graph until the next compaction; search drops them via the store.
+    """
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path = Path(path)
+        self.dim = dim
+        self._index: Any = None
+
+    def covered(self) -> int:
+        """How many leading slots the saved graph holds (0 when there is none)."""
+        index = self._open()
+        return 0 if index is None else int(index.size)
+
+    def _open(self) -> Any:
+        if self._index is None and self.path.exists() and have_usearch():
+            from usearch.index import Index
+
+            self._index = Index.restore(str(self.path), view=True)
+        return self._index
+
+    def extend(self, matrix: np.ndarray, threads: int = 0) -> int:
+        """Add slots ``covered() .. len(matrix)-1`` and save; returns how many were added."""
+        from usearch.index import Index
+
+        start = self.covered()
+        if start >= len(matrix):
+            return 0
+        index = Index(
+            ndim=self.dim, metric="ip", dtype="f16", connectivity=CONNECTIVITY,
+            expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH,
+        )  # fmt: skip
+        if start:
+            index.load(str(self.path))  # into memory: a view cannot grow
+        for i in range(start, len(matrix), _SCAN_ROWS):
+            block = np.asarray(matrix[i : i + _SCAN_ROWS])
+            index.add(np.arange(i, i + len(block)), block, threads=threads)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        index.save(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._index = None
+        return len(matrix) - start
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        index = self._open()
+        if index is None:
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+        index.expansion_search = max(EXPANSION_SEARCH, k)
+        res = index.search(queries.astype(DTYPE), min(k, index.size))
+        return _matches(res, len(queries), min(k, index.size))

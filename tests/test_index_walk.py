@@ -1,0 +1,94 @@
+"""Walking a photo tree: content sniffing, skipped folders, excludes, symlinks (no model needed)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from PIL import Image
+
+from edgeclip.errors import InputError
+from edgeclip.index.walk import check_roots, image_format, walk
+
+
+def _encoded(fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"])
+def test_formats_are_recognised_by_content_not_name(fmt, tmp_path):
+    data = _encoded(fmt)
+    assert image_format(data[:32], "no-extension") == fmt
+    assert image_format(data[:32], "holiday.txt") == fmt  # a misleading name changes nothing
+
+
+def test_avif_and_heic_follow_what_this_install_decodes():
+    from edgeclip.index.walk import optional_formats
+
+    avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00"
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00"
+    assert image_format(avif) == ("AVIF" if "AVIF" in optional_formats() else None)
+    assert image_format(heic) == ("HEIF" if "HEIF" in optional_formats() else None)
+
+
+def test_non_images_and_camera_raw_are_not_images():
+    assert image_format(b"hello world, not an image") is None
+    assert image_format(b"") is None
+    assert image_format(b"II*\x00" + b"\x00" * 28, "IMG_0001.CR2") is None  # raw: a TIFF preview
+    assert image_format(b"II*\x00" + b"\x00" * 28, "scan.tif") == "TIFF"
+
+
+def _touch_image(path, fmt="PNG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_encoded(fmt))
+
+
+def test_walk_skips_hidden_system_and_excluded_folders(tmp_path):
+    for rel in ["a.png", "sub/b.png", ".git/c.png", "@eaDir/d.png", "node_modules/e.png",
+                ".hidden.png", "tmp/f.png", "sub/skip.png"]:  # fmt: skip
+        _touch_image(tmp_path / rel)
+    found = sorted(os.path.relpath(e.path, tmp_path) for e in walk([str(tmp_path)], ["tmp", "skip.*"]))
+    assert found == ["a.png", os.path.join("sub", "b.png")]
+
+
+def test_symlink_loop_ends_and_linked_files_are_seen_once(tmp_path):
+    root = tmp_path / "photos"
+    _touch_image(root / "a" / "x.png")
+    os.symlink("..", root / "a" / "loop")  # a -> photos: a loop
+    os.symlink(root / "a", root / "alias")  # the same folder under a second name
+    os.symlink(root / "a" / "x.png", root / "link.png")  # a link to a file inside the tree
+    outside = tmp_path / "outside.png"
+    _touch_image(outside)
+    os.symlink(outside, root / "from-outside.png")  # a link out of the tree is followed
+    os.symlink(tmp_path / "nowhere.png", root / "dangling.png")
+    found = sorted(os.path.relpath(e.path, root) for e in walk([str(root)]))
+    assert found == [os.path.join("a", "x.png"), "from-outside.png"]
+
+
+def test_walk_reports_folders_it_cannot_list(tmp_path):
+    _touch_image(tmp_path / "ok.png")
+    errors: list[str] = []
+    found = list(walk([str(tmp_path / "ok.png"), str(tmp_path)], errors=errors))
+    assert [os.path.basename(e.path) for e in found] == ["ok.png"]
+    assert errors and "ok.png" in errors[0]
+
+
+def test_check_roots_names_the_bad_input(tmp_path):
+    with pytest.raises(InputError, match="no such directory"):
+        check_roots([tmp_path / "missing"])
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="it is a file, not a directory"):
+        check_roots([tmp_path / "f.png"])
+    assert check_roots([tmp_path]) == [str(tmp_path)]
+
+
+def test_importing_the_package_loads_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeclip, edgeclip.index; heavy = {'numpy', 'PIL', 'usearch', 'tqdm', "
+            "'onnxruntime', 'torch'} & set(sys.modules); assert not heavy, heavy")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
