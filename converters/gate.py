@@ -165,5 +165,7 @@ def build_torch_fp32(
     for tower, (module, name, sample) in samples.items():
         program = torch.export.export(module, (sample,), dynamic_shapes={name: {0: batch}})
         torch.export.save(program, str(out / f"{tower}.pt2"))
-    return make_variant(vid, "torch", "fp32", fp32_variant, f"{vid}/{{tower}}.pt2",
-                        options={"method": "torch.export", "torch": torch.__version__})  # fmt: skip
+    variant = make_variant(vid, "torch", "fp32", fp32_variant, f"{vid}/{{tower}}.pt2",
+                           options={"method": "torch.export", "torch": torch.__version__})  # fmt: skip
+    variant["text"].pop("dynamic_sequence", None)  # exported at the full context length
+    return variant

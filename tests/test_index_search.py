@@ -1,7 +1,7 @@
 """Search quality with a CLIP trained here (``benchmarks/index_model.py``): text queries in the
 procedural captions' vocabulary must return mostly the right pictures from a real file tree.
 
-The model is trained once (a few hundred CPU steps) and kept in pytest's cache directory, keyed
+The model is trained once (a few hundred CPU steps) and kept under EDGECLIP_HOME/test-models, keyed
 by its recipe, so later sessions reuse it.
 """
 
@@ -26,9 +26,13 @@ PER_CLASS = 10
 
 @pytest.fixture(scope="session")
 def trained_bundle(request) -> Path:
+    from edgeclip.paths import edgeclip_home
+
     recipe = json.dumps({"arch": index_model.ARCH, "lr": index_model.LR, "steps": STEPS}, sort_keys=True)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    out = Path(request.config.cache.mkdir(f"edgeclip-index-model-{key}"))
+    # kept between runs (CI runs with -p no:cacheprovider, so not pytest's cache), by recipe
+    out = edgeclip_home() / "test-models" / f"edgeclip-index-model-{key}"
+    out.mkdir(parents=True, exist_ok=True)
     bundle, _ = index_model.trained_bundle(out, steps=STEPS)
     return bundle
 

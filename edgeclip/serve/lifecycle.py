@@ -63,12 +63,18 @@ class ModelHost:
         return self.info
 
     def _call_sync(self, op: str, args: Any) -> Any:
-        runner = self._ensure_loaded()
-        try:
-            return runner.call(op, args)
-        except WorkerFailed:
-            self._runner = None  # died mid-call; the next call starts a fresh one
-            raise
+        # Model calls are pure, so a worker found dead (killed, OOM) costs one retry on a fresh
+        # one rather than the request; a second death in a row is reported.
+        for attempt in (1, 2):
+            runner = self._ensure_loaded()
+            try:
+                return runner.call(op, args)
+            except WorkerFailed:
+                self._runner = None  # the next attempt (or request) starts a fresh worker
+                if attempt == 2:
+                    raise
+                log.warning("the model worker died during %r; retrying once on a new one", op)
+        raise AssertionError("unreachable")
 
     def _ensure_loaded(self) -> SubprocessRunner | InProcessRunner:
         if self._runner is not None and not self._runner.alive():
