@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,17 +51,11 @@ ROWS: dict[str, tuple[str, dict]] = {
 
 
 def host_slug() -> str:
-    """``amd-epyc-avx2-2core``-style folder name for this machine's results."""
+    """The results folder of this machine (``benchmarks.hosts.host_label``)."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.device import device_report
+    from benchmarks.hosts import host_label
 
-    r = device_report()
-    cpu = r["cpu"]
-    isa = next(
-        (i.lower() for i in ("AMX", "AVX512", "AVX2", "NEON") if i in (cpu.get("isa") or [])), ""
-    )
-    name = (cpu.get("model") or platform.machine()).lower().replace(" ", "-")
-    return "-".join(x for x in (name, isa, f"{cpu.get('logical_cores')}core") if x)
+    return host_label()
 
 
 def _run(name: str, seed: int, args, teacher: str, cache: dict) -> dict:

@@ -31,13 +31,10 @@ BUILD_SIZE = (800, 600)
 
 
 def host_name() -> str:
-    """e.g. ``amd-epyc-avx2-2core``: vendor, family, best SIMD, cores."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.processor())
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    simd = next((f for f in ("amx_tile", "avx512_vnni", "avx512f", "avx2", "neon") if f in flags), "generic")
-    words = [w.lower() for w in model.replace("(R)", "").replace("(TM)", "").split() if w.isalpha()][:2]
-    return "-".join([*words, simd.replace("_", "-"), f"{os.cpu_count()}core"])
+    """The results folder of this machine (``benchmarks.hosts.host_label``)."""
+    from benchmarks.hosts import host_label
+
+    return host_label()
 
 
 def _model_name() -> str:

@@ -43,6 +43,7 @@ def train(steps: int = 300, batch: int = 64, seed: int = 0, threads: int = 1) ->
     import torch
 
     from converters.fixtures import random_model
+    from edgeclip.distill.losses import clip_loss
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -55,16 +56,11 @@ def train(steps: int = 300, batch: int = 64, seed: int = 0, threads: int = 1) ->
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
-    target = torch.arange(batch)
     for _ in range(steps):
         idx = rng.choice(len(pixels), batch, replace=False)
         img = _features(model.get_image_features(pixel_values=torch.from_numpy(pixels[idx])))
         txt = _features(model.get_text_features(input_ids=torch.from_numpy(ids[idx])))
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        loss = (
-            torch.nn.functional.cross_entropy(logits, target)
-            + torch.nn.functional.cross_entropy(logits.T, target)
-        ) / 2
+        loss = clip_loss(img, txt, model.logit_scale.exp().clamp(max=100))
         opt.zero_grad()
         loss.backward()
         opt.step()

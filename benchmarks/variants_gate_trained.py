@@ -43,6 +43,7 @@ def train(steps: int, batch: int, seed: int = 0):
 
     from converters.fixtures import random_model
     from converters.gate import torch_towers
+    from edgeclip.distill.losses import clip_loss
 
     torch.manual_seed(seed)
     model = random_model(ARCH, seed=seed).train()
@@ -58,14 +59,8 @@ def train(steps: int, batch: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     for step in range(steps):
         idx = rng.choice(len(pixels), batch, replace=False)
-        img = torch.nn.functional.normalize(image(torch.from_numpy(pixels[idx])), dim=-1)
-        txt = torch.nn.functional.normalize(text(torch.from_numpy(ids[idx])), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        target = torch.arange(batch)
-        loss = (
-            torch.nn.functional.cross_entropy(logits, target)
-            + torch.nn.functional.cross_entropy(logits.T, target)
-        ) / 2
+        img, txt = image(torch.from_numpy(pixels[idx])), text(torch.from_numpy(ids[idx]))
+        loss = clip_loss(img, txt, model.logit_scale.exp().clamp(max=100))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -169,12 +169,19 @@ class EdgeClip:
         pixels, good, failures = self.preprocessor(items)
         out = None
         if good:
-            emb = _normalise(self._image(pixels, self._chunk(batch_size, invariant)))
+            emb = self.encode_pixels(pixels, batch_size, invariant=invariant)
             out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
             out[good] = emb
         if failures:
             raise BatchError("images", failures, out, len(items))
         return out
+
+    def encode_pixels(
+        self, pixels: np.ndarray, batch_size: int | None = None, *, invariant: bool = False
+    ) -> np.ndarray:
+        """L2-normalised embeddings of already preprocessed float32 (N, 3, S, S) pixels
+        (``self.preprocessor``'s output), for pipelines that decode on their own threads."""
+        return _normalise(self._image(pixels, self._chunk(batch_size, invariant)))
 
     def encode_text(
         self,

@@ -116,14 +116,7 @@ def _why_not(path: str, head: bytes) -> str:
 
 def embed_pixels(model: Any, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """L2-normalised embeddings of preprocessed pixels, each independent of its batch neighbours."""
-    encode = getattr(model, "encode_pixels", None)
-    if encode is not None:
-        return encode(pixels, batch_size, invariant=True)
-    # Until the runtime has a public pixels entry point: the same tower call and chunking rule
-    # that ``encode_image(..., invariant=True)`` applies after its own preprocessing.
-    emb = model._image(pixels, model._chunk(batch_size, True))
-    norm = np.linalg.norm(emb, axis=-1, keepdims=True)
-    return (emb / np.maximum(norm, 1e-12)).astype(np.float32)
+    return model.encode_pixels(pixels, batch_size, invariant=True)
 
 
 class EmbedPipeline:
