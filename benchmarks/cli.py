@@ -98,10 +98,11 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
         "settings": {
             **settings.as_dict(), "threads": args.threads, "batch_sizes": sizes,
             "quick": args.quick, "device": args.device,
-            "method": "TinyCLIP: towers timed separately; pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
+            "method": "TinyCLIP: towers timed separately, items/s = batch / median s per call; "
+                      "pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
         },  # fmt: skip
         "baseline": "torch-fp32" if args.baseline == "torch" else None,
-        "macs": None, "throughput": [], "memory": [], "e2e": [], "accuracy": None,
+        "macs": None, "roofline": None, "throughput": [], "memory": [], "e2e": [], "accuracy": None,
         "notes": notes, "interrupted": False,
         # which INT8 search configuration each timed variant is: a speed belongs to a config
         "variant_configs": {v.id: v.options.get("config") for v in variants},
@@ -109,7 +110,7 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
 
 
 def _step_count(args: argparse.Namespace, n_variants: int, ckpt: Any, gpu_wanted: bool) -> int:
-    return (1 + n_variants + (ckpt is not None) + gpu_wanted
+    return (2 + n_variants + (ckpt is not None) + gpu_wanted
             + (0 if args.no_e2e else n_variants)
             + (0 if args.no_memory else n_variants + (ckpt is not None and not args.quick))
             + n_variants * bool(args.accuracy))  # fmt: skip
@@ -179,6 +180,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         bar.set_description("MACs")
         results["macs"] = _macs(bundle, notes)
+        bar.update(1)
+        if args.device in (None, "", "auto", "cpu"):
+            from .roofline import peaks
+
+            bar.set_description("GEMM peak")
+            results["roofline"] = {"peaks": peaks(args.threads, 0.2 if args.quick else 1.0)}
         bar.update(1)
         torch_model = _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar)
         if gpu_wanted:

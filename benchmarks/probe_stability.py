@@ -2,7 +2,8 @@
 
     python -m benchmarks.probe_stability BUNDLE
 
-Times every variant twice with exactly what auto selection runs (``autoselect.measure``), and
+Probes every variant twice with exactly what auto selection runs (``autoselect.probe_rates``:
+interleaved rounds, median per call), and
 writes ``benchmarks/results/<host>/probe_stability.{json,md}`` with both rates and their ratio.
 """
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgeclip.autoselect import measure
+    from edgeclip.autoselect import probe_rates
     from edgeclip.bundle import Bundle
     from edgeclip.towers import open_towers
     from edgeclip.verify import cpu_identity, widest_isa
@@ -28,14 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     bundle = Bundle.open(args.bundle)
-    rows = []
-    for v in bundle.variants:
-        towers = open_towers(bundle.root, v, args.threads, "auto")
-        first, second = (measure(bundle, v, args.threads, "auto", towers=towers) for _ in range(2))
-        rows.append({"variant": v.id, "first": round(first, 2), "second": round(second, 2),
-                     "ratio": round(max(first, second) / min(first, second), 3)})  # fmt: skip
+    opened = {v.id: open_towers(bundle.root, v, args.threads, "auto") for v in bundle.variants}
+    first, second = (probe_rates(bundle, bundle.variants, args.threads, "auto",
+                                 towers=lambda v: opened[v.id])[0] for _ in range(2))  # fmt: skip
+    rows = [{"variant": vid, "first": first[vid], "second": second[vid],
+             "ratio": round(max(first[vid], second[vid]) / max(min(first[vid], second[vid]), 1e-9), 3)}
+            for vid in opened]  # fmt: skip
     ident = cpu_identity()
-    result = {"what": "autoselect.measure twice in a row, batch 1", "cpu": ident["cpu"],
+    result = {"what": "autoselect.probe_rates twice in a row, batch 1", "cpu": ident["cpu"],
               "isa": widest_isa(ident["isa"]), "threads": args.threads, "variants": rows,
               "max_ratio": max(r["ratio"] for r in rows),
               "ranking_same": sorted(rows, key=lambda r: -r["first"])[0]["variant"]

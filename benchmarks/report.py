@@ -110,6 +110,22 @@ def _e2e(results: dict[str, Any]) -> list[str]:
             _table(head, rows)]  # fmt: skip
 
 
+def _roofline(results: dict[str, Any]) -> list[str]:
+    from .roofline import fractions
+
+    rows = fractions(results)
+    if not rows:
+        return []
+    pk = results["roofline"]["peaks"]
+    title = (f"## Against the roofline (GEMM peak {pk['fp32_gmac_s']} GMAC/s fp32, "
+             f"{pk['int8_gmac_s']} GMAC/s int8; {pk['kernels']}, {pk['threads']} threads)")
+    head = ["variant", "batch", "bound by", "achieved GMAC/s", "peak GMAC/s", "fraction",
+            "roofline pairs/s"]  # fmt: skip
+    body = [[r["variant"], r["batch_size"], r["peak"], r["achieved_gmac_s"], r["peak_gmac_s"],
+             r["fraction"], r["roofline_pairs_per_s"]] for r in rows]  # fmt: skip
+    return ["", title, "", _table(head, body)]
+
+
 def _accuracy(results: dict[str, Any]) -> list[str]:
     acc = results.get("accuracy")
     if not acc:
@@ -130,7 +146,7 @@ def _accuracy(results: dict[str, Any]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The whole run as Markdown: header, throughput, latency, memory, end-to-end, accuracy."""
     out = []
-    for section in (_header, _throughput, _latency, _memory, _e2e, _accuracy):
+    for section in (_header, _throughput, _latency, _roofline, _memory, _e2e, _accuracy):
         out += section(results)
     if results.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
@@ -251,6 +267,10 @@ def write_all(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     add_ratios(results)
+    if results.get("roofline"):
+        from .roofline import fractions
+
+        results["roofline"]["rows"] = fractions(results)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
     paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n")
     paths["csv"].write_text(csv_text([results]))

@@ -6,7 +6,8 @@ Method (the same as TinyCLIP's ``measure_throughput.py``, so numbers are compara
   preprocessed (float32 pixels, int64 token ids): model-only throughput;
 * each measurement does ``warmup`` untimed calls, then timed calls: at least ``repeats`` and
   for at least ``min_time`` seconds (at most ``max_repeats``);
-* ``images_per_s = batch × calls / total timed seconds`` (likewise ``texts_per_s``);
+* ``images_per_s = batch / median seconds per call`` (likewise ``texts_per_s``; TinyCLIP
+  uses total items / total time, which one preempted call can move by 10 %);
 * ``pairs_per_s = 1 / (1/images_per_s + 1/texts_per_s)``: the rate at which one image and one
   text could both be embedded, i.e. the harmonic combination of the two towers;
 * latency percentiles (p50/p95/p99) come from the per-call times at batch 1.

@@ -3,7 +3,7 @@
 Every usable variant of every installed backend is a candidate, fp16 included: no fixed rule
 table decides (which precision wins depends on the CPU: OpenVINO fp16 ran 2.6× its fp32 on an
 AMX Xeon and slower on an AVX2 EPYC). Each candidate is timed at batch 1 with the same function
-``edgeclip bench`` uses (``edgeclip.timing``: 3 warm-ups, ≥ 8 calls and ≥ 0.4 s per tower,
+``edgeclip bench`` uses (``edgeclip.timing``: 5 warm-ups, ≥ 15 calls and ≥ 0.4 s per tower, median,
 towers separately, pairs/s = 1 / (1/images_per_s + 1/texts_per_s)); the result is cached in
 ``edgeclip_home()/probe.json`` per host and bundle. ``EDGECLIP_PROBE=0`` skips timing and
 falls back to ``PRECISION_ORDER`` within the backend preference order.
@@ -18,7 +18,6 @@ import platform
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -95,21 +94,48 @@ def _probe_inputs(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     return pixels, ids
 
 
-def measure(
+def probe_rates(
     bundle: Bundle,
-    variant: Variant,
+    variants: list[Variant],
     threads: int | None,
     device: str,
-    towers: tuple | None = None,
-    settings: Any = None,
-) -> float:
-    """Batch-1 pairs/s of one variant on this host (``edgeclip.timing``, ``Settings.probe()``)."""
-    from .timing import Settings, tower_pairs_per_s
+    towers: Callable[[Variant], tuple] | None = None,
+    rounds: int = 3,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Batch-1 pairs/s of each variant on this host, and the errors of those that cannot run.
+
+    ``edgeclip.timing`` with ``Settings.probe()``, split into ``rounds`` interleaved rounds
+    (variant A, B, C, then A, B, C again) and the median over all of a variant's calls: a burst
+    of load from another process lands on every candidate, not on whichever was being timed.
+    """
+    from .timing import Settings, pairs_per_s, rate, time_calls
     from .towers import open_towers
 
-    image, text = towers or open_towers(bundle.root, variant, threads, device)
+    cfg = Settings.probe()
     pixels, ids = _probe_inputs(bundle)
-    return tower_pairs_per_s(image, text, pixels, ids, 1, settings or Settings.probe())["pairs_per_s"]
+    runners, errors = {}, {}
+    for v in variants:
+        try:
+            runners[v.id] = towers(v) if towers else open_towers(bundle.root, v, threads, device)
+        except Exception as exc:  # a variant that cannot run here simply loses
+            errors[v.id] = str(exc)[:200]
+    calls: dict[str, tuple[list, list]] = {vid: ([], []) for vid in runners}
+    per_round = -(-cfg.repeats // rounds)
+    for r in range(rounds):
+        for vid, (image, text) in list(runners.items()):
+            kw = dict(warmup=cfg.warmup if r == 0 else 1, repeats=per_round,
+                      min_time=cfg.min_time / rounds, max_repeats=cfg.max_repeats // rounds)  # fmt: skip
+            try:
+                calls[vid][0].extend(time_calls(lambda im=image: im(pixels, 1), **kw))
+                calls[vid][1].extend(time_calls(lambda tx=text: tx(ids, 1), **kw))
+            except Exception as exc:  # noqa: BLE001 - failing mid-probe also just loses
+                errors[vid] = str(exc)[:200]
+                del runners[vid]
+    rates = {v.id: 0.0 for v in variants}
+    for vid in runners:
+        img_s, txt_s = (rate(np.asarray(c), 1) for c in calls[vid])
+        rates[vid] = round(pairs_per_s(img_s, txt_s), 2)
+    return rates, errors
 
 
 def _read_cache(path: Path) -> dict:
@@ -150,13 +176,7 @@ def choose(
     entry = cache.get(host, {}).get(key)
     ids = {v.id for v in timed}
     if not entry or set(entry.get("pairs_per_s", {})) != ids:
-        rates, errors = {}, {}
-        for v in timed:
-            try:
-                runners = towers(v) if towers else None
-                rates[v.id] = round(measure(bundle, v, threads, device, towers=runners), 2)
-            except Exception as exc:  # a variant that cannot run here simply loses
-                rates[v.id], errors[v.id] = 0.0, str(exc)[:200]
+        rates, errors = probe_rates(bundle, timed, threads, device, towers)
         entry = {
             "pairs_per_s": rates,
             "errors": errors,

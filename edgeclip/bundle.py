@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, IntegrityError
-from .verified import is_verified, remember
+from .verified import is_verified, marker_for, remember
 
 MANIFEST = "manifest.json"
 FORMAT = "edgeclip-bundle"
@@ -54,13 +54,6 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> di
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return manifest
-
-
-def _marker_for(path: Path) -> Path:
-    from .paths import edgeclip_home
-
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
-    return edgeclip_home() / "verified" / f"{key}.json"
 
 
 @dataclass(frozen=True)
@@ -178,7 +171,7 @@ class Bundle:
                 problems.append(f"{rel}: missing")
                 continue
             stat = path.stat()
-            marker = _marker_for(path)
+            marker = marker_for(path)
             if stat.st_size != meta["size"]:
                 problems.append(f"{rel}: size {stat.st_size}, manifest says {meta['size']}")
             elif not full and is_verified(marker, stat, meta["sha256"]):

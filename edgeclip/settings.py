@@ -24,6 +24,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
     Setting("EDGECLIP_ORT_SPINNING", "1", "`0` stops ONNX Runtime's threads spinning between calls "
             "(`edgeclip serve` sets it: with gaps between batches spinning cost 40 % more CPU)"),
+    Setting("EDGECLIP_ORT_CACHE", "1", "`0` re-optimises ONNX Runtime graphs at every load "
+            "instead of caching the optimised graph per graph, ORT version and CPU in "
+            "`$EDGECLIP_HOME/ort-cache`"),
     Setting("EDGECLIP_OV_HINT", "LATENCY", "OpenVINO performance hint: LATENCY or THROUGHPUT"),
     Setting("EDGECLIP_OV_PRECISION", None, "OpenVINO inference precision for every variant "
             "(f32, bf16, f16); default: f32 for fp32 variants, the plugin's choice otherwise"),

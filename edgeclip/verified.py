@@ -36,3 +36,29 @@ def remember(marker: Path, stat: os.stat_result, sha256: str) -> None:
         os.replace(tmp, marker)
     except OSError:
         pass
+
+
+def marker_for(path: Path) -> Path:
+    """The marker of one file, by its resolved path, under ``edgeclip_home()/verified``."""
+    import hashlib
+
+    from .paths import edgeclip_home
+
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
+    return edgeclip_home() / "verified" / f"{key}.json"
+
+
+def known_sha256(path: Path) -> str:
+    """The file's sha256, hashed only when its size or mtime changed since the last time."""
+    from .bundle import sha256_file
+
+    stat, marker = Path(path).stat(), marker_for(path)
+    try:
+        seen = json.loads(marker.read_text())
+        if is_verified(marker, stat) and isinstance(seen.get("sha256"), str):
+            return seen["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    digest = sha256_file(path)
+    remember(marker, stat, digest)
+    return digest

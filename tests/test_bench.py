@@ -147,6 +147,17 @@ def test_quick_run_writes_sane_json_csv_md_png_and_merges(micro_bundle, tmp_path
     )
     lat = rows[("onnx-fp32", 1)]["latency"]["image"]
     assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
+    # the roofline: measured GEMM peaks, and every CPU row's share of the one at its precision
+    peaks = res["roofline"]["peaks"]
+    assert peaks["fp32_gmac_s"] > 0 and peaks["int8_gmac_s"] > 0 and peaks["threads"] == 1
+    roof = {(r["variant"], r["batch_size"]): r for r in res["roofline"]["rows"]}
+    assert set(roof) == set(rows)
+    for key, r in roof.items():
+        assert r["peak"] == "fp32"  # fp32 variants and torch are bound by the fp32 peak
+        achieved = rows[key]["pairs_per_s"] * m["pair_macs"] / 1e9
+        assert r["achieved_gmac_s"] == pytest.approx(achieved, abs=0.06)
+        assert r["fraction"] == pytest.approx(r["achieved_gmac_s"] / peaks["fp32_gmac_s"], abs=2e-3)
+    assert "Against the roofline" in (out / "results.md").read_text()
     mem = {r["variant"]: r for r in res["memory"]}
     assert mem["onnx-fp32"]["peak_rss_mb"] > 10 and mem["onnx-fp32"]["cold_start_s"] > 0
     assert mem["onnx-fp32"]["size_mb"] > 0
@@ -258,3 +269,20 @@ def test_ctrl_c_writes_what_was_measured(tinyclip8m_bundle, tmp_path):
     assert res["interrupted"] is True and res["macs"]["pair_macs"] > 0
     assert 1 <= len(res["throughput"]) < 8 and res["throughput"][0]["batch_size"] == 1
     assert "Interrupted" in (out / "results.md").read_text()
+
+
+def test_peak_kind_follows_what_the_gemms_run_in():
+    from benchmarks.roofline import peak_kind
+
+    assert peak_kind("int8", "dynamic-per-channel") == "int8"
+    assert peak_kind("int8-dynamic", None) == "int8"
+    assert peak_kind("int8", "weight-only") == "fp32"  # weights decompressed, float GEMMs
+    assert peak_kind("int8-weights", None) == "fp32"
+    assert peak_kind("fp16", None) == peak_kind("fp32", None) == "fp32"
+
+
+def test_gemm_peak_counts_macs_of_a_real_ort_gemm():
+    from benchmarks.roofline import gemm_peak
+
+    for kind in ("fp32", "int8"):
+        assert gemm_peak(kind, threads=1, n=128, min_time=0.0) > 0

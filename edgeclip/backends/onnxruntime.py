@@ -10,6 +10,7 @@ graph, GPU and TensorRT version (``EDGECLIP_HOME/trt/…``), so a Jetson builds 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -93,21 +94,17 @@ class Backend:
         device: str = "auto",
         precision: str | None = None,
     ) -> OrtSession:
-        import onnxruntime as ort
+        from . import ort_cache
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        # Quiet by default: ORT warns about unused initializers in exported CLIP graphs.
-        opts.log_severity_level = int(settings.get("EDGECLIP_ORT_LOG_LEVEL"))
-        if settings.get("EDGECLIP_ORT_SPINNING") == "0":
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = self._providers(device, Path(path), precision)
-        session = OrtSession(ort.InferenceSession(str(path), sess_options=opts,
-                                                  providers=providers))  # fmt: skip
+        make_options = functools.partial(_session_options, threads)
+        if providers == ["CPUExecutionProvider"]:  # GPU providers partition the graph themselves
+            raw = ort_cache.create_session(Path(path), make_options, providers)
+        else:
+            import onnxruntime as ort
+
+            raw = ort.InferenceSession(str(path), sess_options=make_options(), providers=providers)
+        session = OrtSession(raw)
         first = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if device not in ("auto", "", None, "cpu") and session.device != first:
             raise InputError(
@@ -117,6 +114,22 @@ class Backend:
                 "fix the install."
             )
         return session
+
+
+def _session_options(threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    # Quiet by default: ORT warns about unused initializers in exported CLIP graphs.
+    opts.log_severity_level = int(settings.get("EDGECLIP_ORT_LOG_LEVEL"))
+    if settings.get("EDGECLIP_ORT_SPINNING") == "0":
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
 
 
 def _gpu_name() -> str:

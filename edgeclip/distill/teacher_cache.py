@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .students import encode_image, encode_text, teacher_logit_scale
@@ -24,6 +25,37 @@ def source_key(data: str, size: int, seed: int, image_size: int, context_length:
     """What decides item ``i``'s image and tokens: the source, its size/seed and input shapes."""
     blob = json.dumps([data, size, seed, image_size, context_length])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def store_key(digest: str | None, data: str, size: int, seed: int, image_size: int, context_length: int) -> str:
+    """The store's name: the teacher's weights digest and ``source_key``."""
+    return f"{(digest or 'teacher')[:16]}-" + source_key(data, size, seed, image_size, context_length)
+
+
+def warm_procedural(teacher_dir: str, cache_dir: str | Path, size: int, image_size: int,
+                    context_length: int, seed: int = 0, batch: int = 500) -> int:  # fmt: skip
+    """Fill the on-disk store of the procedural source (``size`` items, ``seed``) with the
+    teacher's embeddings of every item, as the trainer would compute them; returns how many
+    were computed (0 when already complete). Later runs with ``teacher_cache_dir=cache_dir``
+    then make no teacher forward."""
+    from edgeclip.tokenizer import tokenize
+
+    from .checkpoint import file_digest
+    from .evaluate import to_pixels
+    from .procedural import ProceduralCaptions
+    from .students import load_model
+
+    teacher = load_model(teacher_dir).eval().requires_grad_(False)
+    key = store_key(file_digest(teacher_dir), "procedural", size, seed, image_size, context_length)
+    feats = TeacherFeatures(teacher, size, key, disk=Path(cache_dir) / f"{key}.pt")
+    src = ProceduralCaptions(size, seed=seed, image_size=image_size)
+    missing = (~feats.store["have"]).nonzero().flatten().tolist()
+    for i in range(0, len(missing), batch):
+        idx = missing[i : i + batch]
+        imgs, caps = zip(*(src[j] for j in idx))
+        feats(idx, to_pixels(np.stack(imgs)), torch.from_numpy(tokenize(list(caps), context_length)))
+    feats.save()
+    return feats.computed
 
 
 class TeacherFeatures:

@@ -31,7 +31,7 @@ from .export import save_clip_dir
 from .procedural import COLOURS, HELD_OUT, SHAPES, eval_set
 from .progress import Progress
 from .students import logit_scale as scale_of
-from .teacher_cache import TeacherFeatures, source_key
+from .teacher_cache import TeacherFeatures, store_key
 
 
 @dataclass
@@ -189,8 +189,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
     done = _loop(loop, stream, start)
     result = {"out": str(loop.out), "steps": done, "elapsed_s": time.perf_counter() - loop.t0,
               "skipped": loop.stream_state["skipped"]}  # fmt: skip
-    if loop.tfeat is not None:  # teacher forwards this run needed (0 with a warm cache)
-        result["teacher_items_computed"] = loop.tfeat.computed
+    if loop.run.teacher is not None:  # teacher forwards this run needed (0 with a warm cache)
+        result["teacher_items_computed"] = loop.tfeat.computed if loop.tfeat else 0
     if done < cfg.steps:  # stopped early: the checkpoint is the output
         dist.wait_for_rank0(dist.final_wait_s(cfg.dist_timeout, 0, _rate(loop), 0))
         return result
@@ -198,17 +198,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
 
 
 def _teacher_features(cfg: TrainConfig, run: rs.Run, stream, arch: dict, digest, shared):
-    """Teacher embeddings, stored per item for indexed sources (and on disk with a cache folder)."""
-    if run.teacher is None:
+    """Teacher embeddings, stored per item for indexed sources (and on disk with a cache folder).
+
+    ``None`` when no loss reads them (``clip=1`` with a teacher for inheritance): such a run
+    makes no teacher forward at all, so its time is a plain student's."""
+    if run.teacher is None or not [k for k in run.loss_mod.weights if k != "clip"]:
         return None
     indexed = isinstance(stream, IndexedStream)
-    key = f"{(digest or 'teacher')[:16]}-" + source_key(
-        cfg.data,
-        cfg.procedural_size,
-        cfg.procedural_seed,
-        arch["image_size"],
-        arch["context_length"],
-    )
+    key = store_key(digest, cfg.data, cfg.procedural_size, cfg.procedural_seed,
+                    arch["image_size"], arch["context_length"])  # fmt: skip
     disk = Path(cfg.teacher_cache_dir) / f"{key}.pt" if cfg.teacher_cache_dir and indexed else None
     return TeacherFeatures(run.teacher, len(stream.source) if indexed else None, key, shared, disk)
 

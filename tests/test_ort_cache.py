@@ -1,0 +1,110 @@
+"""ONNX Runtime's optimised-graph cache (edgeclip/backends/ort_cache.py) on a real bundle graph:
+a hit gives the same embeddings as an uncached session; a corrupt, truncated or foreign entry is
+never used and is rebuilt; an unwritable cache location falls back to no cache with a warning."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from edgeclip.backends import get_backend, ort_cache  # noqa: E402
+from edgeclip.bundle import Bundle  # noqa: E402
+
+
+@pytest.fixture()
+def graph(micro_bundle, tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EDGECLIP_ORT_CACHE", raising=False)
+    ort_cache._warned.clear()
+    bundle = Bundle.open(micro_bundle)
+    variant = next(v for v in bundle.variants if v.backend == "onnx")
+    _SIZE[0] = int(bundle.preprocess["image_size"])
+    return micro_bundle / variant.image.file
+
+
+_SIZE = [224]
+
+
+def _embed(graph: Path) -> np.ndarray:
+    """The image tower's output for two fixed inputs, through the real ONNX Runtime backend."""
+    session = get_backend("onnx").open(graph, threads=1, device="cpu", precision="fp32")
+    size = _SIZE[0]
+    pixels = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    return session.run({session.input_names[0]: pixels})
+
+
+def _entry(graph: Path) -> tuple[Path, dict]:
+    folder = ort_cache.entry_folder(ort_cache.identity(graph))
+    meta = json.loads((folder / "meta.json").read_text())
+    return folder / meta["file"], meta
+
+
+def _uncached(graph: Path, monkeypatch) -> np.ndarray:
+    monkeypatch.setenv("EDGECLIP_ORT_CACHE", "0")
+    out = _embed(graph)
+    monkeypatch.delenv("EDGECLIP_ORT_CACHE")
+    return out
+
+
+def test_hit_reuses_the_entry_and_matches_an_uncached_session(graph, monkeypatch):
+    reference = _uncached(graph, monkeypatch)
+    first = _embed(graph)  # builds the entry
+    model, meta = _entry(graph)
+    stamp = model.stat().st_mtime_ns
+    second = _embed(graph)  # reads it
+    assert model.stat().st_mtime_ns == stamp  # not rebuilt
+    assert meta["identity"]["graph_sha256"] == ort_cache.identity(graph)["graph_sha256"]
+    np.testing.assert_allclose(first, reference, atol=1e-6)
+    np.testing.assert_allclose(second, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncated", "foreign", "garbage-meta"])
+def test_a_bad_entry_is_never_used_and_is_rebuilt(graph, monkeypatch, fault):
+    reference = _uncached(graph, monkeypatch)
+    _embed(graph)
+    model, meta = _entry(graph)
+    folder = model.parent
+    if fault == "corrupt":  # same size, flipped bytes in the middle (weights)
+        data = bytearray(model.read_bytes())
+        mid = len(data) // 2
+        data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+        model.write_bytes(bytes(data))
+    elif fault == "truncated":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    elif fault == "foreign":  # an entry optimised on another CPU, copied into this cache
+        meta["identity"] = {**meta["identity"], "cpu": "Some Other CPU", "isa": ["avx2"]}
+        (folder / "meta.json").write_text(json.dumps(meta))
+    else:
+        (folder / "meta.json").write_text("{not json")
+    assert ort_cache.valid_entry(folder, ort_cache.identity(graph)) is None
+    out = _embed(graph)
+    np.testing.assert_allclose(out, reference, atol=1e-6)
+    rebuilt, new_meta = _entry(graph)
+    assert new_meta["identity"] == ort_cache.identity(graph)
+    assert ort_cache.valid_entry(folder, ort_cache.identity(graph)) == rebuilt
+
+
+def test_unwritable_cache_location_falls_back_with_a_warning(graph, tmp_path, monkeypatch):
+    reference = _uncached(graph, monkeypatch)
+    # A file where the cache folder would go: mkdir fails exactly as on a read-only mount, and
+    # this holds when the tests run as root (which ignores permission bits).
+    blocker = tmp_path / "home-is-a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EDGECLIP_HOME", str(blocker))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _embed(graph)
+    np.testing.assert_allclose(out, reference, atol=1e-6)
+    assert any("uncached" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_cache_off_writes_nothing(graph, monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGECLIP_ORT_CACHE", "0")
+    _embed(graph)
+    assert not (tmp_path / "home" / "ort-cache").exists()
