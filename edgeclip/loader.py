@@ -116,10 +116,10 @@ def _bundle_for_zoo(info: dict) -> Path:
 
 def load(
     name_or_path: str | os.PathLike = "tinyclip-8m",
-    backend: str = "auto",
-    precision: str = "auto",
+    backend: str | None = "auto",
+    precision: str | None = "auto",
     threads: int | None = None,
-    device: str = "auto",
+    device: str | None = "auto",
     batch_size: int = 32,
     verify: bool = True,
 ) -> EdgeClip:
@@ -136,6 +136,12 @@ def load(
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    for what, value in (("backend", backend), ("precision", precision), ("device", device)):
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{what} must be a name such as 'auto', got {type(value).__name__} "
+                             f"{value!r}")  # fmt: skip
+    # None means "you choose", as "auto" does
+    backend, precision, device = backend or "auto", precision or "auto", device or "auto"
     bundle = resolve_bundle(name_or_path, verify=verify)
     chosen = select(bundle, backend, precision, threads, device, verify)
     return EdgeClip(

@@ -22,8 +22,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("EDGECLIP_PROBE", "1", "`0` skips timing variants for `backend=\"auto\"` (rule table only)"),
     Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds before a hub download gives up"),
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
-    Setting("EDGECLIP_ORT_SPINNING", "1", "`0` stops ONNX Runtime's threads spinning between calls "
-            "(`edgeclip serve` sets it: with gaps between batches spinning cost 40 % more CPU)"),
+    Setting("EDGECLIP_ORT_SPINNING", "0", "`1` lets ONNX Runtime's idle threads spin (busy-wait) "
+            "between calls: a tight loop of one tower gains about 10 %, but the image and text "
+            "towers' pools then spin against each other and against other processes "
+            "(`benchmarks/results/<host>/ort_settings.md`)"),
     Setting("EDGECLIP_ORT_CACHE", "1", "`0` re-optimises ONNX Runtime graphs at every load "
             "instead of caching the optimised graph per graph, ORT version and CPU in "
             "`$EDGECLIP_HOME/ort-cache`"),

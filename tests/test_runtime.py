@@ -145,6 +145,11 @@ def test_unknown_backend_and_missing_precision(micro_bundle):
         edgeclip.load(micro_bundle, backend="tensorflow")
     with pytest.raises(InputError, match="no variant"):
         edgeclip.load(micro_bundle, precision="int4")
+    with pytest.raises(InputError, match="precision must be a name"):
+        edgeclip.load(micro_bundle, precision=8)
+    # None means "you choose", as "auto" does
+    chosen = edgeclip.load(micro_bundle, backend=None, precision=None)
+    assert chosen.variant.id == edgeclip.load(micro_bundle).variant.id
 
 
 def _fixed_batch_graph(path: Path, batch: int) -> None:

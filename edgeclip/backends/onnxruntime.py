@@ -126,9 +126,9 @@ def _session_options(threads: int | None):
         opts.inter_op_num_threads = 1
     # Quiet by default: ORT warns about unused initializers in exported CLIP graphs.
     opts.log_severity_level = int(settings.get("EDGECLIP_ORT_LOG_LEVEL"))
-    if settings.get("EDGECLIP_ORT_SPINNING") == "0":
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if settings.get("EDGECLIP_ORT_SPINNING") == "1" else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return opts
 
 

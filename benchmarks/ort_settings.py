@@ -1,0 +1,130 @@
+"""Which ONNX Runtime settings pay on this host: thread spinning and the transformer fusions.
+
+    python -m benchmarks.ort_settings BUNDLE [--threads 2]
+
+For each ONNX variant, through edgeclip's own backend (``EDGECLIP_ORT_SPINNING`` on and off):
+the image tower alone at batch 1, and image-then-text pairs as ``classify`` runs them. With
+spinning, each session's idle threads busy-wait for the next call, which speeds a tight loop of
+one tower, and the two towers' pools then spin against each other. Then, for the fp32 variant,
+``onnxruntime.transformers.optimizer`` (model_type ``clip``: Attention, SkipLayerNorm, BiasGelu
+fusions) against the graph as ONNX Runtime optimises it itself, with the cosine between the
+two. Medians of interleaved calls. Writes ``benchmarks/results/<host>/ort_settings.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .hosts import host_label
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _inputs(size: int) -> tuple[np.ndarray, np.ndarray]:
+    from edgeclip.tokenizer import tokenize
+
+    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    return pixels, tokenize(["a photo of a cat."]).astype(np.int64)
+
+
+def _median_ms(fn, n: int = 40, warmup: int = 5) -> float:
+    from edgeclip.timing import time_calls
+
+    return round(float(np.median(time_calls(fn, warmup=warmup, repeats=n))) * 1000, 2)
+
+
+def spinning(bundle, variant, threads: int, pixels, ids) -> dict:
+    from edgeclip.towers import open_towers
+
+    out = {}
+    for spin in ("1", "0"):
+        os.environ["EDGECLIP_ORT_SPINNING"] = spin
+        image, text = open_towers(bundle.root, variant, threads, "cpu")
+        image(pixels, 1), text(ids, 1)  # open both sessions first
+        out[f"spinning={spin}"] = {
+            "image_ms": _median_ms(lambda im=image: im(pixels, 1)),
+            "image_then_text_ms": _median_ms(lambda im=image, tx=text: (im(pixels, 1), tx(ids, 1))),
+        }
+    os.environ.pop("EDGECLIP_ORT_SPINNING", None)
+    return out
+
+
+def fusions(graph: Path, threads: int, feed: np.ndarray, heads: int, width: int) -> dict:
+    import onnxruntime as ort
+    from onnxruntime.transformers import optimizer
+
+    fused_model = optimizer.optimize_model(str(graph), model_type="clip", num_heads=heads,
+                                           hidden_size=width, opt_level=1)  # fmt: skip
+    stats = {k: v for k, v in fused_model.get_fused_operator_statistics().items() if v}
+    with tempfile.TemporaryDirectory() as tmp:
+        fused = Path(tmp) / "fused.onnx"
+        fused_model.save_model_to_file(str(fused))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.log_severity_level = threads, 3
+        plain, fast = (ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                       for p in (graph, fused))  # fmt: skip
+        name = plain.get_inputs()[0].name
+        a, b = plain.run(None, {name: feed})[0], fast.run(None, {name: feed})[0]
+        cos = float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+        ms = {"ort_only_ms": [], "fused_ms": []}
+        for _ in range(4):  # interleaved rounds
+            ms["ort_only_ms"].append(_median_ms(lambda: plain.run(None, {name: feed}), n=10))
+            ms["fused_ms"].append(_median_ms(lambda: fast.run(None, {name: feed}), n=10))
+    return {"fused_ops": stats, "cosine": round(cos, 7),
+            **{k: round(float(np.median(v)), 2) for k, v in ms.items()}}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edgeclip.bundle import Bundle
+    from edgeclip.verify import cpu_identity, widest_isa
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    bundle = Bundle.open(args.bundle)
+    arch = bundle.manifest.get("architecture") or {}
+    pixels, ids = _inputs(int(bundle.preprocess.get("image_size", 224)))
+    onnx = [v for v in bundle.variants if v.backend == "onnx"]
+    ident = cpu_identity()
+    result = {"cpu": ident["cpu"], "isa": widest_isa(ident["isa"]), "threads": args.threads,
+              "load_average": list(os.getloadavg()),
+              "spinning": {v.id: spinning(bundle, v, args.threads, pixels, ids) for v in onnx}}  # fmt: skip
+    fp32 = next((v for v in onnx if v.precision == "fp32"), None)
+    if fp32 is not None:
+        result["fusions"] = {
+            "image": fusions(bundle.path_of(fp32.image.file), args.threads, pixels,
+                             int(arch.get("vision_heads", 4)), int(arch.get("vision_width", 256))),
+            "text": fusions(bundle.path_of(fp32.text.file), args.threads, ids,
+                            int(arch.get("text_heads", 4)), int(arch.get("text_width", 256))),
+        }  # fmt: skip
+    out = ROOT / "benchmarks" / "results" / host_label()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ort_settings.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "ort_settings.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# ONNX Runtime settings, {r['cpu']} ({r['isa']}), {r['threads']} threads", "",
+             "| variant | spinning | image b1 ms | image then text ms |", "|---|---|---|---|"]  # fmt: skip
+    for vid, modes in r["spinning"].items():
+        for mode, m in modes.items():
+            lines.append(f"| {vid} | {mode.split('=')[1]} | {m['image_ms']} | {m['image_then_text_ms']} |")
+    for tower, f in (r.get("fusions") or {}).items():
+        lines += ["", f"Fusions ({tower} tower, fp32): ORT alone {f['ort_only_ms']} ms, with "
+                  f"`onnxruntime.transformers` fusions {f['fused_ms']} ms, cosine {f['cosine']} "
+                  f"({', '.join(f'{k} {v}' for k, v in f['fused_ops'].items())})."]  # fmt: skip
+    lines += ["", f"Load average at start: {', '.join(f'{x:.2f}' for x in r['load_average'])}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
