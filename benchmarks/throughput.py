@@ -133,6 +133,10 @@ def torch_towers(model: Any, threads: int | None, device: str = "cpu", amp: bool
         if key not in cache:
             if len(cache) > 8:
                 cache.clear()
+            if kind == "t":  # as transformers users feed it (padding="longest"), not 77 wide;
+                # causal attention + pooling at the end token: the same result
+                used = np.flatnonzero((a != 0).any(axis=0))
+                a = np.ascontiguousarray(a[:, : int(used[-1]) + 1] if used.size else a)
             cache[key] = torch.as_tensor(a).to(device)
         return cache[key]
 

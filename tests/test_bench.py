@@ -286,3 +286,24 @@ def test_gemm_peak_counts_macs_of_a_real_ort_gemm():
 
     for kind in ("fp32", "int8"):
         assert gemm_peak(kind, threads=1, n=128, min_time=0.0) > 0
+
+
+def test_torch_baseline_text_is_fed_longest_padded_with_the_same_result(micro_hf_checkpoint):
+    import torch
+
+    from benchmarks.throughput import torch_towers
+    from benchmarks.variants import load_torch
+    from edgeclip.tokenizer import tokenize
+
+    model = load_torch(micro_hf_checkpoint)
+    ids = tokenize(["a photo of a cat.", "a red sports car parked by the sea."]).astype(np.int64)
+    _, run_text, _ = torch_towers(model, 1)
+    with torch.inference_mode():
+        full = model.get_text_features(input_ids=torch.as_tensor(ids))
+    trimmed = run_text(ids, 2)
+
+    def features(out):  # transformers 5 wraps the projected features in an output object
+        return getattr(out, "pooler_output", out).numpy()
+
+    assert features(trimmed).shape == features(full).shape
+    np.testing.assert_allclose(features(trimmed), features(full), atol=1e-5)
