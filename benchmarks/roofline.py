@@ -28,7 +28,6 @@ WEIGHT_ONLY = ("weight-only", "weights", "int8-weights", "weight_only_wi8")
 
 
 def _gemm_graph(kind: str, n: int) -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     if kind == "fp32":
