@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hosts import host_label
+from .hosts import measured_on, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 _CHILD = r"""
@@ -54,8 +54,6 @@ def run_child(bundle: Path, variant: str, threads: int, home: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgeclip.verify import cpu_identity, widest_isa
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--variants", default="onnx-int8,openvino-int8,onnx-fp32,auto")
@@ -73,15 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             row["later_median"] = {k: round(float(np.median([r[k] for r in later])), 3)
                                    for k in later[0]}  # fmt: skip
         rows.append(row)
-    ident = cpu_identity()
     result = {"what": "fresh process: import edgeclip + edgeclip.load + first classify",
-              "cpu": ident["cpu"], "isa": widest_isa(ident["isa"]), "threads": args.threads,
-              "load_average": list(os.getloadavg()), "rows": rows}  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / host_label()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cold_start.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "cold_start.md").write_text(markdown(result))
-    print(markdown(result))
+              **measured_on(), "threads": args.threads, "rows": rows}  # fmt: skip
+    write_result("cold_start", result, markdown(result))
     return 0
 
 

@@ -12,14 +12,11 @@ fresh cache, so the time is the first-use cost; a second pass shows the cached c
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from .hosts import host_label
-
-ROOT = Path(__file__).resolve().parents[1]
+from .hosts import host_label, measured_on, write_result
 
 
 def build_fixture(work: Path, backends: str, precisions: str) -> Path:
@@ -36,7 +33,7 @@ def measure(bundle_dir: Path) -> dict:
 
     from edgeclip.bundle import Bundle
     from edgeclip.selection import verify_all
-    from edgeclip.verify import cpu_identity, summarise, widest_isa
+    from edgeclip.verify import summarise
 
     with tempfile.TemporaryDirectory() as home:
         os.environ["EDGECLIP_HOME"] = home
@@ -47,10 +44,9 @@ def measure(bundle_dir: Path) -> dict:
         t0 = time.perf_counter()
         second = summarise(verify_all(bundle, threads=2))
         cached_s = time.perf_counter() - t0
-    ident = cpu_identity()
     return {
         "what": "edgeclip verify on the TinyCLIP-8M-shaped random-weight fixture, 2 threads",
-        "host": host_label(), "cpu": ident["cpu"], "isa": widest_isa(ident["isa"]),
+        "host": host_label(), **measured_on(),
         "probe": bundle.manifest["probe"]["n_images"],
         "variants": first,
         "all_first_use_s": round(first_s, 2),
@@ -88,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = args.bundle or (work / "tinyclip-8m" if (work / "tinyclip-8m").is_dir()
                                  else build_fixture(work, args.backends, args.precisions))  # fmt: skip
         result = measure(bundle)
-    out = ROOT / "benchmarks" / "results" / result["host"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "device_checks.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "device_checks.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result("device_checks", result, markdown(result))
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 
 
 def host_label() -> str:
@@ -15,3 +17,21 @@ def host_label() -> str:
     family = next((f for f in ("epyc", "ryzen", "xeon", "core", "cortex", "neoverse", "apple")
                    if f in cpu), re.sub(r"[^a-z0-9]+", "-", cpu).strip("-")[:16] or "cpu")  # fmt: skip
     return f"{family}-{widest_isa(ident['isa'])}-{os.cpu_count()}core"
+
+
+def measured_on() -> dict:
+    """The CPU fields every result file starts with: model, widest INT8 ISA, load at start."""
+    from edgeclip.verify import cpu_identity, widest_isa
+
+    ident = cpu_identity()
+    return {"cpu": ident["cpu"], "isa": widest_isa(ident["isa"]), "load_average": list(os.getloadavg())}
+
+
+def write_result(name: str, result: dict, markdown: str) -> Path:
+    """``benchmarks/results/<host>/<name>.{json,md}``; prints the Markdown; returns the folder."""
+    out = Path(__file__).resolve().parent / "results" / host_label()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+    return out

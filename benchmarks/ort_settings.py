@@ -14,16 +14,13 @@ two. Medians of interleaved calls. Writes ``benchmarks/results/<host>/ort_settin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .hosts import host_label
-
-ROOT = Path(__file__).resolve().parents[1]
+from .hosts import measured_on, write_result
 
 
 def _inputs(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +79,6 @@ def fusions(graph: Path, threads: int, feed: np.ndarray, heads: int, width: int)
 
 def main(argv: list[str] | None = None) -> int:
     from edgeclip.bundle import Bundle
-    from edgeclip.verify import cpu_identity, widest_isa
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
@@ -92,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     arch = bundle.manifest.get("architecture") or {}
     pixels, ids = _inputs(int(bundle.preprocess.get("image_size", 224)))
     onnx = [v for v in bundle.variants if v.backend == "onnx"]
-    ident = cpu_identity()
-    result = {"cpu": ident["cpu"], "isa": widest_isa(ident["isa"]), "threads": args.threads,
-              "load_average": list(os.getloadavg()),
+    result = {**measured_on(), "threads": args.threads,
               "spinning": {v.id: spinning(bundle, v, args.threads, pixels, ids) for v in onnx}}  # fmt: skip
     fp32 = next((v for v in onnx if v.precision == "fp32"), None)
     if fp32 is not None:
@@ -104,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             "text": fusions(bundle.path_of(fp32.text.file), args.threads, ids,
                             int(arch.get("text_heads", 4)), int(arch.get("text_width", 256))),
         }  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / host_label()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ort_settings.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "ort_settings.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result("ort_settings", result, markdown(result))
     return 0
 
 

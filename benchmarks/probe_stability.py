@@ -10,19 +10,15 @@ writes ``benchmarks/results/<host>/probe_stability.{json,md}`` with both rates a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .hosts import host_label
-
-ROOT = Path(__file__).resolve().parents[1]
+from .hosts import measured_on, write_result
 
 
 def main(argv: list[str] | None = None) -> int:
     from edgeclip.autoselect import probe_rates
     from edgeclip.bundle import Bundle
     from edgeclip.towers import open_towers
-    from edgeclip.verify import cpu_identity, widest_isa
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
@@ -35,22 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"variant": vid, "first": first[vid], "second": second[vid],
              "ratio": round(max(first[vid], second[vid]) / max(min(first[vid], second[vid]), 1e-9), 3)}
             for vid in opened]  # fmt: skip
-    ident = cpu_identity()
-    result = {"what": "autoselect.probe_rates twice in a row, batch 1", "cpu": ident["cpu"],
-              "isa": widest_isa(ident["isa"]), "threads": args.threads, "variants": rows,
+    result = {"what": "autoselect.probe_rates twice in a row, batch 1", **measured_on(),
+              "threads": args.threads, "variants": rows,
               "max_ratio": max(r["ratio"] for r in rows),
               "ranking_same": sorted(rows, key=lambda r: -r["first"])[0]["variant"]
               == sorted(rows, key=lambda r: -r["second"])[0]["variant"]}  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / host_label()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "probe_stability.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# Speed-probe stability, {result['cpu']} ({result['isa']}), {args.threads} threads", "",
              "| variant | pairs/s, 1st | 2nd | max/min |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['variant']} | {r['first']} | {r['second']} | {r['ratio']} |" for r in rows]
     lines += ["", f"Largest disagreement {result['max_ratio']}×; same winner both times: "
               f"{result['ranking_same']}."]  # fmt: skip
-    (out / "probe_stability.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result("probe_stability", result, "\n".join(lines) + "\n")
     return 0
 
 
