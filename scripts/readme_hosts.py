@@ -1,0 +1,81 @@
+"""README block ``host-speed``: per host, what the speed work measured there (cold start, the
+roofline, ONNX Runtime settings, probe stability), each line from one committed result file
+under ``benchmarks/results/<host>/``. Used by ``scripts/render_readme.py``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _cold(res: dict) -> str:
+    parts = []
+    for row in res["rows"]:
+        later = row.get("later_median")
+        if later is None:
+            reason = str(row["first"].get("error", ""))
+            why = "refused: failed its on-device check here" if "VerificationError" in reason else "error"
+            parts.append(f"{row['variant']} {why}")
+            continue
+        parts.append(f"{row['variant']} {later['cold_start_s']:.2f} s (first load "
+                     f"{row['first']['cold_start_s']:.2f} s, peak RSS {later['peak_rss_mb']:.0f} MB)")  # fmt: skip
+    return "cold start (fresh process: import + `edgeclip.load` + first `classify`): " + "; ".join(parts)
+
+
+def _roofline(res: dict) -> str | None:
+    roof = res.get("roofline") or {}
+    rows, peaks = roof.get("rows"), roof.get("peaks")
+    if not rows or not peaks:
+        return None
+    best = {}
+    for r in rows:
+        if r["batch_size"] == 32 and not r["variant"].startswith("torch"):
+            best[r["peak"]] = max(best.get(r["peak"], r), r, key=lambda x: x["fraction"])
+    share = "; ".join(f"{r['variant']} at batch 32 reaches {100 * r['fraction']:.0f} % of the {k} "
+                      f"roofline ({r['achieved_gmac_s']} GMAC/s)" for k, r in sorted(best.items()))  # fmt: skip
+    return (f"GEMM peak (ONNX Runtime MLAS, {peaks['threads']} threads) {peaks['fp32_gmac_s']} GMAC/s "
+            f"fp32, {peaks['int8_gmac_s']} GMAC/s int8; {share}")  # fmt: skip
+
+
+def _ort(res: dict) -> str:
+    spin = "; ".join(f"{vid} image then text {m['spinning=1']['image_then_text_ms']} → "
+                     f"{m['spinning=0']['image_then_text_ms']} ms, image alone "
+                     f"{m['spinning=1']['image_ms']} → {m['spinning=0']['image_ms']} ms"
+                     for vid, m in res["spinning"].items())  # fmt: skip
+    line = f"ONNX Runtime threads spinning → not spinning (the default): {spin}"
+    fus = res.get("fusions", {}).get("image")
+    if fus:
+        kept = ("so edgeclip leaves fusion to ONNX Runtime's own optimiser"
+                if fus["fused_ms"] >= 0.95 * fus["ort_only_ms"] else "faster: worth a converter step")
+        line += (f". `onnxruntime.transformers` fusions on the fp32 image tower: {fus['ort_only_ms']} → "
+                 f"{fus['fused_ms']} ms (cosine {fus['cosine']}), {kept}")  # fmt: skip
+    return line
+
+
+def _probe(res: dict) -> str:
+    return (f"speed probe twice in a row: largest disagreement {res['max_ratio']}×, same winner "
+            f"both times: {'yes' if res['ranking_same'] else 'no'}")
+
+
+def host_speed() -> str:
+    """One bullet list per host that committed any of the four result files."""
+    out = []
+    for host in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        bench = _load(host / "results.json") or {}
+        items = [(_cold, _load(host / "cold_start.json")), (_ort, _load(host / "ort_settings.json")),
+                 (_probe, _load(host / "probe_stability.json"))]  # fmt: skip
+        lines = [make(res) + (f" (load average {res['load_average'][0]:.2f} when measured)"
+                              if res.get("load_average") else "") for make, res in items if res]  # fmt: skip
+        roof = _roofline(bench)
+        if roof:
+            lines.insert(0, roof)
+        if not lines:
+            continue
+        out += [f"**{host.name}**:", ""] + [f"- {line}." for line in lines] + [""]
+    return "\n".join(out).rstrip()
