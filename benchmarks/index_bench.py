@@ -208,8 +208,34 @@ def synthetic_index(db: Path, n: int, dim: int = 512) -> dict[str, Any]:
     return {"fill_s": round(fill_s, 1), "ann_build_s": None if ann_s is None else round(ann_s, 1)}
 
 
+def _recall(found: list[set], exact: list[set]) -> float:
+    return round(float(np.mean([len(a & e) / 10 for a, e in zip(found, exact)])), 4)
+
+
+def _ef_sweep(ix: Any, queries: np.ndarray, exact: list[set]) -> list[dict[str, Any]]:
+    """Recall@10 and latency of graph search at several search breadths (ef)."""
+    from edgeclip.index import vectors
+
+    saved, rows = vectors.EF_BY_SIZE, []
+    try:
+        for ef in (64, 128, 256):
+            vectors.EF_BY_SIZE = ((None, ef),)
+            lat, found = [], []
+            for q in queries:
+                t = time.perf_counter()
+                found.append({h.path for h in ix.search_vector(q, 10)})
+                lat.append(1000 * (time.perf_counter() - t))
+            rows.append({"ef": ef, "recall_at_10": _recall(found, exact),
+                         "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                         "p95_ms": round(float(np.percentile(lat, 95)), 2)})  # fmt: skip
+    finally:
+        vectors.EF_BY_SIZE = saved
+    return rows
+
+
 def search_worker(db: str, n_queries: int) -> dict[str, Any]:
-    """In a fresh process: latency of exact and graph search, recall@10, memory."""
+    """In a fresh process: latency of exact and graph search, recall@10 (and by ef), memory."""
+    from edgeclip.index import vectors
     from edgeclip.index.library import Index
 
     queries = index_data.clustered_vectors(n_queries, 512, seed=999_999)
@@ -226,7 +252,9 @@ def search_worker(db: str, n_queries: int) -> dict[str, Any]:
                 results[mode].append({h.path for h in hits})
             out[mode] = {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2)}
         if "ann" in results:
-            out["ann"]["recall_at_10"] = round(float(np.mean([len(a & e) / 10 for a, e in zip(results["ann"], results["exact"])])), 4)
+            out["ann"]["recall_at_10"] = _recall(results["ann"], results["exact"])
+            out["ann"]["ef"] = vectors.expansion_for(ix.ann.covered())
+            out["ef_sweep"] = _ef_sweep(ix, queries, results["exact"])
         status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
         out["memory_mb"] = {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("VmHWM", "RssAnon", "RssFile") if k in status}
         out["files_mb"] = round(sum(p.stat().st_size for p in Path(db).parent.glob(Path(db).name + "*")) / 2**20, 1)
