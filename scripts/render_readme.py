@@ -151,9 +151,10 @@ def main_job_table() -> str:
     """The quick start's own result (``benchmarks/results/main_job.json``)."""
     res = _load(RESULTS / "main_job.json")
     t = res["times"]
+    start = "inherit" if res.get("inherit") else "random init"
     rows = [("teacher", res["teacher"]["train_s"], res["teacher"]["eval"]),
-            (f"student, inherit + `{res['losses']}`", t["distill_s"], res["student"]["eval"]),
-            ("student, inherit, no distillation loss", t["no_kd_s"], res["student_no_kd"]["eval"])]  # fmt: skip
+            (f"student, {start} + `{res['losses']}`", t["distill_s"], res["student"]["eval"]),
+            (f"student, {start}, no distillation loss", t["no_kd_s"], res["student_no_kd"]["eval"])]  # fmt: skip
     out = [f"{res['steps']:,} steps × {res['batch_size']} each; 64-way zero-shot, seen / held-out "
            "compositions (`benchmarks/results/main_job.json`).", "",
            "| model | train s | seen | held-out | held-out, shape right |", "|---|---|---|---|---|"]  # fmt: skip
@@ -163,6 +164,45 @@ def main_job_table() -> str:
     be = res["bundle_eval"]
     out.append(f"| the student's bundle ({res['variant']['id']}) on {be['n_images']} held-out PNGs | – | – | "
                f"{be['held_out']:.1f} % | {be['held_out_shape']:.1f} % |")  # fmt: skip
+    if "kd_effect" in res:
+        d = res["kd_effect"]
+        out += ["", f"Distillation's effect at equal steps (one seed): seen {d['seen']:+.1f}, held-out "
+                f"{d['held_out']:+.1f}, held-out shape {d['held_out_shape']:+.1f} points."]  # fmt: skip
+    return "\n".join(out)
+
+
+def _distill_block(res: dict, head: tuple[str, ...]) -> list[str]:
+    out = ["| student | seen | held-out | held-out shape |", "|---|---|---|---|"]
+    for s in (s for s in res["summary"] if s["row"] in head):
+        out.append(f"| {s['row']} (`{s['losses']}`) | " + " | ".join(
+            f"{s[k]['mean']:.1f} ± {s[k]['half_range']:.1f}" for k in ("seen", "held_out", "held_out_shape")) + " |")  # fmt: skip
+    out += ["", "| target | measured | met |", "|---|---|---|"]
+    for v in res.get("targets", []):
+        met = "yes" if v["met"] else f"no ({v['gap']:+.1f})"
+        out.append(f"| {v['target']} | {v['measured']} | {met} |")
+    return out
+
+
+def distill_table() -> str:
+    """Headline rows of the newest ``benchmarks/results/<host>/distill_bench.json`` (and of the
+    ``distill_bench_*.json`` runs beside it, e.g. the 600-step rows)."""
+    found = [(_load(p), p) for p in sorted(RESULTS.glob("*/distill_bench.json"))]
+    if not found:
+        return "(no distillation benchmark results yet: `python -m benchmarks.distill_bench`)"
+    res, path = max(found, key=lambda x: x[0].get("date", ""))
+    st, te = res["settings"], res["teacher"]
+    head = ("no-kd", "fd", "fd+icl+crd", "half: manual inherit", "half: auto inherit")
+    out = [f"{st['steps']} student steps × batch {st['batch_size']}, seeds {st['seeds']}, mean ± half-range "
+           f"(`{path.relative_to(ROOT).as_posix()}`; every row in [docs/distill.md](docs/distill.md)). "
+           f"Teacher: {te['steps']} steps × {te['batch_size']}, trained once in {te['train_s'] / 60:.0f} min "
+           f"on this 2-core CPU: seen {te['eval']['seen']:.1f} %, held-out {te['eval']['held_out']:.1f} %, "
+           f"held-out shape {te['eval']['held_out_shape']:.1f} %.", ""]  # fmt: skip
+    out += _distill_block(res, head)
+    for extra in sorted(path.parent.glob("distill_bench_*.json")):
+        more = _load(extra)
+        out += ["", f"{more['settings']['steps']} steps × batch {more['settings']['batch_size']}, seeds "
+                f"{more['settings']['seeds']} (`{extra.relative_to(ROOT).as_posix()}`):", ""]  # fmt: skip
+        out += _distill_block(more, head)
     return "\n".join(out)
 
 
@@ -173,8 +213,16 @@ def settings_table() -> str:
     return markdown_table()
 
 
-BLOCKS = {"backends": backends_table, "speed": speed_summary, "device-checks": device_checks_table,
-          "main-job": main_job_table, "settings": settings_table}  # fmt: skip
+def host_speed() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from readme_hosts import host_speed as render
+
+    return render()
+
+
+BLOCKS = {"backends": backends_table, "speed": speed_summary, "host-speed": host_speed,
+          "device-checks": device_checks_table,
+          "main-job": main_job_table, "distill": distill_table, "settings": settings_table}  # fmt: skip
 
 
 def render(text: str) -> str:

@@ -179,3 +179,31 @@ def test_teacher_embeddings_cached_on_disk_make_a_rerun_identical_and_teacher_fr
     # another source (size) is another cache file, never a wrong hit
     third = train(_cfg(tmp_path / "c", teacher_dir, **{**kw, "procedural_size": 16}))
     assert third["teacher_items_computed"] == 16 and len(list(cache.glob("*.pt"))) == 2
+
+
+def test_a_run_whose_losses_ignore_the_teacher_makes_no_teacher_forward(tmp_path, teacher_dir):
+    # clip=1 with a teacher (for inheritance): its time is a plain student's; same numbers as
+    # the run without a teacher, and nothing is written to the teacher cache
+    cache = tmp_path / "teacher-features"
+    kw = dict(steps=3, losses="clip=1", procedural_size=24, teacher_cache_dir=str(cache))
+    with_teacher = train(_cfg(tmp_path / "a", teacher_dir, **kw))
+    assert with_teacher["teacher_items_computed"] == 0 and not cache.exists()
+    train(_cfg(tmp_path / "b", None, **kw))
+    assert [r["loss"] for r in _log(tmp_path / "a")] == [r["loss"] for r in _log(tmp_path / "b")]
+
+
+def test_warming_the_procedural_cache_leaves_no_teacher_forward_to_the_runs(tmp_path, teacher_dir):
+    from edgeclip.distill.teacher_cache import warm_procedural
+
+    warm_dir, cold_dir = tmp_path / "warm", tmp_path / "cold"
+    arch = S.load_arch("micro")
+    assert warm_procedural(teacher_dir, warm_dir, 24, arch["image_size"], arch["context_length"], batch=10) == 24
+    assert warm_procedural(teacher_dir, warm_dir, 24, arch["image_size"], arch["context_length"]) == 0
+    kw = dict(steps=3, losses="fd=2000,icl=1,crd=1", procedural_size=24)
+    warm = train(_cfg(tmp_path / "a", teacher_dir, teacher_cache_dir=str(warm_dir), **kw))
+    assert warm["teacher_items_computed"] == 0
+    cold = train(_cfg(tmp_path / "b", teacher_dir, teacher_cache_dir=str(cold_dir), **kw))
+    assert cold["teacher_items_computed"] == 24
+    w, c = (torch.load(next(d.glob("*.pt"))) for d in (warm_dir, cold_dir))
+    assert torch.equal(w["have"], c["have"]) and torch.allclose(w["img"].float(), c["img"].float(), atol=2e-3)
+    assert torch.allclose(w["txt"].float(), c["txt"].float(), atol=2e-3)

@@ -224,7 +224,7 @@ def _loop(loop: _Loop, stream, start: int) -> int:
     prune_at = rs.prune_step_of(cfg) if cfg.auto_inherit else None
     bar = None
     if loop.rank == 0 and cfg.progress:
-        bar = Progress(cfg.steps, start, "distill" if run.teacher is not None else "train")
+        bar = Progress(cfg.steps, start, "distill" if loop.tfeat is not None else "train")
     batches = _prefetch(stream)
     loop.t0, loop.stream_state = time.perf_counter(), stream.state()
     done = start
