@@ -61,14 +61,9 @@ def host_key() -> str:
     """CPU model, core count, machine and runtime versions: what makes a probe result valid."""
     from importlib import metadata
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .verify import cpu_identity
+
+    cpu = cpu_identity()["cpu"]
     versions = []
     for pkg in _PACKAGES:
         try:

@@ -12,17 +12,21 @@ import os
 from pathlib import Path
 
 
-def is_verified(marker: Path, stat: os.stat_result, sha256: str | None = None) -> bool:
-    """True when ``marker`` records this size and mtime (and ``sha256``, if given)."""
+def _recorded(marker: Path, stat: os.stat_result) -> dict | None:
+    """The marker's record when it matches this size and mtime, else None."""
     try:
         seen = json.loads(marker.read_text())
-        return (
-            seen.get("size") == stat.st_size
-            and seen.get("mtime_ns") == stat.st_mtime_ns
-            and (sha256 is None or seen.get("sha256") == sha256)
-        )
+        if seen.get("size") == stat.st_size and seen.get("mtime_ns") == stat.st_mtime_ns:
+            return seen
     except (OSError, ValueError, AttributeError):
-        return False
+        pass
+    return None
+
+
+def is_verified(marker: Path, stat: os.stat_result, sha256: str | None = None) -> bool:
+    """True when ``marker`` records this size and mtime (and ``sha256``, if given)."""
+    seen = _recorded(marker, stat)
+    return seen is not None and (sha256 is None or seen.get("sha256") == sha256)
 
 
 def remember(marker: Path, stat: os.stat_result, sha256: str) -> None:
@@ -53,12 +57,9 @@ def known_sha256(path: Path) -> str:
     from .bundle import sha256_file
 
     stat, marker = Path(path).stat(), marker_for(path)
-    try:
-        seen = json.loads(marker.read_text())
-        if is_verified(marker, stat) and isinstance(seen.get("sha256"), str):
-            return seen["sha256"]
-    except (OSError, ValueError, AttributeError):
-        pass
+    seen = _recorded(marker, stat)
+    if seen is not None and isinstance(seen.get("sha256"), str):
+        return seen["sha256"]
     digest = sha256_file(path)
     remember(marker, stat, digest)
     return digest

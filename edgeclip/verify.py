@@ -14,6 +14,7 @@ backend's package version and the provider or device the session actually used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +47,13 @@ class VerificationError(InputError):
 
 def cpu_identity() -> dict[str, Any]:
     """CPU model and the kernel-relevant ISA flags of this machine."""
+    model, isa = _cpu()
+    return {"cpu": model, "isa": list(isa)}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu() -> tuple[str, tuple[str, ...]]:
+    """Read once per process: the CPU does not change, and every session open asks."""
     model, flags = platform.processor() or "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -57,7 +65,7 @@ def cpu_identity() -> dict[str, Any]:
                 flags = set(value.split())
     except OSError:
         pass
-    return {"cpu": model or platform.machine(), "isa": sorted(flags.intersection(KERNEL_FLAGS))}
+    return model or platform.machine(), tuple(sorted(flags.intersection(KERNEL_FLAGS)))
 
 
 def widest_isa(isa: list[str]) -> str:

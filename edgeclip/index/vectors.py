@@ -29,7 +29,6 @@ ANN_MIN_VECTORS = 50_000
 # HNSW parameters picked in the benchmark: recall@10 >= 0.95 at 100k with room to spare.
 CONNECTIVITY = 16
 EXPANSION_ADD = 64
-EXPANSION_SEARCH = 64
 #: HNSW search breadth by graph size: (up to this many vectors, ef). A bigger graph needs a wider
 #: search for the same recall. Measured on clustered 512-d vectors, recall@10 at ef 64 / 128 / 256:
 #: 100k 0.968 / 0.990 / 0.994; 300k 0.938 / 0.973 / 0.980; 1M 0.668 / 0.820 / 0.890 (3.6 ms p50)
@@ -40,6 +39,8 @@ EF_BY_SIZE: tuple[tuple[int | None, int], ...] = ((200_000, 64), (600_000, 128),
 def expansion_for(size: int) -> int:
     """The search breadth ``ef`` for a graph of ``size`` vectors (``EF_BY_SIZE``)."""
     return next(ef for limit, ef in EF_BY_SIZE if limit is None or size <= limit)
+
+
 _SCAN_ROWS = 65_536
 
 
@@ -174,7 +175,7 @@ class AnnIndex:
             return 0
         index = Index(
             ndim=self.dim, metric="ip", dtype="f16", connectivity=CONNECTIVITY,
-            expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH,
+            expansion_add=EXPANSION_ADD, expansion_search=expansion_for(len(matrix)),
         )  # fmt: skip
         if start:
             index.load(str(self.path))  # into memory: a view cannot grow
