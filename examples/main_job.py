@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,7 @@ def _warm_teacher_cache(teacher: str) -> int:
 def _teacher(args, times: dict) -> tuple[str, dict]:
     from edgeclip.distill import cli
 
+    cached = (cli.procedural_teacher_dir() / "edgeclip_distill.json").is_file()
     t = time.perf_counter()
     teacher = cli.resolve_teacher(cli.PROCEDURAL_TEACHER)
     times["teacher_s"] = round(time.perf_counter() - t, 1)
@@ -146,7 +148,7 @@ def _teacher(args, times: dict) -> tuple[str, dict]:
          f"({times['teacher_cache_s']} s; 0 when cached)")  # fmt: skip
     meta = json.loads((Path(teacher) / "edgeclip_distill.json").read_text())
     info = {"dir": teacher, "train_s": round(meta.get("result", {}).get("elapsed_s", 0.0), 1),
-            "eval": _pct(meta.get("result", {}).get("eval"))}  # fmt: skip
+            "eval": _pct(meta.get("result", {}).get("eval")), "was_cached": cached}  # fmt: skip
     if not args.skip_teacher_check:
         from edgeclip.distill.evaluate import zero_shot
         from edgeclip.distill.students import load_model
@@ -253,11 +255,20 @@ def _print_summary(summary: dict, speed: dict, json_path: str) -> None:
     print(f"wrote {json_path}")
 
 
+def _host() -> dict:
+    """The CPU and thread count the times were measured on (every number names its CPU)."""
+    from edgeclip.verify import cpu_identity
+
+    ident = cpu_identity()
+    return {"cpu": ident["cpu"], "isa": ident["isa"], "cores": os.cpu_count()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     import torch
 
     torch.set_num_threads(2)  # the 2-core box this job is sized for
+    started = time.perf_counter()
     out, times = Path(args.out), {}
     summary: dict = {
         "steps": args.steps,
@@ -279,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     speed = _speed(model, bundle, times)
     summary["speed_batch1"], summary["times"] = speed, times
+    times["total_s"] = round(time.perf_counter() - started, 1)
+    summary["host"] = _host()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, speed, args.json)

@@ -157,7 +157,7 @@ def main_job_table() -> str:
             (f"student, {start}, no distillation loss", t["no_kd_s"], res["student_no_kd"]["eval"])]  # fmt: skip
     out = [f"{res['steps']:,} steps × {res['batch_size']} each; 64-way zero-shot, seen / held-out "
            "compositions (`benchmarks/results/main_job.json`).", "",
-           "| model | train s | seen | held-out | held-out, shape right |", "|---|---|---|---|---|"]  # fmt: skip
+           "| model | train s | seen | held-out | held-out, 8 shape prompts |", "|---|---|---|---|---|"]  # fmt: skip
     for name, secs, ev in rows:
         out.append(f"| {name} | {secs:.0f} | {ev['seen']:.1f} % | {ev['held_out']:.1f} % | "
                    f"{ev['held_out_shape']:.1f} % |")  # fmt: skip
@@ -168,6 +168,12 @@ def main_job_table() -> str:
         d = res["kd_effect"]
         out += ["", f"Distillation's effect at equal steps (one seed): seen {d['seen']:+.1f}, held-out "
                 f"{d['held_out']:+.1f}, held-out shape {d['held_out_shape']:+.1f} points."]  # fmt: skip
+    if "total_s" in t and "host" in res:
+        run = "cached teacher" if res["teacher"].get("was_cached") else "first run, teacher trained and its embeddings computed"
+        isa = "avx512-vnni" if "avx512_vnni" in res["host"]["isa"] else "avx2"
+        out += ["", f"Whole job: {t['total_s']:.0f} s wall ({t['total_s'] / 60:.1f} min; {run}: teacher "
+                f"{t['teacher_s']:.0f} s + embeddings {t['teacher_cache_s']:.0f} s) on a {res['host']['cores']}-core "
+                f"{res['host']['cpu']} ({isa})."]  # fmt: skip
     return "\n".join(out)
 
 
