@@ -19,7 +19,7 @@ import os
 import threading
 import zlib
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Union
 
@@ -136,8 +136,10 @@ class _Vocab:
                 f"cannot read the CLIP BPE vocab {str(path)!r} ({e}); pass vocab_path=None to use "
                 "the one bundled with edgeclip, or a bpe_simple_vocab_16e6.txt.gz file"
             ) from e
-        merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]  # line 0 is a header
-        if len(merges) != _N_MERGES or any(len(m) != 2 for m in merges):
+        # Merges stay the file's own "a b" lines (line 0 is a header), used as the rank keys: a
+        # (str, str) tuple per merge would cost about 5 MB more resident memory.
+        merges = [" ".join(line.split()) for line in lines[1 : _N_MERGES + 1]]
+        if len(merges) != _N_MERGES or any(m.count(" ") != 1 for m in merges):
             raise InputError(
                 f"{str(path)!r} is not a CLIP BPE merges file: expected a header line and "
                 f"{_N_MERGES} merges of two symbols each; use edgeclip's bundled vocab (vocab_path=None)"
@@ -146,14 +148,13 @@ class _Vocab:
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         # Turns latin-1-decoded UTF-8 bytes into OpenAI's byte characters in one str.translate.
         self.byte_table = dict(self.byte_encoder)
-        vocab = list(self.byte_encoder.values())
-        vocab += [v + "</w>" for v in vocab]
-        vocab += ["".join(m) for m in merges]
-        vocab += list(_SPECIAL)
-        self.encoder = {tok: i for i, tok in enumerate(vocab)}
-        self.decoder = vocab
+        # Ids follow CLIP's vocab order: the 256 byte characters, the same with '</w>', one token
+        # per merge (id 512 + rank; every merged token is distinct), then the specials. Ids are
+        # derived from that order, so no token → id table is kept.
+        self.byte_ids = {c: i for i, c in enumerate(self.byte_encoder.values())}
+        self.merges = merges
         self.ranks = {m: i for i, m in enumerate(merges)}
-        self.special = {s: self.encoder[s] for s in _SPECIAL}
+        self.special = {s: 2 * 256 + _N_MERGES + k for k, s in enumerate(_SPECIAL)}
         # Bounded so a stream of unique words cannot grow memory without limit.
         self.bpe = lru_cache(maxsize=1 << 16)(self._bpe)
         self.encode_cached = lru_cache(maxsize=1 << 12)(self._encode)
@@ -163,29 +164,43 @@ class _Vocab:
         if token in self.special:
             return (self.special[token],)
         word = list(token[:-1]) + [token[-1] + "</w>"]
+        byte_ids = self.byte_ids
+        ids = [byte_ids[c] for c in token[:-1]] + [256 + byte_ids[token[-1]]]
         ranks = self.ranks
         while len(word) > 1:
             best = None
             best_rank = None
             for pair in zip(word, word[1:]):
-                r = ranks.get(pair)
+                r = ranks.get(pair[0] + " " + pair[1])  # symbols never hold a space (byte-encoded)
                 if r is not None and (best_rank is None or r < best_rank):
                     best, best_rank = pair, r
             if best is None:
                 break
             first, second = best
-            merged = []
+            merged, merged_ids, new_id = [], [], 2 * 256 + best_rank
             i, n = 0, len(word)
             while i < n:  # merge every non-overlapping occurrence, left to right
                 if i < n - 1 and word[i] == first and word[i + 1] == second:
                     merged.append(first + second)
+                    merged_ids.append(new_id)
                     i += 2
                 else:
                     merged.append(word[i])
+                    merged_ids.append(ids[i])
                     i += 1
-            word = merged
-        enc = self.encoder
-        return tuple(enc[w] for w in word)
+            word, ids = merged, merged_ids
+        return tuple(ids)
+
+    @cached_property
+    def decoder(self) -> list[str]:
+        """Id → token string, built on the first ``decode`` (encoding never needs it)."""
+        units = list(self.byte_encoder.values())
+        return (
+            units
+            + [u + "</w>" for u in units]
+            + [m.replace(" ", "") for m in self.merges]
+            + list(_SPECIAL)
+        )
 
     def _encode(self, text: str) -> tuple[int, ...]:
         ids: list[int] = []
