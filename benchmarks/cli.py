@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: under a minute, unstable numbers"
     )
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="time the whole sweep N times in turn; each row is the median round (shared machines)",
+    )  # fmt: skip
     p.add_argument("--no-memory", action="store_true", help="skip peak RSS / cold start")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end JPEG rate")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU path even if CUDA exists")
@@ -96,7 +100,7 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
         "device": dev,
         "device_label": short_name(dev),
         "settings": {
-            **settings.as_dict(), "threads": args.threads, "batch_sizes": sizes,
+            **settings.as_dict(), "threads": args.threads, "batch_sizes": sizes, "rounds": args.rounds,
             "quick": args.quick, "device": args.device,
             "method": "TinyCLIP: towers timed separately, items/s = batch / median s per call; "
                       "pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
@@ -117,30 +121,47 @@ def _step_count(args: argparse.Namespace, n_variants: int, ckpt: Any, gpu_wanted
 
 
 def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar):
-    """Time every variant, then torch eager (if its checkpoint is here); returns the torch model."""
+    """Time every variant, then torch eager (if its checkpoint is here); returns the torch model.
+
+    With ``--rounds N`` all towers stay open and the whole sweep runs N times in turn, so a
+    slow spell of a shared machine lands on every variant alike; each row is the median round.
+    """
     from . import throughput as T
     from . import variants as V
 
     pixels, ids = inputs
+    device = "cpu" if args.device == "cpu" else args.device
+    towers = []
     for v in variants:
-        bar.set_description(f"throughput {v.id}")
         ri, rt = V.open_towers(bundle, v, args.threads, args.device)
         note = lambda b, v=v: T.chunk_note(v.image.batch_sizes, b)  # noqa: E731
-        def on_row(row: dict, v=v) -> None:  # a readiness signal for people and tests alike
-            add(row)
-            bar.set_postfix_str(f"{v.id} batch {row['batch_size']} done")
+        towers.append(({**V.describe(v), "device": device}, ri, rt, note))
+    torch_model = None
+    if ckpt is not None:
+        torch_model = V.load_torch(ckpt)
+        ri, rt, _ = T.torch_towers(torch_model, args.threads)
+        label = {"variant": "torch-fp32", "backend": "torch", "precision": "fp32", "device": "cpu"}
+        towers.append((label, ri, rt, None))
+    rounds = args.rounds
+    measured: list[list[list[dict]]] = [[] for _ in towers]
+    for r in range(rounds):
+        for k, (label, ri, rt, note) in enumerate(towers):
+            which = f" round {r + 1}/{rounds}" if rounds > 1 else ""
+            bar.set_description(f"throughput {label['variant']}{which}")
 
-        T.measure({**V.describe(v), "device": "cpu" if args.device == "cpu" else args.device},
-                  ri, rt, pixels, ids, sizes, settings, notes=note, on_row=on_row)  # fmt: skip
-        bar.update(1)
-    if ckpt is None:
-        return None
-    bar.set_description("torch eager fp32")
-    torch_model = V.load_torch(ckpt)
-    ri, rt, _ = T.torch_towers(torch_model, args.threads)
-    T.measure({"variant": "torch-fp32", "backend": "torch", "precision": "fp32", "device": "cpu"},
-              ri, rt, pixels, ids, sizes, settings, on_row=add)  # fmt: skip
-    bar.update(1)
+            def on_row(row: dict, name=label["variant"]) -> None:  # readiness, for people and tests
+                if rounds == 1:  # one round: a row is final as soon as it is timed
+                    add(row)
+                bar.set_postfix_str(f"{name} batch {row['batch_size']} done")
+
+            measured[k].append(T.measure(label, ri, rt, pixels, ids, sizes, settings,
+                                         notes=note, on_row=on_row))  # fmt: skip
+            if r == rounds - 1:
+                bar.update(1)
+    if rounds > 1:
+        for per_round in measured:
+            for row in T.combine_rounds(per_round):
+                add(row)
     return torch_model
 
 
@@ -160,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise InputError("give a bundle dir, checkpoint dir or zoo name to benchmark (or --merge).")
+    if args.rounds < 1:
+        raise InputError(f"--rounds must be >= 1, got {args.rounds}.")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}.")
     sizes = _batch_sizes(args.batch_sizes, args.quick)

@@ -102,6 +102,28 @@ def measure(
     return rows
 
 
+def combine_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per batch size from several rounds of ``measure`` for the same tower pair.
+
+    images/s and texts/s are each the median over rounds and pairs/s is recomputed from them;
+    latency and call counts come from the round whose pairs/s is the median. Every round's
+    pairs/s is kept in ``pairs_per_s_rounds``.
+    """
+    out = []
+    for same_batch in zip(*rounds):
+        order = sorted(range(len(same_batch)), key=lambda k: same_batch[k]["pairs_per_s"])
+        row = dict(same_batch[order[len(order) // 2]])
+        ips = float(np.median([r["images_per_s"] for r in same_batch]))
+        tps = float(np.median([r["texts_per_s"] for r in same_batch]))
+        b = row["batch_size"]
+        row.update(images_per_s=ips, texts_per_s=tps, pairs_per_s=pairs_per_s(ips, tps),
+                   image_ms_per_batch=1000.0 * b / ips if ips else 0.0,
+                   text_ms_per_batch=1000.0 * b / tps if tps else 0.0, rounds=len(same_batch),
+                   pairs_per_s_rounds=[r["pairs_per_s"] for r in same_batch])  # fmt: skip
+        out.append(row)
+    return out
+
+
 def chunk_note(sizes: tuple[int, ...] | None, b: int) -> str | None:
     """What a fixed-shape tower does with batch ``b`` (None when it takes ``b`` as is)."""
     if not sizes or b in sizes:

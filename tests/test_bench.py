@@ -191,6 +191,7 @@ def test_quick_run_writes_sane_json_csv_md_png_and_merges(micro_bundle, tmp_path
         (["--batch-sizes", "0,8"], "positive integers"),
         (["--batch-sizes", "a,b"], "comma list of integers"),
         (["--threads", "0"], "--threads must be >= 1"),
+        (["--rounds", "0"], "--rounds must be >= 1"),
     ],
 )
 def test_bad_input_is_named(micro_bundle, tmp_path, capsys, args, message):
@@ -307,3 +308,35 @@ def test_torch_baseline_text_is_fed_longest_padded_with_the_same_result(micro_hf
 
     assert features(trimmed).shape == features(full).shape
     np.testing.assert_allclose(features(trimmed), features(full), atol=1e-5)
+
+
+def test_rounds_time_the_sweep_in_turn_and_keep_the_median_round(micro_bundle, tmp_path):
+    out = tmp_path / "rounds"
+    argv = [str(micro_bundle), "--quick", "--threads", "1", "--batch-sizes", "1,2", "--rounds", "3",
+            "--no-memory", "--no-e2e", "--no-gpu", "-o", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["rounds"] == 3
+    rows = res["throughput"]
+    assert {(r["variant"], r["batch_size"]) for r in rows} == {
+        (v, b) for v in ("onnx-fp32", "torch-fp32") for b in (1, 2)
+    }
+    for r in rows:
+        assert r["rounds"] == 3 and len(r["pairs_per_s_rounds"]) == 3
+        assert r["pairs_per_s"] == pytest.approx(
+            1 / (1 / r["images_per_s"] + 1 / r["texts_per_s"])
+        )
+        assert all(x > 0 for x in r["pairs_per_s_rounds"])
+
+
+def test_combine_rounds_takes_each_towers_median():
+    from benchmarks.throughput import combine_rounds
+
+    def row(ips, tps):
+        return {"batch_size": 4, "images_per_s": ips, "texts_per_s": tps,
+                "pairs_per_s": 1 / (1 / ips + 1 / tps)}  # fmt: skip
+
+    (got,) = combine_rounds([[row(10, 100)], [row(30, 50)], [row(20, 400)]])
+    assert (got["images_per_s"], got["texts_per_s"]) == (20, 100)
+    assert got["image_ms_per_batch"] == pytest.approx(200.0)
+    assert got["pairs_per_s_rounds"] == pytest.approx([100 / 11, 75 / 4, 400 / 21])
