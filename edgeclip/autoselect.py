@@ -61,10 +61,10 @@ def host_key() -> str:
     """CPU model, core count, machine and runtime versions: what makes a probe result valid."""
     from importlib import metadata
 
-    from .verify import cpu_identity
+    from .verify import cpu_identity, session_settings
 
     cpu = cpu_identity()["cpu"]
-    versions = []
+    versions = [f"{k}={v}" for b in ("onnx", "openvino") for k, v in session_settings(b).items()]
     for pkg in _PACKAGES:
         try:
             versions.append(f"{pkg}={metadata.version(pkg)}")

@@ -87,7 +87,20 @@ def host_identity(backend: str, device_used: str) -> dict[str, Any]:
     except metadata.PackageNotFoundError:
         version = "unknown"
     return {**cpu_identity(), "os": platform.system(), "machine": platform.machine(),
-            "backend": backend, "backend_version": version, "device": device_used}  # fmt: skip
+            "backend": backend, "backend_version": version, "device": device_used,
+            "session_settings": session_settings(backend)}  # fmt: skip
+
+
+def session_settings(backend: str) -> dict[str, str | None]:
+    """The environment settings that change what a ``backend`` session computes or how fast:
+    a verdict or timing made under other values is not reused."""
+    from . import settings
+
+    prefix = {"onnx": "EDGECLIP_ORT_", "openvino": "EDGECLIP_OV_"}.get(backend)
+    if prefix is None:
+        return {}
+    return {name: settings.get(name) for name in settings.SETTINGS
+            if name.startswith(prefix) and name not in ("EDGECLIP_ORT_LOG_LEVEL", "EDGECLIP_ORT_CACHE")}  # fmt: skip
 
 
 def _key(identity: dict[str, Any]) -> str:

@@ -1,0 +1,39 @@
+"""OpenVINO session settings: dynamic quantization of int8 variants, and the verdict key."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeclip.backends.openvino import Backend
+from edgeclip.errors import InputError
+from edgeclip.verify import host_identity
+
+pytest.importorskip("openvino")
+
+
+def _graph(micro_bundle):
+    return next((micro_bundle / "onnx-fp32").glob("image*.onnx"))
+
+
+def test_int8_sessions_get_the_dynamic_quantization_group(micro_bundle, monkeypatch):
+    graph = _graph(micro_bundle)
+    monkeypatch.delenv("EDGECLIP_OV_DYNAMIC_QUANT", raising=False)
+    session = Backend().open(graph, threads=1, precision="int8")
+    assert session._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 256
+    monkeypatch.setenv("EDGECLIP_OV_DYNAMIC_QUANT", "0")
+    session = Backend().open(graph, threads=1, precision="int8-weights")
+    assert session._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+
+
+def test_a_bad_group_size_is_named(micro_bundle, monkeypatch):
+    monkeypatch.setenv("EDGECLIP_OV_DYNAMIC_QUANT", "big")
+    with pytest.raises(InputError, match="EDGECLIP_OV_DYNAMIC_QUANT='big'.*0 to turn"):
+        Backend().open(_graph(micro_bundle), threads=1, precision="int8")
+
+
+def test_a_verdict_made_under_other_session_settings_is_not_reused(monkeypatch):
+    monkeypatch.delenv("EDGECLIP_OV_DYNAMIC_QUANT", raising=False)
+    default = host_identity("openvino", "auto")
+    monkeypatch.setenv("EDGECLIP_OV_DYNAMIC_QUANT", "0")
+    assert host_identity("openvino", "auto") != default
+    assert host_identity("onnx", "auto")["session_settings"]["EDGECLIP_ORT_SPINNING"] == "0"
