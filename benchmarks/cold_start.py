@@ -43,14 +43,21 @@ print("COLD " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_class
 """
 
 
-def run_child(bundle: Path, variant: str, threads: int, home: Path) -> dict:
+def fresh_process(code: str, args: list[str], home: Path, marker: str) -> dict:
+    """Run ``code`` in a fresh interpreter with its own ``EDGECLIP_HOME``; the JSON it printed
+    after ``marker``, or ``{"error": last stderr line}``."""
     env = {**os.environ, "EDGECLIP_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(bundle), variant, str(threads)],
+    proc = subprocess.run([sys.executable, "-c", code, *args],
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("COLD ")), None)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(marker)), None)
     if line is None:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
-    return {k: round(v, 3) for k, v in json.loads(line[5:]).items()}
+        return {"error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-1:])}
+    return json.loads(line[len(marker) :])
+
+
+def run_child(bundle: Path, variant: str, threads: int, home: Path) -> dict:
+    out = fresh_process(_CHILD, [str(bundle), variant, str(threads)], home, "COLD ")
+    return out if "error" in out else {k: round(v, 3) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,16 +14,13 @@ libraries, memory-mapped graphs and caches), from /proc/self/status. Writes
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from .cold_start import fresh_process
 from .hosts import measured_on, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("python", "numpy", "edgeclip", "runtime", "load", "first_image", "first_text")
 _CHILD = r"""
 import json, sys
@@ -50,23 +47,11 @@ print("STAGES " + json.dumps(out))
 
 
 def run_child(bundle: Path, variant: str, threads: int, home: Path, verify: bool) -> dict:
-    env = {**os.environ, "EDGECLIP_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    argv = [
-        sys.executable,
-        "-c",
-        _CHILD,
-        str(bundle),
-        variant,
-        str(threads),
-        "1" if verify else "0",
-    ]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("STAGES ")), None)
-    if line is None:
-        return {"error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-1:])}
-    return {
-        stage: {k: round(v, 1) for k, v in mb.items()} for stage, mb in json.loads(line[7:]).items()
-    }
+    args = [str(bundle), variant, str(threads), "1" if verify else "0"]
+    out = fresh_process(_CHILD, args, home, "STAGES ")
+    if "error" in out:
+        return out
+    return {stage: {k: round(v, 1) for k, v in mb.items()} for stage, mb in out.items()}
 
 
 def measure(bundle: Path, variant: str, threads: int) -> dict:

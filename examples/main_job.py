@@ -257,10 +257,10 @@ def _print_summary(summary: dict, speed: dict, json_path: str) -> None:
 
 def _host() -> dict:
     """The CPU and thread count the times were measured on (every number names its CPU)."""
-    from edgeclip.verify import cpu_identity
+    from edgeclip.verify import cpu_identity, widest_isa
 
     ident = cpu_identity()
-    return {"cpu": ident["cpu"], "isa": ident["isa"], "cores": os.cpu_count()}
+    return {"cpu": ident["cpu"], "isa": widest_isa(ident["isa"]), "cores": os.cpu_count()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,10 +170,9 @@ def main_job_table() -> str:
                 f"{d['held_out']:+.1f}, held-out shape {d['held_out_shape']:+.1f} points."]  # fmt: skip
     if "total_s" in t and "host" in res:
         run = "cached teacher" if res["teacher"].get("was_cached") else "first run, teacher trained and its embeddings computed"
-        isa = "avx512-vnni" if "avx512_vnni" in res["host"]["isa"] else "avx2"
         out += ["", f"Whole job: {t['total_s']:.0f} s wall ({t['total_s'] / 60:.1f} min; {run}: teacher "
                 f"{t['teacher_s']:.0f} s + embeddings {t['teacher_cache_s']:.0f} s) on a {res['host']['cores']}-core "
-                f"{res['host']['cpu']} ({isa})."]  # fmt: skip
+                f"{res['host']['cpu']} ({res['host']['isa']})."]  # fmt: skip
     return "\n".join(out)
 
 
