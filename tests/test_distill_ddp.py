@@ -20,6 +20,11 @@ pytest.importorskip("transformers")
 from edgeclip.distill import students as S  # noqa: E402
 from edgeclip.distill.export import save_clip_dir  # noqa: E402
 
+# Adam divides each step by sqrt(v): on a near-zero gradient the float order of the all-reduce
+# moves that element by a few % of one step (1.6e-5 at lr 1e-3 on the AMX Xeon, 1 of 2.4 M). A
+# tenth of one step still fails any real divergence; losses and grad norms are compared tighter.
+WEIGHT_ATOL = 1e-4
+
 REPO = Path(__file__).resolve().parents[1]
 ALL_LOSSES = "clip=1,crd=1,fd=2000,mfd=1000,gd=100,icl=1,afd=1,affinity=1"
 
@@ -94,7 +99,7 @@ def test_two_processes_equal_one(tmp_path, teacher_dir):
         load_file(tmp_path / "two" / "model.safetensors"),
     )
     for k in w1:
-        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
 
 
 def test_two_processes_equal_one_with_masks_across_the_prune_step(tmp_path, teacher_dir):
@@ -119,9 +124,12 @@ def test_two_processes_equal_one_with_masks_across_the_prune_step(tmp_path, teac
     assert m1["architecture"] == m2["architecture"]  # the same units pruned
     from safetensors.numpy import load_file
 
-    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    w1, w2 = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
     for k in w1:
-        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
 
 
 def test_a_dying_process_stops_the_others(tmp_path, teacher_dir):
