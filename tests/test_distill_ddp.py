@@ -29,6 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 ALL_LOSSES = "clip=1,crd=1,fd=2000,mfd=1000,gd=100,icl=1,afd=1,affinity=1"
 
 
+def _assert_same_weights(one: Path, two: Path) -> None:
+    from safetensors.numpy import load_file
+
+    w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,14 +100,7 @@ def test_two_processes_equal_one(tmp_path, teacher_dir):
             assert b["parts"][k] == pytest.approx(a["parts"][k], rel=1e-5, abs=1e-6), k
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    from safetensors.numpy import load_file
-
-    w1, w2 = (
-        load_file(tmp_path / "one" / "model.safetensors"),
-        load_file(tmp_path / "two" / "model.safetensors"),
-    )
-    for k in w1:
-        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
+    _assert_same_weights(tmp_path / "one", tmp_path / "two")
 
 
 def test_two_processes_equal_one_with_masks_across_the_prune_step(tmp_path, teacher_dir):
@@ -122,14 +123,7 @@ def test_two_processes_equal_one_with_masks_across_the_prune_step(tmp_path, teac
     m1 = json.loads((tmp_path / "one" / "edgeclip_distill.json").read_text())
     m2 = json.loads((tmp_path / "two" / "edgeclip_distill.json").read_text())
     assert m1["architecture"] == m2["architecture"]  # the same units pruned
-    from safetensors.numpy import load_file
-
-    w1, w2 = (
-        load_file(tmp_path / "one" / "model.safetensors"),
-        load_file(tmp_path / "two" / "model.safetensors"),
-    )
-    for k in w1:
-        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
+    _assert_same_weights(tmp_path / "one", tmp_path / "two")
 
 
 def test_a_dying_process_stops_the_others(tmp_path, teacher_dir):
