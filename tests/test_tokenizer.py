@@ -272,3 +272,18 @@ def test_import_pulls_no_heavy_dependency():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_shipped_pair_table_is_the_bundled_merges_file(tmp_path):
+    from edgeclip.tokenizer import _merges_of, bundled_pair_table_path, merge_pair_table
+
+    shipped = np.load(bundled_pair_table_path())
+    assert np.array_equal(shipped, merge_pair_table(_merges_of(default_vocab_path())))
+    # A copy of the file elsewhere takes the derived path (no shipped table): same ids, decodes.
+    copy = tmp_path / "bpe_copy.txt.gz"
+    copy.write_bytes(default_vocab_path().read_bytes())
+    texts = ["a photo of a hexagonal internationalization", "café 日本語 😀", "tiny-clip's 8m!"]
+    derived, bundled = Tokenizer(vocab_path=copy), Tokenizer()
+    assert derived._v is not bundled._v
+    assert derived(texts).tolist() == bundled(texts).tolist()
+    assert derived.decode(derived(texts)[1]) == "café 日本語 😀"
