@@ -33,7 +33,11 @@ out["numpy"] = rss()
 import edgeclip
 out["edgeclip"] = rss()
 backend, _, precision = sys.argv[2].partition("-")
-__import__({"onnx": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}[backend])
+if backend == "openvino":  # as edgeclip imports it: without the model converter
+    from edgeclip.backends.openvino import import_openvino
+    import_openvino()
+else:
+    __import__({"onnx": "onnxruntime", "litert": "ai_edge_litert"}[backend])
 out["runtime"] = rss()
 m = edgeclip.load(sys.argv[1], backend=backend, precision=precision or None, threads=int(sys.argv[3]),
                   verify=sys.argv[4] == "1")

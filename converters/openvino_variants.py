@@ -18,9 +18,9 @@ TOWERS = ("image", "text")
 
 
 def _read(bundle_root: Path, fp32_variant: dict[str, Any], tower: str):
-    import openvino as ov
+    from openvino.tools.ovc import convert_model  # the runtime imports openvino without it
 
-    return ov.convert_model(str(Path(bundle_root) / fp32_variant[tower]["file"]))
+    return convert_model(str(Path(bundle_root) / fp32_variant[tower]["file"]))
 
 
 def _save(model, out: Path, tower: str, fp16: bool) -> None:

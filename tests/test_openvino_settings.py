@@ -37,3 +37,25 @@ def test_a_verdict_made_under_other_session_settings_is_not_reused(monkeypatch):
     monkeypatch.setenv("EDGECLIP_OV_DYNAMIC_QUANT", "0")
     assert host_identity("openvino", "auto") != default
     assert host_identity("onnx", "auto")["session_settings"]["EDGECLIP_ORT_SPINNING"] == "0"
+
+
+def test_the_runtime_imports_openvino_without_its_converter(micro_bundle):
+    """A fresh process serving an OpenVINO variant never loads openvino.tools.ovc, and
+    ``openvino.convert_model`` still works there afterwards (imported on first access)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edgeclip.backends.openvino import Backend\n"
+        f"s = Backend().open(__import__('pathlib').Path({str(_graph(micro_bundle))!r}), threads=1)\n"
+        "print('ovc', 'openvino.tools.ovc' in sys.modules, s.input_names)\n"
+        "import openvino\n"
+        f"g = openvino.convert_model({str(_graph(micro_bundle))!r})\n"
+        "print('converted', len(g.inputs), 'openvino.tools.ovc' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "ovc False ['pixel_values']"
+    assert lines[1] == "converted 1 True"
