@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict) -> str:
     head = (
-        f"# Memory by step, {r.get('device_label', '')}, {r['threads']} threads\n\n{r['what']}.\n"
+        f"# Memory by step, {r['cpu']} ({r['isa']}), {r['threads']} threads\n\n{r['what']}. "
+        f"Load average at start: {', '.join(f'{x:.2f}' for x in r['load_average'])}.\n"
     )
     out = [head, "| variant | load | " + " | ".join(STAGES) + " | peak |",
            "|---|---|" + "---|" * (len(STAGES) + 1)]  # fmt: skip

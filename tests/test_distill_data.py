@@ -48,11 +48,41 @@ def test_procedural_holds_out_pairs_and_varies_captions():
     assert not any(" a orange" in d[i][1] or d[i][1].startswith("a orange") for i in range(200))
 
 
+def test_partial_captions_are_mostly_shape_only():
+    d = P.ProceduralCaptions(4000, seed=2, partial_rate=0.4, shape_only_share=0.75)
+    shape_only: set[str] = set()
+    n_shape = n_colour = 0
+    for i in range(4000):
+        _, item = d.item(i)
+        named_colour, named_shape = item.colour in item.caption, item.shape in item.caption
+        n_shape += named_shape and not named_colour
+        n_colour += named_colour and not named_shape
+        if named_shape and not named_colour:
+            shape_only.add(item.caption.replace(item.shape, "X"))
+            assert item.colour == P.UNNAMED  # drawn in a colour no caption names
+    # 0.4 x 0.75 = 30 % name only the shape, 0.4 x 0.25 = 10 % only the colour (4000 draws: ±3 sd)
+    assert 0.30 * 4000 - 90 < n_shape < 0.30 * 4000 + 90
+    assert 0.10 * 4000 - 60 < n_colour < 0.10 * 4000 + 60
+    assert shape_only == {t.format(shape="X") for t in P.SHAPE_ONLY_TEMPLATES}
+
+
+def test_procedural_data_version_keys_the_teacher_caches(monkeypatch):
+    from edgeclip.distill.cli import procedural_teacher_dir
+    from edgeclip.distill.teacher_cache import source_key
+
+    before = procedural_teacher_dir(), source_key("procedural", 100, 0, 64, 20)
+    csv_before = source_key("pairs.csv", 100, 0, 64, 20)
+    monkeypatch.setattr(P, "DATA_VERSION", P.DATA_VERSION + 1)
+    assert procedural_teacher_dir() != before[0]
+    assert source_key("procedural", 100, 0, 64, 20) != before[1]
+    assert source_key("pairs.csv", 100, 0, 64, 20) == csv_before  # a file source has no version
+
+
 def test_procedural_objects_have_their_colour():
     d = P.ProceduralCaptions(50, seed=1)
     for i in range(20):
         img, item = d.item(i)
-        want = np.asarray(P.COLOURS[item.colour], float)
+        want = np.asarray(P.OBJECT_RGB[item.colour], float)
         dist = np.abs(img.astype(float) - want).sum(-1)
         assert (dist < 60).sum() > 15, item  # a visible blob of the named colour
 

@@ -29,10 +29,12 @@ def cache_dir() -> Path:
 
 def teacher_recipe(seed: int = 0) -> dict:
     """Everything that decides the cached procedural teacher (its architecture included)."""
+    from .procedural import DATA_VERSION
     from .students import load_arch
 
     return {"arch": load_arch(PROCEDURAL_TEACHER), "steps": TEACHER_STEPS, "batch_size": TEACHER_BATCH,
-            "lr": TEACHER_LR, "warmup": TEACHER_WARMUP, "procedural_size": TEACHER_DATA_SIZE, "seed": seed}  # fmt: skip
+            "lr": TEACHER_LR, "warmup": TEACHER_WARMUP, "procedural_size": TEACHER_DATA_SIZE, "seed": seed,
+            "data_version": DATA_VERSION}  # fmt: skip
 
 
 def procedural_teacher_dir(seed: int = 0) -> Path:

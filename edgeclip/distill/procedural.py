@@ -67,7 +67,17 @@ TEMPLATES = (
     "a photo of a {colour} {shape}",
 )
 COUNT_TEMPLATES = ("a photo of {count} {colour} {shapes}", "{count} {size} {colour} {shapes}")
-PARTIAL_TEMPLATES = ("a photo of a {colour} object", "a photo of a {shape}")
+# Captions that name one attribute. A shape-only caption's object is drawn in a colour that no
+# caption names (near-black), not in a palette colour: drawn in seen pairs' colours, "a photo of a
+# square" never met a red one, so on a held-out red square every other shape's prompt (all seen in
+# red) outscored it.
+COLOUR_ONLY_TEMPLATES = ("a photo of a {colour} object",)
+SHAPE_ONLY_TEMPLATES = ("a photo of a {shape}", "a {shape}", "a drawing of a {shape}")
+UNNAMED = "unnamed"
+OBJECT_RGB = {**COLOURS, UNNAMED: (28, 26, 30)}
+# Bumped whenever an item's image or caption for a given (seed, index) changes: cached teachers
+# and teacher embeddings are keyed by it, so a stale one is never reused.
+DATA_VERSION = 3
 ROTATIONS = np.linspace(-10.0, 10.0, 5)
 NOISE_SIGMA = 8.0
 _AN = re.compile(r"(^|\s)a ([aeiou])")
@@ -156,7 +166,7 @@ def render(item: Item, image_size: int, rng: np.random.Generator) -> np.ndarray:
     img = np.empty((image_size, image_size, 3), np.float32)
     img[:] = bg
     img += rng.standard_normal((image_size, image_size, 3), dtype=np.float32) * NOISE_SIGMA
-    colour = np.asarray(COLOURS[item.colour], np.float32) + rng.uniform(-20, 20, 3).astype(
+    colour = np.asarray(OBJECT_RGB[item.colour], np.float32) + rng.uniform(-20, 20, 3).astype(
         np.float32
     )
     size = "small" if item.count > 1 else item.size
@@ -191,7 +201,8 @@ class ProceduralCaptions:
 
     ``split="train"`` never draws a ``held_out`` colour-shape pair. ``max_count`` > 1 draws
     that many copies of the object in some items (captioned "two red circles").
-    ``partial_rate`` of captions name only the colour or only the shape.
+    ``partial_rate`` of captions name one attribute: ``shape_only_share`` of those the shape
+    (the object then drawn in the ``UNNAMED`` colour), the rest the colour.
     """
 
     def __init__(
@@ -203,7 +214,8 @@ class ProceduralCaptions:
         held_out: tuple[tuple[str, str], ...] = HELD_OUT,
         max_count: int = 1,
         count_rate: float = 0.15,
-        partial_rate: float = 0.25,
+        partial_rate: float = 0.3,
+        shape_only_share: float = 2 / 3,
     ):
         if size <= 0:
             raise InputError(f"procedural data size must be > 0, got {size}")
@@ -215,6 +227,7 @@ class ProceduralCaptions:
         if not self.pairs:
             raise InputError("every colour-shape pair is held out; nothing left to train on")
         self.max_count, self.count_rate, self.partial_rate = max_count, count_rate, partial_rate
+        self.shape_only_share = shape_only_share
 
     def __len__(self) -> int:
         return self.size
@@ -235,7 +248,14 @@ class ProceduralCaptions:
         if count > 1:
             template = COUNT_TEMPLATES[rng.integers(len(COUNT_TEMPLATES))]
         elif rng.random() < self.partial_rate:
-            template = PARTIAL_TEMPLATES[rng.integers(len(PARTIAL_TEMPLATES))]
+            pool = (
+                SHAPE_ONLY_TEMPLATES
+                if rng.random() < self.shape_only_share
+                else COLOUR_ONLY_TEMPLATES
+            )
+            template = pool[rng.integers(len(pool))]
+            if pool is SHAPE_ONLY_TEMPLATES:
+                item = Item(**{**item.__dict__, "colour": UNNAMED})
         else:
             template = TEMPLATES[rng.integers(len(TEMPLATES))]
         item = Item(**{**item.__dict__, "caption": caption_for(item, template)})

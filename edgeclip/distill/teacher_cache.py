@@ -23,7 +23,10 @@ from .students import encode_image, encode_text, teacher_logit_scale
 
 def source_key(data: str, size: int, seed: int, image_size: int, context_length: int) -> str:
     """What decides item ``i``'s image and tokens: the source, its size/seed and input shapes."""
-    blob = json.dumps([data, size, seed, image_size, context_length])
+    from .procedural import DATA_VERSION
+
+    version = [DATA_VERSION] if data == "procedural" else []
+    blob = json.dumps([data, size, seed, image_size, context_length, *version])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
