@@ -188,7 +188,8 @@ def markdown(summary: list[dict], teacher: dict | None, args, verdicts=(), teach
         "",
     ]
     if teacher:
-        took = f" ({teacher_meta['train_s']:.0f} s of training)" if teacher_meta else ""
+        took = (f" (procedural data v{teacher_meta.get('data_version', 1)}, "
+                f"{teacher_meta['train_s']:.0f} s of training)") if teacher_meta else ""  # fmt: skip
         lines += [f"Teacher{took}: seen {teacher['seen']:.1f}, held-out {teacher['held_out']:.1f}, "
                   f"held-out shape {teacher['held_out_shape']:.1f}.", ""]  # fmt: skip
     lines += [
@@ -275,7 +276,7 @@ def _teacher(needed: bool, eval_held_out: int, evaluate: bool = True):
     row needs it and it is not cached (meta then has the wall time of that first training)."""
     from edgeclip.distill.cli import procedural_teacher_dir, resolve_teacher
     from edgeclip.distill.evaluate import zero_shot
-    from edgeclip.distill.procedural import eval_set
+    from edgeclip.distill.procedural import DATA_VERSION, eval_set
     from edgeclip.distill.students import load_model
 
     cached = (procedural_teacher_dir() / "config.json").is_file()
@@ -285,7 +286,7 @@ def _teacher(needed: bool, eval_held_out: int, evaluate: bool = True):
     teacher = resolve_teacher("procedural-teacher")
     meta = json.loads((Path(teacher) / "edgeclip_distill.json").read_text())
     info = {"train_s": round(meta["result"]["elapsed_s"], 1), "steps": meta["result"]["steps"],
-            "batch_size": meta["config"]["batch_size"]}  # fmt: skip
+            "batch_size": meta["config"]["batch_size"], "data_version": DATA_VERSION}  # fmt: skip
     if not cached:
         info["first_training_wall_s"] = round(time.perf_counter() - t, 1)
     if not evaluate:

@@ -168,7 +168,7 @@ def _merges_of(path: Path) -> list[str]:
 class _Vocab:
     """The tables built from one merges file; shared by every Tokenizer that uses that file.
 
-    Merge ranks live in two C arrays searched by bisection (0.3 MB), not a dict of strings: the
+    Merge ranks live in C arrays searched by bisection (0.6 MB), not in a dict of strings: the
     dict and its strings cost 11 MB of resident memory and 40-60 ms to build at every start.
     """
 

@@ -197,16 +197,23 @@ def distill_table() -> str:
     res, path = max(found, key=lambda x: x[0].get("date", ""))
     st, te = res["settings"], res["teacher"]
     head = ("no-kd", "fd", "fd+icl+crd", "half: manual inherit", "half: auto inherit")
+
+    def teacher_line(te: dict) -> str:
+        # Files written before DATA_VERSION was recorded used data v1.
+        return (f"Teacher (procedural data v{te.get('data_version', 1)}): {te['steps']} steps × "
+                f"{te['batch_size']}, trained once in {te['train_s'] / 60:.0f} min on this 2-core CPU: "
+                f"seen {te['eval']['seen']:.1f} %, held-out {te['eval']['held_out']:.1f} %, held-out "
+                f"shape {te['eval']['held_out_shape']:.1f} %.")  # fmt: skip
+
     out = [f"{st['steps']} student steps × batch {st['batch_size']}, seeds {st['seeds']}, mean ± half-range "
            f"(`{path.relative_to(ROOT).as_posix()}`; every row in [docs/distill.md](docs/distill.md)). "
-           f"Teacher: {te['steps']} steps × {te['batch_size']}, trained once in {te['train_s'] / 60:.0f} min "
-           f"on this 2-core CPU: seen {te['eval']['seen']:.1f} %, held-out {te['eval']['held_out']:.1f} %, "
-           f"held-out shape {te['eval']['held_out_shape']:.1f} %.", ""]  # fmt: skip
+           + teacher_line(te), ""]  # fmt: skip
     out += _distill_block(res, head)
     for extra in sorted(path.parent.glob("distill_bench_*.json")):
         more = _load(extra)
         out += ["", f"{more['settings']['steps']} steps × batch {more['settings']['batch_size']}, seeds "
-                f"{more['settings']['seeds']} (`{extra.relative_to(ROOT).as_posix()}`):", ""]  # fmt: skip
+                f"{more['settings']['seeds']} (`{extra.relative_to(ROOT).as_posix()}`)"
+                + ("." if more["teacher"]["eval"] == te["eval"] else ". " + teacher_line(more["teacher"])), ""]  # fmt: skip
         out += _distill_block(more, head)
     return "\n".join(out)
 
