@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict) -> str:
     head = (
-        f"# Memory by step, {r['cpu']} ({r['isa']}), {r['threads']} threads\n\n{r['what']}. "
-        f"Load average at start: {', '.join(f'{x:.2f}' for x in r['load_average'])}.\n"
+        f"# Memory by step, {r.get('cpu', 'unnamed CPU')} ({r.get('isa', '?')}), {r['threads']} threads"
+        f"\n\n{r['what']}."
+        + (f" Load average at start: {', '.join(f'{x:.2f}' for x in r['load_average'])}."
+           if "load_average" in r else "") + "\n"  # fmt: skip
     )
     out = [head, "| variant | load | " + " | ".join(STAGES) + " | peak |",
            "|---|---|" + "---|" * (len(STAGES) + 1)]  # fmt: skip

@@ -61,8 +61,9 @@ def test_targets_are_judged_on_the_means_with_their_margins():
     (half_at_300,) = [x for x in B.targets(summary, teacher, 300, 1200) if "+15" in x["target"]]
     assert "measured at 300 steps; half is 600" in half_at_300["target"]
     args = argparse.Namespace(steps=600, batch_size=8, seeds="0,1,2", eval_held_out=200)
-    md = B.markdown(summary, teacher, args, B.targets(summary, teacher, 600, 1200), {"train_s": 1234.0})
-    assert "Teacher (1234 s of training)" in md and "| teacher held-out shape ≥ 60 % | 47.5 | no | -12.5 |" in md
+    meta = {"train_s": 1234.0, "data_version": 3}
+    md = B.markdown(summary, teacher, args, B.targets(summary, teacher, 600, 1200), meta)
+    assert "Teacher (procedural data v3, 1234 s of training)" in md and "| teacher held-out shape ≥ 60 % | 47.5 | no | -12.5 |" in md
 
 
 def test_the_doc_block_is_replaced_and_the_rest_kept(tmp_path):

@@ -16,7 +16,9 @@ def test_memory_stages_reports_every_step_of_a_first_and_a_later_load(micro_bund
         # importing a runtime and opening sessions only ever adds resident memory here
         assert stages["runtime"]["VmRSS"] > stages["python"]["VmRSS"]
         assert stages["first_text"]["VmHWM"] >= stages["first_text"]["VmRSS"]
-    md = memory_stages.markdown({"device_label": "x", "threads": 1, "what": "w", "rows": [row]})
+    md = memory_stages.markdown({"cpu": "AMD EPYC", "isa": "avx2", "load_average": [0.5, 0.25, 0.0],
+                                 "threads": 1, "what": "w", "rows": [row]})  # fmt: skip
+    assert md.startswith("# Memory by step, AMD EPYC (avx2), 1 threads") and "0.50, 0.25, 0.00" in md
     assert md.count("| onnx-fp32 |") == 2
 
 
