@@ -275,7 +275,7 @@ def test_import_pulls_no_heavy_dependency():
 
 
 def test_shipped_pair_table_is_the_bundled_merges_file(tmp_path):
-    from edgeclip.tokenizer import _merges_of, bundled_pair_table_path, merge_pair_table
+    from edgeclip.bpe_merges import _merges_of, bundled_pair_table_path, merge_pair_table
 
     shipped = np.load(bundled_pair_table_path())
     assert np.array_equal(shipped, merge_pair_table(_merges_of(default_vocab_path())))

@@ -26,7 +26,7 @@ def _vocab_digest(vocab: dict[str, int]) -> str:
 @lru_cache(maxsize=1)
 def student_tokenizer() -> tuple[str, int]:
     """``(digest, size)`` of edgeclip's tokenizer as a token → id table."""
-    from edgeclip.tokenizer import hf_vocab_and_merges
+    from edgeclip.bpe_merges import hf_vocab_and_merges
 
     vocab, _ = hf_vocab_and_merges()
     return _vocab_digest(vocab), len(vocab)
@@ -49,7 +49,7 @@ def teacher_tokenizer(teacher_dir: str | Path) -> tuple[str, str, int] | None:
         return "vocab.json", _vocab_digest(vocab), len(vocab)
     bpe = d / "bpe_simple_vocab_16e6.txt.gz"
     if bpe.is_file():
-        from edgeclip.tokenizer import hf_vocab_and_merges
+        from edgeclip.bpe_merges import hf_vocab_and_merges
 
         vocab, _ = hf_vocab_and_merges(bpe)
         return bpe.name, _vocab_digest(vocab), len(vocab)

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..tokenizer import hf_vocab_and_merges
+from ..bpe_merges import hf_vocab_and_merges
 from .evaluate import MEAN, STD
 from .students import EOT, SOT, arch_of, quiet_transformers
 

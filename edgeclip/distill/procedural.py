@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -255,10 +255,10 @@ class ProceduralCaptions:
             )
             template = pool[rng.integers(len(pool))]
             if pool is SHAPE_ONLY_TEMPLATES:
-                item = Item(**{**item.__dict__, "colour": UNNAMED})
+                item = replace(item, colour=UNNAMED)
         else:
             template = TEMPLATES[rng.integers(len(TEMPLATES))]
-        item = Item(**{**item.__dict__, "caption": caption_for(item, template)})
+        item = replace(item, caption=caption_for(item, template))
         return render(item, self.image_size, rng), item
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
