@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hosts import measured_on, write_result
+from .hosts import cpu_ticks, measured_on, steal_share, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 _CHILD = r"""
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     compileall.compile_dir(str(ROOT / "edgeclip"), quiet=1)
+    ticks = cpu_ticks()
     rows = []
     for variant in args.variants.split(","):
         with tempfile.TemporaryDirectory() as home:
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                                    for k in later[0]}  # fmt: skip
         rows.append(row)
     result = {"what": "fresh process: import edgeclip + edgeclip.load + first classify",
-              **measured_on(), "threads": args.threads, "rows": rows}  # fmt: skip
+              **measured_on(), "cpu_steal_share": steal_share(ticks), "threads": args.threads,
+              "rows": rows}  # fmt: skip
     write_result("cold_start", result, markdown(result))
     return 0
 
@@ -96,7 +98,9 @@ def markdown(r: dict) -> str:
         lines.append(f"| {row['variant']} | {first.get('cold_start_s')} | {m['cold_start_s']} | "
                      f"{m['import_s']} | {m['load_s']} | {m['first_classify_s']} | {m['peak_rss_mb']} |")
     lines += ["", "Later runs: the median of runs 2 onwards (caches warm). Load average at start: "
-              + ", ".join(f"{x:.2f}" for x in r["load_average"]) + "."]  # fmt: skip
+              + ", ".join(f"{x:.2f}" for x in r["load_average"]) + "."
+              + (f" CPU time taken by the hypervisor (steal) during the runs: {r['cpu_steal_share']:.0%}."
+                 if r.get("cpu_steal_share") is not None else "")]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

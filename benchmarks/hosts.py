@@ -27,6 +27,27 @@ def measured_on() -> dict:
     return {"cpu": ident["cpu"], "isa": widest_isa(ident["isa"]), "load_average": list(os.getloadavg())}
 
 
+def cpu_ticks() -> list[int]:
+    """The aggregate ``cpu`` line of ``/proc/stat`` (user nice system idle iowait irq softirq steal)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_share(since: list[int]) -> float | None:
+    """Share of CPU time the hypervisor took from this VM since ``cpu_ticks()`` gave ``since``.
+
+    On a shared VM this is why the same host measures slower on one day than another.
+    """
+    now = cpu_ticks()
+    if len(now) < 8 or len(since) < 8:
+        return None
+    delta = [a - b for a, b in zip(now, since)]
+    return round(delta[7] / sum(delta), 3) if sum(delta) > 0 else None
+
+
 def write_result(name: str, result: dict, markdown: str) -> Path:
     """``benchmarks/results/<host>/<name>.{json,md}``; prints the Markdown; returns the folder."""
     out = Path(__file__).resolve().parent / "results" / host_label()

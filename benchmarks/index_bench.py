@@ -68,49 +68,55 @@ def _load(bundle: Path, precision: str = "auto") -> Any:
 
 # -- 1. draft vs full decode ----------------------------------------------------------------
 def bench_draft(models: dict[str, Any]) -> dict[str, Any]:
-    """Per photo: decode ms (full, draft) and cosine(draft, full) per model; references."""
+    """Per photo: decode ms (full, draft, embedded preview) and cosine to the full decode."""
     from edgeclip.index.pipeline import decode
 
-    rows, per_model = [], {name: [] for name in models}
-    floor = {name: [] for name in models}
+    rows = []
+    cos: dict[str, dict[str, list[float]]] = {m: {"draft": [], "preview": [], "resave": []} for m in models}
     full_vecs = {name: [] for name in models}
     for name in index_data.PHOTOS:
-        data = index_data.camera_jpeg(name)
+        data = index_data.camera_jpeg(name, thumbnail=index_data.PHONE_THUMBNAIL)
         resaved = _resave(data, 95)
         row: dict[str, Any] = {"photo": name, "jpeg_kb": len(data) // 1024}
-        for label, target in (("full", None), ("draft", 224)):
+        for label, kw in (("full", {}), ("draft", {"draft_to": 224}), ("preview", {"draft_to": 224, "preview_to": 224})):
             times = []
             for _ in range(3):
                 t = time.perf_counter()
-                decode(data, "JPEG", draft_to=target)
+                decode(data, "JPEG", **{"draft_to": None, **kw})
                 times.append(time.perf_counter() - t)
             row[f"{label}_decode_ms"] = round(1000 * min(times), 1)
         for mname, model in models.items():
             cfg = model.preprocessor.cfg
             target = cfg.get("resize_size") or cfg["image_size"]
-            full, drafted, again = (_embed(model, raw, d) for raw, d in ((data, None), (data, target), (resaved, None)))
-            row[f"cos_{mname}"] = round(float(full @ drafted), 6)
-            per_model[mname].append(float(full @ drafted))
-            floor[mname].append(float(full @ again))
+            full = _embed(model, data, None)
+            for key, raw, kw in (("draft", data, {"draft_to": target}), ("resave", resaved, {"draft_to": None}),
+                                 ("preview", data, {"draft_to": target, "preview_to": target})):
+                cos[mname][key].append(float(full @ _embed(model, raw, **kw)))
+            row[f"cos_{mname}"] = round(cos[mname]["draft"][-1], 6)
+            row[f"preview_cos_{mname}"] = round(cos[mname]["preview"][-1], 6)
             full_vecs[mname].append(full)
         rows.append(row)
     summary = {}
     for mname in models:
         v = np.stack(full_vecs[mname])
         sims = v @ v.T
+        c = cos[mname]
         summary[mname] = {
-            "draft_vs_full_cos_mean": round(float(np.mean(per_model[mname])), 6),
-            "draft_vs_full_cos_min": round(float(np.min(per_model[mname])), 6),
-            "jpeg_resave_q95_cos_mean": round(float(np.mean(floor[mname])), 6),
+            "draft_vs_full_cos_mean": round(float(np.mean(c["draft"])), 6),
+            "draft_vs_full_cos_min": round(float(np.min(c["draft"])), 6),
+            "preview_vs_full_cos_mean": round(float(np.mean(c["preview"])), 6),
+            "preview_vs_full_cos_min": round(float(np.min(c["preview"])), 6),
+            "jpeg_resave_q95_cos_mean": round(float(np.mean(c["resave"])), 6),
             "different_photos_cos_mean": round(float(sims[~np.eye(len(v), dtype=bool)].mean()), 4),
         }
-    return {"photos": rows, "summary": summary}
+    return {"photos": rows, "summary": summary, "thumbnail": list(index_data.PHONE_THUMBNAIL)}
 
 
-def _embed(model: Any, raw: bytes, draft_to: int | None) -> np.ndarray:
+def _embed(model: Any, raw: bytes, draft_to: int | None, preview_to: int | None = None) -> np.ndarray:
     from edgeclip.index.pipeline import decode, embed_pixels
 
-    return embed_pixels(model, model.preprocessor.one(decode(raw, "JPEG", draft_to=draft_to))[None])[0]
+    im = decode(raw, "JPEG", draft_to=draft_to, preview_to=preview_to)
+    return embed_pixels(model, model.preprocessor.one(im)[None])[0]
 
 
 def _resave(data: bytes, quality: int) -> bytes:
@@ -125,7 +131,10 @@ def _resave(data: bytes, quality: int) -> bytes:
 
 # -- 2. end-to-end vs model-only ------------------------------------------------------------
 def bench_e2e(model: Any, paths: list[Path], batch: int, reps: int = 3) -> dict[str, Any]:
-    """images/s of the model alone on ready pixels, and of files -> vectors, interleaved."""
+    """images/s of the model alone on ready pixels, and of files -> vectors, interleaved.
+
+    ``paths`` carry EXIF thumbnails; only the ``previews`` path decodes them.
+    """
     from edgeclip.index.pipeline import EmbedPipeline, embed_pixels
     from edgeclip.index.walk import FileEntry
 
@@ -133,26 +142,32 @@ def bench_e2e(model: Any, paths: list[Path], batch: int, reps: int = 3) -> dict[
     pixels = np.random.default_rng(0).standard_normal((len(paths), 3, s, s)).astype(np.float32)
     entries = [FileEntry(str(p), 0, 0, 0, 0) for p in paths]
     embed_pixels(model, pixels[:batch], batch)  # warm
-    out: dict[str, list[float]] = {"model_only": [], "end_to_end": [], "end_to_end_no_draft": []}
+    paths_kw = {"end_to_end": {"draft": True}, "end_to_end_no_draft": {"draft": False},
+                "end_to_end_previews": {"draft": True, "previews": True}}  # fmt: skip
+    out: dict[str, list[float]] = {"model_only": [], **{k: [] for k in paths_kw}}
     for rep in range(reps):
         t = time.perf_counter()
         for i in range(0, len(pixels), batch):
             embed_pixels(model, pixels[i : i + batch], batch)
         out["model_only"].append(len(pixels) / (time.perf_counter() - t))
-        for key, draft in (("end_to_end", True), ("end_to_end_no_draft", False)):
+        for key, kw in paths_kw.items():
             if key.endswith("no_draft") and rep:
                 continue  # once is enough for the slow path
-            pipe = EmbedPipeline(model, batch_size=batch, draft=draft)
+            pipe = EmbedPipeline(model, batch_size=batch, **kw)
             t = time.perf_counter()
             n = sum(1 for o in pipe.run(entries) if o.status == "ok")
             assert n == len(entries)
             out[key].append(len(entries) / (time.perf_counter() - t))
     med = {k: round(statistics.median(v), 2) for k, v in out.items()}
-    ratios = [e / m for e, m in zip(out["end_to_end"], out["model_only"])]
+
+    def ratio(key: str) -> float:
+        return round(statistics.median(e / m for e, m in zip(out[key], out["model_only"])), 3)
+
     return {
         "variant": model.variant.id, "batch_size": batch, "images": len(paths),
         "images_per_s": med, "runs": {k: [round(x, 2) for x in v] for k, v in out.items()},
-        "end_to_end_over_model_only": round(statistics.median(ratios), 3),
+        "end_to_end_over_model_only": ratio("end_to_end"),
+        "previews_over_model_only": ratio("end_to_end_previews"),
     }  # fmt: skip
 
 
@@ -287,30 +302,46 @@ def bench_search(work: Path, sizes: list[int], ann_1m: bool) -> list[dict[str, A
 def to_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Photo index benchmark ({r['host']})", "", f"CPU: {r['cpu']}, {r['cores']} cores; "
              f"{r['date']}; onnxruntime {r['versions'].get('onnxruntime')}, usearch {r['versions'].get('usearch')}.", ""]
-    lines += ["## JPEG draft decode (12 MP photos from skimage.data, q92)", "",
-              "| photo | KB | full decode ms | draft decode ms | " + " | ".join(f"cos {m}" for m in r["draft"]["summary"]) + " |",
-              "|---|---|---|---|" + "---|" * len(r["draft"]["summary"])]
-    for row in r["draft"]["photos"]:
+    d = r["draft"]
+    models = list(d["summary"])
+    thumb = "x".join(map(str, d.get("thumbnail", [])))
+    thumb = f", {thumb} EXIF thumbnail q85" if thumb else ", no EXIF thumbnail"
+    lines += [f"## JPEG decode paths (12 MP photos from skimage.data, q92{thumb})", "",
+              "| photo | KB | full decode ms | draft decode ms | preview decode ms | "
+              + " | ".join(f"draft cos {m} | preview cos {m}" for m in models) + " |",
+              "|---|---|---|---|---|" + "---|---|" * len(models)]
+    for row in d["photos"]:
         lines.append(f"| {row['photo']} | {row['jpeg_kb']} | {row['full_decode_ms']} | {row['draft_decode_ms']} | "
-                     + " | ".join(str(row[f"cos_{m}"]) for m in r["draft"]["summary"]) + " |")
-    lines += ["", "| model | draft vs full cos mean | min | JPEG re-save q95 cos | different photos cos |", "|---|---|---|---|---|"]
-    for m, s in r["draft"]["summary"].items():
-        lines.append(f"| {m} | {s['draft_vs_full_cos_mean']} | {s['draft_vs_full_cos_min']} | "
+                     f"{row.get('preview_decode_ms', '–')} | "
+                     + " | ".join(f"{row[f'cos_{m}']} | {row.get(f'preview_cos_{m}', '–')}" for m in models) + " |")
+    lines += ["", "| model | draft vs full cos mean / min | preview vs full cos mean / min | JPEG re-save q95 cos | different photos cos |",
+              "|---|---|---|---|---|"]
+    for m, s in d["summary"].items():
+        lines.append(f"| {m} | {s['draft_vs_full_cos_mean']} / {s['draft_vs_full_cos_min']} | "
+                     f"{s.get('preview_vs_full_cos_mean', '–')} / {s.get('preview_vs_full_cos_min', '–')} | "
                      f"{s['jpeg_resave_q95_cos_mean']} | {s['different_photos_cos_mean']} |")
-    lines += ["", "## End-to-end (12 MP JPEG files -> stored vectors) vs model only", "",
-              "| variant | batch | model only img/s | end-to-end img/s | e2e / model | e2e without draft img/s |", "|---|---|---|---|---|---|"]
+    steal = r.get("e2e_cpu_steal_share")
+    lines += ["", "## End-to-end (12 MP JPEG files -> stored vectors) vs model only", ""]
+    if steal is not None:
+        lines += [f"CPU time taken by the hypervisor (steal) during these runs: {steal:.0%}.", ""]
+    lines += [
+              "| variant | batch | model only img/s | end-to-end img/s | e2e / model | with --previews img/s | previews / model | without draft img/s |",
+              "|---|---|---|---|---|---|---|---|"]
     for e in r["e2e"]:
         s = e["images_per_s"]
+        pv = f"{s['end_to_end_previews']} | {e['previews_over_model_only']:.1%}" if "end_to_end_previews" in s else "– | –"
         lines.append(f"| {e['variant']} | {e['batch_size']} | {s['model_only']} | {s['end_to_end']} | "
-                     f"{e['end_to_end_over_model_only']:.1%} | {s['end_to_end_no_draft']} |")
-    b = r["build"]
-    lines += ["", f"## Build ({b['images']} distinct {b['size']} JPEGs from the same photos, {b['variant']})", "",
-              f"First build {b['build_s']} s ({b['build_images_per_s']} images/s); unchanged re-index "
-              f"{b['unchanged_reindex_s']} s = {b['reindex_over_build']:.2%} of the build.", "",
-              "## Search (synthetic 512-d vectors, k=10, 200 queries, fresh process)", "",
-              "| vectors | exact p50 / p95 ms | HNSW p50 / p95 ms | recall@10 | HNSW build s | peak RSS MB | anon RSS MB | files MB |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for s in r["search"]:
+                     f"{e['end_to_end_over_model_only']:.1%} | {pv} | {s['end_to_end_no_draft']} |")
+    if "build" in r:
+        b = r["build"]
+        lines += ["", f"## Build ({b['images']} distinct {b['size']} JPEGs from the same photos, {b['variant']})", "",
+                  f"First build {b['build_s']} s ({b['build_images_per_s']} images/s); unchanged re-index "
+                  f"{b['unchanged_reindex_s']} s = {b['reindex_over_build']:.2%} of the build."]  # fmt: skip
+    if "search" in r:
+        lines += ["", "## Search (synthetic 512-d vectors, k=10, 200 queries, fresh process)", "",
+                  "| vectors | exact p50 / p95 ms | HNSW p50 / p95 ms | recall@10 | HNSW build s | peak RSS MB | anon RSS MB | files MB |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for s in r.get("search", []):
         a = s.get("ann")
         ann = f"{a['p50_ms']} / {a['p95_ms']}" if a else "–"
         lines.append(f"| {s['vectors']:,} | {s['exact']['p50_ms']} / {s['exact']['p95_ms']} | {ann} | "
@@ -336,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeclip-index-bench"))
     ap.add_argument("--host", default=None, help="results folder name (default: from the CPU)")
     ap.add_argument("--e2e-images", type=int, default=64)
+    ap.add_argument("--e2e-reps", type=int, default=5, help="interleaved runs of each path (median)")
     ap.add_argument("--build-images", type=int, default=10_000)
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--ann-1m", action="store_true", help="also build the HNSW graph at 1M (long)")
@@ -352,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = RESULTS / host
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index_bench.json"
-    result: dict[str, Any] = dict(host=host, cpu=_model_name(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"), versions=_versions())
+    result: dict[str, Any] = dict(host=host, cpu=_model_name(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"), versions=_versions(),
+                                  load_average=[round(x, 2) for x in os.getloadavg()])
     only = set(args.only.split(","))
     bundle = tinyclip_bundle(args.work)
     if "draft" in only:
@@ -360,8 +393,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["draft"] = bench_draft({"tinyclip8m_random": _load(bundle, "fp32"), "trained_shapes": _load(shapes, "fp32")})
         print(json.dumps(result["draft"]["summary"]), flush=True)
     if "e2e" in only:
-        paths = index_data.camera_tree(args.work / "camera", args.e2e_images)
-        result["e2e"] = [bench_e2e(_load(bundle, p), paths, 32) for p in ("fp32", "int8")]
+        from benchmarks.hosts import cpu_ticks, steal_share
+
+        paths = index_data.camera_tree(args.work / "camera-thumb", args.e2e_images, index_data.PHONE_THUMBNAIL)
+        ticks = cpu_ticks()
+        result["e2e"] = [bench_e2e(_load(bundle, p), paths, 32, args.e2e_reps) for p in ("fp32", "int8")]
+        result["e2e_cpu_steal_share"] = steal_share(ticks)
         print(json.dumps(result["e2e"]), flush=True)
     if "build" in only:
         # 10,000 files in folders of 1,000; the build indexes the first --build-images of them
@@ -375,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Merge into what earlier runs measured (each section can be rerun on its own with --only).
     result = {**(json.loads(path.read_text()) if path.exists() else {}), **result}
     path.write_text(json.dumps(result, indent=2) + "\n")
-    if all(k in result for k in ("draft", "e2e", "build", "search")):
+    if all(k in result for k in ("draft", "e2e")):
         (out_dir / "index_bench.md").write_text(to_markdown(result))
     return result
 

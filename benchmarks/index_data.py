@@ -8,6 +8,7 @@ wanted size, with mild sensor-like noise so the JPEGs carry camera-like detail.
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "camera")  # fmt: skip
 CAMERA_SIZE = (4000, 3000)  # 12 MP
+PHONE_THUMBNAIL = (512, 384)  # the EXIF thumbnail size of many phones; fits the 64 KB APP1
 
 
 def photo(name: str) -> Image.Image:
@@ -24,8 +26,14 @@ def photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(data, name)()).convert("RGB")
 
 
-def camera_jpeg(name: str, size: tuple[int, int] = CAMERA_SIZE, quality: int = 92, seed: int = 0) -> bytes:
-    """``skimage.data.<name>`` as a ``size`` JPEG, 4:3-cropped, bicubic-upscaled, noise sigma 2."""
+def camera_jpeg(
+    name: str, size: tuple[int, int] = CAMERA_SIZE, quality: int = 92, seed: int = 0,
+    thumbnail: tuple[int, int] | None = None,
+) -> bytes:
+    """``skimage.data.<name>`` as a ``size`` JPEG, 4:3-cropped, bicubic-upscaled, noise sigma 2.
+
+    ``thumbnail``: also store an EXIF thumbnail of that size (Lanczos, q85), as cameras do.
+    """
     im = photo(name)
     w, h = im.size
     tw = min(w, h * size[0] // size[1])
@@ -33,13 +41,50 @@ def camera_jpeg(name: str, size: tuple[int, int] = CAMERA_SIZE, quality: int = 9
     im = im.crop(((w - tw) // 2, (h - th) // 2, (w - tw) // 2 + tw, (h - th) // 2 + th))
     big = np.asarray(im.resize(size, Image.Resampling.BICUBIC), np.float32)
     big += np.random.default_rng(seed).normal(0.0, 2.0, big.shape).astype(np.float32)
+    full = Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
+    extra = {}
+    if thumbnail is not None:
+        small = io.BytesIO()
+        full.resize(thumbnail, Image.Resampling.LANCZOS).save(small, "JPEG", quality=85)
+        extra["exif"] = exif_with_thumbnail(small.getvalue())
     buf = io.BytesIO()
-    Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    full.save(buf, "JPEG", quality=quality, **extra)
     return buf.getvalue()
 
 
-def camera_tree(folder: Path, n: int) -> list[Path]:
-    """``n`` 12 MP JPEG files cycling through the photos (written once, reused)."""
+def exif_with_thumbnail(thumbnail: bytes, orientation: int = 1) -> bytes:
+    """An EXIF block (for ``save(exif=...)``): IFD0 with Orientation, IFD1 holding ``thumbnail``.
+
+    Little-endian TIFF: header (8 bytes), IFD0 (1 entry, 18 bytes), IFD1 (3 entries, 42 bytes),
+    then the thumbnail's JPEG bytes at offset 68, as EXIF 2.3 section 4.5.4 lays it out.
+    """
+    def entry(tag: int, kind: int, value: int) -> bytes:
+        return struct.pack("<HHLHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHLL", tag, kind, 1, value)
+
+    ifd0 = struct.pack("<H", 1) + entry(0x0112, 3, orientation) + struct.pack("<L", 26)
+    ifd1 = (struct.pack("<H", 3) + entry(0x0103, 3, 6) + entry(0x0201, 4, 68)
+            + entry(0x0202, 4, len(thumbnail)) + struct.pack("<L", 0))
+    return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<L", 8) + ifd0 + ifd1 + thumbnail
+
+
+def with_mpf_preview(main: Image.Image, preview: Image.Image, quality: int = 90) -> bytes:
+    """A JPEG of ``main`` with ``preview`` as an MPF "Large Thumbnail (VGA Equivalent)" image.
+
+    Pillow writes MPF entries of type Undefined; the second entry's type is patched to 0x010001.
+    """
+    buf = io.BytesIO()
+    main.save(buf, "MPO", save_all=True, append_images=[preview], quality=quality)
+    data = buf.getvalue()
+    entry = Image.open(io.BytesIO(data)).mpinfo[0xB002][1]
+    plain = struct.pack("<LLL", 0, entry["Size"], entry["DataOffset"])
+    assert data.count(plain) == 1, "cannot find the MP entry to patch"
+    return data.replace(plain, struct.pack("<LLL", 0x010001, entry["Size"], entry["DataOffset"]))
+
+
+def camera_tree(folder: Path, n: int, thumbnail: tuple[int, int] | None = None) -> list[Path]:
+    """``n`` 12 MP JPEG files cycling through the photos (written once, reused).
+
+    ``thumbnail``: each file carries an EXIF thumbnail of that size (use a folder of its own)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = {}
     paths = []
@@ -48,7 +93,7 @@ def camera_tree(folder: Path, n: int) -> list[Path]:
         path = folder / f"{i:05d}-{name}.jpg"
         if not path.exists():
             if name not in data:
-                data[name] = camera_jpeg(name)
+                data[name] = camera_jpeg(name, thumbnail=thumbnail)
             path.write_bytes(data[name])
         paths.append(path)
     return paths

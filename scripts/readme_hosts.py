@@ -1,6 +1,6 @@
-"""README block ``host-speed``: per host, what the speed work measured there (cold start, the
-roofline, ONNX Runtime settings, probe stability), each line from one committed result file
-under ``benchmarks/results/<host>/``. Used by ``scripts/render_readme.py``."""
+"""README blocks ``host-speed`` (per host: cold start, the roofline, ONNX Runtime settings, probe
+stability) and ``index-speed`` (photo indexing from 12 MP JPEGs), each line from one committed
+result file under ``benchmarks/results/<host>/``. Used by ``scripts/render_readme.py``."""
 
 from __future__ import annotations
 
@@ -86,3 +86,31 @@ def host_speed() -> str:
             continue
         out += [f"**{host.name}**:", ""] + [f"- {line}." for line in lines] + [""]
     return "\n".join(out).rstrip()
+
+
+def index_speed() -> str:
+    """Files -> stored vectors against model only, per host, from ``index_bench.json``."""
+    rows = ["| host | variant, batch | model only img/s | files → vectors img/s | with `--previews` img/s "
+            "| without draft img/s |", "|---|---|---|---|---|---|"]  # fmt: skip
+    cosines = []
+    for host in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        res = _load(host / "index_bench.json")
+        if not res or "e2e" not in res:
+            continue
+        for e in res["e2e"]:
+            s = e["images_per_s"]
+            pv = (f"{s['end_to_end_previews']} (**{100 * e['previews_over_model_only']:.1f} %**)"
+                  if "end_to_end_previews" in s else "not measured")  # fmt: skip
+            rows.append(f"| {host.name} | {e['variant']}, {e['batch_size']} | {s['model_only']} | "
+                        f"{s['end_to_end']} (**{100 * e['end_to_end_over_model_only']:.1f} %**) | {pv} | "
+                        f"{s['end_to_end_no_draft']} |")  # fmt: skip
+        for model, summ in res.get("draft", {}).get("summary", {}).items():
+            if "preview_vs_full_cos_mean" in summ:
+                cosines.append(f"{host.name} {model}: draft {summ['draft_vs_full_cos_mean']} / "
+                               f"{summ['draft_vs_full_cos_min']}, preview {summ['preview_vs_full_cos_mean']} / "
+                               f"{summ['preview_vs_full_cos_min']}")  # fmt: skip
+    out = "\n".join(rows)
+    if cosines:
+        out += ("\n\nCosine to the full decode's vector (mean / worst over the 8 photos): "
+                + "; ".join(cosines) + ".")
+    return out

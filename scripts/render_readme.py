@@ -232,8 +232,15 @@ def host_speed() -> str:
     return render()
 
 
+def index_speed() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from readme_hosts import index_speed as render
+
+    return render()
+
+
 BLOCKS = {"backends": backends_table, "speed": speed_summary, "host-speed": host_speed,
-          "device-checks": device_checks_table,
+          "device-checks": device_checks_table, "index-speed": index_speed,
           "main-job": main_job_table, "distill": distill_table, "settings": settings_table}  # fmt: skip
 
 

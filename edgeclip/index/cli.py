@@ -51,6 +51,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                        help="wait this long for another indexer on the same --db (default: refuse)")
         p.add_argument("--no-draft", action="store_true",
                        help="decode JPEGs at full size (slower; see docs/index.md)")
+        p.add_argument("--previews", action="store_true",
+                       help="decode a JPEG's embedded camera preview when it is large enough "
+                            "(faster; trusts that the preview matches the photo; docs/index.md)")
         p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--commit-every", type=int, default=256, metavar="FILES",
@@ -107,7 +110,7 @@ def _index(args: argparse.Namespace) -> int:
         raise _usage("give at least one DIR to index (or --prune alone to drop vanished files).")
     ix = _open(
         args, False, reindex=args.reindex, wait=args.wait, batch_size=args.batch_size,
-        workers=args.workers, draft=not args.no_draft,
+        workers=args.workers, draft=not args.no_draft, previews=args.previews,
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
     )  # fmt: skip
     with ix:

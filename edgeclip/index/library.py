@@ -47,6 +47,8 @@ class Index:
     differs from the one it was built with, unless ``reindex=True``, which drops every vector.
     ``readonly``: search only; nothing is created or written. ``wait``: seconds a writer waits
     for another writer's lock before ``IndexLockedError``. ``draft``: JPEG DCT downscaling.
+    ``previews``: decode a JPEG's embedded preview when it covers the resize target (opt-in:
+    see ``edgeclip/index/previews.py``).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Index:
         batch_size: int = 32,
         workers: int | None = None,
         draft: bool = True,
+        previews: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.store = Store(path, readonly=readonly)
@@ -70,7 +73,7 @@ class Index:
         self._model_arg, self._backend, self._precision = model, backend, precision
         self._threads, self._reindex = threads, reindex
         self.wait, self.batch_size, self.workers = wait, batch_size, workers
-        self.draft, self.max_pixels = draft, max_pixels
+        self.draft, self.previews, self.max_pixels = draft, previews, max_pixels
         self._model: Any = None
         self._checked = False
         self._ann: tuple[tuple, vectors.AnnIndex] | None = None
@@ -158,6 +161,7 @@ class Index:
 
         return EmbedPipeline(
             self.model, batch_size=self.batch_size, workers=self.workers, draft=self.draft,
+            previews=self.previews,
             want_hash=use_hash, max_pixels=self.max_pixels,
         )  # fmt: skip
 
@@ -217,9 +221,12 @@ class Index:
             from .pipeline import embed_pixels, read_image
 
             cfg = self.model.preprocessor.cfg
-            target = (cfg.get("resize_size") or cfg["image_size"]) if self.draft else None
+            target = cfg.get("resize_size") or cfg["image_size"]
             try:
-                im = read_image(os.fspath(query), draft_to=target, max_pixels=self.max_pixels)
+                im = read_image(
+                    os.fspath(query), draft_to=target if self.draft else None,
+                    max_pixels=self.max_pixels, preview_to=target if self.previews else None,
+                )  # fmt: skip
             except Exception as e:
                 raise InputError(f"cannot search by image '{os.fspath(query)}': {e}.") from e
             return embed_pixels(self.model, self.model.preprocessor.one(im)[None])[0]

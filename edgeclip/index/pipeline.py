@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from edgeclip.errors import InputError
 from edgeclip.images import DEFAULT_MAX_PIXELS, load_image
 
+from .previews import open_preview, preview_jpeg
 from .walk import SNIFF_BYTES, FileEntry, image_format
 
 __all__ = ["Outcome", "EmbedPipeline", "decode", "embed_pixels", "read_file", "read_image"]
@@ -35,6 +36,11 @@ _IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".heic",
      ".heif", ".avif"}
 )  # fmt: skip
+
+
+#: An EXIF thumbnail lives in APP1 (at most 64 KiB) near the start of the file.
+PREVIEW_HEAD_BYTES = 128 * 1024
+_JPEG_FORMATS = ("JPEG", "MPO")  # Pillow opens a JPEG with an MPF block (e.g. Ultra HDR) as MPO
 
 
 @dataclass
@@ -67,9 +73,18 @@ def read_file(path: str) -> tuple[str, bytes]:
 
 
 def decode(
-    data: bytes, fmt: str, *, draft_to: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    data: bytes,
+    fmt: str,
+    *,
+    draft_to: int | None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    preview_to: int | None = None,
 ) -> Image.Image:
-    """Decode to RGB (EXIF-rotated); JPEGs drafted to >= ``draft_to`` px a side. ``InputError``."""
+    """Decode to RGB (EXIF-rotated); JPEGs drafted to >= ``draft_to`` px a side. ``InputError``.
+
+    ``preview_to``: decode a JPEG's embedded preview instead when one covers that many px
+    (``previews.py``).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -85,7 +100,14 @@ def decode(
             f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (a possible "
             "decompression bomb); raise --max-pixels if you trust it"
         )
-    if draft_to and im.format == "JPEG":
+    if preview_to and im.format in _JPEG_FORMATS:
+        found = preview_jpeg(im, data, preview_to)
+        if found is not None:
+            try:
+                return open_preview(im, found[0], draft_to or preview_to)
+            except Exception:  # an undecodable preview: fall back to the main image
+                pass
+    if draft_to and im.format in _JPEG_FORMATS:
         im.draft("RGB", (draft_to, draft_to))
     name = f"PIL image (mode {im.mode}, {im.width}x{im.height})"
     try:
@@ -96,12 +118,41 @@ def decode(
         raise InputError(text[len(prefix) :] if text.startswith(prefix) else text) from e
 
 
+def head_preview(
+    path: str, preview_to: int, draft_to: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image | None:
+    """A JPEG's embedded preview read from the file's first ``PREVIEW_HEAD_BYTES`` alone.
+
+    ``None`` when the head holds no usable preview (MPF previews sit after the main image) or
+    anything is wrong: the caller then reads and decodes the whole file, which reports errors.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(PREVIEW_HEAD_BYTES)
+        if image_format(head[:SNIFF_BYTES], path) != "JPEG":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(head))
+        w, h = im.size
+        if max_pixels is not None and w * h > max_pixels:
+            return None
+        found = preview_jpeg(im, head, preview_to)
+        return open_preview(im, found[0], draft_to or preview_to) if found else None
+    except Exception:
+        return None
+
+
 def read_image(
-    path: str, *, draft_to: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path: str,
+    *,
+    draft_to: int | None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    preview_to: int | None = None,
 ) -> Image.Image:
     """``decode(read_file(path))``: what indexing does to one file."""
     fmt, data = read_file(path)
-    return decode(data, fmt, draft_to=draft_to, max_pixels=max_pixels)
+    return decode(data, fmt, draft_to=draft_to, max_pixels=max_pixels, preview_to=preview_to)
 
 
 def _why_not(path: str, head: bytes) -> str:
@@ -122,8 +173,9 @@ def embed_pixels(model: Any, pixels: np.ndarray, batch_size: int | None = None) 
 class EmbedPipeline:
     """Files in, ``Outcome`` s out (in input order), decoding ``workers`` files ahead of the model.
 
-    ``draft``: DCT-domain downscaling of JPEGs (see the module doc). ``want_hash``: sha256 of
-    every image's bytes, from the same read.
+    ``draft``: DCT-domain downscaling of JPEGs (see the module doc). ``previews``: decode a
+    JPEG's embedded preview when it covers the resize target (``previews.py``). ``want_hash``:
+    sha256 of every image's bytes, from the same read.
     """
 
     def __init__(
@@ -133,6 +185,7 @@ class EmbedPipeline:
         batch_size: int = 32,
         workers: int | None = None,
         draft: bool = True,
+        previews: bool = False,
         want_hash: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
@@ -140,7 +193,9 @@ class EmbedPipeline:
         self.batch_size = int(batch_size)
         self.workers = workers or min(4, os.cpu_count() or 1)
         cfg = model.preprocessor.cfg
-        self.draft_to = (cfg.get("resize_size") or cfg["image_size"]) if draft else None
+        target = cfg.get("resize_size") or cfg["image_size"]
+        self.draft_to = target if draft else None
+        self.preview_to = target if previews else None
         self.want_hash = want_hash
         self.max_pixels = max_pixels
         #: sha256 digests already in the index (with ``want_hash``): those files are not decoded
@@ -148,11 +203,17 @@ class EmbedPipeline:
 
     def _decode(self, entry: FileEntry) -> tuple[str, Any, str | None]:
         try:
+            if self.preview_to and not self.want_hash:  # the preview alone: skip reading the rest
+                im = head_preview(entry.path, self.preview_to, self.draft_to, self.max_pixels)
+                if im is not None:
+                    return "ok", self.model.preprocessor.one(im), None
             fmt, data = read_file(entry.path)
             digest = hashlib.sha256(data).hexdigest() if self.want_hash else None
             if digest is not None and digest in self.known:
                 return "known", None, digest  # same bytes as an indexed file: no decode
-            im = decode(data, fmt, draft_to=self.draft_to, max_pixels=self.max_pixels)
+            im = decode(
+                data, fmt, draft_to=self.draft_to, max_pixels=self.max_pixels, preview_to=self.preview_to
+            )
             return "ok", self.model.preprocessor.one(im), digest
         except _NotAnImage as e:
             reason = str(e)
