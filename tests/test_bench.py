@@ -250,6 +250,9 @@ def test_ctrl_c_writes_what_was_measured(tinyclip8m_bundle, tmp_path):
         stdout=subprocess.PIPE,
         env=env,
         cwd=ROOT,
+        # A shell without job control starts background jobs with SIGINT ignored, and children
+        # inherit that: give the bench the disposition a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
 
