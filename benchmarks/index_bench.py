@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import index_data
+from benchmarks.hosts import cpu_ticks, steal_share
+from benchmarks.index_report import to_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUILD_SIZE = (800, 600)
@@ -298,58 +300,6 @@ def bench_search(work: Path, sizes: list[int], ann_1m: bool) -> list[dict[str, A
     return rows
 
 
-# -- report -----------------------------------------------------------------------------------
-def to_markdown(r: dict[str, Any]) -> str:
-    lines = [f"# Photo index benchmark ({r['host']})", "", f"CPU: {r['cpu']}, {r['cores']} cores; "
-             f"{r['date']}; onnxruntime {r['versions'].get('onnxruntime')}, usearch {r['versions'].get('usearch')}.", ""]
-    d = r["draft"]
-    models = list(d["summary"])
-    thumb = "x".join(map(str, d.get("thumbnail", [])))
-    thumb = f", {thumb} EXIF thumbnail q85" if thumb else ", no EXIF thumbnail"
-    lines += [f"## JPEG decode paths (12 MP photos from skimage.data, q92{thumb})", "",
-              "| photo | KB | full decode ms | draft decode ms | preview decode ms | "
-              + " | ".join(f"draft cos {m} | preview cos {m}" for m in models) + " |",
-              "|---|---|---|---|---|" + "---|---|" * len(models)]
-    for row in d["photos"]:
-        lines.append(f"| {row['photo']} | {row['jpeg_kb']} | {row['full_decode_ms']} | {row['draft_decode_ms']} | "
-                     f"{row.get('preview_decode_ms', '–')} | "
-                     + " | ".join(f"{row[f'cos_{m}']} | {row.get(f'preview_cos_{m}', '–')}" for m in models) + " |")
-    lines += ["", "| model | draft vs full cos mean / min | preview vs full cos mean / min | JPEG re-save q95 cos | different photos cos |",
-              "|---|---|---|---|---|"]
-    for m, s in d["summary"].items():
-        lines.append(f"| {m} | {s['draft_vs_full_cos_mean']} / {s['draft_vs_full_cos_min']} | "
-                     f"{s.get('preview_vs_full_cos_mean', '–')} / {s.get('preview_vs_full_cos_min', '–')} | "
-                     f"{s['jpeg_resave_q95_cos_mean']} | {s['different_photos_cos_mean']} |")
-    steal = r.get("e2e_cpu_steal_share")
-    lines += ["", "## End-to-end (12 MP JPEG files -> stored vectors) vs model only", ""]
-    if steal is not None:
-        lines += [f"CPU time taken by the hypervisor (steal) during these runs: {steal:.0%}.", ""]
-    lines += [
-              "| variant | batch | model only img/s | end-to-end img/s | e2e / model | with --previews img/s | previews / model | without draft img/s |",
-              "|---|---|---|---|---|---|---|---|"]
-    for e in r["e2e"]:
-        s = e["images_per_s"]
-        pv = f"{s['end_to_end_previews']} | {e['previews_over_model_only']:.1%}" if "end_to_end_previews" in s else "– | –"
-        lines.append(f"| {e['variant']} | {e['batch_size']} | {s['model_only']} | {s['end_to_end']} | "
-                     f"{e['end_to_end_over_model_only']:.1%} | {pv} | {s['end_to_end_no_draft']} |")
-    if "build" in r:
-        b = r["build"]
-        lines += ["", f"## Build ({b['images']} distinct {b['size']} JPEGs from the same photos, {b['variant']})", "",
-                  f"First build {b['build_s']} s ({b['build_images_per_s']} images/s); unchanged re-index "
-                  f"{b['unchanged_reindex_s']} s = {b['reindex_over_build']:.2%} of the build."]  # fmt: skip
-    if "search" in r:
-        lines += ["", "## Search (synthetic 512-d vectors, k=10, 200 queries, fresh process)", "",
-                  "| vectors | exact p50 / p95 ms | HNSW p50 / p95 ms | recall@10 | HNSW build s | peak RSS MB | anon RSS MB | files MB |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for s in r.get("search", []):
-        a = s.get("ann")
-        ann = f"{a['p50_ms']} / {a['p95_ms']}" if a else "–"
-        lines.append(f"| {s['vectors']:,} | {s['exact']['p50_ms']} / {s['exact']['p95_ms']} | {ann} | "
-                     f"{a['recall_at_10'] if a else '–'} | {s['ann_build_s'] or '–'} | {s['memory_mb'].get('VmHWM')} | "
-                     f"{s['memory_mb'].get('RssAnon')} | {s['files_mb']} |")
-    return "\n".join(lines) + "\n"
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -393,8 +343,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["draft"] = bench_draft({"tinyclip8m_random": _load(bundle, "fp32"), "trained_shapes": _load(shapes, "fp32")})
         print(json.dumps(result["draft"]["summary"]), flush=True)
     if "e2e" in only:
-        from benchmarks.hosts import cpu_ticks, steal_share
-
         paths = index_data.camera_tree(args.work / "camera-thumb", args.e2e_images, index_data.PHONE_THUMBNAIL)
         ticks = cpu_ticks()
         result["e2e"] = [bench_e2e(_load(bundle, p), paths, 32, args.e2e_reps) for p in ("fp32", "int8")]

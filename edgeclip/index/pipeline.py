@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from edgeclip.errors import InputError
 from edgeclip.images import DEFAULT_MAX_PIXELS, load_image
 
-from .previews import open_preview, preview_jpeg
+from .previews import decode_preview
 from .walk import SNIFF_BYTES, FileEntry, image_format
 
 __all__ = ["Outcome", "EmbedPipeline", "decode", "embed_pixels", "read_file", "read_image"]
@@ -72,6 +72,13 @@ def read_file(path: str) -> tuple[str, bytes]:
         raise InputError(f"cannot read it ({e.strerror or e}){hint}") from e
 
 
+def _open_lazily(data: bytes) -> Image.Image:
+    """``Image.open`` (header only); edgeclip's own pixel limit replaces Pillow's warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
 def decode(
     data: bytes,
     fmt: str,
@@ -86,9 +93,7 @@ def decode(
     (``previews.py``).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+        im = _open_lazily(data)
     except Image.DecompressionBombError as e:
         raise InputError(f"{e} (a possible decompression bomb); raise --max-pixels if you trust it") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -101,12 +106,9 @@ def decode(
             "decompression bomb); raise --max-pixels if you trust it"
         )
     if preview_to and im.format in _JPEG_FORMATS:
-        found = preview_jpeg(im, data, preview_to)
-        if found is not None:
-            try:
-                return open_preview(im, found[0], draft_to or preview_to)
-            except Exception:  # an undecodable preview: fall back to the main image
-                pass
+        preview = decode_preview(im, data, preview_to, draft_to)
+        if preview is not None:
+            return preview
     if draft_to and im.format in _JPEG_FORMATS:
         im.draft("RGB", (draft_to, draft_to))
     name = f"PIL image (mode {im.mode}, {im.width}x{im.height})"
@@ -131,14 +133,11 @@ def head_preview(
             head = f.read(PREVIEW_HEAD_BYTES)
         if image_format(head[:SNIFF_BYTES], path) != "JPEG":
             return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(head))
+        im = _open_lazily(head)
         w, h = im.size
         if max_pixels is not None and w * h > max_pixels:
             return None
-        found = preview_jpeg(im, head, preview_to)
-        return open_preview(im, found[0], draft_to or preview_to) if found else None
+        return decode_preview(im, head, preview_to, draft_to)
     except Exception:
         return None
 

@@ -18,7 +18,7 @@ import io
 
 from PIL import ExifTags, Image
 
-__all__ = ["preview_jpeg", "open_preview"]
+__all__ = ["decode_preview", "open_preview", "preview_jpeg"]
 
 _JPEG_OFFSET, _JPEG_LENGTH = 0x0201, 0x0202  # IFD1 tags: JPEGInterchangeFormat(Length)
 _MP_ENTRIES = 0xB002
@@ -66,18 +66,18 @@ def _mpf_base(data: bytes) -> int | None:
     return None
 
 
-def preview_jpeg(im: Image.Image, data: bytes, min_side: int) -> tuple[bytes, tuple[int, int]] | None:
+def preview_jpeg(im: Image.Image, data: bytes, min_side: int) -> bytes | None:
     """The smallest embedded JPEG of ``im`` (opened from ``data``) that covers ``min_side``.
 
-    Returns (its bytes, its size) or ``None``: no preview, or none large enough, or none with
-    the main image's aspect ratio. Never raises for a malformed EXIF or MPF block.
+    ``None``: no preview, or none large enough, or none with the main image's aspect ratio.
+    Never raises for a malformed EXIF or MPF block.
     """
     try:
         candidates = _exif_thumbnail(im) + _mpf_thumbnails(im, data)
     except Exception:  # a malformed block only means no preview
         return None
     w, h = im.size
-    best: tuple[bytes, tuple[int, int]] | None = None
+    best: tuple[bytes, int] | None = None  # (bytes, pixel count)
     for blob in candidates:
         try:
             size = Image.open(io.BytesIO(blob)).size if blob[:2] == b"\xff\xd8" else None
@@ -87,9 +87,9 @@ def preview_jpeg(im: Image.Image, data: bytes, min_side: int) -> tuple[bytes, tu
             continue
         if abs(size[0] / size[1] - w / h) > _ASPECT_SLACK * (w / h):
             continue
-        if best is None or size[0] * size[1] < best[1][0] * best[1][1]:
-            best = (blob, size)
-    return best
+        if best is None or size[0] * size[1] < best[1]:
+            best = (blob, size[0] * size[1])
+    return best[0] if best else None
 
 
 def open_preview(main: Image.Image, blob: bytes, draft_to: int) -> Image.Image:
@@ -103,3 +103,14 @@ def open_preview(main: Image.Image, blob: bytes, draft_to: int) -> Image.Image:
         orientation = 1
     method = _TRANSPOSE.get(orientation)
     return im.transpose(method) if method is not None else im
+
+
+def decode_preview(im: Image.Image, data: bytes, min_side: int, draft_to: int | None) -> Image.Image | None:
+    """``open_preview`` of ``preview_jpeg``; ``None`` when there is none or it does not decode."""
+    blob = preview_jpeg(im, data, min_side)
+    if blob is None:
+        return None
+    try:
+        return open_preview(im, blob, draft_to or min_side)
+    except Exception:  # an undecodable preview: the caller decodes the main image
+        return None
