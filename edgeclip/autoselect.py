@@ -59,17 +59,12 @@ def best_per_backend(
 
 def host_key() -> str:
     """CPU model, core count, machine and runtime versions: what makes a probe result valid."""
-    from importlib import metadata
-
     from .verify import cpu_identity, session_settings
+    from .versions import package_version
 
     cpu = cpu_identity()["cpu"]
     versions = [f"{k}={v}" for b in ("onnx", "openvino") for k, v in session_settings(b).items()]
-    for pkg in _PACKAGES:
-        try:
-            versions.append(f"{pkg}={metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            continue
+    versions += [f"{pkg}={package_version(pkg)}" for pkg in _PACKAGES if package_version(pkg)]
     return f"{platform.machine()}|{cpu}|{os.cpu_count()}|" + ",".join(versions)
 
 

@@ -6,7 +6,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -26,7 +26,8 @@ _LABEL_CACHE_SIZE = 32
 @lru_cache(maxsize=1)
 def template_sets() -> dict[str, list[str]]:
     """The shipped prompt-template sets (``none``, ``photo``, ``imagenet7``, ``imagenet80``)."""
-    text = resources.files("edgeclip").joinpath("data/templates.json").read_text()
+    # A plain path, like the tokenizer's vocab: importlib.resources cost 6 ms of every start.
+    text = (Path(__file__).resolve().parent / "data" / "templates.json").read_text()
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -125,6 +124,8 @@ class Preprocessor:
         if len(set(shared)) != len(shared):
             n_threads = 1
         if n_threads > 1:
+            from concurrent.futures import ThreadPoolExecutor  # 8 ms of import; batches only
+
             with ThreadPoolExecutor(n_threads, thread_name_prefix="edgeclip-pre") as pool:
                 errors = list(pool.map(work, range(len(items))))
         else:

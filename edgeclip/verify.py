@@ -54,7 +54,9 @@ def cpu_identity() -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _cpu() -> tuple[str, tuple[str, ...]]:
     """Read once per process: the CPU does not change, and every session open asks."""
-    model, flags = platform.processor() or "", set()
+    # /proc/cpuinfo first: platform.processor() runs `uname -p` in a subprocess on Linux (10 ms
+    # of every start) and answers just "x86_64" on some distributions.
+    model, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -65,7 +67,8 @@ def _cpu() -> tuple[str, tuple[str, ...]]:
                 flags = set(value.split())
     except OSError:
         pass
-    return model or platform.machine(), tuple(sorted(flags.intersection(KERNEL_FLAGS)))
+    model = model or platform.processor() or platform.machine()
+    return model, tuple(sorted(flags.intersection(KERNEL_FLAGS)))
 
 
 def widest_isa(isa: list[str]) -> str:
@@ -80,12 +83,10 @@ def widest_isa(isa: list[str]) -> str:
 
 def host_identity(backend: str, device_used: str) -> dict[str, Any]:
     """Everything that decides which kernels a variant runs on this host."""
-    from importlib import metadata
+    from .versions import package_version
 
-    try:
-        version = metadata.version(BY_NAME[backend].package if backend in BY_NAME else backend)
-    except metadata.PackageNotFoundError:
-        version = "unknown"
+    version = package_version(BY_NAME[backend].package if backend in BY_NAME else backend)
+    version = version or "unknown"
     return {**cpu_identity(), "os": platform.system(), "machine": platform.machine(),
             "backend": backend, "backend_version": version, "device": device_used,
             "session_settings": session_settings(backend)}  # fmt: skip
@@ -224,8 +225,7 @@ def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
     """Look up (or run once, then cache) the on-device check of ``variant`` on this host."""
     if not variant.passed and not variant.is_reference:
         return Status(variant, "failed", f"failed its gate at conversion: {variant.gate.get('reason')}")
-    probe = probe or Probe.load(bundle)
-    if probe is None:
+    if probe is None and not bundle.manifest.get("probe"):
         return _without_probe(variant)
     # Keyed by the device asked for, so a cached verdict costs no session build; the device
     # that really ran (ONNX Runtime can fall back silently) is recorded in the result.
@@ -235,7 +235,8 @@ def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
     result, cached = cache.get(identity, entry), True
     if result is None:
         used = _session_device(towers, "cpu")
-        result, cached = check(variant, probe, towers), False
+        # Loaded only on a miss: reading and normalising the probe set cost 40 ms of each start.
+        result, cached = check(variant, probe or Probe.load(bundle), towers), False
         result["device_used"] = used
         result["checked"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         cache.put(identity, entry, result)

@@ -85,6 +85,25 @@ def test_first_use_checks_then_later_loads_read_the_cache(int8_bundle, home):
     assert again.verification.cached and again.verification.result == st.result
 
 
+def test_cached_verdict_reads_no_probe_set(int8_bundle, home, tmp_path, monkeypatch):
+    from edgeclip import verify
+    from edgeclip.selection import _Verifier
+
+    copy = tmp_path / "copy"
+    shutil.copytree(int8_bundle, copy)
+    edgeclip.load(copy, backend="onnx", precision="fp32")  # checks once, caches the verdict
+    bundle = Bundle.open(copy)
+    variant = next(v for v in bundle.variants if v.id == "onnx-fp32")
+    towers = _Verifier(bundle, None, "auto", True).towers(variant)
+    shutil.rmtree(copy / "probe")  # gone after the bundle was opened and its files checked
+    st = verify.status(bundle, variant, towers)
+    assert st.state == "passed" and st.cached
+    # Without the cached verdict the check must run, and says the probe set is unreadable.
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "fresh-home"))
+    with pytest.raises(IntegrityError, match="probe set cannot be read"):
+        verify.status(bundle, variant, towers)
+
+
 def test_auto_picks_only_what_passed_here(int8_bundle, home):
     from edgeclip.selection import verify_all
 

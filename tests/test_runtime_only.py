@@ -105,3 +105,37 @@ def test_cli_verify_and_classify(bundle, tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)[0]["top"][0]["label"] in ("red", "blue")
+
+
+def test_later_starts_import_nothing_they_do_not_use(bundle):
+    """A load whose verdict is cached, then one classify, in a fresh process: none of the
+    modules that used to cost start-up time (installed versions through importlib.metadata and
+    its email parser, `uname -p` through subprocess, the thread pool, importlib.resources)."""
+    code = (
+        "import sys, numpy as np, edgeclip\n"
+        f"m = edgeclip.load({str(bundle)!r}, backend='onnx', precision='fp32')\n"
+        "m.classify(np.zeros((40, 50, 3), np.uint8), ['a cat', 'a dog'])\n"
+        "print(m.verification.cached, sorted(n for n in ('importlib.metadata', 'email', "
+        "'subprocess', 'concurrent.futures', 'importlib.resources') if n in sys.modules))\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=300, env=os.environ) for _ in range(2)]  # fmt: skip
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+    assert runs[0].stdout.split()[0] == "False"  # the first start checks the variant
+    assert runs[1].stdout.strip() == "True []"
+
+
+def test_package_versions_read_from_their_install_folders(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from edgeclip.versions import package_version
+
+    for name in ("numpy", "onnxruntime", "Pillow", "pillow"):
+        assert package_version(name) == metadata.version(name)
+    assert package_version("no-such-package-here") is None
+    (tmp_path / "odd_name-1.2.3.dist-info").mkdir()
+    (tmp_path / "old_egg-0.9-py3.11.egg-info").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package_version.cache_clear()
+    assert package_version("odd-name") == "1.2.3" and package_version("Old.Egg") == "0.9"
+    package_version.cache_clear()

@@ -276,14 +276,22 @@ def test_import_pulls_no_heavy_dependency():
 
 def test_shipped_pair_table_is_the_bundled_merges_file(tmp_path):
     from edgeclip.bpe_merges import _merges_of, bundled_pair_table_path, merge_pair_table
+    from edgeclip.tokenizer import _is_bundled_vocab
 
     shipped = np.load(bundled_pair_table_path())
     assert np.array_equal(shipped, merge_pair_table(_merges_of(default_vocab_path())))
-    # A copy of the file elsewhere takes the derived path (no shipped table): same ids, decodes.
+    # A bundle's byte-identical copy uses the shipped table (no text parsed at load). The same
+    # merges gzipped again (other bytes) take the derived path: same ids, decodes.
     copy = tmp_path / "bpe_copy.txt.gz"
     copy.write_bytes(default_vocab_path().read_bytes())
+    assert _is_bundled_vocab(copy)
+    regzipped = tmp_path / "bpe_regzipped.txt.gz"
+    regzipped.write_bytes(gzip.compress(gzip.decompress(copy.read_bytes()), compresslevel=1))
+    assert not _is_bundled_vocab(regzipped)
+    assert not _is_bundled_vocab(tmp_path / "missing.txt.gz")
     texts = ["a photo of a hexagonal internationalization", "café 日本語 😀", "tiny-clip's 8m!"]
-    derived, bundled = Tokenizer(vocab_path=copy), Tokenizer()
+    derived, bundled = Tokenizer(vocab_path=regzipped), Tokenizer()
     assert derived._v is not bundled._v
+    assert Tokenizer(vocab_path=copy)(texts).tolist() == bundled(texts).tolist()
     assert derived(texts).tolist() == bundled(texts).tolist()
     assert derived.decode(derived(texts)[1]) == "café 日本語 😀"

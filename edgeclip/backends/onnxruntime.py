@@ -145,15 +145,12 @@ def tensorrt_options(path: Path, precision: str | None) -> dict[str, str]:
     """TensorRT provider options: fp16 engines for fp16 variants, and an engine cache keyed on
     the graph's bytes, the GPU and the TensorRT version (a stale engine is never reused)."""
     import hashlib
-    from importlib import metadata
 
     from ..bundle import sha256_file
     from ..paths import edgeclip_home
+    from ..versions import package_version
 
-    try:
-        trt = metadata.version("tensorrt")
-    except metadata.PackageNotFoundError:
-        trt = "system"
+    trt = package_version("tensorrt") or "system"
     key = hashlib.sha256(f"{sha256_file(path)}|{_gpu_name()}|{trt}".encode()).hexdigest()[:24]
     cache = edgeclip_home() / "trt" / key
     cache.mkdir(parents=True, exist_ok=True)

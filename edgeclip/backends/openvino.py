@@ -9,7 +9,6 @@ latency and numerics depend on timing. The performance hint is LATENCY (batch-1 
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.util
 import os
 import sys
@@ -58,8 +57,12 @@ class OpenVinoSession:
             return np.array(out, dtype=np.float32, copy=True)
 
 
-class _SkipConverter(importlib.abc.MetaPathFinder):
-    """Refuses ``openvino.tools.ovc`` to the one thread that is importing ``openvino``."""
+class _SkipConverter:
+    """Refuses ``openvino.tools.ovc`` to the one thread that is importing ``openvino``.
+
+    A meta-path finder needs only ``find_spec``; not subclassing ``importlib.abc.MetaPathFinder``
+    spares the 5 ms import of ``importlib.abc`` on every start.
+    """
 
     def __init__(self):
         self.thread = threading.get_ident()
@@ -119,13 +122,13 @@ def _model_cache_dir():
     """OpenVINO's compiled-model cache, one folder per CPU and OpenVINO version (OpenVINO keys
     the blobs on the model and config itself); None where the home is not writable."""
     import hashlib
-    from importlib import metadata
 
     from ..paths import edgeclip_home
     from ..verify import cpu_identity
+    from ..versions import package_version
 
     ident = cpu_identity()
-    key = f"{ident['cpu']}|{','.join(ident['isa'])}|{metadata.version('openvino')}"
+    key = f"{ident['cpu']}|{','.join(ident['isa'])}|{package_version('openvino')}"
     folder = edgeclip_home() / "ov-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
     try:
         folder.mkdir(parents=True, exist_ok=True)
