@@ -135,7 +135,10 @@ def _resave(data: bytes, quality: int) -> bytes:
 def bench_e2e(model: Any, paths: list[Path], batch: int, reps: int = 3) -> dict[str, Any]:
     """images/s of the model alone on ready pixels, and of files -> vectors, interleaved.
 
-    ``paths`` carry EXIF thumbnails; only the ``previews`` path decodes them.
+    ``paths`` carry EXIF thumbnails; only the ``previews`` path decodes them. Each run also
+    records the process's CPU time (all threads), hence core-ms per image and how busy the
+    cores were: with the cores busy, files -> vectors can be at most model core-ms over
+    model + decode core-ms of the model's speed (``cpu_bound_ratio``).
     """
     from edgeclip.index.pipeline import EmbedPipeline, embed_pixels
     from edgeclip.index.walk import FileEntry
@@ -147,20 +150,30 @@ def bench_e2e(model: Any, paths: list[Path], batch: int, reps: int = 3) -> dict[
     paths_kw = {"end_to_end": {"draft": True}, "end_to_end_no_draft": {"draft": False},
                 "end_to_end_previews": {"draft": True, "previews": True}}  # fmt: skip
     out: dict[str, list[float]] = {"model_only": [], **{k: [] for k in paths_kw}}
+    core_ms: dict[str, list[float]] = {k: [] for k in out}
+    busy: dict[str, list[float]] = {k: [] for k in out}
+
+    def record(key: str, t: float, cpu: float, n: int) -> None:
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        out[key].append(n / wall)
+        core_ms[key].append(1000 * cpu / n)
+        busy[key].append(cpu / (wall * (os.cpu_count() or 1)))
+
     for rep in range(reps):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(pixels), batch):
             embed_pixels(model, pixels[i : i + batch], batch)
-        out["model_only"].append(len(pixels) / (time.perf_counter() - t))
+        record("model_only", t, cpu, len(pixels))
         for key, kw in paths_kw.items():
             if key.endswith("no_draft") and rep:
                 continue  # once is enough for the slow path
             pipe = EmbedPipeline(model, batch_size=batch, **kw)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             n = sum(1 for o in pipe.run(entries) if o.status == "ok")
             assert n == len(entries)
-            out[key].append(len(entries) / (time.perf_counter() - t))
+            record(key, t, cpu, n)
     med = {k: round(statistics.median(v), 2) for k, v in out.items()}
+    core = {k: round(statistics.median(v), 2) for k, v in core_ms.items()}
 
     def ratio(key: str) -> float:
         return round(statistics.median(e / m for e, m in zip(out[key], out["model_only"])), 3)
@@ -170,6 +183,9 @@ def bench_e2e(model: Any, paths: list[Path], batch: int, reps: int = 3) -> dict[
         "images_per_s": med, "runs": {k: [round(x, 2) for x in v] for k, v in out.items()},
         "end_to_end_over_model_only": ratio("end_to_end"),
         "previews_over_model_only": ratio("end_to_end_previews"),
+        "core_ms_per_image": core,
+        "cpu_busy_share": {k: round(statistics.median(v), 3) for k, v in busy.items()},
+        "cpu_bound_ratio": {k: round(core["model_only"] / core[k], 3) for k in paths_kw},
     }  # fmt: skip
 
 

@@ -38,6 +38,16 @@ def to_markdown(r: dict[str, Any]) -> str:
         pv = f"{s['end_to_end_previews']} | {e['previews_over_model_only']:.1%}" if "end_to_end_previews" in s else "– | –"
         lines.append(f"| {e['variant']} | {e['batch_size']} | {s['model_only']} | {s['end_to_end']} | "
                      f"{e['end_to_end_over_model_only']:.1%} | {pv} | {s['end_to_end_no_draft']} |")
+    if all("core_ms_per_image" in e for e in r["e2e"]):
+        lines += ["", "CPU time per image (all threads; core-ms), how busy the cores were, and the "
+                  "ratio the cores allow (model core-ms over the path's core-ms):", "",
+                  "| variant | model only | end-to-end | --previews | cores busy: model / e2e / previews | "
+                  "bound e2e / previews |", "|---|---|---|---|---|---|"]
+        for e in r["e2e"]:
+            c, b, cap = e["core_ms_per_image"], e["cpu_busy_share"], e["cpu_bound_ratio"]
+            lines.append(f"| {e['variant']} | {c['model_only']} | {c['end_to_end']} | {c['end_to_end_previews']} | "
+                         f"{b['model_only']:.0%} / {b['end_to_end']:.0%} / {b['end_to_end_previews']:.0%} | "
+                         f"{cap['end_to_end']:.1%} / {cap['end_to_end_previews']:.1%} |")
     if "build" in r:
         b = r["build"]
         lines += ["", f"## Build ({b['images']} distinct {b['size']} JPEGs from the same photos, {b['variant']})", "",
