@@ -173,18 +173,8 @@ def run(args: argparse.Namespace) -> int:
     from . import variants as V
 
     if args.merge:
-        from .merge import merge
-
-        paths = merge(args.merge, args.output)
-        print((Path(args.output) / "comparison.md").read_text())
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
-        return 0
-    if not args.model:
-        raise InputError("give a bundle dir, checkpoint dir or zoo name to benchmark (or --merge).")
-    if args.rounds < 1:
-        raise InputError(f"--rounds must be >= 1, got {args.rounds}.")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}.")
+        return _run_merge(args)
+    _check_args(args)
     sizes = _batch_sizes(args.batch_sizes, args.quick)
     bundle = resolve_bundle(args.model)
     variants, notes = V.select(bundle, args.backends, args.precisions)
@@ -201,23 +191,10 @@ def run(args: argparse.Namespace) -> int:
                              int(bundle.preprocess.get("image_size", 224)))  # fmt: skip
     add = results["throughput"].append
     try:
-        bar.set_description("MACs")
-        results["macs"] = _macs(bundle, notes)
-        bar.update(1)
-        if args.device in (None, "", "auto", "cpu"):
-            from .roofline import peaks
-
-            bar.set_description("GEMM peak")
-            results["roofline"] = {"peaks": peaks(args.threads, 0.2 if args.quick else 1.0)}
-        bar.update(1)
+        _macs_and_peaks(results, bundle, notes, args, bar)
         torch_model = _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar)
         if gpu_wanted:
-            from .gpu import run_gpu
-
-            bar.set_description("GPU path")
-            _rows, gnotes = run_gpu(bundle, variants, torch_model, *inputs, 32, on_row=add)
-            notes.extend(gnotes)
-            bar.update(1)
+            _gpu_path(bundle, variants, torch_model, inputs, add, notes, bar)
         del torch_model
         if not args.no_e2e:
             _e2e(results, bundle, variants, args, sizes, bar)
@@ -236,6 +213,51 @@ def run(args: argparse.Namespace) -> int:
         print("note: " + n)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 130 if results["interrupted"] else 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    """``--merge``: combine the given results into ``--output`` and print the comparison."""
+    from .merge import merge
+
+    paths = merge(args.merge, args.output)
+    print((Path(args.output) / "comparison.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse a missing model and non-positive ``--rounds`` / ``--threads`` before any work."""
+    if not args.model:
+        raise InputError("give a bundle dir, checkpoint dir or zoo name to benchmark (or --merge).")
+    if args.rounds < 1:
+        raise InputError(f"--rounds must be >= 1, got {args.rounds}.")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}.")
+
+
+def _macs_and_peaks(results: dict, bundle: Any, notes: list[str], args: argparse.Namespace,
+                    bar: Any) -> None:  # fmt: skip
+    """Record the model's MACs and, on CPU, this machine's GEMM peak (two progress steps)."""
+    bar.set_description("MACs")
+    results["macs"] = _macs(bundle, notes)
+    bar.update(1)
+    if args.device in (None, "", "auto", "cpu"):  # MLAS GEMM peaks: a CPU roofline only
+        from .roofline import peaks
+
+        bar.set_description("GEMM peak")
+        results["roofline"] = {"peaks": peaks(args.threads, 0.2 if args.quick else 1.0)}
+    bar.update(1)
+
+
+def _gpu_path(bundle: Any, variants: list, torch_model: Any, inputs: tuple, add: Any,
+              notes: list[str], bar: Any) -> None:  # fmt: skip
+    """Time every GPU path that exists at batch 32; rows go to ``add``, notes to ``notes``."""
+    from .gpu import run_gpu
+
+    bar.set_description("GPU path")
+    _rows, gnotes = run_gpu(bundle, variants, torch_model, *inputs, 32, on_row=add)
+    notes.extend(gnotes)
+    bar.update(1)
 
 
 def _macs(bundle: Any, notes: list[str]) -> dict[str, Any] | None:

@@ -15,6 +15,41 @@ MERGE_SCHEMA = "edgeclip-bench-merge/1"
 
 def merge(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Combine several runs' results.json (different devices) into one table, CSV and plot."""
+    runs = _read_runs(paths)
+    labels = _label_runs(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(
+        dict.fromkeys(
+            (r["variant"], r.get("device", "cpu"), r["batch_size"])
+            for run in runs
+            for r in run.get("throughput", [])
+        )
+    )
+    md = _comparison_md(runs, labels, keys)
+    paths_out = {
+        "json": out / "merged.json",
+        "csv": out / "merged.csv",
+        "md": out / "comparison.md",
+        "png": out / "comparison.png",
+    }
+    paths_out["json"].write_text(
+        json.dumps({"schema": MERGE_SCHEMA, "runs": runs}, indent=1, default=str) + "\n"
+    )
+    paths_out["csv"].write_text(csv_text(runs))
+    paths_out["md"].write_text("\n".join(md) + "\n")
+    groups = [f"{k[0]} b{k[2]}" + ("" if k[1] == "cpu" else f" [{k[1]}]") for k in keys]
+    series = {lab: [_pairs_per_s(run, k) for k in keys] for lab, run in zip(labels, runs)}
+    try:
+        _bar_plot(paths_out["png"], groups, series, "pairs/s", "pairs/s by device")
+    except ImportError:  # matplotlib is optional: the table and CSV are written anyway
+        del paths_out["png"]
+        print("note: plot skipped: `pip install matplotlib` to get comparison.png")
+    return paths_out
+
+
+def _read_runs(paths: list[str | os.PathLike]) -> list[dict]:
+    """Each path's results.json (a directory means the one inside); ``InputError`` if unusable."""
     runs = []
     for p in paths:
         path = Path(p)
@@ -33,37 +68,39 @@ def merge(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict[st
         runs.append(data)
     if len(runs) < 1:
         raise InputError("--merge needs at least one results.json.")
+    return runs
+
+
+def _label_runs(runs: list[dict]) -> list[str]:
+    """Give every run a distinct ``device_label`` (in place) and return the labels in order."""
     labels = []
     for i, r in enumerate(runs):
         label = r.get("device_label") or f"run {i + 1}"
         r["device_label"] = label if label not in labels else f"{label} #{i + 1}"
         labels.append(r["device_label"])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    keys = list(
-        dict.fromkeys(
-            (r["variant"], r.get("device", "cpu"), r["batch_size"])
-            for run in runs
+    return labels
+
+
+def _pairs_per_s(run: dict, k: tuple) -> float | None:
+    """The run's pairs/s for ``k`` = (variant, device, batch size), None if it has no such row."""
+    return next(
+        (
+            r["pairs_per_s"]
             for r in run.get("throughput", [])
-        )
+            if (r["variant"], r.get("device", "cpu"), r["batch_size"]) == k
+        ),
+        None,
     )
 
-    def value(run: dict, k: tuple) -> float | None:
-        return next(
-            (
-                r["pairs_per_s"]
-                for r in run.get("throughput", [])
-                if (r["variant"], r.get("device", "cpu"), r["batch_size"]) == k
-            ),
-            None,
-        )
 
+def _comparison_md(runs: list[dict], labels: list[str], keys: list[tuple]) -> list[str]:
+    """comparison.md's lines: a row per key and a column per run, then one line about each run."""
     md = [
         "# edgeclip bench comparison (pairs/s)",
         "",
         _table(
             ["variant", "device", "batch"] + labels,
-            [[k[0], k[1], k[2]] + [value(run, k) for run in runs] for k in keys],
+            [[k[0], k[1], k[2]] + [_pairs_per_s(run, k) for run in runs] for k in keys],
         ),
         "",
     ]
@@ -72,22 +109,4 @@ def merge(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict[st
         f"created {r.get('created')}"
         for r in runs
     ]
-    paths_out = {
-        "json": out / "merged.json",
-        "csv": out / "merged.csv",
-        "md": out / "comparison.md",
-        "png": out / "comparison.png",
-    }
-    paths_out["json"].write_text(
-        json.dumps({"schema": MERGE_SCHEMA, "runs": runs}, indent=1, default=str) + "\n"
-    )
-    paths_out["csv"].write_text(csv_text(runs))
-    paths_out["md"].write_text("\n".join(md) + "\n")
-    groups = [f"{k[0]} b{k[2]}" + ("" if k[1] == "cpu" else f" [{k[1]}]") for k in keys]
-    series = {lab: [value(run, k) for k in keys] for lab, run in zip(labels, runs)}
-    try:
-        _bar_plot(paths_out["png"], groups, series, "pairs/s", "pairs/s by device")
-    except ImportError:  # matplotlib is optional: the table and CSV are written anyway
-        del paths_out["png"]
-        print("note: plot skipped: `pip install matplotlib` to get comparison.png")
-    return paths_out
+    return md

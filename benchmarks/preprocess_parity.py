@@ -110,14 +110,8 @@ def timed(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/preprocess_parity.json")
-    args = ap.parse_args()
-
-    pp = Preprocessor()
-    hf, hf_name, hf_version = reference_processor()
+def _parity_rows(pp: Preprocessor, hf) -> list[dict]:
+    """Per-image max/mean |ours - reference| over ``image_set()``, printed as they are measured."""
     rows = []
     for name, im in image_set():
         ours = pp.one(im)
@@ -133,22 +127,30 @@ def main() -> None:
             }
         )
         print(f"{name:36s} {im.size!s:14s} max {d.max():.6f} mean {d.mean():.2e}")
-    normal = [r for r in rows if "windowed" not in r["image"]]
+    return rows
 
+
+def _rate(t: tuple[float, float], n: int = 1) -> dict[str, float]:
+    """Items per second from ``timed``'s median (wall, cpu) seconds for ``n`` items a call."""
+    return {"wall": round(n / t[0], 1), "cpu": round(n / t[1], 1)}
+
+
+def _speed(pp: Preprocessor, hf, repeats: int) -> dict:
+    """Time edgeclip's and transformers' pipelines on a 640x480 JPEG read from disk."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "photo_640x480.jpg"
         Image.fromarray(synthetic_photo(480, 640, 7)).save(path, "JPEG", quality=90)
         load_before = os.getloadavg()[0]
-        t_ours = timed(lambda: pp.one(path), args.repeats)
-        t_decode = timed(lambda: load_image(path), args.repeats)
+        t_ours = timed(lambda: pp.one(path), repeats)
+        t_decode = timed(lambda: load_image(path), repeats)
         decoded = load_image(path)
-        t_pre = timed(lambda: pp.one(decoded), args.repeats)
-        n_batch = max(3, args.repeats // 20)
+        t_pre = timed(lambda: pp.one(decoded), repeats)
+        n_batch = max(3, repeats // 20)
         serial = Preprocessor(threads=1)
         t_serial = timed(lambda: serial([path] * 32), n_batch)
         t_threaded = timed(lambda: pp([path] * 32), n_batch)
         t_hf = timed(
-            lambda: hf(images=Image.open(path).convert("RGB"), return_tensors="np"), args.repeats
+            lambda: hf(images=Image.open(path).convert("RGB"), return_tensors="np"), repeats
         )
 
         def draft_path():  # JPEG DCT-domain downscale, measured only (not used: breaks parity)
@@ -156,29 +158,38 @@ def main() -> None:
             im.draft("RGB", (224, 224))
             return pp.one(im)
 
-        t_draft = timed(draft_path, args.repeats)
+        t_draft = timed(draft_path, repeats)
         ref = hf(images=Image.open(path).convert("RGB"), return_tensors="np")["pixel_values"][0]
         draft_diff = float(np.abs(draft_path() - np.asarray(ref)).max())
         load_after = os.getloadavg()[0]
-
-    def rate(t: tuple[float, float], n: int = 1) -> dict[str, float]:
-        return {"wall": round(n / t[0], 1), "cpu": round(n / t[1], 1)}
-
-    speed = {
+    return {
         "image": "640x480 JPEG (quality 90) read from disk",
         "units": "images/s; wall = median wall clock, cpu = per core from median CPU time",
         "cpu_count": os.cpu_count(),
         "load_average_during": [round(load_before, 2), round(load_after, 2)],
-        "edgeclip_one": rate(t_ours),
-        "edgeclip_batch32_threads1": rate(t_serial, 32),
+        "edgeclip_one": _rate(t_ours),
+        "edgeclip_batch32_threads1": _rate(t_serial, 32),
         f"edgeclip_batch32_threads{pp.threads}": {"wall": round(32 / t_threaded[0], 1)},
-        "edgeclip_decode_only": rate(t_decode),
-        "edgeclip_preprocess_only_from_decoded": rate(t_pre),
-        "transformers_CLIPImageProcessorPil": rate(t_hf),
-        "jpeg_draft": rate(t_draft),
+        "edgeclip_decode_only": _rate(t_decode),
+        "edgeclip_preprocess_only_from_decoded": _rate(t_pre),
+        "transformers_CLIPImageProcessorPil": _rate(t_hf),
+        "jpeg_draft": _rate(t_draft),
         "jpeg_draft_max_abs_diff": draft_diff,
         "jpeg_draft_used": False,
     }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/preprocess_parity.json")
+    args = ap.parse_args()
+
+    pp = Preprocessor()
+    hf, hf_name, hf_version = reference_processor()
+    rows = _parity_rows(pp, hf)
+    normal = [r for r in rows if "windowed" not in r["image"]]
+    speed = _speed(pp, hf, args.repeats)
     result = {
         "reference": f"transformers {hf_version} {hf_name}",
         "pillow": Image.__version__,

@@ -36,34 +36,14 @@ def add_variants(
     The bundle is rebuilt in a sibling temporary directory and swapped in only when complete:
     an interrupted run leaves the old bundle as it was. Variants with the same id are replaced.
     """
-    import json
-    import os
     import tempfile
 
-    from edgeclip.bundle import MANIFEST, write_manifest
-
-    from .bundle_writer import _probe_entry
     from .calibration import load_calibration
-    from .gate import reference_embeddings
 
     bundle = Path(bundle_dir).expanduser().resolve()
-    if not (bundle / MANIFEST).is_file():
-        raise InputError(
-            f"{bundle} is not an edgeclip bundle (no {MANIFEST}); convert the checkpoint first."
-        )
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    fp32 = next((v for v in manifest.get("variants", []) if v["id"] == "onnx-fp32"), None)
-    if fp32 is None:
-        raise InputError(f"{bundle} has no onnx-fp32 variant to quantize from; re-convert it.")
-    model = checkpoint
-    if isinstance(checkpoint, (str, Path)):
-        from .checkpoints import load_checkpoint
-
-        model, _ = load_checkpoint(checkpoint)
-    # Validate names and dependencies before any heavy work.
-    for b in parse_list(backends, BACKENDS, "backend", _ALIASES):
-        check_convert_deps(b)
-    parse_list(precisions, PRECISIONS, "precision")
+    manifest, fp32 = _read_bundle(bundle)
+    model = _reference_model(checkpoint)
+    _check_requested(backends, precisions)  # before any heavy work
     calibration = load_calibration(
         calibration_dir,
         manifest.get("preprocess"),
@@ -73,36 +53,82 @@ def add_variants(
         n_eval=n_eval,
         log=log,
     )
+    build = dict(backends=backends, precisions=precisions, thresholds=thresholds, threads=threads,
+                 keep_failed=keep_failed, builder_options=builder_options)  # fmt: skip
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.partial-", dir=bundle.parent))
     try:
-        shutil.copytree(bundle, staging, dirs_exist_ok=True)
-        os.chmod(staging, 0o755)
-        ref = reference_embeddings(calibration, model, staging, fp32)
-        if not manifest.get("probe"):  # a bundle from before probe sets: give it one
-            manifest["probe"] = _probe_entry(staging, calibration, ref, manifest.get("preprocess"))
-        kept, rejected = build_variants(
-            staging,
-            fp32,
-            model,
-            reference=ref,
-            backends=backends,
-            precisions=precisions,
-            calibration=calibration,
-            thresholds=thresholds,
-            threads=threads,
-            keep_failed=keep_failed,
-            builder_options=builder_options,
-            log=log,
-        )
-        new_ids = {v["id"] for v in kept} | {v["id"] for v in rejected}
-        manifest["variants"] = [v for v in manifest["variants"] if v["id"] not in new_ids] + kept
-        manifest["calibration"] = calibration.summary()
-        manifest["rejected_variants"] = [
-            {"id": v["id"], "reason": v["gate"]["reason"], "parity": v.get("parity")}
-            for v in rejected
-        ]
-        manifest = write_manifest(staging, manifest)
+        manifest = _rebuild(bundle, staging, manifest, fp32, model, calibration, build, log)
         place_bundle(staging, bundle, overwrite=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bundle's manifest and its onnx-fp32 variant (``InputError`` if either is missing)."""
+    import json
+
+    from edgeclip.bundle import MANIFEST
+
+    if not (bundle / MANIFEST).is_file():
+        raise InputError(
+            f"{bundle} is not an edgeclip bundle (no {MANIFEST}); convert the checkpoint first."
+        )
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    fp32 = next((v for v in manifest.get("variants", []) if v["id"] == "onnx-fp32"), None)
+    if fp32 is None:
+        raise InputError(f"{bundle} has no onnx-fp32 variant to quantize from; re-convert it.")
+    return manifest, fp32
+
+
+def _reference_model(checkpoint: Any) -> Any:
+    """The model a checkpoint path loads to; a loaded model (or None) is returned as given."""
+    if isinstance(checkpoint, (str, Path)):
+        from .checkpoints import load_checkpoint
+
+        model, _ = load_checkpoint(checkpoint)
+        return model
+    return checkpoint
+
+
+def _check_requested(backends: str | Iterable[str], precisions: str | Iterable[str]) -> None:
+    """Validate the backend and precision names and each backend's converter dependencies."""
+    for b in parse_list(backends, BACKENDS, "backend", _ALIASES):
+        check_convert_deps(b)
+    parse_list(precisions, PRECISIONS, "precision")
+
+
+def _rebuild(
+    bundle: Path,
+    staging: Path,
+    manifest: dict[str, Any],
+    fp32: dict[str, Any],
+    model: Any,
+    calibration: Any,
+    build: dict[str, Any],
+    log: Callable[[str], Any],
+) -> dict[str, Any]:
+    """Copy ``bundle`` into ``staging``, build and gate variants there; return the new manifest."""
+    import os
+
+    from edgeclip.bundle import write_manifest
+
+    from .bundle_writer import _probe_entry
+    from .gate import reference_embeddings
+
+    shutil.copytree(bundle, staging, dirs_exist_ok=True)
+    os.chmod(staging, 0o755)
+    ref = reference_embeddings(calibration, model, staging, fp32)
+    if not manifest.get("probe"):  # a bundle from before probe sets: give it one
+        manifest["probe"] = _probe_entry(staging, calibration, ref, manifest.get("preprocess"))
+    kept, rejected = build_variants(
+        staging, fp32, model, reference=ref, calibration=calibration, log=log, **build
+    )
+    new_ids = {v["id"] for v in kept} | {v["id"] for v in rejected}
+    manifest["variants"] = [v for v in manifest["variants"] if v["id"] not in new_ids] + kept
+    manifest["calibration"] = calibration.summary()
+    manifest["rejected_variants"] = [
+        {"id": v["id"], "reason": v["gate"]["reason"], "parity": v.get("parity")}
+        for v in rejected
+    ]
+    return write_manifest(staging, manifest)

@@ -230,8 +230,7 @@ def _export_checked(model, info, staging: Path, n_images: int, n_texts: int, min
 
 
 def _probe_entry(staging: Path, calibration: Any, ref: Any, preprocess: dict) -> dict[str, Any]:
-    """Write the probe set: the first held-out images and captions, all probe labels, and the
-    reference embeddings of exactly those (see ``edgeclip.probeset``)."""
+    """Write the probe set: first held-out images and texts, all labels, their reference vectors."""
     from edgeclip.probeset import N_IMAGES, N_TEXTS, crops_from_pixels, write_probe
 
     n_i, n_t = min(N_IMAGES, len(calibration.eval_pixels)), min(N_TEXTS, len(calibration.eval_ids))
@@ -295,8 +294,6 @@ def convert(
     captions) for INT8 calibration and the gate (default: procedural shapes). ``progress``: a
     tqdm bar (None: only on a terminal). ``log``: where variant messages go (default: the bar).
     """
-    from .checkpoints import load_checkpoint
-
     _check_counts(n_parity_images, n_parity_texts, name)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
@@ -307,20 +304,12 @@ def convert(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be shared
-        model, info = steps("load", lambda: load_checkpoint(checkpoint_path, config=config))
-        reference, preprocess = _export_checked(model, info, staging, n_parity_images,
-                                                n_parity_texts, min_cosine, steps)  # fmt: skip
-        (staging / "tokenizer").mkdir()
-        shutil.copyfile(_vocab(), staging / "tokenizer" / VOCAB_NAME)
-        kept, extra = steps("variants", lambda: _variants(
-            staging, reference, model, preprocess, info["architecture"]["context_length"],
+        _write_staging(staging, steps, checkpoint_path, config, name or out.name,
+            (n_parity_images, n_parity_texts, min_cosine),
             dict(backends=backends, precisions=precisions, thresholds=thresholds,
                  threads=threads, keep_failed=keep_failed, builder_options=builder_options),
             dict(folder=calibration_dir, captions=captions, n_calib=n_calib, n_eval=n_eval), log,
-        ))  # fmt: skip
-        manifest = _manifest(name or out.name, info, preprocess, kept, extra)
-        manifest["conversion"]["seconds"] = steps.seconds
-        write_manifest(staging, manifest)
+        )  # fmt: skip
         place_bundle(staging, out, overwrite)
         staging = None
     finally:
@@ -328,6 +317,22 @@ def convert(
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _write_staging(staging: Path, steps: _Steps, checkpoint_path: Any, config: Any, name: str,
+                   parity: tuple, build: dict, calib: dict, log: Any) -> None:  # fmt: skip
+    """Fill ``staging``: the checked towers, the tokenizer, the variants and the manifest."""
+    from .checkpoints import load_checkpoint
+
+    model, info = steps("load", lambda: load_checkpoint(checkpoint_path, config=config))
+    reference, preprocess = _export_checked(model, info, staging, *parity, steps)
+    (staging / "tokenizer").mkdir()
+    shutil.copyfile(_vocab(), staging / "tokenizer" / VOCAB_NAME)
+    kept, extra = steps("variants", lambda: _variants(staging, reference, model, preprocess,
+                        info["architecture"]["context_length"], build, calib, log))  # fmt: skip
+    manifest = _manifest(name, info, preprocess, kept, extra)
+    manifest["conversion"]["seconds"] = steps.seconds
+    write_manifest(staging, manifest)
 
 
 def _variants(staging: Path, reference: dict, model: Any, preprocess: dict, context_length: int,

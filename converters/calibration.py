@@ -86,6 +86,97 @@ def _split(n: int, n_calib: int, n_eval: int) -> tuple[int, int]:
     return min(n_calib, n - n_eval), n_eval
 
 
+@dataclass
+class _Source:
+    """The items to read (in ``order``), their captions and the probe label set."""
+
+    items: list[Any]
+    caps: list[str]
+    order: list[int]
+    label_set: list[str]
+    verbatim: bool  # labels are captions: each is its own prompt
+    name: str
+
+
+def _synthetic_source(n: int, image_size: int, seed: int, labels: list[str] | None) -> _Source:
+    """``n`` procedural pictures and captions; labels default to the synthetic colour × shapes."""
+    images, caps, _ = synthetic_pairs(n, image_size, seed)
+    label_set = labels or synthetic_labels()
+    return _Source(images, caps, list(range(len(images))), label_set, False, "synthetic")
+
+
+def _folder_source(
+    folder: str | Path, captions: str | Path | None, seed: int, labels: list[str] | None
+) -> _Source:
+    """Every image under ``folder`` (recursive), in a seeded shuffle, with its caption if any."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(
+            f"calibration folder {root} does not exist or is not a directory; give a folder of "
+            "images (e.g. 100 photos like the ones you will embed), or omit it to use synthetic data."
+        )
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise InputError(
+            f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})."
+        )
+    by_name, free = _read_captions(Path(captions)) if captions else ({}, [])
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    caps = [
+        by_name.get(f.name) or by_name.get(f.relative_to(root).as_posix()) or "" for f in files
+    ]
+    label_set, verbatim = _folder_labels(root, files, caps, free, labels)
+    return _Source(files, caps, order, label_set, verbatim, f"folder:{root}")
+
+
+def _folder_labels(
+    root: Path, files: list[Path], caps: list[str], free: list[str], labels: list[str] | None
+) -> tuple[list[str], bool]:
+    """``(label_set, verbatim)``: ``labels``, sub-directory names, captions, or synthetic labels."""
+    subdirs = sorted({f.parent.name for f in files if f.parent != root})
+    label_set = labels or (subdirs if len(subdirs) >= 2 else None)
+    verbatim = False
+    if not label_set:
+        # Captions as the label set: each is already a sentence, used verbatim as its prompt.
+        label_set = free or sorted(set(filter(None, caps)))
+        verbatim = bool(label_set)
+    return label_set or synthetic_labels(), verbatim
+
+
+def _read_pixels(
+    pre: Any, source: _Source, want: int, log: Any
+) -> tuple[list[np.ndarray], list[int], dict[str, str]]:
+    """``(pixels, indices used, skipped)``: the first ``want`` readable items, in source order."""
+    pixels, used, skipped = [], [], {}
+    # Read only as many as needed, plus replacements for the unreadable ones.
+    for idx in source.order:
+        if len(pixels) >= want:
+            break
+        arr, good, fails = pre([source.items[idx]])
+        if fails:
+            skipped[str(source.items[idx])] = next(iter(fails.values()))
+            continue
+        pixels.append(arr[0])
+        used.append(idx)
+    if skipped:
+        log(f"calibration: skipped {len(skipped)} unreadable image(s), e.g. {next(iter(skipped))}")
+    return pixels, used, skipped
+
+
+def _gate_texts(caps: list[str], used: list[int], label_set: list[str]) -> list[str]:
+    """The read images' captions, or prompt-like texts from the labels when under two exist."""
+    texts = [caps[i] for i in used if caps[i]]
+    if len(texts) < 2:
+        # No captions: caption-like texts from the label set (prompts), deterministic order.
+        texts = [
+            t.format(c="", s=lab).replace("  ", " ") for lab in label_set for t in TEMPLATES[:2]
+        ]
+    return texts
+
+
 def load_calibration(
     folder: str | Path | None,
     preprocess: dict[str, Any] | None = None,
@@ -109,68 +200,17 @@ def load_calibration(
 
     pre = Preprocessor(preprocess or {})
     tok = Tokenizer(context_length=context_length)
-    skipped: dict[str, str] = {}
-    verbatim = False
     if folder is None:
-        images, caps, _ = synthetic_pairs(n_calib + n_eval, pre.image_size, seed)
-        order = list(range(len(images)))
-        source = "synthetic"
-        label_set = labels or synthetic_labels()
-        items = images
+        src = _synthetic_source(n_calib + n_eval, pre.image_size, seed, labels)
     else:
-        root = Path(folder)
-        if not root.is_dir():
-            raise InputError(
-                f"calibration folder {root} does not exist or is not a directory; give a folder of "
-                "images (e.g. 100 photos like the ones you will embed), or omit it to use synthetic data."
-            )
-        files = sorted(
-            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not files:
-            raise InputError(
-                f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})."
-            )
-        by_name, free = _read_captions(Path(captions)) if captions else ({}, [])
-        order = list(range(len(files)))
-        random.Random(seed).shuffle(order)
-        # Read only as many as needed, plus replacements for the unreadable ones.
-        items = files
-        caps = [
-            by_name.get(f.name) or by_name.get(f.relative_to(root).as_posix()) or "" for f in files
-        ]
-        subdirs = sorted({f.parent.name for f in files if f.parent != root})
-        label_set = labels or (subdirs if len(subdirs) >= 2 else None)
-        if not label_set:
-            # Captions as the label set: each is already a sentence, used verbatim as its prompt.
-            label_set = free or sorted(set(filter(None, caps)))
-            verbatim = bool(label_set)
-        label_set = label_set or synthetic_labels()
-        source = f"folder:{root}"
-    pixels, used = [], []
-    want = n_calib + n_eval
-    for idx in order:
-        if len(pixels) >= want:
-            break
-        arr, good, fails = pre([items[idx]])
-        if fails:
-            skipped[str(items[idx])] = next(iter(fails.values()))
-            continue
-        pixels.append(arr[0])
-        used.append(idx)
-    if skipped:
-        log(f"calibration: skipped {len(skipped)} unreadable image(s), e.g. {next(iter(skipped))}")
+        src = _folder_source(folder, captions, seed, labels)
+    pixels, used, skipped = _read_pixels(pre, src, n_calib + n_eval, log)
     n_c, n_e = _split(len(pixels), n_calib, n_eval)
     px = np.stack(pixels).astype(np.float32)
-    texts = [caps[i] for i in used if caps[i]]
-    if len(texts) < 2:
-        # No captions: caption-like texts from the label set (prompts), deterministic order.
-        texts = [
-            t.format(c="", s=lab).replace("  ", " ") for lab in label_set for t in TEMPLATES[:2]
-        ]
-    ids = tok(texts)
+    ids = tok(_gate_texts(src.caps, used, src.label_set))
     t_c, t_e = _split(len(ids), n_calib, n_eval)
-    prompts = list(label_set) if verbatim else [f"a photo of a {lab}" for lab in label_set]
+    label_set = src.label_set
+    prompts = list(label_set) if src.verbatim else [f"a photo of a {lab}" for lab in label_set]
     return CalibrationData(
         calib_pixels=px[:n_c],
         calib_ids=ids[:t_c],
@@ -178,7 +218,7 @@ def load_calibration(
         eval_ids=ids[t_c : t_c + t_e],
         probe_labels=list(label_set),
         probe_ids=tok(prompts),
-        source=source,
+        source=src.name,
         skipped=skipped,
     )
 

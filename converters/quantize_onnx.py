@@ -169,9 +169,6 @@ def build_int8_static(
     Only MatMul/Gemm are quantized, so LayerNorm, residual Adds, Softmax and GELU stay float;
     ``exclude`` (default ("projections", "attention")) keeps more in float.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     if calibration is None:
         raise ValueError(
             "int8-static needs calibration data (converters.calibration.load_calibration)"
@@ -184,25 +181,9 @@ def build_int8_static(
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"image": calibration.calib_pixels, "text": calibration.calib_ids}
     for tower in TOWERS:
-        src = _fp32_path(bundle_root, fp32_variant, tower)
-        m = _load(src)
-        quantize_static(
-            m,
-            str(out / f"{tower}.onnx"),
-            _Reader(fp32_variant[tower]["input"], arrays[tower]),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=per_channel,
-            # AVX2 without VNNI: u8 activations × s8 weights can saturate the 16-bit
-            # intermediate; reduce_range trades 1 bit of weight range for no overflow (see
-            # build_int8_dynamic).
-            reduce_range=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=_nodes_to_exclude(m, exclude),
-            calibrate_method=getattr(CalibrationMethod, method),
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True},
-        )
+        m = _load(_fp32_path(bundle_root, fp32_variant, tower))
+        reader = _Reader(fp32_variant[tower]["input"], arrays[tower])
+        _quantize_static_qdq(m, out / f"{tower}.onnx", reader, per_channel, exclude, method)
     opts = {
         "method": "ort-static-qdq",
         "per_channel": per_channel,
@@ -217,6 +198,32 @@ def build_int8_static(
         fp32_variant,
         f"{vid}/{{tower}}.onnx",
         options=opts,
+    )
+
+
+def _quantize_static_qdq(
+    m, dest: Path, reader: _Reader, per_channel: bool, exclude: tuple[str, ...], method: str
+) -> None:
+    """Write ``m`` to ``dest`` as INT8 QDQ (MatMul/Gemm only) calibrated on ``reader``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        m,
+        str(dest),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        per_channel=per_channel,
+        # AVX2 without VNNI: u8 activations × s8 weights can saturate the 16-bit
+        # intermediate; reduce_range trades 1 bit of weight range for no overflow (see
+        # build_int8_dynamic).
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=_nodes_to_exclude(m, exclude),
+        calibrate_method=getattr(CalibrationMethod, method),
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True},
     )
 
 

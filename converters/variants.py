@@ -240,21 +240,55 @@ def build_variants(
     ``reference``: the ``gate.Reference`` already computed on ``calibration`` (else computed here).
     Combinations a backend does not offer (e.g. litert fp16) are skipped with a message.
     """
-    from .calibration import load_calibration, preprocess_for
-    from .gate import reference_embeddings
-
     root = Path(bundle_root)
     backs = parse_list(backends, BACKENDS, "backend", _ALIASES)
     precs = parse_list(precisions, PRECISIONS, "precision")
     for b in backs:
         check_convert_deps(b)
     torch_model = model is not None and not isinstance(model, (str, Path))
+    _require_torch_model(backs, torch_model)
+    calibration, ref = _gate_inputs(
+        root, fp32_variant, model, torch_model, calibration, reference, log
+    )
+    job = _Job(
+        root, fp32_variant, model, calibration, ref, thresholds, threads, builder_options or {}, log
+    )
+    kept, rejected = [], []
+    try:
+        for backend in backs:
+            for prec in precs:
+                variant = _build_one(job, backend, prec)
+                if variant is not None:
+                    _keep_or_reject(job, variant, keep_failed, kept, rejected)
+    finally:
+        # Scratch files some builders share (LiteRT's fp32 conversions) never ship.
+        shutil.rmtree(root / ".litert-fp32-src", ignore_errors=True)
+    return kept, rejected
+
+
+def _require_torch_model(backs: list[str], torch_model: bool) -> None:
+    """Refuse LiteRT and torch variants without a torch model: they are exported from it."""
     for b in ("litert", "torch"):
         if b in backs and not torch_model:
             raise InputError(
                 f"{b} variants are exported from the torch model: pass the checkpoint "
                 f"(install torch + transformers), or drop {b} from --backend."
             )
+
+
+def _gate_inputs(
+    root: Path,
+    fp32_variant: dict[str, Any],
+    model: Any,
+    torch_model: bool,
+    calibration: Any,
+    reference: Any,
+    log: Callable[[str], Any],
+) -> tuple[Any, Any]:
+    """``(calibration, reference)``: those given, else the synthetic set and its embeddings."""
+    from .calibration import load_calibration, preprocess_for
+    from .gate import reference_embeddings
+
     if calibration is None:
         calibration = load_calibration(None, preprocess_for(fp32_variant, root, model), log=log)
     ref = reference or reference_embeddings(
@@ -264,35 +298,32 @@ def build_variants(
         log(
             f"gate reference: {ref.name} under ONNX Runtime (no torch model given: checkpoint missing or torch not installed)"
         )
-    job = _Job(
-        root, fp32_variant, model, calibration, ref, thresholds, threads, builder_options or {}, log
-    )
-    kept, rejected = [], []
-    try:
-        for backend in backs:
-            for prec in precs:
-                if (backend, prec) == ("onnx", "fp32"):
-                    continue  # the bundle writer's own variant
-                if prec == "int8" and backend in SEARCH_MODULES:
-                    variant = search_int8(job, backend)
-                elif (backend, prec) in REGISTRY:
-                    variant = job.build(
-                        backend, get_builder(backend, prec), {"id": f"{backend}-{prec}"}
-                    )
-                else:
-                    log(f"{backend}-{prec}: {backend} has no {prec} variant, skipped")
-                    continue
-                if variant["gate"]["passed"]:
-                    kept.append(variant)
-                    log(f"{variant['id']}: gate passed ({_short(variant['parity'])})")
-                    continue
-                log(f"{variant['id']}: gate FAILED, not shipped: {variant['gate']['reason']}")
-                if keep_failed and "image" in variant:
-                    kept.append(variant)  # marked failed: listed, never auto-selected
-                else:
-                    _remove(root, variant["id"])
-                    rejected.append(variant)
-    finally:
-        # Scratch files some builders share (LiteRT's fp32 conversions) never ship.
-        shutil.rmtree(root / ".litert-fp32-src", ignore_errors=True)
-    return kept, rejected
+    return calibration, ref
+
+
+def _build_one(job: _Job, backend: str, prec: str) -> dict[str, Any] | None:
+    """Build and gate one backend × precision; None if skipped (the reference, or not offered)."""
+    if (backend, prec) == ("onnx", "fp32"):
+        return None  # the bundle writer's own variant
+    if prec == "int8" and backend in SEARCH_MODULES:
+        return search_int8(job, backend)
+    if (backend, prec) in REGISTRY:
+        return job.build(backend, get_builder(backend, prec), {"id": f"{backend}-{prec}"})
+    job.log(f"{backend}-{prec}: {backend} has no {prec} variant, skipped")
+    return None
+
+
+def _keep_or_reject(
+    job: _Job, variant: dict[str, Any], keep_failed: bool, kept: list, rejected: list
+) -> None:
+    """Log the gate's verdict and file the variant under ``kept`` or ``rejected``."""
+    if variant["gate"]["passed"]:
+        kept.append(variant)
+        job.log(f"{variant['id']}: gate passed ({_short(variant['parity'])})")
+        return
+    job.log(f"{variant['id']}: gate FAILED, not shipped: {variant['gate']['reason']}")
+    if keep_failed and "image" in variant:
+        kept.append(variant)  # marked failed: listed, never auto-selected
+    else:
+        _remove(job.root, variant["id"])  # a rejected variant's files never ship
+        rejected.append(variant)

@@ -191,7 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model zoo")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+    # Subcommands are added in the order `edgeclip --help` lists them.
+    _add_classify_parser(sub)
+    _add_embed_parser(sub)
 
+    from .cli_bundle import add_parsers
+
+    add_parsers(sub)
+    _add_convert_parser(sub)
+
+    for name, help_ in _FORWARDED.items():
+        # parsed by the stage's own CLI (see main); listed here for `edgeclip --help`
+        sub.add_parser(name, help=help_[1], add_help=False)
+    return parser
+
+
+def _add_classify_parser(sub: argparse._SubParsersAction) -> None:
+    """``edgeclip classify``: zero-shot labels for images."""
     p = sub.add_parser("classify", help="zero-shot classify images against labels")
     p.add_argument("images", nargs="+")
     p.add_argument("--labels", "-l", nargs="+", required=True)
@@ -205,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
+
+def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
+    """``edgeclip embed``: images and texts to one .npy of embeddings."""
     p = sub.add_parser(
         "embed", help="embed images and/or texts into one .npy (rows in input order)"
     )
@@ -218,10 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_embed)
 
-    from .cli_bundle import add_parsers
 
-    add_parsers(sub)
-
+def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    """``edgeclip convert``: a checkpoint to a bundle."""
     p = sub.add_parser("convert", help="checkpoint -> bundle (needs edgeclip[convert])")
     p.add_argument(
         "checkpoint", help="HF CLIPModel dir, open_clip .pt (+ --config JSON), or zoo name"
@@ -237,11 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert)
-
-    for name, help_ in _FORWARDED.items():
-        # parsed by the stage's own CLI (see main); listed here for `edgeclip --help`
-        sub.add_parser(name, help=help_[1], add_help=False)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
