@@ -3,7 +3,7 @@
     python -m benchmarks.probe_stability BUNDLE
 
 Probes every variant twice with exactly what auto selection runs (``autoselect.probe_rates``:
-interleaved rounds, median per call), and
+interleaved rounds, median per call; all variants held at once, as with ≥ 4 GiB free), and
 writes ``benchmarks/results/<host>/probe_stability.{json,md}`` with both rates and their ratio.
 """
 

@@ -18,6 +18,7 @@ import platform
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,31 @@ def _probe_inputs(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     return pixels, ids
 
 
+def probe_hold(n: int) -> int:
+    """How many of ``n`` candidates the probe keeps open at once (``EDGECLIP_PROBE_HOLD``)."""
+    from .errors import InputError
+
+    raw = settings.get("EDGECLIP_PROBE_HOLD") or "auto"
+    if raw == "auto":
+        return n if _available_bytes() >= 4 << 30 else min(n, 2)
+    if not raw.isdigit() or int(raw) < 2:
+        raise InputError(f"EDGECLIP_PROBE_HOLD={raw!r}: use auto, or a whole number ≥ 2 (two "
+                         "variants are timed head to head)")  # fmt: skip
+    return min(n, int(raw))
+
+
+def _available_bytes() -> int:
+    """MemAvailable from /proc/meminfo; where there is none, assume room for everything."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
+
+
 def probe_rates(
     bundle: Bundle,
     variants: list[Variant],
@@ -91,41 +117,76 @@ def probe_rates(
     device: str,
     towers: Callable[[Variant], tuple] | None = None,
     rounds: int = 3,
+    release: Callable[[Variant], None] | None = None,
+    hold: int | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Batch-1 pairs/s of each variant on this host, and the errors of those that cannot run.
 
-    ``edgeclip.timing`` with ``Settings.probe()``, split into ``rounds`` interleaved rounds
-    (variant A, B, C, then A, B, C again) and the median over all of a variant's calls: a burst
-    of load from another process lands on every candidate, not on whichever was being timed.
+    Variants are timed in groups of ``hold`` (default: all at once) with ``edgeclip.timing``
+    (``Settings.probe()``) in ``rounds`` interleaved rounds (A, B, C, A, B, C, ...), so a burst of
+    load from another process lands on every member. The fastest of a group stays open and
+    meets the next group; the others are dropped (and ``release``d) before it opens, so at most
+    ``hold`` variants' sessions exist at once. A variant's rate is the median of all its calls.
     """
-    from .timing import Settings, pairs_per_s, rate, time_calls
+    from .timing import Settings
     from .towers import open_towers
 
-    cfg = Settings.probe()
-    pixels, ids = _probe_inputs(bundle)
-    runners, errors = {}, {}
-    for v in variants:
-        try:
-            runners[v.id] = towers(v) if towers else open_towers(bundle.root, v, threads, device)
-        except Exception as exc:  # a variant that cannot run here simply loses
-            errors[v.id] = str(exc)[:200]
-    calls: dict[str, tuple[list, list]] = {vid: ([], []) for vid in runners}
-    per_round = -(-cfg.repeats // rounds)
-    for r in range(rounds):
-        for vid, (image, text) in list(runners.items()):
-            kw = dict(warmup=cfg.warmup if r == 0 else 1, repeats=per_round,
-                      min_time=cfg.min_time / rounds, max_repeats=cfg.max_repeats // rounds)  # fmt: skip
+    cfg, inputs = Settings.probe(), _probe_inputs(bundle)
+    hold = len(variants) if hold is None else max(2, hold)
+    calls: dict[str, tuple[list, list]] = {}
+    errors: dict[str, str] = {}
+    pending, held = list(variants), None  # held: (variant, runners) of the fastest so far
+    while pending:
+        group = [held] if held else []
+        while pending and len(group) < hold:
+            v = pending.pop(0)
             try:
-                calls[vid][0].extend(time_calls(lambda im=image: im(pixels, 1), **kw))
-                calls[vid][1].extend(time_calls(lambda tx=text: tx(ids, 1), **kw))
-            except Exception as exc:  # noqa: BLE001 - failing mid-probe also just loses
-                errors[vid] = str(exc)[:200]
-                del runners[vid]
+                group.append((v, towers(v) if towers else open_towers(bundle.root, v, threads, device)))
+            except Exception as exc:  # a variant that cannot run here simply loses
+                errors[v.id] = str(exc)[:200]
+        if all(b[0].id in calls for b in group):
+            break  # only the held one is left: the rest could not open
+        _time_bout(group, calls, errors, cfg, rounds, inputs)
+        alive = [b for b in group if b[0].id not in errors]
+        held = max(alive, key=lambda b: _rate(calls[b[0].id])) if alive else None
+        for loser in [b[0] for b in group if held is None or b[0] is not held[0]]:
+            if release:
+                release(loser)
+        group = alive = None  # the losers' sessions go now, before the next group opens
     rates = {v.id: 0.0 for v in variants}
-    for vid in runners:
-        img_s, txt_s = (rate(np.asarray(c), 1) for c in calls[vid])
-        rates[vid] = round(pairs_per_s(img_s, txt_s), 2)
+    for vid, got in calls.items():
+        if vid not in errors:
+            rates[vid] = round(_rate(got), 2)
     return rates, errors
+
+
+def _rate(got: tuple[list, list]) -> float:
+    """Pairs/s from the per-call seconds of the image and the text tower."""
+    from .timing import pairs_per_s, rate
+
+    return pairs_per_s(rate(np.asarray(got[0]), 1), rate(np.asarray(got[1]), 1))
+
+
+def _time_bout(bout: list, calls: dict, errors: dict, cfg: Any, rounds: int, inputs: tuple) -> None:
+    """Time each (variant, (image, text)) of ``bout`` in ``rounds`` interleaved rounds, adding
+    the per-call seconds to ``calls``; a variant failing mid-probe goes to ``errors``."""
+    from .timing import time_calls
+
+    pixels, ids = inputs
+    per_round = -(-cfg.repeats // rounds)
+    for _ in range(rounds):
+        for v, (image, text) in bout:
+            if v.id in errors:
+                continue
+            warm = cfg.warmup if v.id not in calls else 1
+            got = calls.setdefault(v.id, ([], []))
+            kw = dict(warmup=warm, repeats=per_round, min_time=cfg.min_time / rounds,
+                      max_repeats=cfg.max_repeats // rounds)  # fmt: skip
+            try:
+                got[0].extend(time_calls(lambda im=image: im(pixels, 1), **kw))
+                got[1].extend(time_calls(lambda tx=text: tx(ids, 1), **kw))
+            except Exception as exc:  # noqa: BLE001 - failing mid-probe also just loses
+                errors[v.id] = str(exc)[:200]
 
 
 def _read_cache(path: Path) -> dict:
@@ -143,11 +204,12 @@ def choose(
     device: str = "auto",
     usable: Callable[[Variant], bool] = _always,
     towers: Callable[[Variant], tuple] | None = None,
+    release: Callable[[Variant], None] | None = None,
 ) -> tuple[Variant, str] | None:
     """The fastest of the usable variants on this host, probed once and cached.
 
     None when no variant is usable. ``towers(variant)`` gives the runners to time (so the
-    sessions of the on-device check are reused).
+    sessions of the on-device check are reused); ``release(variant)`` drops a loser's.
     """
     if settings.get("EDGECLIP_PROBE") == "0":
         firsts = best_per_backend(variants, backends, usable)
@@ -166,7 +228,8 @@ def choose(
     entry = cache.get(host, {}).get(key)
     ids = {v.id for v in timed}
     if not entry or set(entry.get("pairs_per_s", {})) != ids:
-        rates, errors = probe_rates(bundle, timed, threads, device, towers)
+        rates, errors = probe_rates(bundle, timed, threads, device, towers, release=release,
+                                    hold=probe_hold(len(timed)))
         entry = {
             "pairs_per_s": rates,
             "errors": errors,

@@ -20,6 +20,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("EDGECLIP_CACHE", None, "bundles built from zoo models (default `$EDGECLIP_HOME/bundles`)"),
     Setting("EDGECLIP_ZOO", None, "extra zoo JSON files, `os.pathsep`-separated, merged over the shipped zoo"),
     Setting("EDGECLIP_PROBE", "1", "`0` skips timing variants for `backend=\"auto\"` (rule table only)"),
+    Setting("EDGECLIP_PROBE_HOLD", "auto", "how many variants the first `backend=\"auto\"` load keeps "
+            "open at once while it checks and times them: `auto` is all of them with ≥ 4 GiB of "
+            "memory available, else 2 (a seven-variant bundle on an AMX Xeon: 1,067 MB peak and "
+            "11.7–13.4 s with all, 477–479 MB and 17.6–20.2 s with 2); a number ≥ 2 sets it"),
     Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds before a hub download gives up"),
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
     Setting("EDGECLIP_ORT_SPINNING", "0", "`1` lets ONNX Runtime's idle threads spin (busy-wait) "

@@ -77,6 +77,65 @@ def test_auto_probes_once_then_reads_the_cache(two_backend_bundle, home):
     assert (cos > 0.99).all()
 
 
+def test_probe_holds_two_variants_at_most_and_times_every_one(two_backend_bundle, home):
+    """King of the hill: when a variant is opened, only the fastest so far is still alive; the
+    others' sessions were dropped (garbage), and every variant still gets a rate."""
+    import gc
+    import weakref
+
+    from edgeclip.autoselect import probe_rates
+    from edgeclip.towers import open_towers
+
+    bundle = Bundle.open(two_backend_bundle)
+    variants = [v for v in bundle.variants if v.passed or v.is_reference]
+    alive: dict[str, weakref.ref] = {}
+    held_at_open, released = [], []
+
+    def towers(v):
+        gc.collect()
+        held_at_open.append(sorted(k for k, ref in alive.items() if ref() is not None))
+        pair = open_towers(bundle.root, v, 1, "auto")
+        alive[v.id] = weakref.ref(pair[0])
+        return pair
+
+    rates, errors = probe_rates(bundle, variants, 1, "auto", towers=towers,
+                                release=lambda v: released.append(v.id), hold=2)  # fmt: skip
+    assert len(variants) >= 3 and not errors
+    # the first two open together; every later one meets only the fastest so far
+    assert held_at_open[:2] == [[], [variants[0].id]] and all(len(h) <= 1 for h in held_at_open[2:])
+    assert all(rates[v.id] > 0 for v in variants)
+    # every variant but the one left holding was released, each once
+    assert len(released) == len(set(released)) == len(variants) - 1
+    assert set(released) < {v.id for v in variants}
+
+
+def test_probe_hold_setting(monkeypatch):
+    from edgeclip.autoselect import probe_hold
+    from edgeclip.errors import InputError
+
+    monkeypatch.setenv("EDGECLIP_PROBE_HOLD", "3")
+    assert probe_hold(7) == 3 and probe_hold(2) == 2
+    monkeypatch.setenv("EDGECLIP_PROBE_HOLD", "auto")
+    assert probe_hold(7) in (2, 7)  # all of them only with >= 4 GiB available
+    for bad in ("1", "two", "-3"):
+        monkeypatch.setenv("EDGECLIP_PROBE_HOLD", bad)
+        with pytest.raises(InputError, match="EDGECLIP_PROBE_HOLD"):
+            probe_hold(7)
+
+
+def test_lean_first_load_releases_checked_sessions(two_backend_bundle, home, monkeypatch):
+    """With EDGECLIP_PROBE_HOLD=2 the first auto load still picks the probe's fastest, and
+    embeds like the fp32 reference."""
+    monkeypatch.setenv("EDGECLIP_PROBE_HOLD", "2")
+    model = edgeclip.load(two_backend_bundle)
+    rates = json.loads((home / "probe.json").read_text())
+    (entry,) = next(iter(rates.values())).values()
+    assert model.variant.id == max(entry["pairs_per_s"], key=entry["pairs_per_s"].get)
+    ref = edgeclip.load(two_backend_bundle, backend="onnx", precision="fp32")
+    cos = np.sum(model.encode_text(["a red circle"]) * ref.encode_text(["a red circle"]), axis=1)
+    assert (cos > 0.99).all()
+
+
 def test_probe_can_be_switched_off(two_backend_bundle, home, monkeypatch):
     usable = _usable(two_backend_bundle)
     monkeypatch.setenv("EDGECLIP_PROBE", "0")
