@@ -343,3 +343,24 @@ def test_combine_rounds_takes_each_towers_median():
     assert (got["images_per_s"], got["texts_per_s"]) == (20, 100)
     assert got["image_ms_per_batch"] == pytest.approx(200.0)
     assert got["pairs_per_s_rounds"] == pytest.approx([100 / 11, 75 / 4, 400 / 21])
+
+
+def test_jpeg_decoders_decode_to_one_eighth_and_budget_follows_the_model(tmp_path):
+    """Every decoder the floor benchmark times really decodes the file (the 1/8 ones at 1/8),
+    and the 90 % budget is model core-ms / 9, with the entropy-decoding rate that budget needs."""
+    import io
+
+    from benchmarks import jpeg_decoders
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), np.uint8)).save(buf, "JPEG", quality=90)
+    calls = jpeg_decoders.decoders(buf.getvalue())
+    assert set(calls) == {"pillow_full", "pillow_draft_1_8", "simplejpeg_1_8"}
+    calls["pillow_full"]()
+    calls["pillow_draft_1_8"]()
+    assert calls["simplejpeg_1_8"]().shape == (75, 100, 3)
+    bench = tmp_path / "index_bench.json"
+    bench.write_text(json.dumps({"e2e": [{"variant": "onnx-int8", "core_ms_per_image": {"model_only": 27.0}}]}))
+    (row,) = jpeg_decoders.budget(bench, mean_kb=1536)
+    assert row["decode_core_ms_allowed"] == 3.0 and row["mb_per_s_needed"] == 500.0
+    assert jpeg_decoders.budget(tmp_path / "missing.json", 1536) == []
