@@ -146,8 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
          **{k: (v.get("parity") or {}).get(k) for k in keys}}
         for v in manifest["variants"]
     ]  # fmt: skip
+    from benchmarks.hosts import host_label, measured_on
+
     result = {
         "what": "gate numbers per variant on a CLIP trained here on procedural shapes (CPU minutes)",
+        # The verdicts depend on the CPU: OpenVINO runs fp16 IR in bf16 on AMX, INT8 kernels differ.
+        "host": host_label(), **measured_on(), "train_threads": args.threads,
         "arch": ARCH, "steps": args.steps, "batch": args.batch, "train_seconds": round(train_s, 1),
         "zero_shot_top1_48_labels": round(acc, 4), "calibration": manifest.get("calibration"),
         "variants": rows,

@@ -325,3 +325,51 @@ def test_manifest_json_is_plain(built):
     bundle, _, _ = built
     data = json.loads((bundle / "manifest.json").read_text())
     assert data["calibration"]["source"] == "synthetic"
+
+
+def _int8_inputs(xml: Path) -> set[str]:
+    """Names of the MatMul/Convolution ops of an IR whose activation input comes from a
+    FakeQuantize (through reshapes, transposes and gathers, which do not change values)."""
+    import openvino as ov
+
+    def from_fake_quantize(node) -> bool:
+        while node.get_type_name() in ("Reshape", "Transpose", "Gather", "Squeeze", "Unsqueeze"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "FakeQuantize"
+
+    model = ov.Core().read_model(str(xml))
+    return {
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() in ("MatMul", "Convolution") and from_fake_quantize(op.input_value(0).get_node())
+    }
+
+
+@pytest.mark.parametrize(
+    "config, int8_kinds",
+    [("ptq-transformer-keep-projections",
+      {"patch_embedding", "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}),
+     ("ptq-float-patch-embedding", {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}),
+     ("ptq-mlp-only", {"fc1", "fc2"})],
+)  # fmt: skip
+def test_partial_ptq_keeps_what_it_names_in_float(built, eval_data, tmp_path, config, int8_kinds):
+    """Each PTQ candidate puts int8 inputs on exactly the image-tower layers its ignore list
+    leaves out (the final projection always float); the text tower gets int8 weights only."""
+    from converters import openvino_variants
+
+    bundle, manifest, _ = built
+    root = tmp_path / "b"
+    shutil.copytree(bundle, root)
+    opts = dict(next(o for name, _, o in openvino_variants.INT8_CANDIDATES if name == config))
+    variant = openvino_variants.build_int8_ptq(
+        root, _variant(manifest, "onnx-fp32"), None, eval_data, {**opts, "id": "ov-partial"}
+    )
+    ops = _int8_inputs(root / variant["image"]["file"])
+    assert not _int8_inputs(root / variant["text"]["file"]), "the search quantizes the image tower only"
+    kinds = {next((k for k in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
+                                "patch_embedding") if k in name), name) for name in ops}  # fmt: skip
+    assert kinds == int8_kinds
+    # The text tower, mostly its token table, is stored as int8 weights, not fp32.
+    fp32_bin = (bundle / _variant(manifest, "openvino-fp32")["text"]["file"]).with_suffix(".bin")
+    int8_bin = (root / variant["text"]["file"]).with_suffix(".bin")
+    assert int8_bin.stat().st_size < fp32_bin.stat().st_size / 3
