@@ -30,7 +30,7 @@ BUILT_WITH = {
     "onnx-int8-weights": "`MatMulNBits` 8-bit, block 32",
     "openvino-fp32": "`openvino.convert_model`",
     "openvino-fp16": "IR compressed to fp16",
-    "openvino-int8": "search: NNCF PTQ configs, else weight-only",
+    "openvino-int8": "search: NNCF PTQ of the image tower (text: int8 weights), else weight-only",
     "openvino-int8-static": "NNCF `quantize`, model_type TRANSFORMER",
     "openvino-int8-weights": "NNCF `compress_weights`",
     "litert-fp32": "litert-torch, batch 1 and 8 graphs",
