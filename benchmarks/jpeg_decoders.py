@@ -26,6 +26,7 @@ from PIL import Image
 
 from benchmarks import index_data
 from benchmarks.hosts import host_label, measured_on, write_result
+from edgeclip.versions import package_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.9
@@ -90,14 +91,9 @@ def run(reps: int) -> dict[str, Any]:
         rate = {k: round(kb / 1024 / (v / 1e3), 1) for k, v in ms.items() if k != "pillow_full"}
         photos.append({"photo": name, "kb": round(kb), "core_ms": ms, "compressed_mb_per_s": rate})
     mean_kb = statistics.fmean(p["kb"] for p in photos)
-    try:
-        import simplejpeg
-        sj = simplejpeg.__version__
-    except ImportError:
-        sj = None
     return {
         "host": host_label(), **measured_on(), "date": time.strftime("%Y-%m-%d"), "reps": reps,
-        "versions": {"pillow": Image.__version__, "simplejpeg": sj},
+        "versions": {"pillow": Image.__version__, "simplejpeg": package_version("simplejpeg")},
         "photos": photos, "target": TARGET, "budget": budget(RESULTS / host_label() / "index_bench.json", mean_kb),
     }
 

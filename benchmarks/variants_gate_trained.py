@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.hosts import host_label, measured_on
+
 OUT = Path(__file__).resolve().parent / "results" / "variants_gate_trained.json"
 ARCH = {
     "embed_dim": 128,
@@ -146,8 +148,6 @@ def main(argv: list[str] | None = None) -> dict:
          **{k: (v.get("parity") or {}).get(k) for k in keys}}
         for v in manifest["variants"]
     ]  # fmt: skip
-    from benchmarks.hosts import host_label, measured_on
-
     result = {
         "what": "gate numbers per variant on a CLIP trained here on procedural shapes (CPU minutes)",
         # The verdicts depend on the CPU: OpenVINO runs fp16 IR in bf16 on AMX, INT8 kernels differ.

@@ -78,6 +78,14 @@ def build_fp16(
     return _float(bundle_root, fp32_variant, options, "fp16")
 
 
+def _int8_weights(ov_model, ignored_types: tuple[str, ...] = ()):
+    """``ov_model`` with int8 weights (asymmetric, per channel), except ops of ``ignored_types``."""
+    import nncf
+
+    scope = nncf.IgnoredScope(types=list(ignored_types), validate=False) if ignored_types else None
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=scope)
+
+
 def _ptq_tower(ov_model, samples: list[dict], ignore: list[str], smooth: bool):
     """One tower through NNCF PTQ, then its embedding tables to int8 weights.
 
@@ -102,11 +110,7 @@ def _ptq_tower(ov_model, samples: list[dict], ignore: list[str], smooth: bool):
         ignored_scope=nncf.IgnoredScope(patterns=ignore, validate=False) if ignore else None,
         **kwargs,
     )
-    return nncf.compress_weights(
-        quantized,
-        mode=nncf.CompressWeightsMode.INT8_ASYM,
-        ignored_scope=nncf.IgnoredScope(types=["MatMul", "Convolution"], validate=False),
-    )
+    return _int8_weights(quantized, ignored_types=("MatMul", "Convolution"))
 
 
 def build_int8_ptq(
@@ -123,8 +127,6 @@ def build_int8_ptq(
     ``smooth_quant`` (bool, default False: SmoothQuant alpha 0.95 for activation outliers),
     ``ptq_towers`` (default both; the others get int8 weights only, as ``build_int8_weights``).
     """
-    import nncf
-
     if calibration is None:
         raise ValueError("openvino int8-static needs calibration data (converters.calibration)")
     vid = options.get("id", "openvino-int8-static")
@@ -137,8 +139,7 @@ def build_int8_ptq(
     for tower in TOWERS:
         ov_model = _read(bundle_root, fp32_variant, tower)
         if tower not in ptq_towers:
-            weights_only = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-            _save(weights_only, out, tower, fp16=False)
+            _save(_int8_weights(ov_model), out, tower, fp16=False)
             continue
         name = fp32_variant[tower]["input"]
         samples = [{name: arrays[tower][i : i + 1]} for i in range(len(arrays[tower]))]
@@ -170,16 +171,11 @@ def build_int8_weights(
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """NNCF INT8 weight compression (asymmetric, per channel); activations stay float."""
-    import nncf
-
     vid = options.get("id", "openvino-int8-weights")
     out = Path(bundle_root) / vid
     out.mkdir(parents=True, exist_ok=True)
     for tower in TOWERS:
-        compressed = nncf.compress_weights(
-            _read(bundle_root, fp32_variant, tower), mode=nncf.CompressWeightsMode.INT8_ASYM
-        )
-        _save(compressed, out, tower, fp16=False)
+        _save(_int8_weights(_read(bundle_root, fp32_variant, tower)), out, tower, fp16=False)
     return make_variant(
         vid,
         "openvino",
