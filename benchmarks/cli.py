@@ -19,6 +19,7 @@ from typing import Any
 from edgeclip.errors import EdgeclipError, InputError
 
 from . import report
+from .hosts import cpu_ticks, steal_share
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = T.sample_inputs(max(sizes + ([32] if gpu_wanted else [])),
                              int(bundle.preprocess.get("image_size", 224)))  # fmt: skip
     add = results["throughput"].append
+    ticks = cpu_ticks()
     try:
         _macs_and_peaks(results, bundle, notes, args, bar)
         torch_model = _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar)
@@ -207,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         notes.append("interrupted by Ctrl-C: partial results")
     finally:
         bar.close()
+        results["cpu_steal_share"] = steal_share(ticks)  # a shared VM's slow spell shows here
         paths = report.write_all(results, args.output)
     print(report.console_table(results))
     for n in notes:

@@ -60,6 +60,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"towers timed separately on preprocessed inputs ({s.get('warmup')} warm-up, ≥{s.get('repeats')} "
         f"timed calls, ≥{s.get('min_time')} s).{' QUICK smoke run: not stable numbers.' if s.get('quick') else ''}"
     )
+    if results.get("cpu_steal_share") is not None:
+        out.append(f"CPU time taken by the hypervisor (steal) during the run: "
+                   f"{results['cpu_steal_share']:.0%}.")  # fmt: skip
     if results.get("interrupted"):
         out.append("**Interrupted: partial results.**")
     return out

@@ -20,7 +20,7 @@ TOWERS = ("image", "text")
 #: patch embedding reads normalised pixels, which one per-tensor 8-bit scale fits badly: on the
 #: CLIP trained here, full PTQ agreed on 96.9 % of zero-shot answers (image cos 0.9966) and PTQ
 #: with the patch embedding and projections in float on 100 % (0.9997;
-#: benchmarks/results/variants_gate_trained.json). Keeping attention float too leaves int8 in
+#: benchmarks/results/variants_gate_trained.json of commit 1863bdb). Keeping attention float too leaves int8 in
 #: the MLPs (fc1, fc2) only: the last PTQ try before weight-only.
 #: The final projections: OpenVINO names each after the graph output it produces.
 PROJECTIONS = (".*projection.*", "image_embeds", "text_embeds")
@@ -188,8 +188,13 @@ def build_int8_weights(
 
 #: the INT8 search for OpenVINO, fastest first on INT8-capable CPUs (VNNI/AMX); on this 2-core
 #: AVX2 box NNCF PTQ measured no faster than fp32 (stack survey), so the order is by design.
-#: The partial ones come before weight-only: fc1 and fc2 (8·d² MACs a token and layer, against
-#: 4·d² for q, k, v and out) hold two thirds of the encoder's projection MACs.
+#: PTQ with the patch embedding and projections in float comes first: quantizing them as well
+#: (full PTQ, the first try until 2026-12-03) was no faster: image tower 65.2 against 65.4
+#: images/s at batch 1 and 94.7 against 94.4 at batch 32 on the AMX Xeon (they are about 2 % of
+#: its MACs; benchmarks/results/xeon-amx-2core/openvino_int8_configs.md), and less accurate on the
+#: CLIP trained here (see FLOAT_EMBEDDINGS). The MLP-only one comes before weight-only: fc1 and
+#: fc2 (8·d² MACs a token and layer, against 4·d² for q, k, v and out) hold two thirds of the
+#: encoder's projection MACs.
 #: The search quantizes the image tower only; the text tower gets int8 weights. With PTQ, the
 #: CPU plugin kept the text tower's token table in fp32 at run time (VmRSS after the first text
 #: 204 MB against 142 for weight-only, AMX Xeon, memory_stages), while the text tower is about
@@ -197,11 +202,9 @@ def build_int8_weights(
 IMAGE_ONLY = ("image",)
 
 INT8_CANDIDATES: list[tuple[str, str, dict[str, Any]]] = [
-    ("ptq-transformer", "build_int8_ptq", {"ignore": (), "ptq_towers": IMAGE_ONLY}),
-    ("ptq-transformer-keep-projections", "build_int8_ptq", {"ignore": PROJECTIONS, "ptq_towers": IMAGE_ONLY}),
-    ("ptq-transformer-smoothquant", "build_int8_ptq",
-     {"ignore": PROJECTIONS, "smooth_quant": True, "ptq_towers": IMAGE_ONLY}),
     ("ptq-float-patch-embedding", "build_int8_ptq", {"ignore": FLOAT_EMBEDDINGS, "ptq_towers": IMAGE_ONLY}),
+    ("ptq-float-patch-embedding-smoothquant", "build_int8_ptq",
+     {"ignore": FLOAT_EMBEDDINGS, "smooth_quant": True, "ptq_towers": IMAGE_ONLY}),
     ("ptq-mlp-only", "build_int8_ptq", {"ignore": FLOAT_ATTENTION, "ptq_towers": IMAGE_ONLY}),
     ("weight-only", "build_int8_weights", {}),
 ]  # fmt: skip

@@ -364,3 +364,23 @@ def test_jpeg_decoders_decode_to_one_eighth_and_budget_follows_the_model(tmp_pat
     (row,) = jpeg_decoders.budget(bench, mean_kb=1536)
     assert row["decode_core_ms_allowed"] == 3.0 and row["mb_per_s_needed"] == 500.0
     assert jpeg_decoders.budget(tmp_path / "missing.json", 1536) == []
+
+
+def test_openvino_int8_configs_builds_and_times_every_search_config(micro_bundle, tmp_path):
+    """The config benchmark builds each INT8 configuration the search may keep plus the retired
+    ones, from onnx-fp32 only, and times each image IR through a real OpenVINO session."""
+    from benchmarks import openvino_int8_configs as bench
+
+    images = bench.build_all(micro_bundle, tmp_path, log=lambda *_: None)
+    assert list(images) == [name for name, _, _ in bench.configs()]
+    assert all(p.is_file() and p.with_suffix(".bin").is_file() for p in images.values())
+    size = json.loads((micro_bundle / "manifest.json").read_text())["preprocess"]["image_size"]
+    speed = bench.time_configs(images, [1, 2], rounds=2, threads=1, image_size=size)
+    for name in images:
+        for batch in ("1", "2"):
+            low, high = speed[name][batch]["range"]
+            assert 0 < low <= speed[name][batch]["images_per_s"] <= high
+    result = {"cpu": "x", "isa": "avx2", "threads": 1, "rounds": 2, "batch_sizes": [1, 2],
+              "load_average": [0.0, 0.0, 0.0], "steal": 0.0,
+              "configs": [{"config": n, "search_position": None, "speed": s} for n, s in speed.items()]}  # fmt: skip
+    assert bench.markdown(result).count("\n| `") == len(images)
