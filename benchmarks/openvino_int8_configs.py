@@ -6,8 +6,9 @@
 Builds every candidate the search may keep, plus the full-PTQ configurations it no longer tries
 (``RETIRED``), from the bundle's onnx-fp32 graphs with the synthetic calibration set, then times
 each one's image tower through edgeclip's own OpenVINO session (``edgeclip.timing``), the configs
-interleaved round by round, in a rotating order, so that a slow spell of a shared VM hits them all alike. Only the
-image tower is timed: every configuration gives the text tower the same int8 weights.
+interleaved round by round, in a rotating order, so that a slow spell of a shared VM hits them
+all alike. Only the image tower is timed: every configuration gives the text tower the same int8
+weights.
 Writes ``benchmarks/results/<host>/openvino_int8_configs.{json,md}``.
 """
 
@@ -106,7 +107,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += ["", f"{result['rounds']} rounds. Load average at start: "
               f"{', '.join(f'{x:.2f}' for x in result['load_average'])}. "
-              f"CPU steal during the runs: {result['steal']:.0%}.", ""]  # fmt: skip
+              + (f"CPU steal during the runs: {result['steal']:.0%}." if result["steal"] is not None
+                 else "CPU steal: not readable here."), ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"config": n, "search_position": order.index(n) + 1 if n in order else None,
              "speed": s} for n, s in speed.items()]  # fmt: skip
     result = {**head, "threads": args.threads, "rounds": args.rounds, "batch_sizes": sizes,
-              "steal": steal_share(ticks) or 0.0, "configs": rows}  # fmt: skip
+              "steal": steal_share(ticks), "configs": rows}  # fmt: skip
     write_result("openvino_int8_configs", result, markdown(result))
     return 0
 

@@ -20,8 +20,8 @@ TOWERS = ("image", "text")
 #: patch embedding reads normalised pixels, which one per-tensor 8-bit scale fits badly: on the
 #: CLIP trained here, full PTQ agreed on 96.9 % of zero-shot answers (image cos 0.9966) and PTQ
 #: with the patch embedding and projections in float on 100 % (0.9997;
-#: benchmarks/results/variants_gate_trained.json of commit 1863bdb). Keeping attention float too leaves int8 in
-#: the MLPs (fc1, fc2) only: the last PTQ try before weight-only.
+#: benchmarks/results/variants_gate_trained.json of commit 1863bdb). Keeping attention float too
+#: leaves int8 in the MLPs (fc1, fc2) only: the last PTQ try before weight-only.
 #: The final projections: OpenVINO names each after the graph output it produces.
 PROJECTIONS = (".*projection.*", "image_embeds", "text_embeds")
 FLOAT_EMBEDDINGS = (*PROJECTIONS, ".*embeddings.*")
