@@ -16,7 +16,7 @@ from .hosts import measured_on, write_result
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgeclip.autoselect import probe_rates
+    from edgeclip.autoselect import TIE_MARGIN, fastest, probe_rates
     from edgeclip.bundle import Bundle
     from edgeclip.towers import open_towers
 
@@ -28,19 +28,24 @@ def main(argv: list[str] | None = None) -> int:
     opened = {v.id: open_towers(bundle.root, v, args.threads, "auto") for v in bundle.variants}
     first, second = (probe_rates(bundle, bundle.variants, args.threads, "auto",
                                  towers=lambda v: opened[v.id])[0] for _ in range(2))  # fmt: skip
+    winners = [max(rates, key=rates.get) for rates in (first, second)]
+    backends = list(dict.fromkeys(v.backend for v in bundle.variants))
+    chosen = [fastest(bundle.variants, rates, backends).id for rates in (first, second)]
     rows = [{"variant": vid, "first": first[vid], "second": second[vid],
              "ratio": round(max(first[vid], second[vid]) / max(min(first[vid], second[vid]), 1e-9), 3)}
             for vid in opened]  # fmt: skip
     result = {"what": "autoselect.probe_rates twice in a row, batch 1", **measured_on(),
               "threads": args.threads, "variants": rows,
               "max_ratio": max(r["ratio"] for r in rows),
-              "ranking_same": sorted(rows, key=lambda r: -r["first"])[0]["variant"]
-              == sorted(rows, key=lambda r: -r["second"])[0]["variant"]}  # fmt: skip
+              "fastest_same": winners[0] == winners[1], "chosen_same": chosen[0] == chosen[1],
+              "chosen": chosen[0] if chosen[0] == chosen[1] else list(chosen)}  # fmt: skip
     lines = [f"# Speed-probe stability, {result['cpu']} ({result['isa']}), {args.threads} threads", "",
              "| variant | pairs/s, 1st | 2nd | max/min |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['variant']} | {r['first']} | {r['second']} | {r['ratio']} |" for r in rows]
-    lines += ["", f"Largest disagreement {result['max_ratio']}×; same winner both times: "
-              f"{result['ranking_same']}."]  # fmt: skip
+    lines += ["", f"Largest disagreement {result['max_ratio']}×; same fastest both times: "
+              f"{result['fastest_same']}; auto selection's choice (ties within "
+              f"{TIE_MARGIN:.0%} go to the smallest weights): {' then '.join(dict.fromkeys(chosen))}, "
+              f"same both times: {result['chosen_same']}."]  # fmt: skip
     write_result("probe_stability", result, "\n".join(lines) + "\n")
     return 0
 

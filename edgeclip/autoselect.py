@@ -4,7 +4,9 @@ Every usable variant of every installed backend is a candidate, fp16 included: n
 table decides (which precision wins depends on the CPU: OpenVINO fp16 ran 2.6× its fp32 on an
 AMX Xeon and slower on an AVX2 EPYC). Each candidate is timed at batch 1 with the same function
 ``edgeclip bench`` uses (``edgeclip.timing``: 5 warm-ups, ≥ 15 calls and ≥ 0.4 s per tower, median,
-towers separately, pairs/s = 1 / (1/images_per_s + 1/texts_per_s)); the result is cached in
+towers separately, pairs/s = 1 / (1/images_per_s + 1/texts_per_s)). Rates within 5 % of the
+fastest are a tie, won by the smallest weights, so probe noise does not flip the choice. The
+result is cached in
 ``edgeclip_home()/probe.json`` per host and bundle. ``EDGECLIP_PROBE=0`` skips timing and
 falls back to ``PRECISION_ORDER`` within the backend preference order.
 """
@@ -35,6 +37,24 @@ def precision_rank(precision: str) -> int:
     return (
         PRECISION_ORDER.index(precision) if precision in PRECISION_ORDER else len(PRECISION_ORDER)
     )
+
+
+# Two probes in a row differ by up to 4.5 % per variant on a quiet 2-core VM
+# (benchmarks/results/*/probe_stability.json), so rates this close are a tie, not a ranking.
+TIE_MARGIN = 0.05
+_BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2}  # every int8 precision: 1
+
+
+def fastest(variants: list[Variant], rates: dict[str, float], backends: list[str]) -> Variant:
+    """The variant to serve: of those within ``TIE_MARGIN`` of the fastest rate, the one with
+    the smallest weights, then backend preference, then the rule table's precision order.
+    The tie-break never looks at the rates, so noise between two probes does not flip the
+    choice between variants of about the same speed."""
+    top = max(rates.get(v.id, 0.0) for v in variants)
+    tied = [v for v in variants if rates.get(v.id, 0.0) >= top / (1 + TIE_MARGIN)]
+    rank = {b: i for i, b in enumerate(backends)}
+    return min(tied, key=lambda v: (_BYTES_PER_WEIGHT.get(v.precision, 1),
+                                    rank.get(v.backend, len(rank)), precision_rank(v.precision)))  # fmt: skip
 
 
 def _always(_: Variant) -> bool:
@@ -247,6 +267,8 @@ def choose(
     else:
         how = f"probed {entry.get('measured', '?')[:19]}, cached in {cache_path}"
     rates = entry["pairs_per_s"]
-    best = max(timed, key=lambda v: rates.get(v.id, 0.0))
+    best = fastest(timed, rates, backends)
     table = ", ".join(f"{k} {r:.1f}" for k, r in sorted(rates.items(), key=lambda kv: -kv[1]))
-    return best, f"fastest on this host at batch 1 ({how}; pairs/s: {table})"
+    fast = "fastest" if rates.get(best.id) == max(rates.values()) else (
+        f"within {TIE_MARGIN:.0%} of the fastest, smallest weights,")
+    return best, f"{fast} on this host at batch 1 ({how}; pairs/s: {table})"

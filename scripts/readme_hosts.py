@@ -66,8 +66,14 @@ def _ort(res: dict) -> str:
 
 
 def _probe(res: dict) -> str:
-    return (f"speed probe twice in a row: largest disagreement {res['max_ratio']}×, same winner "
-            f"both times: {'yes' if res['ranking_same'] else 'no'}")
+    same = res.get("fastest_same", res.get("ranking_same"))
+    line = (f"speed probe twice in a row: largest disagreement {res['max_ratio']}×, same fastest "
+            f"variant both times: {'yes' if same else 'no'}")
+    if "chosen" in res:  # recorded since auto selection treats rates within 5 % as a tie
+        chosen = res["chosen"] if isinstance(res["chosen"], list) else [res["chosen"]]
+        line += (f"; auto selection chose {' then '.join(chosen)}"
+                 f" ({'the same' if res['chosen_same'] else 'different'} both times)")
+    return line
 
 
 def host_speed() -> str:

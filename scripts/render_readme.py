@@ -96,6 +96,14 @@ def backends_table() -> str:
     return "\n".join(lines)
 
 
+def _ratio(best: dict, rows: dict, batch: int) -> str:
+    """`` = N× torch eager fp32 (M)`` at this batch, where both were timed."""
+    torch = rows.get("torch-fp32", {}).get(batch)
+    if not torch or not best.get(batch):
+        return ""
+    return f" = {best[batch] / torch:.2f}× torch eager fp32 ({torch:.1f})"
+
+
 def speed_summary() -> str:
     """Per host: the fastest variant that passed its gate on that host, against torch eager."""
     gate = {v["id"]: v for v in _load(RESULTS / "variants_gate_trained.json")["variants"]}
@@ -121,7 +129,8 @@ def speed_summary() -> str:
         out.append(
             f"- **{path.name}** ({cpu}): best gated variant **{best}**, {rows[best][1]:.1f} pairs/s "
             f"at batch 1 = {rows[best][1] / torch_b1:.2f}× torch eager fp32 ({torch_b1:.1f}); "
-            f"{rows[best].get(32, 0):.1f} pairs/s at batch 32. Gated variants: peak RSS "
+            f"{rows[best].get(32, 0):.1f} pairs/s at batch 32{_ratio(rows[best], rows, 32)}. "
+            f"Gated variants: peak RSS "
             f"{min(rss):.0f}–{max(rss):.0f} MB, cold start {min(cold):.2f}–{max(cold):.2f} s "
             f"(`benchmarks/results/{path.name}/`)."
             + (f" **Caveat:** {res['conditions']}." if res.get("conditions") else "")

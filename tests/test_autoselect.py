@@ -155,3 +155,28 @@ def test_explicit_backend_uses_rule_table_and_openvino_fp32_is_really_f32(two_ba
 
     # without the hint an AMX/AVX512-BF16 CPU would report bf16 here
     assert session._compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+
+
+def test_rates_within_the_tie_margin_go_to_the_smallest_weights_whatever_the_noise(
+    two_backend_bundle,
+):
+    """Two probes of about-equal variants (the AMX Xeon's openvino-int8 and -fp16 run within
+    3 % of each other) must not flip the choice: inside the margin, rates are not compared."""
+    from edgeclip.autoselect import TIE_MARGIN, fastest
+
+    variants = Bundle.open(two_backend_bundle).variants
+    by_id = {v.id: v for v in variants}
+    pair = [by_id["openvino-fp32"], by_id["onnx-int8-dynamic"]]
+    near = 1 + TIE_MARGIN / 2
+    order = ["openvino", "onnx"]  # the backend preference favours the fp32 one: size comes first
+    for fp32_rate, int8_rate in ((100.0 * near, 100.0), (100.0, 100.0 * near)):
+        rates = {"openvino-fp32": fp32_rate, "onnx-int8-dynamic": int8_rate}
+        assert fastest(pair, rates, order).id == "onnx-int8-dynamic"
+    # outside the margin the faster one wins, whatever its size
+    rates = {"openvino-fp32": 100.0 * (1 + 2 * TIE_MARGIN), "onnx-int8-dynamic": 100.0}
+    assert fastest(pair, rates, order).id == "openvino-fp32"
+    # same size, about the same speed: the backend preference order decides
+    same = [by_id["onnx-fp32"], by_id["openvino-fp32"]]
+    rates = {"onnx-fp32": 100.0, "openvino-fp32": 100.0 * near}
+    assert fastest(same, rates, ["onnx", "openvino"]).id == "onnx-fp32"
+    assert fastest(same, rates, ["openvino", "onnx"]).id == "openvino-fp32"
