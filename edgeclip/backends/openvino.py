@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,8 @@ def _dynamic_quant_group() -> int:
 
 def _model_cache_dir():
     """OpenVINO's compiled-model cache, one folder per CPU and OpenVINO version (OpenVINO keys
-    the blobs on the model and config itself); None where the home is not writable."""
+    the blobs on the model and config itself, and rebuilds a blob it cannot read); None, with
+    one warning, where the home is not writable."""
     import hashlib
 
     from ..paths import edgeclip_home
@@ -132,9 +134,19 @@ def _model_cache_dir():
     folder = edgeclip_home() / "ov-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return folder if os.access(folder, os.W_OK) else None
+        if os.access(folder, os.W_OK):
+            return folder
+        why = "not writable"
+    except OSError as exc:
+        why = f"not writable ({exc.strerror or exc})"
+    if folder not in _UNCACHED_WARNED:  # once per folder: every tower of every load asks
+        _UNCACHED_WARNED.add(folder)
+        warnings.warn(f"OpenVINO model cache in {folder}: {why}; models are compiled uncached "
+                      "(set EDGECLIP_HOME to a writable folder)", RuntimeWarning, stacklevel=4)  # fmt: skip
+    return None
+
+
+_UNCACHED_WARNED: set = set()
 
 
 class Backend:
