@@ -43,12 +43,14 @@ print("COLD " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_class
 """
 
 
-def fresh_process(code: str, args: list[str], home: Path, marker: str) -> dict:
-    """Run ``code`` in a fresh interpreter with its own ``EDGECLIP_HOME``; the JSON it printed
-    after ``marker``, or ``{"error": last stderr line}``."""
-    env = {**os.environ, "EDGECLIP_HOME": str(home), "PYTHONPATH": str(ROOT)}
+def fresh_process(code: str, args: list[str], home: Path, marker: str, root: Path = ROOT,
+                  env: dict[str, str] | None = None) -> dict:  # fmt: skip
+    """Run ``code`` in a fresh interpreter with its own ``EDGECLIP_HOME`` and the edgeclip of
+    checkout ``root`` (run from there: ``python -c`` puts the working folder first on the path);
+    the JSON it printed after ``marker``, or ``{"error": last stderr line}``."""
+    env = {**os.environ, **(env or {}), "EDGECLIP_HOME": str(home), "PYTHONPATH": str(root)}
     proc = subprocess.run([sys.executable, "-c", code, *args],
-                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, env=env, timeout=600, cwd=root)  # fmt: skip
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(marker)), None)
     if line is None:
         return {"error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-1:])}

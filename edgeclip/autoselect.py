@@ -1,12 +1,13 @@
 """``backend="auto"``: the fastest variant that passed its gate on *this* host, by measurement.
 
-Every usable variant of every installed backend is a candidate, fp16 included: no fixed rule
-table decides (which precision wins depends on the CPU: OpenVINO fp16 ran 2.6× its fp32 on an
-AMX Xeon and slower on an AVX2 EPYC). Each candidate is timed at batch 1 with the same function
-``edgeclip bench`` uses (``edgeclip.timing``: 5 warm-ups, ≥ 15 calls and ≥ 0.4 s per tower, median,
-towers separately, pairs/s = 1 / (1/images_per_s + 1/texts_per_s)). Rates within 5 % of the
-fastest are a tie, won by the smallest weights, so probe noise does not flip the choice. The
-result is cached in
+Every variant of every installed backend that is not known to fail here is a candidate, fp16
+included: no fixed rule table decides (which precision wins depends on the CPU: OpenVINO fp16
+ran 2.6× its fp32 on an AMX Xeon and slower on an AVX2 EPYC). Each candidate is timed at
+batch 1 with the function ``edgeclip bench`` uses (``edgeclip.timing``: 5 warm-ups, then in 3
+interleaved rounds ≥ 15 image calls and ≥ 0.4 s, and as many text calls; median per tower,
+pairs/s = 1 / (1/images_per_s + 1/texts_per_s)). Rates within 5 % of the fastest are a tie,
+won by the smallest weights, so probe noise does not flip the choice. Only the winner runs its
+on-device check (the next one if it fails). The result is cached in
 ``edgeclip_home()/probe.json`` per host and bundle. ``EDGECLIP_PROBE=0`` skips timing and
 falls back to ``PRECISION_ORDER`` within the backend preference order.
 """
@@ -203,7 +204,11 @@ def _time_bout(bout: list, calls: dict, errors: dict, cfg: Any, rounds: int, inp
             kw = dict(warmup=warm, repeats=per_round, min_time=cfg.min_time / rounds,
                       max_repeats=cfg.max_repeats // rounds)  # fmt: skip
             try:
-                got[0].extend(time_calls(lambda im=image: im(pixels, 1), **kw))
+                timed = time_calls(lambda im=image: im(pixels, 1), **kw)
+                got[0].extend(timed)
+                # As many text calls as image calls, not as much time: the text tower is 10-15 %
+                # of a pair's time, and its own 0.4 s took half of a first load's probe.
+                kw.update(repeats=len(timed), min_time=0.0, max_repeats=len(timed))
                 got[1].extend(time_calls(lambda tx=text: tx(ids, 1), **kw))
             except Exception as exc:  # noqa: BLE001 - failing mid-probe also just loses
                 errors[v.id] = str(exc)[:200]
@@ -225,11 +230,15 @@ def choose(
     usable: Callable[[Variant], bool] = _always,
     towers: Callable[[Variant], tuple] | None = None,
     release: Callable[[Variant], None] | None = None,
+    may_run: Callable[[Variant], bool] = _always,
 ) -> tuple[Variant, str] | None:
     """The fastest of the usable variants on this host, probed once and cached.
 
-    None when no variant is usable. ``towers(variant)`` gives the runners to time (so the
-    sessions of the on-device check are reused); ``release(variant)`` drops a loser's.
+    Every variant that ``may_run`` (not already known to fail here) is timed; then only the
+    winner is asked ``usable`` (which may run its on-device check, on the probe's sessions),
+    the next one if it fails: checking the losers cost a seven-variant first load 4 s. None
+    when no variant is usable. ``towers(variant)`` gives the runners to time;
+    ``release(variant)`` drops a loser's sessions.
     """
     if settings.get("EDGECLIP_PROBE") == "0":
         firsts = best_per_backend(variants, backends, usable)
@@ -237,17 +246,17 @@ def choose(
             "EDGECLIP_PROBE=0: backend preference order, precision by the rule table "
             f"{list(PRECISION_ORDER)}"
         )) if firsts else None  # fmt: skip
-    timed = [v for v in variants if v.backend in backends and usable(v)]
-    if not timed:
-        return None
-    if len(timed) == 1:
+    timed = [v for v in variants if v.backend in backends and may_run(v)]
+    if len(timed) == 1 and usable(timed[0]):
         return timed[0], "the only gated variant on an installed backend"
+    if len(timed) < 2:
+        return None
     cache_path = edgeclip_home() / "probe.json"
     cache = _read_cache(cache_path)
     host, key = host_key(), _bundle_key(bundle, threads, device)
     entry = cache.get(host, {}).get(key)
     ids = {v.id for v in timed}
-    if not entry or set(entry.get("pairs_per_s", {})) != ids:
+    if not entry or not ids <= set(entry.get("pairs_per_s", {})):
         rates, errors = probe_rates(bundle, timed, threads, device, towers, release=release,
                                     hold=probe_hold(len(timed)))
         entry = {
@@ -266,9 +275,26 @@ def choose(
         how = "probed now"
     else:
         how = f"probed {entry.get('measured', '?')[:19]}, cached in {cache_path}"
-    rates = entry["pairs_per_s"]
-    best = fastest(timed, rates, backends)
+    rates = {vid: r for vid, r in entry["pairs_per_s"].items() if vid in ids}
+    best = _first_usable(timed, rates, backends, usable, release)
+    if best is None:
+        return None
     table = ", ".join(f"{k} {r:.1f}" for k, r in sorted(rates.items(), key=lambda kv: -kv[1]))
     fast = "fastest" if rates.get(best.id) == max(rates.values()) else (
         f"within {TIE_MARGIN:.0%} of the fastest, smallest weights,")
     return best, f"{fast} on this host at batch 1 ({how}; pairs/s: {table})"
+
+
+def _first_usable(timed: list[Variant], rates: dict[str, float], backends: list[str],
+                  usable: Callable[[Variant], bool],
+                  release: Callable[[Variant], None] | None) -> Variant | None:  # fmt: skip
+    """``fastest`` among those not yet refused, asking ``usable`` of each winner in turn."""
+    left = [v for v in timed if rates.get(v.id, 0.0) > 0]  # 0: it could not run here
+    while left:
+        best = fastest(left, rates, backends)
+        if usable(best):
+            return best
+        left.remove(best)
+        if release:
+            release(best)
+    return None

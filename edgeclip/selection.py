@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .autoselect import choose, precision_rank, probe_hold
+from .autoselect import choose, precision_rank
 from .backends import PREFERENCE, available_backends, canonical_name, get_backend
 from .backends.base import Session
 from .bundle import Bundle, Variant
 from .errors import InputError
 from .towers import TowerRunner, variant_opener
-from .verify import Status, refusal, status
+from .verify import Status, known_status, refusal, status
 
 
 def memo_opener(root: Path, variant: Variant, threads: int | None, device: str) -> Callable:
@@ -68,13 +68,16 @@ class _Verifier:
             self.statuses[v.id] = status(self.bundle, v, self.towers(v))
         return self.statuses[v.id].usable
 
-    def ok_then_release(self, v: Variant) -> bool:
-        """``ok``, then drop the sessions the check opened: holding every checked variant's
-        sessions (built at the probe set's batch sizes) took a first load of a seven-variant
-        bundle to 1,066 MB; the probe and the model open what they use."""
-        usable = self.ok(v)
-        self.release(v)
-        return usable
+    def may_run(self, v: Variant) -> bool:
+        """False only for a variant already known to fail here; finding out opens nothing."""
+        if not self.verify:
+            return v.passed or v.is_reference
+        if v.id not in self.statuses:
+            known = known_status(self.bundle, v, self.device)
+            if known is None:
+                return True  # only its on-device check can tell, once it is worth running
+            self.statuses[v.id] = known
+        return self.statuses[v.id].usable
 
     def release(self, v: Variant) -> None:
         self.openers.pop(v.id, None)
@@ -108,9 +111,15 @@ def _candidates(bundle: Bundle, backend: str, precision: str) -> tuple[list[Vari
     return found, backends
 
 
+def _unchecked(v: Variant) -> str:
+    if v.gate.get("reason"):
+        return v.gate["reason"]
+    return "could not run here (the speed probe's errors are in probe.json under EDGECLIP_HOME)"
+
+
 def _none_usable(bundle: Bundle, found: list[Variant], ver: _Verifier) -> InputError:
     why = "; ".join(
-        f"{v.id}: {ver.statuses[v.id].reason if v.id in ver.statuses else v.gate.get('reason')}"
+        f"{v.id}: {ver.statuses[v.id].reason if v.id in ver.statuses else _unchecked(v)}"
         for v in found
     )
     return InputError(
@@ -135,10 +144,8 @@ def select(bundle: Bundle, backend: str = "auto", precision: str = "auto",
         if not ver.ok(first):
             raise refusal(ver.statuses.get(first.id) or status_from_conversion(first))
         return ver.done(first, "explicitly requested" + _verified_note(ver, first))
-    # Short of memory for every candidate at once: drop each one's sessions after its check.
-    usable = ver.ok if probe_hold(len(found)) >= len(found) else ver.ok_then_release
-    picked = choose(bundle, found, backends, threads, device, usable=usable, towers=ver.towers,
-                    release=ver.release)  # fmt: skip
+    picked = choose(bundle, found, backends, threads, device, usable=ver.ok, towers=ver.towers,
+                    release=ver.release, may_run=ver.may_run)  # fmt: skip
     if picked is None:
         raise _none_usable(bundle, found, ver)
     variant, reason = picked

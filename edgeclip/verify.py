@@ -220,31 +220,45 @@ def _without_probe(variant: Variant) -> Status:
                   "(re-convert it, or run `edgeclip verify BUNDLE --refresh`)")  # fmt: skip
 
 
-def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
-           cache: CheckCache | None = None, probe: Probe | None = None) -> Status:  # fmt: skip
-    """Look up (or run once, then cache) the on-device check of ``variant`` on this host."""
+def known_status(bundle: Bundle, variant: Variant, device: str, cache: CheckCache | None = None,
+                 probe: Probe | None = None) -> Status | None:  # fmt: skip
+    """The variant's standing on this host when it is known without opening a session (its
+    conversion gate, a bundle without a probe set, a cached check); None: only a check can tell."""
     if not variant.passed and not variant.is_reference:
         return Status(variant, "failed", f"failed its gate at conversion: {variant.gate.get('reason')}")
     if probe is None and not bundle.manifest.get("probe"):
         return _without_probe(variant)
     # Keyed by the device asked for, so a cached verdict costs no session build; the device
     # that really ran (ONNX Runtime can fall back silently) is recorded in the result.
-    identity = host_identity(variant.backend, requested_device(towers))
-    cache = cache or CheckCache()
-    entry = f"{bundle.digest}|{variant.id}"
-    result, cached = cache.get(identity, entry), True
-    if result is None:
-        used = _session_device(towers, "cpu")
-        # Loaded only on a miss: reading and normalising the probe set cost 40 ms of each start.
-        result, cached = check(variant, probe or Probe.load(bundle), towers), False
-        result["device_used"] = used
-        result["checked"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cache.put(identity, entry, result)
+    identity = host_identity(variant.backend, device)
+    result = (cache or CheckCache()).get(identity, f"{bundle.digest}|{variant.id}")
+    return None if result is None else _from_result(variant, result, identity, cached=True)
+
+
+def _from_result(variant: Variant, result: dict[str, Any], identity: dict[str, Any],
+                 cached: bool) -> Status:  # fmt: skip
     identity = {**identity, "device_used": result.get("device_used")}
     verdict = result["gate"]
     state = "passed" if verdict.get("passed") else "failed"
     reason = "passed on this host" if state == "passed" else f"failed on this host: {verdict.get('reason')}"
     return Status(variant, state, reason, result, identity, cached)
+
+
+def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
+           cache: CheckCache | None = None, probe: Probe | None = None) -> Status:  # fmt: skip
+    """Look up (or run once, then cache) the on-device check of ``variant`` on this host."""
+    cache = cache or CheckCache()
+    known = known_status(bundle, variant, requested_device(towers), cache, probe)
+    if known is not None:
+        return known
+    used = _session_device(towers, "cpu")
+    # Loaded only on a miss: reading and normalising the probe set cost 40 ms of each start.
+    result = check(variant, probe or Probe.load(bundle), towers)
+    result["device_used"] = used
+    result["checked"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    identity = host_identity(variant.backend, requested_device(towers))
+    cache.put(identity, f"{bundle.digest}|{variant.id}", result)
+    return _from_result(variant, result, identity, cached=False)
 
 
 def refusal(st: Status) -> VerificationError:
