@@ -5,7 +5,7 @@ one ``classify``; the first load on a host (empty caches) and the later ones, pe
 
 ``auto`` is ``edgeclip.load(BUNDLE)``: run 1 also times every variant. Each variant gets its own empty ``EDGECLIP_HOME``: run 1 builds the on-device check, the
 ONNX Runtime graph cache and OpenVINO's model cache; runs 2.. reuse them. edgeclip's bytecode is
-compiled first, as ``pip install`` does. Peak RSS is the child's ``VmHWM``. Writes
+compiled first, as ``pip install`` does. Peak RSS is the child's ``VmHWM`` in MiB. Writes
 ``benchmarks/results/<host>/cold_start.{json,md}``.
 """
 
@@ -37,9 +37,9 @@ t2 = time.perf_counter()
 img = np.random.default_rng(0).integers(0, 255, (256, 272, 3), dtype=np.uint8)
 top = m.classify(img, ["a photo of a cat.", "a photo of a dog."])
 t3 = time.perf_counter()
-rss = next(int(l.split()[1]) / 1000 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+rss = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print("COLD " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_classify_s": t3 - t2,
-                            "cold_start_s": t3 - t0, "peak_rss_mb": rss}))
+                            "cold_start_s": t3 - t0, "peak_rss_mib": rss}))
 """
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict) -> str:
     lines = [f"# Cold start, {r['cpu']} ({r['isa']}), {r['threads']} threads", "", r["what"] + ".", "",
-             "| variant | first load s | later: cold start s | import | load | first classify | peak RSS MB |",
+             "| variant | first load s | later: cold start s | import | load | first classify | peak RSS MiB |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in r["rows"]:
         first, m = row["first"], row.get("later_median")
@@ -98,7 +98,7 @@ def markdown(r: dict) -> str:
             lines.append(f"| {row['variant']} | error: {first.get('error')} | | | | | |")
             continue
         lines.append(f"| {row['variant']} | {first.get('cold_start_s')} | {m['cold_start_s']} | "
-                     f"{m['import_s']} | {m['load_s']} | {m['first_classify_s']} | {m['peak_rss_mb']} |")
+                     f"{m['import_s']} | {m['load_s']} | {m['first_classify_s']} | {m['peak_rss_mib']} |")
     lines += ["", "Later runs: the median of runs 2 onwards (caches warm). Load average at start: "
               + ", ".join(f"{x:.2f}" for x in r["load_average"]) + "."
               + (f" CPU time taken by the hypervisor (steal) during the runs: {r['cpu_steal_share']:.0%}."

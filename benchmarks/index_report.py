@@ -55,7 +55,7 @@ def to_markdown(r: dict[str, Any]) -> str:
                   f"{b['unchanged_reindex_s']} s = {b['reindex_over_build']:.2%} of the build."]  # fmt: skip
     if "search" in r:
         lines += ["", "## Search (synthetic 512-d vectors, k=10, 200 queries, fresh process)", "",
-                  "| vectors | exact p50 / p95 ms | HNSW p50 / p95 ms | recall@10 | HNSW build s | peak RSS MB | anon RSS MB | files MB |",
+                  "| vectors | exact p50 / p95 ms | HNSW p50 / p95 ms | recall@10 | HNSW build s | peak RSS MiB | anon RSS MiB | files MiB |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for s in r.get("search", []):
         a = s.get("ann")

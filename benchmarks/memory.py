@@ -20,12 +20,12 @@ from typing import Any
 _MARK = "EDGECLIP_BENCH_CHILD "
 
 
-def peak_rss_mb() -> float | None:
-    """This process's peak resident set size in MB (10^6 bytes)."""
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set size in MiB (2^20 bytes, as /proc counts it in KiB)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
+                return int(line.split()[1]) / 1024
     except OSError:
         pass
     try:
@@ -33,7 +33,7 @@ def peak_rss_mb() -> float | None:
 
         ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return (
-            ru / 1e6 if sys.platform == "darwin" else ru * 1024 / 1e6
+            ru / 2**20 if sys.platform == "darwin" else ru / 1024
         )  # bytes on macOS, KiB elsewhere
     except (ImportError, OSError):
         return None
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m benchmarks.memory '{"kind": ..., ...}'``."""
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
     result = _child_torch(spec) if spec.get("kind") == "torch" else _child_variant(spec)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mib"] = peak_rss_mib()
     print(_MARK + json.dumps(result), flush=True)
     return 0
 

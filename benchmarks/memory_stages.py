@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     rows = [measure(args.bundle, v, args.threads) for v in args.variants.split(",")]
-    result = {"what": "VmRSS (MB) of a fresh process after each step; anon + file-backed",
+    result = {"what": "VmRSS (MiB) of a fresh process after each step; anon + file-backed",
               **measured_on(), "threads": args.threads, "rows": rows}  # fmt: skip
     write_result("memory_stages", result, markdown(result))
     return 0
@@ -113,7 +113,7 @@ def markdown(r: dict) -> str:
                 + " | ".join(cells)
                 + f" | {m['first_text']['VmHWM']:.0f} |"
             )
-    out.append("\nCells: VmRSS (anonymous + file-backed), MB; peak: VmHWM at the end.")
+    out.append("\nCells: VmRSS (anonymous + file-backed), MiB; peak: VmHWM at the end.")
     return "\n".join(out) + "\n"
 
 

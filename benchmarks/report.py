@@ -93,9 +93,9 @@ def _latency(results: dict[str, Any]) -> list[str]:
 def _memory(results: dict[str, Any]) -> list[str]:
     if not results.get("memory"):
         return []
-    head = ["variant", "files (MB)", "peak RSS (MB)", "cold start (s)", "import", "load",
+    head = ["variant", "files (MB)", "peak RSS (MiB)", "cold start (s)", "import", "load",
             "first result", "process wall (s)"]  # fmt: skip
-    keys = ("peak_rss_mb", "cold_start_s", "import_s", "load_s", "first_result_s", "process_wall_s")
+    keys = ("peak_rss_mib", "cold_start_s", "import_s", "load_s", "first_result_s", "process_wall_s")
     rows = [[r["variant"], r.get("size_mb")]
             + ([r.get(k) for k in keys] if not r.get("error") else ["error: " + r["error"]] + [""] * 5)
             for r in results["memory"]]  # fmt: skip
@@ -173,7 +173,7 @@ CSV_FIELDS = [
     "text_p50_ms",
     "text_p95_ms",
     "text_p99_ms",
-    "peak_rss_mb",
+    "peak_rss_mib",
     "cold_start_s",
     "size_mb",
     "note",
@@ -195,7 +195,7 @@ def csv_text(results_list: list[dict[str, Any]]) -> str:
                 for k in ("p50_ms", "p95_ms", "p99_ms"):
                     row[f"{t}_{k}"] = (r.get("latency") or {}).get(t, {}).get(k)
             mr = mem.get(r["variant"], {})
-            for k in ("peak_rss_mb", "cold_start_s", "size_mb"):
+            for k in ("peak_rss_mib", "cold_start_s", "size_mb"):
                 row[k] = mr.get(k)
             w.writerow(row)
     return buf.getvalue()

@@ -14,6 +14,15 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def peak_rss_mib(row: dict, old_divisor: float) -> float:
+    """A row's peak RSS in MiB. Files written before 2026-12-03 18:00 UTC hold ``peak_rss_mb``:
+    VmHWM's KiB divided by ``old_divisor`` (1000 in cold_start.json, 1e6/1024 in the bench's
+    results.json), converted exactly here so every host's numbers are in one unit."""
+    if "peak_rss_mib" in row:
+        return row["peak_rss_mib"]
+    return row["peak_rss_mb"] * old_divisor / 1024
+
+
 def _cold(res: dict) -> str:
     parts = []
     for row in res["rows"]:
@@ -24,7 +33,7 @@ def _cold(res: dict) -> str:
             parts.append(f"{row['variant']} {why}")
             continue
         parts.append(f"{row['variant']} {later['cold_start_s']:.2f} s (first load "
-                     f"{row['first']['cold_start_s']:.2f} s, peak RSS {later['peak_rss_mb']:.0f} MB)")  # fmt: skip
+                     f"{row['first']['cold_start_s']:.2f} s, peak RSS {peak_rss_mib(later, 1000):.0f} MiB)")  # fmt: skip
     return "cold start (fresh process: import + `edgeclip.load` + first `classify`): " + "; ".join(parts)
 
 

@@ -106,6 +106,7 @@ def _ratio(best: dict, rows: dict, batch: int) -> str:
 
 def speed_summary() -> str:
     """Per host: the fastest variant that passed its gate on that host, against torch eager."""
+    from readme_hosts import peak_rss_mib
     gate = {v["id"]: v for v in _load(RESULTS / "variants_gate_trained.json")["variants"]}
     out = []
     for path in _host_dirs():
@@ -123,7 +124,7 @@ def speed_summary() -> str:
             continue
         best = max(ok, key=lambda v: rows[v].get(1, 0))
         mem = [m for m in res.get("memory", []) if m["variant"] in ok]
-        rss = [m["peak_rss_mb"] for m in mem]
+        rss = [peak_rss_mib(m, 1e6 / 1024) for m in mem]
         cold = [m["cold_start_s"] for m in mem]
         cpu = res["device"]["cpu"]["model"]
         out.append(
@@ -131,7 +132,7 @@ def speed_summary() -> str:
             f"at batch 1 = {rows[best][1] / torch_b1:.2f}× torch eager fp32 ({torch_b1:.1f}); "
             f"{rows[best].get(32, 0):.1f} pairs/s at batch 32{_ratio(rows[best], rows, 32)}. "
             f"Gated variants: peak RSS "
-            f"{min(rss):.0f}–{max(rss):.0f} MB, cold start {min(cold):.2f}–{max(cold):.2f} s "
+            f"{min(rss):.0f}–{max(rss):.0f} MiB, cold start {min(cold):.2f}–{max(cold):.2f} s "
             f"(`benchmarks/results/{path.name}/`)."
             + (f" **Caveat:** {res['conditions']}." if res.get("conditions") else "")
         )

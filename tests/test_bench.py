@@ -159,7 +159,7 @@ def test_quick_run_writes_sane_json_csv_md_png_and_merges(micro_bundle, tmp_path
         assert r["fraction"] == pytest.approx(r["achieved_gmac_s"] / peaks["fp32_gmac_s"], abs=2e-3)
     assert "Against the roofline" in (out / "results.md").read_text()
     mem = {r["variant"]: r for r in res["memory"]}
-    assert mem["onnx-fp32"]["peak_rss_mb"] > 10 and mem["onnx-fp32"]["cold_start_s"] > 0
+    assert mem["onnx-fp32"]["peak_rss_mib"] > 10 and mem["onnx-fp32"]["cold_start_s"] > 0
     assert mem["onnx-fp32"]["size_mb"] > 0
     assert res["e2e"][0]["images_per_s"] > 0
     acc = res["accuracy"]
