@@ -40,7 +40,7 @@ def precision_rank(precision: str) -> int:
     )
 
 
-# Two probes in a row differ by up to 4.5 % per variant on a quiet 2-core VM
+# Two probes in a row differ by 1.04-1.07x at most per variant on a quiet 2-core AMX Xeon
 # (benchmarks/results/*/probe_stability.json), so rates this close are a tie, not a ranking.
 TIE_MARGIN = 0.05
 _BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2}  # every int8 precision: 1
@@ -276,25 +276,31 @@ def choose(
     else:
         how = f"probed {entry.get('measured', '?')[:19]}, cached in {cache_path}"
     rates = {vid: r for vid, r in entry["pairs_per_s"].items() if vid in ids}
-    best = _first_usable(timed, rates, backends, usable, release)
+    best, refused = _first_usable(timed, rates, backends, usable, release)
     if best is None:
         return None
     table = ", ".join(f"{k} {r:.1f}" for k, r in sorted(rates.items(), key=lambda kv: -kv[1]))
-    fast = "fastest" if rates.get(best.id) == max(rates.values()) else (
-        f"within {TIE_MARGIN:.0%} of the fastest, smallest weights,")
+    if refused:
+        fast = f"fastest that passed its on-device check ({', '.join(refused)} failed here)"
+    elif rates.get(best.id) == max(rates.values()):
+        fast = "fastest"
+    else:
+        fast = f"within {TIE_MARGIN:.0%} of the fastest, smallest weights,"
     return best, f"{fast} on this host at batch 1 ({how}; pairs/s: {table})"
 
 
 def _first_usable(timed: list[Variant], rates: dict[str, float], backends: list[str],
                   usable: Callable[[Variant], bool],
-                  release: Callable[[Variant], None] | None) -> Variant | None:  # fmt: skip
-    """``fastest`` among those not yet refused, asking ``usable`` of each winner in turn."""
-    left = [v for v in timed if rates.get(v.id, 0.0) > 0]  # 0: it could not run here
+                  release: Callable[[Variant], None] | None) -> tuple[Variant | None, list[str]]:  # fmt: skip
+    """``fastest`` among those not yet refused, asking ``usable`` of each winner in turn; also
+    the ids refused on the way."""
+    left, refused = [v for v in timed if rates.get(v.id, 0.0) > 0], []  # 0: it could not run
     while left:
         best = fastest(left, rates, backends)
         if usable(best):
-            return best
+            return best, refused
         left.remove(best)
+        refused.append(best.id)
         if release:
             release(best)
-    return None
+    return None, refused

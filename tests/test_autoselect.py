@@ -202,3 +202,23 @@ def test_first_load_checks_only_the_variant_it_serves(two_backend_bundle, home):
     # the next one is checked only if a faster one failed here
     assert all(not ok for vid, ok in checked.items() if vid != model.variant.id)
     assert len(checked) < len(entry["pairs_per_s"]) or not all(checked.values())
+
+
+def test_a_winner_that_fails_its_check_gives_way_to_the_next_and_is_released(two_backend_bundle):
+    from edgeclip.autoselect import _first_usable
+
+    by_id = {v.id: v for v in Bundle.open(two_backend_bundle).variants}
+    timed = [by_id["onnx-fp32"], by_id["openvino-fp32"], by_id["onnx-int8-dynamic"]]
+    rates = {"onnx-int8-dynamic": 300.0, "openvino-fp32": 200.0, "onnx-fp32": 0.0}  # 0: could not run
+    asked, released = [], []
+
+    def usable(v):
+        asked.append(v.id)
+        return v.id != "onnx-int8-dynamic"
+
+    best, refused = _first_usable(timed, rates, ["onnx", "openvino"], usable, released.append)
+    assert best.id == "openvino-fp32" and refused == ["onnx-int8-dynamic"]
+    assert asked == ["onnx-int8-dynamic", "openvino-fp32"]  # the slowest was never checked
+    assert [v.id for v in released] == ["onnx-int8-dynamic"]
+    nobody, refused = _first_usable(timed, rates, ["onnx"], lambda v: False, None)
+    assert nobody is None and refused == ["onnx-int8-dynamic", "openvino-fp32"]

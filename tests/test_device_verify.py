@@ -119,10 +119,21 @@ def test_auto_picks_only_what_passed_here(int8_bundle, home):
         assert picked.verification.state == "passed"
 
 
-def test_variant_broken_after_gating_is_never_picked_and_refused(int8_bundle, home, tmp_path):
+def test_variant_broken_after_gating_is_never_picked_and_refused(int8_bundle, home, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
     broken = _broken_copy(int8_bundle, tmp_path / "broken")
     variant = Bundle.open(broken).find("onnx", "int8-dynamic")[0]
     assert variant.passed  # the manifest still claims it passed where it was built
+    monkeypatch.delenv("EDGECLIP_PROBE")  # the speed probe times it; only its check refuses it
+    auto = edgeclip.load(broken)
+    assert auto.variant.id != "onnx-int8-dynamic"
+    (entry,) = next(iter(json.loads((home / "probe.json").read_text()).values())).values()
+    rates = entry["pairs_per_s"]
+    if max(rates, key=rates.get) == "onnx-int8-dynamic":  # timed fastest, then refused by its check
+        assert "onnx-int8-dynamic failed here" in auto.selection_reason, auto.selection_reason
+    else:  # never the winner, so never checked
+        assert "failed here" not in auto.selection_reason
+    monkeypatch.setenv("EDGECLIP_PROBE", "0")
     assert edgeclip.load(broken).variant.id != "onnx-int8-dynamic"
     with pytest.raises(VerificationError) as err:
         edgeclip.load(broken, backend="onnx", precision="int8-dynamic")

@@ -146,7 +146,7 @@ def _model_cache_dir():
     return None
 
 
-_UNCACHED_WARNED: set = set()
+_UNCACHED_WARNED: set[Path] = set()
 
 
 class Backend:
