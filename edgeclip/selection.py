@@ -1,8 +1,9 @@
 """Which variant ``edgeclip.load`` runs: explicit choices must exist and pass on this host;
-``auto`` keeps the fastest of the variants verified here (``edgeclip.verify`` + ``autoselect``).
+``auto`` times the variants not known to fail here and serves the fastest that passes its
+on-device check (``autoselect`` + ``edgeclip.verify``); only the winner is checked.
 
-Sessions opened for a variant's check are kept and handed to the model, so verifying the
-chosen variant costs no second session build.
+Sessions opened for the probe and the check are kept and handed to the model, so verifying
+the chosen variant costs no second session build.
 """
 
 from __future__ import annotations
