@@ -22,8 +22,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("EDGECLIP_PROBE", "1", "`0` skips timing variants for `backend=\"auto\"` (rule table only)"),
     Setting("EDGECLIP_PROBE_HOLD", "auto", "how many variants the first `backend=\"auto\"` load keeps "
             "open at once while it times them: `auto` is all of them with ≥ 4 GiB of memory "
-            "available, else 2 (a seven-variant bundle on an AMX Xeon: 843 MiB peak and 7.9 s "
-            "with all, 419 MiB and 10.6 s with 2; `first_load.md`); a number ≥ 2 sets it"),
+            "available, else 2 (a seven-variant bundle on an AMX Xeon: 846 MiB peak and 8.8 s "
+            "with all, 419 MiB and 9.7 s with 2; `first_load.md`); a number ≥ 2 sets it"),
     Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds before a hub download gives up"),
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
     Setting("EDGECLIP_ORT_SPINNING", "0", "`1` lets ONNX Runtime's idle threads spin (busy-wait) "
