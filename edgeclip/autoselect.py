@@ -216,10 +216,23 @@ def _time_bout(bout: list, calls: dict, errors: dict, cfg: Any, rounds: int, inp
 
 
 def _read_cache(path: Path) -> dict:
+    """``probe.json``, keeping only well-formed host entries (a hand-edited, truncated or
+    foreign file is re-probed and rewritten, never trusted or crashed on)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {host: {k: e for k, e in entries.items() if _well_formed(e)}
+            for host, entries in data.items() if isinstance(entries, dict)}  # fmt: skip
+
+
+def _well_formed(entry: object) -> bool:
+    rates = entry.get("pairs_per_s") if isinstance(entry, dict) else None
+    return isinstance(rates, dict) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in rates.values()
+    )
 
 
 def choose(

@@ -222,3 +222,25 @@ def test_a_winner_that_fails_its_check_gives_way_to_the_next_and_is_released(two
     assert [v.id for v in released] == ["onnx-int8-dynamic"]
     nobody, refused = _first_usable(timed, rates, ["onnx"], lambda v: False, None)
     assert nobody is None and refused == ["onnx-int8-dynamic", "openvino-fp32"]
+
+
+@pytest.mark.parametrize("damage", ["list", "rates-list", "rates-text", "truncated", "host-number"])
+def test_a_damaged_probe_cache_is_re_probed_and_rewritten(two_backend_bundle, home, damage):
+    edgeclip.load(two_backend_bundle)
+    path = home / "probe.json"
+    cache = json.loads(path.read_text())
+    host = next(iter(cache))
+    key = next(iter(cache[host]))
+    if damage == "list":
+        path.write_text("[1, 2, 3]")
+    elif damage == "truncated":
+        path.write_text(path.read_text()[:40])
+    elif damage == "host-number":
+        path.write_text(json.dumps({host: 7}))
+    else:
+        cache[host][key]["pairs_per_s"] = [1, 2] if damage == "rates-list" else {"onnx-fp32": "fast"}
+        path.write_text(json.dumps(cache))
+    model = edgeclip.load(two_backend_bundle)
+    assert "probed now" in model.selection_reason
+    rates = json.loads(path.read_text())[host][key]["pairs_per_s"]
+    assert rates and all(isinstance(r, float) and r > 0 for r in rates.values())
