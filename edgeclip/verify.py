@@ -164,8 +164,9 @@ class CheckCache:
 
     def get(self, identity: dict[str, Any], entry: str) -> dict[str, Any] | None:
         host = self._read().get(_key(identity))
-        found = host.get("checks", {}).get(entry) if isinstance(host, dict) else None
-        return found if isinstance(found, dict) and "gate" in found else None
+        checks = host.get("checks") if isinstance(host, dict) else None
+        found = checks.get(entry) if isinstance(checks, dict) else None
+        return found if isinstance(found, dict) and isinstance(found.get("gate"), dict) else None
 
     @contextmanager
     def _locked(self):
@@ -184,8 +185,10 @@ class CheckCache:
         try:
             with self._locked():
                 data = self._read()
-                host = data.setdefault(_key(identity), {"host": identity, "checks": {}})
-                host.setdefault("checks", {})[entry] = result
+                host = data.get(_key(identity))
+                if not isinstance(host, dict) or not isinstance(host.get("checks"), dict):
+                    host = data[_key(identity)] = {"host": identity, "checks": {}}  # damaged: anew
+                host["checks"][entry] = result
                 tmp = self.path.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_text(json.dumps(data, indent=1))
                 os.replace(tmp, self.path)

@@ -194,6 +194,28 @@ def test_corrupt_cache_is_ignored_and_rewritten(int8_bundle, home):
     assert json.loads((home / CACHE_NAME).read_text())  # valid JSON again
 
 
+@pytest.mark.parametrize("damage", ["checks-list", "gate-text", "host-text"])
+def test_a_damaged_cache_entry_is_checked_again_and_rewritten(int8_bundle, home, damage):
+    from edgeclip.verify import CheckCache
+
+    edgeclip.load(int8_bundle, backend="onnx", precision="fp32")
+    path = home / CACHE_NAME
+    data = json.loads(path.read_text())
+    (host_key,) = data
+    if damage == "checks-list":
+        data[host_key]["checks"] = ["not", "a", "map"]
+    elif damage == "gate-text":
+        for result in data[host_key]["checks"].values():
+            result["gate"] = "passed"
+    else:
+        data[host_key] = "garbage"
+    path.write_text(json.dumps(data))
+    model = edgeclip.load(int8_bundle, backend="onnx", precision="fp32")
+    assert model.verification.state == "passed" and not model.verification.cached
+    (host,) = CheckCache()._read().values()
+    assert all(isinstance(r["gate"], dict) for r in host["checks"].values())
+
+
 def test_altered_probe_file_is_refused(int8_bundle, tmp_path):
     copy_ = tmp_path / "b"
     shutil.copytree(int8_bundle, copy_)
