@@ -265,30 +265,8 @@ def choose(
         return timed[0], "the only gated variant on an installed backend"
     if len(timed) < 2:
         return None
-    cache_path = edgeclip_home() / "probe.json"
-    cache = _read_cache(cache_path)
-    host, key = host_key(), _bundle_key(bundle, threads, device)
-    entry = cache.get(host, {}).get(key)
+    entry, how = _cached_or_probed(bundle, timed, threads, device, towers, release)
     ids = {v.id for v in timed}
-    if not entry or not ids <= set(entry.get("pairs_per_s", {})):
-        rates, errors = probe_rates(bundle, timed, threads, device, towers, release=release,
-                                    hold=probe_hold(len(timed)))
-        entry = {
-            "pairs_per_s": rates,
-            "errors": errors,
-            "measured": datetime.now(timezone.utc).isoformat(),
-        }
-        cache.setdefault(host, {})[key] = entry
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, cache_path)
-        except OSError:
-            pass  # a read-only home only costs a re-probe next time
-        how = "probed now"
-    else:
-        how = f"probed {entry.get('measured', '?')[:19]}, cached in {cache_path}"
     rates = {vid: r for vid, r in entry["pairs_per_s"].items() if vid in ids}
     best, refused = _first_usable(timed, rates, backends, usable, release)
     if best is None:
@@ -301,6 +279,32 @@ def choose(
     else:
         fast = f"within {TIE_MARGIN:.0%} of the fastest, smallest weights,"
     return best, f"{fast} on this host at batch 1 ({how}; pairs/s: {table})"
+
+
+def _cached_or_probed(bundle: Bundle, timed: list[Variant], threads: int | None, device: str,
+                      towers: Callable[[Variant], tuple] | None,
+                      release: Callable[[Variant], None] | None) -> tuple[dict, str]:  # fmt: skip
+    """This host's probe entry covering every ``timed`` variant (probing and caching it when
+    missing), and how it was obtained, for the selection reason."""
+    cache_path = edgeclip_home() / "probe.json"
+    cache = _read_cache(cache_path)
+    host, key = host_key(), _bundle_key(bundle, threads, device)
+    entry = cache.get(host, {}).get(key)
+    if entry and {v.id for v in timed} <= set(entry.get("pairs_per_s", {})):
+        return entry, f"probed {entry.get('measured', '?')[:19]}, cached in {cache_path}"
+    rates, errors = probe_rates(bundle, timed, threads, device, towers, release=release,
+                                hold=probe_hold(len(timed)))  # fmt: skip
+    entry = {"pairs_per_s": rates, "errors": errors,
+             "measured": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+    cache.setdefault(host, {})[key] = entry
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, cache_path)
+    except OSError:
+        pass  # a read-only home only costs a re-probe next time
+    return entry, "probed now"
 
 
 def _first_usable(timed: list[Variant], rates: dict[str, float], backends: list[str],
