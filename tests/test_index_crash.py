@@ -134,3 +134,32 @@ def test_unreadable_file_and_read_only_index_folder(shared_dir, micro_bundle):
     reasons = {Path(p).name: r for p, r in report.failures}
     assert "Permission denied" in reasons["private.png"] and "permissions" in reasons["private.png"]
     assert report.embedded == 6
+
+
+def test_prune_keeps_the_rows_of_a_folder_it_could_not_list(shared_dir, micro_bundle):
+    """A lost mount or a changed permission hides files; it does not delete them."""
+    from edgeclip.index import Index
+
+    bundle = shared_dir / "bundle"
+    shutil.copytree(micro_bundle, bundle)
+    make_tree(shared_dir / "photos", n=6)
+    for p in [shared_dir, *shared_dir.rglob("*")]:
+        p.chmod(0o777 if p.is_dir() else 0o666)
+    ix = Index(shared_dir / "lib.db", bundle)
+    first = ix.update([shared_dir / "photos"])
+    before = ix.store.counts()
+    for p in shared_dir.glob("lib.db*"):
+        p.chmod(0o666)
+    nested = shared_dir / "photos" / "album" / "2024"
+    under = sum(1 for r in ix.store.rows() if r.path.startswith(str(nested) + os.sep))
+    nested.chmod(0o000)
+    try:
+        with unprivileged():
+            report = ix.update([shared_dir / "photos"], prune=True)
+    finally:
+        nested.chmod(0o777)
+    after = ix.store.counts()
+    ix.close()
+    assert first.embedded == 7 and under == 3  # 6 photos and a copy; 3 of them in 2024/
+    assert report.pruned == 0 and report.missing == 0 and after == before
+    assert any("2024: cannot list it (Permission denied)" in e for e in report.walk_errors)

@@ -127,7 +127,7 @@ def _index(args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.close()
     _print_report(args, report)
-    return 1 if report.failures else 0
+    return 1 if report.failures or report.walk_errors else 0
 
 
 def _print_report(args: argparse.Namespace, report: Any) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import store as st
 from .pipeline import EmbedPipeline, Outcome
-from .walk import FileEntry, count_files
+from .walk import FileEntry, count_files, inside
 
 __all__ = ["Report", "run"]
 
@@ -182,8 +182,10 @@ def run(
     use_hash: bool = False,
     progress: Progress | None = None,
     commit_every: int = CHUNK_FILES,
+    unlisted: list[str] = (),
 ) -> Report:
-    """Index ``entries`` (walked from ``roots`` when given: then also mark or prune the missing).
+    """Index ``entries`` (walked from ``roots`` when given: then also mark or prune the missing,
+    except under the ``unlisted`` folders the walk could not read).
 
     Rows are committed every ``commit_every`` files (or ``CHUNK_SECONDS``)."""
     t0 = time.perf_counter()
@@ -199,7 +201,7 @@ def run(
         job.commit()
         job.flush_seen()
         if roots is not None:
-            _finish_roots(index, job, roots, prune)
+            _finish_roots(index, job, roots, prune, unlisted)
     except BaseException:
         job.report.interrupted = True
         job.commit()  # keep what was embedded before the interruption
@@ -217,18 +219,24 @@ def _count(job: _Run, roots: list[str], excludes: tuple, stop: threading.Event) 
     job.count_final = not stop.is_set()
 
 
-def _finish_roots(index: Any, job: _Run, roots: list[str], prune: bool) -> None:
+def _finish_roots(index: Any, job: _Run, roots: list[str], prune: bool,
+                  unlisted: list[str]) -> None:  # fmt: skip
     """Rows under ``roots`` that this walk did not see: dropped with ``prune``, else kept as
-    missing (hidden from search, restored without re-embedding if the file comes back)."""
+    missing (hidden from search, restored without re-embedding if the file comes back). Rows
+    under a folder the walk could not list are left as they are: a failed mount or a changed
+    permission says nothing about whether those files still exist."""
     store = index.store
     unseen: list[tuple[str, str]] = []
     for root in roots:
+        clause, bounds = st.under_folder(root)
         cur = store.con.execute(
-            "SELECT path, status FROM files WHERE path LIKE ? ESCAPE '\\' "
+            f"SELECT path, status FROM files WHERE {clause} "
             "AND path NOT IN (SELECT path FROM temp.seen)",
-            (st._like_prefix(root),),
+            bounds,
         )
         unseen += cur.fetchall()
+    if unlisted:
+        unseen = [(p, s) for p, s in unseen if not inside(p, tuple(unlisted))]
     with store.transaction():
         if prune:
             store.delete(p for p, _ in unseen)

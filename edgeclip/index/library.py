@@ -25,7 +25,7 @@ from edgeclip.images import DEFAULT_MAX_PIXELS
 
 from . import indexer, maintenance, vectors
 from .store import OK, IndexFileError, ModelMismatchError, Store, WriterLock
-from .walk import FileEntry, check_roots, walk
+from .walk import FileEntry, check_roots, not_storable, storable, walk
 
 __all__ = ["Hit", "Index"]
 
@@ -186,10 +186,11 @@ class Index:
             self._check_model(writing=True)
             maintenance.recover(self)
             errors: list[str] = []
+            unlisted: list[str] = []  # filled by the walk, read once it is done
             report = indexer.run(
-                self, walk(roots, exclude, errors), self._pipeline(use_hash), roots=roots,
-                excludes=exclude, prune=prune, use_hash=use_hash, progress=progress,
-                commit_every=commit_every,
+                self, walk(roots, exclude, errors, unlisted), self._pipeline(use_hash),
+                roots=roots, excludes=exclude, prune=prune, use_hash=use_hash, progress=progress,
+                commit_every=commit_every, unlisted=unlisted,
             )  # fmt: skip
             report.walk_errors = errors
             maintenance.after_write(self)
@@ -263,6 +264,8 @@ class Index:
 
 
 def _entry(path: str) -> FileEntry:
+    if not storable(path):
+        raise InputError(f"cannot add {not_storable(path)}.")
     try:
         st = os.stat(path)
     except OSError as e:

@@ -7,6 +7,7 @@ switch to it in one SQLite commit, so a reader or a crash sees either the old fi
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,30 @@ def reset(index: Any, fingerprint: str, model: dict[str, Any]) -> None:
 
 
 def recover(index: Any) -> None:
-    """At a writer's start: drop a vector tail a killed run appended but never committed, and
-    files of generations no longer in use."""
-    index.vectors.truncate(index.committed_slots())
+    """At a writer's start: drop a vector tail a killed run appended but never committed, give
+    back for embedding the files whose vectors were lost, and drop files of generations no
+    longer in use."""
+    committed, on_disk = index.committed_slots(), index.vectors.rows_on_disk()
+    if on_disk < committed:
+        _forget_lost_vectors(index, on_disk, committed)
+    index.vectors.truncate(min(on_disk, committed))
     _remove_stale_files(index)
+
+
+def _forget_lost_vectors(index: Any, on_disk: int, committed: int) -> None:
+    """The vectors file holds fewer rows than were committed (deleted, truncated, restored from
+    an older backup): the rows past its end are dropped, so this walk embeds those files again,
+    and the graph is rebuilt. Extending the file would serve zeros as vectors."""
+    store = index.store
+    with store.transaction():
+        lost = store.con.execute("DELETE FROM files WHERE slot >= ?", (on_disk,)).rowcount
+        store.set_meta({"slots": str(on_disk)}, in_transaction=True)
+    index.ann.path.unlink(missing_ok=True)
+    warnings.warn(
+        f"{index.vectors.path} held {on_disk} of the index's {committed} vectors (deleted or "
+        f"truncated); the {lost} files past its end are embedded again by this run.",
+        stacklevel=3,
+    )
 
 
 def _remove_stale_files(index: Any) -> None:
@@ -87,13 +108,14 @@ def compact(index: Any) -> None:
 
 def remove(index: Any, paths: list[str]) -> int:
     """Delete the rows of these files, or of every file under these folders."""
-    from .store import _like_prefix
+    from .store import under_folder
 
     with index.store.transaction():
         n = 0
         for p in paths:
+            clause, bounds = under_folder(p)
             n += index.store.con.execute(
-                "DELETE FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'", (p, _like_prefix(p))
+                f"DELETE FROM files WHERE path = ? OR {clause}", (p, *bounds)
             ).rowcount
     return n
 

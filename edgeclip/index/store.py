@@ -214,8 +214,9 @@ class Store:
         if status is not None:
             sql, args = sql + " AND status = ?", [status]
         if under is not None:
-            sql += " AND path LIKE ? ESCAPE '\\'"
-            args.append(_like_prefix(under))
+            clause, bounds = under_folder(under)
+            sql += " AND " + clause
+            args += bounds
         yield from (Row(*r) for r in self.con.execute(sql + " ORDER BY path", args))
 
     def paths_of_slots(self, slots: Iterable[int]) -> dict[int, str]:
@@ -282,9 +283,11 @@ class _Transaction:
         self.con.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _like_prefix(folder: str) -> str:
+def under_folder(folder: str) -> tuple[str, tuple[str, str]]:
+    """SQL for "path lies under ``folder``" and its two arguments: a byte-wise range, because
+    LIKE ignores ASCII case and so took /photos/x for a file under /Photos."""
     prefix = folder.rstrip(os.sep) + os.sep
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return "(path >= ? AND path < ?)", (prefix, prefix[:-1] + chr(ord(os.sep) + 1))
 
 
 def _check_writable_location(path: Path) -> None:

@@ -94,7 +94,8 @@ class VectorFile:
 
             raise IndexFileError(
                 f"the vectors file {self.path} holds {on_disk} rows but the index committed "
-                f"{slots}; it was truncated or replaced. Rebuild with `edgeclip index --reindex`."
+                f"{slots}; it was truncated or replaced. Run `edgeclip index` on the index's folders "
+                "again: it embeds the files whose vectors were lost."
             )
         return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(slots, self.dim))
 

@@ -116,6 +116,8 @@ def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
                 f"cannot index '{r}': it is a file, not a directory; pass the folder that holds "
                 "it, or add single files with Index.add()."
             )
+        if not storable(path):
+            raise InputError(f"cannot index '{printable(path)}': {not_storable(path).split(': ', 1)[1]}.")
         if not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"cannot index '{r}': permission denied; check its permissions.")
         out.append(path)
@@ -123,11 +125,13 @@ def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def walk(
-    roots: Iterable[str], excludes: Iterable[str] = (), errors: list[str] | None = None
+    roots: Iterable[str], excludes: Iterable[str] = (), errors: list[str] | None = None,
+    unlisted: list[str] | None = None,
 ) -> Iterator[FileEntry]:
     """Every regular file under ``roots`` (absolute), depth first, in sorted order per folder.
 
-    ``errors`` collects folders that could not be listed (the walk goes on without them).
+    ``errors`` collects a message per folder that could not be listed and per name the index
+    cannot store; ``unlisted`` those folders' paths (the walk goes on without them).
     """
     excludes, roots = tuple(excludes), list(roots)
     real_roots = tuple(os.path.realpath(r) for r in roots)
@@ -146,11 +150,18 @@ def walk(
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as e:
                 if errors is not None:
-                    errors.append(f"{folder}: cannot list it ({e.strerror or e})")
+                    errors.append(f"{printable(folder)}: cannot list it ({e.strerror or e}); "
+                                  "check its permissions or mount, then index again")  # fmt: skip
+                if unlisted is not None:
+                    unlisted.append(folder)
                 continue
             subdirs = []
             for entry in entries:
                 found = _classify(entry, root, real_roots, excludes, seen_files)
+                if found is not None and not storable(entry.path):
+                    if errors is not None:
+                        errors.append(not_storable(entry.path))
+                    continue
                 if isinstance(found, FileEntry):
                     yield found
                 elif found is not None:
@@ -179,13 +190,33 @@ def _classify(
         # is skipped outright, since the walk reaches that file under its own name. Only these
         # files are remembered, so memory stays small on a million plain files.
         key = (st.st_dev, st.st_ino)
-        if key in seen_files or (entry.is_symlink() and _inside(os.path.realpath(entry.path), roots)):
+        if key in seen_files or (entry.is_symlink() and inside(os.path.realpath(entry.path), roots)):
             return None
         seen_files.add(key)
     return FileEntry(entry.path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
 
 
-def _inside(path: str, roots: tuple[str, ...]) -> bool:
+def storable(path: str) -> bool:
+    """Whether the index can store this name: SQLite text is UTF-8, and a name that is not
+    valid UTF-8 reaches Python with surrogate escapes that no UTF-8 encoder accepts."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` with the bytes of a non-UTF-8 name shown as escapes, safe to print anywhere."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def not_storable(path: str) -> str:
+    return (f"{printable(path)}: the name is not valid UTF-8, so the index cannot store it; rename "
+            "it (for example: convmv -f latin1 -t utf-8 --notest -r FOLDER) and index again")  # fmt: skip
+
+
+def inside(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
