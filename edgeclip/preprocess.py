@@ -93,10 +93,14 @@ class Preprocessor:
     def __repr__(self) -> str:
         return f"Preprocessor({self.cfg!r})"
 
-    def one(self, image: Any) -> np.ndarray:
-        """Preprocess a single image to a float32 (3, S, S) array; raises ``InputError``."""
+    def one(self, image: Any, *, max_pixels: int | None | str = "own") -> np.ndarray:
+        """Preprocess a single image to a float32 (3, S, S) array; raises ``InputError``.
+
+        ``max_pixels``: this call's bomb limit instead of the preprocessor's own (``None`` for
+        an image the caller decoded under its own limit)."""
+        limit = self.max_pixels if max_pixels == "own" else max_pixels
         out = np.empty((3, self.image_size, self.image_size), np.float32)
-        self._into(load_image(image, max_pixels=self.max_pixels), out)
+        self._into(load_image(image, max_pixels=limit), out)
         return out
 
     def __call__(self, images: Iterable[Any]) -> Result:

@@ -74,3 +74,51 @@ def test_a_vectors_file_that_lost_rows_is_refilled_by_the_next_run(tmp_path, mic
         assert hits[0].path == str(photos[4]) and hits[0].score == pytest.approx(1.0, abs=2e-3)
         assert all(h.score != 0.0 for h in hits)
         assert ix.stats()["slots"] == 6
+
+
+def test_max_pixels_reaches_png_decoding_and_search(tmp_path, micro_bundle, capsys):
+    """A PNG above the default bomb limit (9500 x 9500 = 90.25 M > 89.48 M pixels) is refused by
+    default and indexed, and searchable by, with a raised --max-pixels."""
+    from PIL import Image
+
+    (tmp_path / "p").mkdir()
+    big = tmp_path / "p" / "panorama.png"
+    Image.new("RGB", (9500, 9500), (200, 30, 30)).save(big, compress_level=1)
+    db, model = str(tmp_path / "lib.db"), ["--model", str(micro_bundle)]
+    assert cli(["index", str(tmp_path / "p"), "--db", db, *model, "--quiet"]) == 1
+    assert "exceeds the limit of 89,478,485" in capsys.readouterr().err
+    raised = ["--max-pixels", "100000000"]
+    assert cli(["index", str(tmp_path / "p"), "--db", db, *model, "--quiet", *raised]) == 0
+    assert "1 embedded" in capsys.readouterr().out
+    assert cli(["search", "--image", str(big), "--db", db, "-k", "1", *raised]) == 0
+    assert capsys.readouterr().out.startswith("1.0000")
+
+
+def test_index_options_below_one_are_refused_by_name(tmp_path, micro_bundle, capsys):
+    for option in ("--batch-size", "--workers", "--commit-every", "--max-pixels"):
+        with pytest.raises(SystemExit) as exit_:
+            cli(["index", str(tmp_path), "--db", str(tmp_path / "lib.db"), option, "0"])
+        assert exit_.value.code == 2
+        assert f"argument {option}: expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+
+
+def test_the_same_bundle_spelt_another_way_keeps_the_recorded_variant(
+    tmp_path, micro_bundle, micro_hf_checkpoint, monkeypatch
+):
+    pytest.importorskip("openvino")
+    from converters.add_variants import add_variants
+
+    bundle = tmp_path / "models" / "micro"
+    shutil.copytree(micro_bundle, bundle)
+    add_variants(bundle, micro_hf_checkpoint, backends="openvino", precisions="fp32",
+                 n_calib=4, n_eval=8, log=lambda _: None)  # fmt: skip
+    monkeypatch.setenv("EDGECLIP_PROBE", "0")  # auto would be onnx-fp32, the first backend
+    _photos(tmp_path / "p", 2)
+    db = tmp_path / "lib.db"
+    with Index(db, bundle, backend="openvino") as ix:
+        ix.update([tmp_path / "p"])
+    monkeypatch.chdir(bundle.parent)
+    for spelling in ("micro", f"{bundle}/", "./micro/", str(bundle)):
+        with Index(db, spelling) as ix:
+            assert ix.model.variant.id == "openvino-fp32", spelling
+            assert len(ix.search("a red square", k=2)) == 2

@@ -54,20 +54,33 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--previews", action="store_true",
                        help="decode a JPEG's embedded camera preview when it is large enough "
                             "(faster; trusts that the preview matches the photo; docs/index.md)")
-        p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--commit-every", type=int, default=256, metavar="FILES",
+        p.add_argument("--batch-size", type=_positive, default=32)
+        p.add_argument("--commit-every", type=_positive, default=256, metavar="FILES",
                        help="commit after this many files (a crash loses at most these)")
-        p.add_argument("--workers", type=int, default=None, help="decode threads")
+        p.add_argument("--workers", type=_positive, default=None, help="decode threads")
         p.add_argument("--quiet", action="store_true", help="no progress output")
-    elif command == "search":
+    if command in ("index", "search"):
+        p.add_argument("--max-pixels", type=_positive, default=None,
+                       help="decompression-bomb limit in pixels (default 89,478,485)")
+    if command == "search":
         p.add_argument("text", nargs="?", help="what to look for")
         p.add_argument("--image", default=None, help="search by this example image instead")
-        p.add_argument("-k", type=int, default=20, help="how many results (default 20)")
+        p.add_argument("-k", type=_positive, default=20, help="how many results (default 20)")
         p.add_argument("--exact", action="store_true", help="scan every vector (no HNSW graph)")
-    else:
+    elif command == "dupes":
         p.add_argument("--threshold", type=float, default=0.95, help="cosine (default 0.95)")
     return p  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 _DESCRIPTIONS = {
@@ -149,7 +162,10 @@ def _search(args: argparse.Namespace) -> int:
         raise _usage('give one query: a text ("a red bicycle") or --image IMG.')
     if args.image is not None and not Path(args.image).is_file():
         raise _usage(f"--image {args.image}: no such file.")
-    with _open(args, True) as ix:
+    from edgeclip.images import DEFAULT_MAX_PIXELS
+
+    limit = args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
+    with _open(args, True, max_pixels=limit) as ix:
         query = Path(args.image) if args.image is not None else args.text
         hits = ix.search(query, k=args.k, exact=args.exact)
     if args.json:

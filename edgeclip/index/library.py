@@ -95,7 +95,8 @@ class Index:
 
         recorded = self.store.get_json("model") or {}
         name = os.fspath(arg) if arg is not None else recorded.get("name", DEFAULT_MODEL)
-        same = arg is None or name == recorded.get("name")
+        # older indexes recorded abspath, newer ones realpath
+        same = arg is None or recorded.get("name") in (os.path.abspath(name), _model_name(name))
         backend = self._backend or (recorded.get("backend") if same else None) or "auto"
         precision = self._precision or (recorded.get("precision") if same else None) or "auto"
         return edgeclip.load(name, backend=backend, precision=precision, threads=self._threads)
@@ -230,7 +231,8 @@ class Index:
                 )  # fmt: skip
             except Exception as e:
                 raise InputError(f"cannot search by image '{os.fspath(query)}': {e}.") from e
-            return embed_pixels(self.model, self.model.preprocessor.one(im)[None])[0]
+            # read_image checked this index's own limit
+            return embed_pixels(self.model, self.model.preprocessor.one(im, max_pixels=None)[None])[0]
         return self.model.encode_image([query], invariant=True)[0]
 
     def search(self, query: Any, k: int = 20, *, exact: bool = False) -> list[Hit]:
@@ -279,11 +281,15 @@ def _canonical(fp: dict[str, Any]) -> str:
     return json.dumps(fp, sort_keys=True, default=str)
 
 
+def _model_name(name: str) -> str:
+    """A zoo name as given; a folder as its absolute path, however it was spelt (relative,
+    trailing slash, through a symlink)."""
+    return os.path.realpath(name) if os.path.exists(name) else name
+
+
 def _model_record(model: Any, arg: Any) -> dict[str, Any]:
     name = os.fspath(arg) if isinstance(arg, (str, os.PathLike)) else str(model.bundle.root)
-    if isinstance(arg, (str, os.PathLike)) and os.path.exists(name):
-        name = os.path.abspath(name)
-    return {"name": name, "backend": model.variant.backend, "precision": model.variant.precision}
+    return {"name": _model_name(name), "backend": model.variant.backend, "precision": model.variant.precision}
 
 
 def _mismatch_message(index: Index, recorded: dict[str, Any]) -> str:

@@ -205,7 +205,7 @@ class EmbedPipeline:
             if self.preview_to and not self.want_hash:  # the preview alone: skip reading the rest
                 im = head_preview(entry.path, self.preview_to, self.draft_to, self.max_pixels)
                 if im is not None:
-                    return "ok", self.model.preprocessor.one(im), None
+                    return "ok", self.model.preprocessor.one(im, max_pixels=None), None
             fmt, data = read_file(entry.path)
             digest = hashlib.sha256(data).hexdigest() if self.want_hash else None
             if digest is not None and digest in self.known:
@@ -213,7 +213,7 @@ class EmbedPipeline:
             im = decode(
                 data, fmt, draft_to=self.draft_to, max_pixels=self.max_pixels, preview_to=self.preview_to
             )
-            return "ok", self.model.preprocessor.one(im), digest
+            return "ok", self.model.preprocessor.one(im, max_pixels=None), digest
         except _NotAnImage as e:
             reason = str(e)
             return ("failed" if reason else "other"), reason or None, None
