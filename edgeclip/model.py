@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from string import Formatter
 from typing import Any, Union
 
 import numpy as np
@@ -74,18 +75,30 @@ def _resolve_templates(templates: Templates) -> tuple[str, ...]:
         sets = template_sets()
         if templates in sets:
             return tuple(sets[templates])
-        if "{}" in templates:
+        if _one_slot(templates):
             return (templates,)
         raise InputError(
-            f"templates {templates!r} is neither a template set ({', '.join(sets)}) nor a template with '{{}}'."
+            f"templates {templates!r} is neither a template set ({', '.join(sets)}) nor a template "
+            "with exactly one '{}' (write a literal brace as '{{' or '}}')."
         )
     out = tuple(templates)
-    bad = [t for t in out if not isinstance(t, str) or "{}" not in t]
+    bad = [t for t in out if not isinstance(t, str) or not _one_slot(t)]
     if not out or bad:
         raise InputError(
-            f"every template must be a string containing '{{}}'; bad: {bad or 'empty list'}."
+            "every template must be a string with exactly one '{}' (a literal brace is '{{' or "
+            f"'}}}}'); bad: {bad or 'empty list'}."
         )
     return out
+
+
+def _one_slot(template: str) -> bool:
+    """Whether ``template.format(label)`` puts the label in exactly once and cannot raise."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template)
+                  if name is not None]  # fmt: skip
+    except ValueError:  # a lone '{' or '}'
+        return False
+    return fields == [("", "", None)]
 
 
 class EdgeClip:

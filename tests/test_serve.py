@@ -188,6 +188,12 @@ BAD_INPUTS = [
     ("predict no input", {"path": "/predict", "files": {"entries": (None, '{"clip": {"textual": {"modelName": "micro"}}}'), "other": (None, "x")}}, 400, "Either image or text", None),
     ("predict as JSON", {"path": "/predict", "json": {"text": "a cat"}}, 415, "multipart/form-data", None),
     ("unknown route", {"path": "/v1/chat/completions", "json": {}}, 404, "no endpoint", None),
+    ("JSON nested 100,000 deep", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}}, 400, "nested too deeply", None),
+    ("a folder under --allow-dir", {"json": {"input": ["sub"], "modality": "image"}}, 400, "not a regular file", "input[0]"),
+    ("bare base64", {"json": {"input": [base64.b64encode(IMAGES[0] * 4).decode()], "modality": "image"}}, 400, "prefix it with 'data:image/jpeg;base64,'", "input[0]"),
+    ("three bad images among good", {"json": {"input": [data_uri(IMAGES[0]), "data:image/png,no-base64", "data:image/png;base64,!!!", "http://a/b.jpg"], "modality": "image"}}, 400, "3 of 4 images were refused", "input[1]"),
+    ("template with two slots", {"path": "/v1/classify", "json": {"images": [data_uri(IMAGES[0])], "labels": ["cat", "dog"], "templates": "a {} {}"}}, 400, "exactly one '{}'", None),
+    ("template with a lone brace", {"path": "/v1/classify", "json": {"images": [data_uri(IMAGES[0])], "labels": ["cat", "dog"], "templates": ["a {}", "a {} }"]}}, 400, "exactly one '{}'", None),
 ]  # fmt: skip
 
 
@@ -227,6 +233,18 @@ def test_slow_client_times_out_without_holding_the_model(server, model):
     status, body = read_response(slow)
     assert status == 408
     assert f"within {BODY_TIMEOUT_S} s" in json.loads(body)["error"]["message"]
+
+
+def test_refused_folders_leak_no_file_descriptors_and_data_scheme_ignores_case(server, model):
+    fds = lambda: len(os.listdir(f"/proc/{server.proc.pid}/fd"))  # noqa: E731
+    before = fds()
+    for _ in range(5):
+        assert server.client.post("/v1/embeddings", json={"modality": "image", "input": ["sub"]}).status_code == 400
+    assert fds() == before  # each refused folder once kept its descriptor open
+    upper = "DATA:" + data_uri(IMAGES[0])[len("data:"):]
+    r = server.client.post("/v1/embeddings", json={"modality": "image", "input": [upper]})
+    assert r.status_code == 200, r.text
+    assert np.abs(np.array(r.json()["data"][0]["embedding"]) - model.encode_image([IMAGES[0]])[0]).max() <= 1e-6
 
 
 def test_allow_dir_paths_and_traversal(server, model, allowed_dir):

@@ -154,6 +154,26 @@ def test_sigterm_finishes_requests_in_flight(micro_bundle, logs):
         s.stop()
 
 
+def test_ctrl_c_with_no_shutdown_timeout_exits_130_at_once_without_a_traceback(micro_bundle, logs):
+    """--shutdown-timeout 0 cancels a request whose body never ends (it once meant "wait
+    forever": 0 became None), and Ctrl-C's re-raised SIGINT is an exit status, not a traceback."""
+    s = ServeProcess(micro_bundle, "--preload", "--shutdown-timeout", "0", "--body-timeout", "120",
+                     log_dir=logs)  # fmt: skip
+    try:
+        head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n")  # fmt: skip
+        stuck = raw_request(s.port, head, [b'{"input": '])
+        s.wait_for("the request in flight", lambda: s.metric(
+            "edgeclip_requests_in_flight", endpoint="/v1/embeddings") == 1)  # fmt: skip
+        s.proc.send_signal(signal.SIGINT)
+        assert s.proc.wait(timeout=60) == 130  # bounded: the body timeout alone is 120 s
+        stuck.close()
+        assert "Traceback" not in s.log() and "KeyboardInterrupt" not in s.log()
+        assert "Application shutdown complete" in s.log()
+    finally:
+        s.stop()
+
+
 def test_in_process_unload_measures_what_the_runtime_keeps(micro_bundle):
     from edgeclip.serve.lifecycle import ModelHost
     from edgeclip.serve.metrics import Metrics

@@ -7,6 +7,7 @@ make the server buffer anything) and ``BodyGuard`` (size limit and read deadline
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -56,6 +57,15 @@ class RequestMetrics:
         self.metrics.request_started(endpoint)
         try:
             await self.app(scope, receive, send_and_record)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when --shutdown-timeout runs out, and would
+            # log each as a crash: answer 503 if nothing was sent yet, and end quietly.
+            if status == 500:
+                with contextlib.suppress(Exception):
+                    await send_error(send_and_record, APIError(
+                        503, "the server is shutting down; retry against a running one.",
+                        code="shutting_down"), close=True)  # fmt: skip
+            status = 503
         finally:
             self.metrics.request_finished(endpoint, status, time.perf_counter() - started)
 

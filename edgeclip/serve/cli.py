@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("HTTP server")
     g.add_argument("--max-connections", type=int, default=128, help="open connections before 503")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="seconds SIGTERM waits for requests in flight")  # fmt: skip
+                   help="seconds SIGTERM or Ctrl-C waits for requests in flight (0: none)")  # fmt: skip
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -148,9 +148,11 @@ def _check_positive(args: argparse.Namespace) -> None:
                  "max_labels", "max_prompts", "max_batch", "max_queue", "max_connections"):  # fmt: skip
         if getattr(args, flag) < 1:
             raise SystemExit(f"edgeclip serve: --{flag.replace('_', '-')} must be at least 1.")
-    if args.body_timeout_s <= 0 or args.idle_ttl < 0 or args.batch_window_ms < 0:
+    if (args.body_timeout_s <= 0 or args.idle_ttl < 0 or args.batch_window_ms < 0
+            or args.shutdown_timeout < 0):  # fmt: skip
         raise SystemExit(
-            "edgeclip serve: --body-timeout must be > 0, --idle-ttl and --batch-window-ms >= 0."
+            "edgeclip serve: --body-timeout must be > 0, --idle-ttl, --batch-window-ms and "
+            "--shutdown-timeout >= 0."
         )
 
 
@@ -211,10 +213,13 @@ def main(argv: list[str]) -> int:
         uvicorn.Config(
             create_app(config), host=args.host, port=args.port, log_level=args.log_level,
             limit_concurrency=args.max_connections, timeout_keep_alive=5,
-            timeout_graceful_shutdown=int(args.shutdown_timeout) or None,
+            timeout_graceful_shutdown=args.shutdown_timeout,
             server_header=False, access_log=args.log_level == "debug",
         )
     )  # fmt: skip
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn drained, then re-raised Ctrl-C's SIGINT
+        return 130
     # uvicorn sets started only after a successful startup (the port bound, --preload loaded)
     return 0 if server.started else 1

@@ -13,6 +13,7 @@ import binascii
 import io
 import json
 import os
+import re
 import stat
 import warnings
 from collections.abc import Sequence
@@ -45,6 +46,11 @@ def parse_json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
         raise APIError(
             400,
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
+            code="invalid_json",
+        ) from None
+    except RecursionError:  # '[' * 100000: the parser recurses once per level
+        raise APIError(
+            400, "malformed JSON: nested too deeply; no request needs more than a few levels.",
             code="invalid_json",
         ) from None
     if not isinstance(value, dict):
@@ -154,7 +160,7 @@ def check_text_lengths(texts: list[str], field: str, limits: Limits) -> None:
 
 def image_bytes(ref: str, param: str, allow_dirs: Sequence[Path], max_bytes: int) -> bytes:
     """The encoded image behind ``ref``: a base64 data URI, or a file under an allowed directory."""
-    if ref.startswith("data:"):
+    if ref[:5].lower() == "data:":  # the scheme is case-insensitive (RFC 2397)
         return _from_data_uri(ref, param)
     lowered = ref[:16].lower()
     if "://" in lowered:
@@ -173,7 +179,19 @@ def image_bytes(ref: str, param: str, allow_dirs: Sequence[Path], max_bytes: int
             param=param,
             code="invalid_image",
         )
+    # longer than any path (PATH_MAX), or 64+ characters of base64 with no separator or dot
+    if len(ref) > 4096 or _BARE_BASE64.fullmatch(ref):
+        raise APIError(
+            400,
+            f"{param} looks like bare base64 ({len(ref):,} characters); prefix it with "
+            "'data:image/jpeg;base64,' (or the image's own type).",
+            param=param,
+            code="invalid_image",
+        )
     return read_allowed_file(ref, param, allow_dirs, max_bytes)
+
+
+_BARE_BASE64 = re.compile(r"[A-Za-z0-9+]{64}[A-Za-z0-9+/]*={0,2}")
 
 
 def _from_data_uri(ref: str, param: str) -> bytes:
@@ -232,7 +250,15 @@ def read_allowed_file(ref: str, param: str, allow_dirs: Sequence[Path], max_byte
         raise APIError(
             400, f"{param} cannot be opened ({exc.strerror}).", param=param, code="invalid_image"
         ) from None
-    with os.fdopen(fd, "rb") as f:
+    try:
+        f = os.fdopen(fd, "rb")
+    except OSError as exc:  # a directory: Python refuses to wrap it
+        os.close(fd)
+        raise APIError(
+            400, f"{param} is not a regular file ({exc.strerror}).", param=param,
+            code="invalid_image",
+        ) from None
+    with f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise APIError(

@@ -134,14 +134,31 @@ class Service:
         return np.stack(rows), sizes
 
     def _prepare_images(self, refs: list[Any], param: str) -> tuple[list[bytes], list]:
-        blobs, sizes = [], []
+        """Every image's bytes and size; one error naming every refused input, not the first."""
+        blobs, sizes, refused = [], [], []
         for i, ref in enumerate(refs):
             where = f"{param}[{i}]"
-            data = ref if isinstance(ref, bytes) else image_bytes(
-                ref, where, self.config.allow_dirs, self.limits.max_body_bytes
-            )  # fmt: skip
-            sizes.append(image_size(data, where, self.limits.max_pixels))
+            try:
+                data = ref if isinstance(ref, bytes) else image_bytes(
+                    ref, where, self.config.allow_dirs, self.limits.max_body_bytes
+                )  # fmt: skip
+                sizes.append(image_size(data, where, self.limits.max_pixels))
+            except APIError as exc:
+                refused.append(exc)
+                continue
             blobs.append(data)
+        if len(refused) == 1:
+            raise refused[0]
+        if refused:
+            detail = "; ".join(e.message.rstrip(".") for e in refused[:5])
+            more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+            raise APIError(
+                413 if all(e.status == 413 for e in refused) else 400,
+                f"{len(refused)} of {len(refs)} images were refused, so nothing was embedded: "
+                f"{detail}{more}.",
+                param=refused[0].param,
+                code=refused[0].code if len({e.code for e in refused}) == 1 else "invalid_image",
+            )
         return blobs, sizes
 
     async def label_embeddings(self, labels: list[str], templates: Any) -> np.ndarray:
