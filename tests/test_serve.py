@@ -303,6 +303,19 @@ def test_classify_ranks_like_the_library(server, model):
             assert abs(x["cosine"] - cos[labels.index(x["label"])]) <= 1e-6
 
 
+def test_openai_client_retrieves_models_and_never_sees_server_paths(server, micro_bundle):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    listed = [m.id for m in client.models.list().data]
+    assert listed == ["micro", "ViT-B-32__openai"]  # the bundle's path is served, not shown
+    assert client.models.retrieve("micro").id == "micro"
+    with pytest.raises(openai.NotFoundError, match="Did you mean 'micro'"):
+        client.models.retrieve("mikro")
+    r = server.client.post("/v1/embeddings", json={"model": "mikro", "input": "x"})
+    assert str(micro_bundle) not in r.json()["error"]["message"]
+    by_path = client.embeddings.create(model=str(micro_bundle), input=["a cat"])
+    assert len(by_path.data[0].embedding) == len(client.embeddings.create(model="micro", input=["a cat"]).data[0].embedding)
+
+
 def test_models_health_metrics(server):
     ids = [m["id"] for m in server.client.get("/v1/models").json()["data"]]
     assert ids[0] == "micro" and "ViT-B-32__openai" in ids

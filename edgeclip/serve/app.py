@@ -121,24 +121,32 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=503 if svc.stopping else 200)
 
 
+def _model_object(svc: Service, name: str) -> dict[str, Any]:
+    info = svc.host.info or {}
+    return {
+        "id": name, "object": "model", "created": int(svc.metrics.started),
+        "owned_by": "edgeclip", "modalities": ["text", "image"], "loaded": svc.host.loaded,
+        "embed_dim": info.get("embed_dim"), "variant": info.get("variant"),
+    }  # fmt: skip
+
+
 async def models(request: Request) -> Response:
     svc = _service(request)
-    info = svc.host.info or {}
-    created = int(svc.metrics.started)
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": created,
-            "owned_by": "edgeclip",
-            "modalities": ["text", "image"],
-            "loaded": svc.host.loaded,
-            "embed_dim": info.get("embed_dim"),
-            "variant": info.get("variant"),
-        }  # fmt: skip
-        for name in svc.served_names()
-    ]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse(
+        {"object": "list", "data": [_model_object(svc, n) for n in svc.listed_names()]}
+    )
+
+
+async def model(request: Request) -> Response:
+    """OpenAI's ``GET /v1/models/{model}`` (``client.models.retrieve``)."""
+    svc = _service(request)
+    name = request.path_params["model_id"]
+    try:
+        svc.check_model(name)
+    except APIError as exc:  # OpenAI answers an unknown model with 404
+        return JSONResponse(APIError(404, exc.message, param="model", code=exc.code).body(),
+                            status_code=404)  # fmt: skip
+    return JSONResponse(_model_object(svc, name))
 
 
 async def metrics(request: Request) -> Response:
@@ -203,6 +211,7 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/predict", immich.predict, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/models", models, methods=["GET"]),  # infinity's path without the /v1 prefix
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/classify", openai_api.classify, methods=["POST"]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,21 +181,28 @@ class Service:
             names.append(self.host.info["name"])
         return names
 
+    def listed_names(self) -> list[str]:
+        """The names shown to clients (``/v1/models``, errors): the served ones without the
+        server's filesystem paths, which clients may still send but need not learn."""
+        names = self.served_names()
+        public = [n for n in names if "/" not in n and os.sep not in n and not n.startswith("~")]
+        return public or [Path(names[0]).name]
+
     def check_model(self, name: Any, param: str = "model") -> str:
         """The model name to answer with; 400 with close matches if ``name`` is not served."""
         if name is None:
             return self.model_name
         if not isinstance(name, str):
             raise APIError(422, f"{param} must be a string.", param=param, code="invalid_type")
-        served = self.served_names()
-        if name in served:
+        if name in self.served_names() or name in self.listed_names():
             return name
-        close = difflib.get_close_matches(name, served, n=3, cutoff=0.5)
+        listed = self.listed_names()
+        close = difflib.get_close_matches(name, listed, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise APIError(
             400,
             f"model {name!r} is not served here.{hint} This server serves "
-            f"{', '.join(map(repr, served))} (add names with --alias).",
+            f"{', '.join(map(repr, listed))} (add names with --alias).",
             param=param,
             code="model_not_found",
         )
