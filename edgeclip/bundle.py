@@ -125,6 +125,8 @@ class Bundle:
         self.root = root
         self.manifest = manifest
         self.variants = [Variant.from_dict(v) for v in manifest.get("variants", [])]
+        #: variants left out because their own files are missing or altered: id -> problems
+        self.damaged: dict[str, list[str]] = {}
 
     @classmethod
     def is_bundle(cls, path: str | os.PathLike) -> bool:
@@ -159,11 +161,39 @@ class Bundle:
         return bundle
 
     def verify(self, full: bool = False) -> None:
-        """Raise ``IntegrityError`` naming every missing, resized or altered file.
+        """Check every listed file; leave out the variants whose own files are damaged.
 
-        Sizes are always checked. Contents are hashed the first time and whenever a file's
-        size or mtime changes (``edgeclip.verified`` remembers the rest); ``full`` hashes all.
+        ``IntegrityError`` naming every missing, resized or altered file when a shared file
+        (tokenizer, probe set) is damaged or no variant is left. Sizes are always checked.
+        Contents are hashed the first time and whenever a file's size or mtime changes
+        (``edgeclip.verified`` remembers the rest); ``full`` hashes all.
         """
+        problems = self._file_problems(full)
+        owners = self._variant_folders()
+        damaged: dict[str, list[str]] = {}
+        for problem in problems:
+            owner = owners.get(str(Path(problem.split(": ", 1)[0]).parent))
+            if owner is not None:
+                damaged.setdefault(owner, []).append(problem)
+        shared = [p for p in problems if not any(p in d for d in damaged.values())]
+        if shared or (damaged and len(damaged) == len(self.variants)):
+            raise IntegrityError(
+                f"bundle {self.root} failed verification:\n  "
+                + "\n  ".join(problems)
+                + "\nThe files were altered or the copy is incomplete: re-download or re-convert it."
+            )
+        self.damaged = damaged
+        self.variants = [v for v in self.variants if v.id not in damaged]
+
+    def _variant_folders(self) -> dict[str, str]:
+        """Folder -> the one variant whose graphs live there (shared folders are left out)."""
+        users: dict[str, set[str]] = {}
+        for v in self.variants:
+            for tower in (v.image, v.text):
+                users.setdefault(str(Path(tower.file).parent), set()).add(v.id)
+        return {f: ids.pop() for f, ids in users.items() if len(ids) == 1 and f != "."}
+
+    def _file_problems(self, full: bool) -> list[str]:
         problems = []
         for rel, meta in self.manifest.get("files", {}).items():
             path = self.root / rel
@@ -180,12 +210,7 @@ class Bundle:
                 problems.append(f"{rel}: sha256 differs from the manifest")
             else:
                 remember(marker, stat, meta["sha256"])
-        if problems:
-            raise IntegrityError(
-                f"bundle {self.root} failed verification:\n  "
-                + "\n  ".join(problems)
-                + "\nThe files were altered or the copy is incomplete: re-download or re-convert it."
-            )
+        return problems
 
     @property
     def digest(self) -> str:

@@ -105,6 +105,8 @@ def _candidates(bundle: Bundle, backend: str, precision: str) -> tuple[list[Vari
     if not found:
         have = ", ".join(f"{v.backend}/{v.precision}" for v in bundle.variants) or "none"
         hint = "" if installed else " No backend is installed: `pip install edgeclip[onnx]`."
+        hint += "".join(f" Left out, its files damaged: {vid} ({'; '.join(why)}); re-download "
+                        "or re-convert the bundle." for vid, why in bundle.damaged.items())  # fmt: skip
         raise InputError(
             f"bundle {bundle.root} has no variant for backend={backend!r} precision={precision!r} "
             f"among installed backends ({', '.join(installed) or 'none'}); it has: {have}.{hint}"
@@ -177,4 +179,9 @@ def verify_all(bundle: Bundle, threads: int | None = None, device: str = "auto")
             continue
         ver.ok(v)
         out.append(ver.statuses[v.id])
+    for d in bundle.manifest.get("variants", []):
+        if d.get("id") in bundle.damaged:
+            why = "; ".join(bundle.damaged[d["id"]])
+            out.append(Status(Variant.from_dict(d), "failed",
+                              f"its files are damaged ({why}); re-download or re-convert the bundle"))  # fmt: skip
     return out

@@ -18,7 +18,7 @@ import pytest
 
 import edgeclip
 from edgeclip.bundle import Bundle, write_manifest
-from edgeclip.errors import IntegrityError
+from edgeclip.errors import InputError, IntegrityError
 from edgeclip.verify import CACHE_NAME, VerificationError
 
 pytest.importorskip("torch")
@@ -224,3 +224,24 @@ def test_altered_probe_file_is_refused(int8_bundle, tmp_path):
     np.save(ref, arr * 1.01)
     with pytest.raises(IntegrityError, match="probe/reference_text.npy"):
         Bundle.open(copy_)
+
+
+def test_a_damaged_variant_is_left_out_and_the_rest_still_serve(int8_bundle, tmp_path, home, capsys):
+    from edgeclip.cli import main as cli
+
+    copy_ = tmp_path / "b"
+    shutil.copytree(int8_bundle, copy_)
+    graph = copy_ / "onnx-int8-dynamic" / "image.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF  # same size, other bytes: a bad download or a flipped bit
+    graph.write_bytes(bytes(data))
+    bundle = Bundle.open(copy_)
+    assert [v.id for v in bundle.variants] == ["onnx-fp32"]
+    assert bundle.damaged == {"onnx-int8-dynamic": ["onnx-int8-dynamic/image.onnx: sha256 differs from the manifest"]}
+    model = edgeclip.load(copy_)
+    assert model.variant.id == "onnx-fp32" and model.encode_text(["a cat"]).shape[0] == 1
+    with pytest.raises(InputError, match="Left out, its files damaged: onnx-int8-dynamic .*re-convert"):
+        edgeclip.load(copy_, backend="onnx", precision="int8")
+    assert cli(["verify", str(copy_)]) == 1
+    out = capsys.readouterr().out
+    assert "its files are damaged (onnx-int8-dynamic/image.onnx: sha256 differs" in out
