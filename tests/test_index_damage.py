@@ -122,3 +122,13 @@ def test_the_same_bundle_spelt_another_way_keeps_the_recorded_variant(
         with Index(db, spelling) as ix:
             assert ix.model.variant.id == "openvino-fp32", spelling
             assert len(ix.search("a red square", k=2)) == 2
+
+
+def test_search_on_an_empty_index_says_how_to_fill_it(tmp_path, micro_bundle, capsys):
+    (tmp_path / "empty").mkdir()
+    db = str(tmp_path / "lib.db")
+    assert cli(["index", str(tmp_path / "empty"), "--db", db, "--model", str(micro_bundle), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli(["search", "a red square", "--db", db]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and f"holds no searchable photos yet; add some with `edgeclip index DIR --db {db}`" in err

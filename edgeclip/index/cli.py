@@ -173,6 +173,9 @@ def _search(args: argparse.Namespace) -> int:
     else:
         for h in hits:
             print(f"{h.score:.4f}  {h.path}")
+        if not hits:  # said on stderr: stdout stays a clean (empty) result list
+            print(f"edgeclip search: {args.db} holds no searchable photos yet; add some with "
+                  f"`edgeclip index DIR --db {args.db}`.", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -217,12 +220,14 @@ class Progress:
 
             self.bar = tqdm(total=None, unit=" files", file=self.stream, dynamic_ncols=True)
         self.t0: float | None = None  # set by the first file, so model loading is not counted
+        self.done0 = 0
         self.next_line = 0.0
         self.last_t = 0.0
 
     def __call__(self, done: int, total: int, final: bool) -> None:
-        if self.t0 is None:
+        if self.t0 is None:  # the first batch arrives at once: rates count from after it
             self.t0 = self.last_t = time.monotonic()
+            self.done0 = done
         if self.bar is not None:
             if total != self.bar.total:
                 self.bar.total = total
@@ -235,10 +240,12 @@ class Progress:
             self._line(done, total, final, now)
 
     def _line(self, done: int, total: int, final: bool, now: float) -> None:
-        rate = done / max(now - (self.t0 or now), 1e-9)
+        elapsed = now - (self.t0 or now)
+        rate = (done - self.done0) / elapsed if elapsed > 0 and done > self.done0 else 0.0
         eta = f", ETA {(total - done) / rate:.0f} s" if final and rate > 0 else ""
         of = f"/{total} ({100 * done / max(total, 1):.0f} %)" if final else ""
-        print(f"indexed {done}{of} files, {rate:.1f} files/s{eta}", file=self.stream, flush=True)
+        speed = f", {rate:.1f} files/s" if rate > 0 else ""
+        print(f"indexed {done}{of} files{speed}{eta}", file=self.stream, flush=True)
         self.next_line = done + max(1, total // 20)
         self.last_t = now
 
