@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every per-host measurement the README quotes, in one run, into benchmarks/results/<host>/:
+# the TinyCLIP-8M-shaped fixture's on-device checks, `edgeclip bench --rounds 3` at batch 1 and
+# 32 against torch eager, cold start, memory by step and probe stability; then the README's
+# tables are rendered again. 3 min on the 2-core AMX Xeon with a kept fixture (FIXTURE=DIR).
+# Run it on a quiet machine: the bench records CPU steal and the GEMM peak, so a slow spell
+# shows in the files.
+#
+#   bash benchmarks/host_sweep.sh            # build the fixture in a temporary folder
+#   FIXTURE=/tmp/dc bash benchmarks/host_sweep.sh   # keep (or reuse) it there
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+THREADS=${THREADS:-2}
+FIXTURE=${FIXTURE:-$(mktemp -d)}
+BUNDLE="$FIXTURE/tinyclip-8m"
+HOST=$("$PY" -c "from benchmarks.hosts import host_label; print(host_label())")
+OUT="benchmarks/results/$HOST"
+
+echo "host $HOST: $(grep -ow -E 'amx_tile|avx512_vnni|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
+
+step "on-device checks of the fixture in $FIXTURE (built first if missing)"
+"$PY" -m benchmarks.device_checks --work "$FIXTURE"
+step "edgeclip bench --rounds 3, batch 1 and 32, $THREADS threads"
+"$PY" -m edgeclip bench "$BUNDLE" --rounds 3 --batch-sizes 1,32 --threads "$THREADS" -o "$OUT"
+step "cold start"
+"$PY" -m benchmarks.cold_start "$BUNDLE" --threads "$THREADS" --runs 7 \
+    --variants openvino-int8,openvino-int8-weights,openvino-fp16,onnx-int8,auto
+step "memory by step"
+"$PY" -m benchmarks.memory_stages "$BUNDLE" --threads "$THREADS" \
+    --variants openvino-int8,openvino-int8-weights,openvino-fp16,onnx-int8
+step "probe stability"
+"$PY" -m benchmarks.probe_stability "$BUNDLE" --threads "$THREADS"
+step "README tables"
+"$PY" scripts/render_readme.py
+echo
+echo "wrote $OUT/; check git diff README.md $OUT"
