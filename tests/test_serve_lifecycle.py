@@ -154,21 +154,6 @@ def test_sigterm_finishes_requests_in_flight(micro_bundle, logs):
         s.stop()
 
 
-def test_over_max_connections_is_an_openai_shaped_503_with_retry_after(micro_bundle, logs):
-    with ServeProcess(micro_bundle, "--max-connections", "2", log_dir=logs) as s:
-        head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100\r\n\r\n")  # fmt: skip
-        stuck = [raw_request(s.port, head, [b'{"input": ']) for _ in range(2)]  # bodies pending
-        s.wait_for("both slots taken", lambda: s.client.get("/health").status_code == 503)
-        r = s.client.post("/v1/embeddings", json={"input": "a cat"})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert r.json()["error"]["code"] == "server_busy" and "--max-connections" in r.text
-        for sock in stuck:
-            sock.close()
-        s.wait_for("slots freed", lambda: s.client.get("/health").status_code == 200)
-        assert s.client.post("/v1/embeddings", json={"input": "a cat"}).status_code == 200
-
-
 def test_ctrl_c_with_no_shutdown_timeout_exits_130_at_once_without_a_traceback(micro_bundle, logs):
     """--shutdown-timeout 0 cancels a request whose body never ends (it once meant "wait
     forever": 0 became None), and Ctrl-C's re-raised SIGINT is an exit status, not a traceback."""

@@ -70,32 +70,6 @@ class RequestMetrics:
             self.metrics.request_finished(endpoint, status, time.perf_counter() - started)
 
 
-class RequestLimit:
-    """At most ``max_requests`` HTTP requests at once; the next get 503 with Retry-After, in
-    OpenAI's error shape (uvicorn's own limit answers in plain text)."""
-
-    def __init__(self, app: Any, *, max_requests: int) -> None:
-        self.app = app
-        self.max_requests = max_requests
-        self.active = 0
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.active >= self.max_requests:
-            await send_error(send, APIError(
-                503, f"the server is handling {self.active} requests, its limit "
-                "(--max-connections); retry shortly.", code="server_busy",
-                headers={"Retry-After": "1"}), close=True)  # fmt: skip
-            return
-        self.active += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active -= 1
-
-
 class ApiKeyAuth:
     """``Authorization: Bearer <key>`` on every path but ``PUBLIC_PATHS``, compared in constant time."""
 
@@ -257,7 +231,6 @@ def create_app(config: ServeConfig) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(RequestMetrics, service=service, endpoints=endpoints),
-            Middleware(RequestLimit, max_requests=config.max_requests),
             Middleware(ApiKeyAuth, api_key=config.api_key),
             Middleware(
                 BodyGuard,

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, field)
         g.add_argument(flag, dest=field, type=kind, default=default, help=f"{help_} [{default:,}]")
     g = p.add_argument_group("HTTP server")
-    g.add_argument("--max-connections", type=int, default=128, help="requests at once before 503")
+    g.add_argument("--max-connections", type=int, default=128, help="open connections before 503")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds SIGTERM or Ctrl-C waits for requests in flight (0: none)")  # fmt: skip
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -177,7 +177,6 @@ def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no
         spec=spec, names=served_names(args.model, args.alias), limits=limits, api_key=api_key,
         allow_dirs=_allow_dirs(args.allow_dir), max_batch=args.max_batch,
         batch_window_s=args.batch_window_ms / 1000.0, max_queue=args.max_queue,
-        max_requests=args.max_connections,
         idle_ttl_s=args.idle_ttl or None, in_process=args.in_process, preload=args.preload,
     )  # fmt: skip
 
@@ -213,9 +212,7 @@ def main(argv: list[str]) -> int:
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-            # the app answers over --max-connections requests with OpenAI-shaped 503s; uvicorn's
-            # own limit (plain text) is only a backstop against idle sockets piling up
-            limit_concurrency=2 * args.max_connections + 8, timeout_keep_alive=5,
+            limit_concurrency=args.max_connections, timeout_keep_alive=5,
             timeout_graceful_shutdown=args.shutdown_timeout,
             server_header=False, access_log=args.log_level == "debug",
         )

@@ -37,8 +37,6 @@ class ServeConfig:
     max_batch: int = 32
     batch_window_s: float = 0.005
     max_queue: int = 256
-    #: requests handled at once before 503 (``--max-connections``)
-    max_requests: int = 128
     idle_ttl_s: float | None = 300.0
     in_process: bool = False
     preload: bool = False
