@@ -129,7 +129,12 @@ def test_variant_broken_after_gating_is_never_picked_and_refused(int8_bundle, ho
     assert auto.variant.id != "onnx-int8-dynamic"
     (entry,) = next(iter(json.loads((home / "probe.json").read_text()).values())).values()
     rates = entry["pairs_per_s"]
-    if max(rates, key=rates.get) == "onnx-int8-dynamic":  # timed fastest, then refused by its check
+    from edgeclip.autoselect import fastest
+    from edgeclip.backends import PREFERENCE
+
+    timed = [v for v in Bundle.open(broken).variants if v.id in rates]
+    first = fastest(timed, rates, list(PREFERENCE))  # the tie rule included
+    if first.id == "onnx-int8-dynamic":  # chosen first, then refused by its check
         assert "onnx-int8-dynamic failed here" in auto.selection_reason, auto.selection_reason
     else:  # never the winner, so never checked
         assert "failed here" not in auto.selection_reason

