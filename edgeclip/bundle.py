@@ -168,18 +168,20 @@ class Bundle:
         Contents are hashed the first time and whenever a file's size or mtime changes
         (``edgeclip.verified`` remembers the rest); ``full`` hashes all.
         """
-        problems = self._file_problems(full)
+        problems = self._file_problems(full)  # (file, what is wrong)
         owners = self._variant_folders()
         damaged: dict[str, list[str]] = {}
-        for problem in problems:
-            owner = owners.get(str(Path(problem.split(": ", 1)[0]).parent))
-            if owner is not None:
-                damaged.setdefault(owner, []).append(problem)
-        shared = [p for p in problems if not any(p in d for d in damaged.values())]
+        shared = False
+        for rel, why in problems:
+            owner = owners.get(str(Path(rel).parent))
+            if owner is None:
+                shared = True
+            else:
+                damaged.setdefault(owner, []).append(f"{rel}: {why}")
         if shared or (damaged and len(damaged) == len(self.variants)):
             raise IntegrityError(
                 f"bundle {self.root} failed verification:\n  "
-                + "\n  ".join(problems)
+                + "\n  ".join(f"{rel}: {why}" for rel, why in problems)
                 + "\nThe files were altered or the copy is incomplete: re-download or re-convert it."
             )
         self.damaged = damaged
@@ -193,21 +195,21 @@ class Bundle:
                 users.setdefault(str(Path(tower.file).parent), set()).add(v.id)
         return {f: ids.pop() for f, ids in users.items() if len(ids) == 1 and f != "."}
 
-    def _file_problems(self, full: bool) -> list[str]:
+    def _file_problems(self, full: bool) -> list[tuple[str, str]]:
         problems = []
         for rel, meta in self.manifest.get("files", {}).items():
             path = self.root / rel
             if not path.is_file():
-                problems.append(f"{rel}: missing")
+                problems.append((rel, "missing"))
                 continue
             stat = path.stat()
             marker = marker_for(path)
             if stat.st_size != meta["size"]:
-                problems.append(f"{rel}: size {stat.st_size}, manifest says {meta['size']}")
+                problems.append((rel, f"size {stat.st_size}, manifest says {meta['size']}"))
             elif not full and is_verified(marker, stat, meta["sha256"]):
                 continue
             elif sha256_file(path) != meta["sha256"]:
-                problems.append(f"{rel}: sha256 differs from the manifest")
+                problems.append((rel, "sha256 differs from the manifest"))
             else:
                 remember(marker, stat, meta["sha256"])
         return problems

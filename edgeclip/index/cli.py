@@ -72,6 +72,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
+def _max_pixels(args: argparse.Namespace) -> int:
+    from edgeclip.images import DEFAULT_MAX_PIXELS  # late: PIL is not needed for --help
+
+    return args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
+
+
 def _positive(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:
@@ -117,14 +123,12 @@ def _open(args: argparse.Namespace, readonly: bool, **kw: Any) -> Any:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from edgeclip.images import DEFAULT_MAX_PIXELS
-
     if not args.dirs and not args.prune:
         raise _usage("give at least one DIR to index (or --prune alone to drop vanished files).")
     ix = _open(
         args, False, reindex=args.reindex, wait=args.wait, batch_size=args.batch_size,
         workers=args.workers, draft=not args.no_draft, previews=args.previews,
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+        max_pixels=_max_pixels(args),
     )  # fmt: skip
     with ix:
         if not args.dirs:
@@ -162,10 +166,7 @@ def _search(args: argparse.Namespace) -> int:
         raise _usage('give one query: a text ("a red bicycle") or --image IMG.')
     if args.image is not None and not Path(args.image).is_file():
         raise _usage(f"--image {args.image}: no such file.")
-    from edgeclip.images import DEFAULT_MAX_PIXELS
-
-    limit = args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
-    with _open(args, True, max_pixels=limit) as ix:
+    with _open(args, True, max_pixels=_max_pixels(args)) as ix:
         query = Path(args.image) if args.image is not None else args.text
         hits = ix.search(query, k=args.k, exact=args.exact)
     if args.json:

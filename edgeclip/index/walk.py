@@ -117,7 +117,7 @@ def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
                 "it, or add single files with Index.add()."
             )
         if not storable(path):
-            raise InputError(f"cannot index '{printable(path)}': {not_storable(path).split(': ', 1)[1]}.")
+            raise InputError(f"cannot index '{printable(path)}': {_NOT_UTF8}.")
         if not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"cannot index '{r}': permission denied; check its permissions.")
         out.append(path)
@@ -211,9 +211,12 @@ def printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+_NOT_UTF8 = ("the name is not valid UTF-8, so the index cannot store it; rename it (for "
+             "example: convmv -f latin1 -t utf-8 --notest -r FOLDER) and index again")  # fmt: skip
+
+
 def not_storable(path: str) -> str:
-    return (f"{printable(path)}: the name is not valid UTF-8, so the index cannot store it; rename "
-            "it (for example: convmv -f latin1 -t utf-8 --notest -r FOLDER) and index again")  # fmt: skip
+    return f"{printable(path)}: {_NOT_UTF8}"
 
 
 def inside(path: str, roots: tuple[str, ...]) -> bool:

@@ -194,9 +194,9 @@ class Service:
             return self.model_name
         if not isinstance(name, str):
             raise APIError(422, f"{param} must be a string.", param=param, code="invalid_type")
-        if name in self.served_names() or name in self.listed_names():
-            return name
         listed = self.listed_names()
+        if name in listed or name in self.served_names():
+            return name
         close = difflib.get_close_matches(name, listed, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise APIError(
