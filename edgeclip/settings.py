@@ -43,6 +43,17 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 )}  # fmt: skip
 
 
+#: variables the runtimes read themselves (oneDNN inside OpenVINO and torch) that change which
+#: kernels run: a verdict, timing or compiled cache made under other values is not reused
+KERNEL_OVERRIDES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
+                    "DNNL_DEFAULT_FPMATH_MODE")  # fmt: skip
+
+
+def kernel_overrides() -> dict[str, str]:
+    """The ``KERNEL_OVERRIDES`` that are set, with their values."""
+    return {name: os.environ[name] for name in KERNEL_OVERRIDES if os.environ.get(name)}
+
+
 def get(name: str) -> str | None:
     """The variable's value, else its documented default."""
     value = os.environ.get(name)

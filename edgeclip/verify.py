@@ -46,9 +46,13 @@ class VerificationError(InputError):
 
 
 def cpu_identity() -> dict[str, Any]:
-    """CPU model and the kernel-relevant ISA flags of this machine."""
+    """CPU model and the kernel-relevant ISA flags of this machine, plus any runtime variable
+    that narrows them (``ONEDNN_MAX_CPU_ISA=AVX2`` on an AMX Xeon runs other kernels)."""
+    from .settings import kernel_overrides
+
     model, isa = _cpu()
-    return {"cpu": model, "isa": list(isa)}
+    overrides = kernel_overrides()
+    return {"cpu": model, "isa": list(isa), **({"kernel_overrides": overrides} if overrides else {})}
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,10 +136,7 @@ def check(variant: Variant, probe: Probe, towers: tuple[Any, Any]) -> dict[str, 
         k = min(N_ALONE, len(probe.pixels), probe.n_texts)
         alone_i, alone_t = image(probe.pixels[:k], 1), text(probe.ids[:k], 1)
     except Exception as exc:  # noqa: BLE001 - a variant that cannot run here fails its gate
-        measured: dict[str, Any] = {"reference": probe.reference,
-                                    "error": f"{type(exc).__name__}: {exc}"[:300]}  # fmt: skip
-        return {"parity": measured, "gate": gate.decide(measured),
-                "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+        return _error_result(probe, exc, start)
     n = probe.n_texts
     measured = gate.parity(img, txt[:n], txt[n:], probe.ref_image, probe.ref_text[:n],
                            probe.ref_text[n:], probe.reference)  # fmt: skip
@@ -147,6 +148,14 @@ def check(variant: Variant, probe: Probe, towers: tuple[Any, Any]) -> dict[str, 
         "batch_invariant": drift <= gate.BATCH_INVARIANCE_TOLERANCE,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _error_result(probe: Probe, exc: Exception, start: float) -> dict[str, Any]:
+    """A failed check for a variant whose session cannot be built or run on this host."""
+    measured: dict[str, Any] = {"reference": probe.reference,
+                                "error": f"{type(exc).__name__}: {exc}"[:300]}  # fmt: skip
+    return {"parity": measured, "gate": gate.decide(measured),
+            "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
 
 
 class CheckCache:
@@ -254,9 +263,15 @@ def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
     known = known_status(bundle, variant, requested_device(towers), cache, probe)
     if known is not None:
         return known
-    used = _session_device(towers, "cpu")
     # Loaded only on a miss: reading and normalising the probe set cost 40 ms of each start.
-    result = check(variant, probe or Probe.load(bundle), towers)
+    probe = probe or Probe.load(bundle)
+    start = time.perf_counter()
+    try:
+        used: str | None = _session_device(towers, "cpu")
+    except Exception as exc:  # noqa: BLE001 - a graph this host's runtime cannot compile fails here
+        result, used = _error_result(probe, exc, start), None
+    else:
+        result = check(variant, probe, towers)
     result["device_used"] = used
     result["checked"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     identity = host_identity(variant.backend, requested_device(towers))
