@@ -17,7 +17,7 @@ def _load(args: argparse.Namespace):
     from .loader import load
 
     return load(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
-                verify=not args.no_verify)  # fmt: skip
+                device=args.device, verify=not args.no_verify)  # fmt: skip
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", "-b", default="auto", help="auto, onnx, openvino, litert, torch")
     p.add_argument("--precision", "-p", default="auto", help="auto, fp32, fp16, int8, ...")
     p.add_argument("--threads", "-t", type=int, default=None, help="intra-op threads")
+    p.add_argument("--device", "-d", default="auto",
+                   help="auto, cpu, cuda, tensorrt (ONNX Runtime), gpu, npu (OpenVINO)")  # fmt: skip
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 and on-device accuracy checks (you know the variant)")  # fmt: skip
 

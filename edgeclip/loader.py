@@ -114,6 +114,18 @@ def _bundle_for_zoo(info: dict) -> Path:
     return _convert_once(checkpoint_dir, out, name=info["name"])
 
 
+def _check_counts(batch_size: object, threads: object) -> None:
+    """``batch_size`` a positive int; ``threads`` None, 0 (the runtime's default) or positive."""
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(batch_size) or batch_size < 1:  # type: ignore[operator]
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if threads is not None and (not whole(threads) or threads < 0):  # type: ignore[operator]
+        raise InputError(f"threads must be a positive integer, 0 or None (the runtime's default: "
+                         f"one per core), got {threads!r}.")  # fmt: skip
+
+
 def load(
     name_or_path: str | os.PathLike = "tinyclip-8m",
     backend: str | None = "auto",
@@ -134,8 +146,7 @@ def load(
     time it is used here (``edgeclip.verify``): a variant that misses its gate on this machine
     is never picked and is refused when asked for. ``verify=False`` skips both.
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    _check_counts(batch_size, threads)
     for what, value in (("backend", backend), ("precision", precision), ("device", device)):
         if value is not None and not isinstance(value, str):
             raise InputError(f"{what} must be a name such as 'auto', got {type(value).__name__} "

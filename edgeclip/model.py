@@ -160,7 +160,12 @@ class EdgeClip:
     def _chunk(self, batch_size: int | None, invariant: bool) -> int:
         if invariant and not self.batch_invariant:
             return 1
-        return int(batch_size or self.batch_size)
+        if batch_size is None:
+            return self.batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, or None for the model's "
+                             f"{self.batch_size}; got {batch_size!r}.")  # fmt: skip
+        return int(batch_size)
 
     def encode_image(
         self,
@@ -208,6 +213,8 @@ class EdgeClip:
 
         ``invariant=True``: as in ``encode_image``, rows independent of their batch neighbours.
         """
+        if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+            raise InputError(f"encode_text takes a str or a list of str, got {type(texts).__name__}.")
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
             raise InputError("encode_text got no texts.")

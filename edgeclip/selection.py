@@ -114,6 +114,22 @@ def _candidates(bundle: Bundle, backend: str, precision: str) -> tuple[list[Vari
     return found, backends
 
 
+def _offering(device: str, backends: list[str]) -> list[str]:
+    """The ``backends`` that can use ``device`` here; none: an error with what each offers."""
+    refusals: dict[str, str] = {}
+    for name in backends:
+        try:
+            get_backend(name).check_device(device)
+        except InputError as exc:
+            refusals[name] = str(exc)
+    usable = [b for b in backends if b not in refusals]
+    if not usable:
+        raise InputError(f"device {device!r} is not usable by any installed backend the bundle "
+                         f"has variants for: {' '.join(refusals.values())} Use device='auto' "
+                         "(--device auto) to let edgeclip choose.")  # fmt: skip
+    return usable
+
+
 def _unchecked(v: Variant) -> str:
     if v.gate.get("reason"):
         return v.gate["reason"]
@@ -137,6 +153,9 @@ def select(bundle: Bundle, backend: str = "auto", precision: str = "auto",
     """Pick the variant to run on this host and say why (see the module docstring)."""
     backend = canonical_name(backend) if backend != "auto" else backend
     found, backends = _candidates(bundle, backend, precision)
+    if device != "auto":
+        backends = _offering(device, [b for b in backends if any(v.backend == b for v in found)])
+        found = [v for v in found if v.backend in backends]
     ver = _Verifier(bundle, threads, device, verify)
     if backend != "auto" and precision != "auto":
         first = min(found, key=lambda v: precision_rank(v.precision))

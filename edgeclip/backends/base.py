@@ -41,6 +41,11 @@ class Backend(Protocol):
         """Devices/providers this runtime can use on this host, best first."""
         ...
 
+    def check_device(self, device: str) -> None:
+        """Raise ``InputError`` naming what is available when ``device`` is not usable here
+        (cheap: builds no session), so a device no installed runtime offers is refused up front."""
+        ...
+
     def open(
         self,
         path: Path,

@@ -121,6 +121,12 @@ class Backend:
     def devices(self) -> list[str]:
         return ["cpu"]
 
+    def check_device(self, device: str) -> None:
+        if device not in (None, "", "auto", "cpu"):
+            raise InputError(
+                f"LiteRT device {device!r}: edgeclip runs LiteRT on the CPU only (use 'cpu')."
+            )
+
     def open(
         self,
         path: Path,
@@ -128,10 +134,7 @@ class Backend:
         device: str = "auto",
         precision: str | None = None,
     ) -> LiteRtSession:
-        if device not in (None, "", "auto", "cpu"):
-            raise InputError(
-                f"LiteRT device {device!r}: edgeclip runs LiteRT on the CPU only (use 'cpu')."
-            )
+        self.check_device(device)
         interpreter_cls, package = _interpreter_class()
         it = interpreter_cls(model_path=str(path), num_threads=int(threads) if threads else None)
         if package == "tflite-runtime" and is_dynamic_range(it):  # pragma: no cover

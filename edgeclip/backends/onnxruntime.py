@@ -70,18 +70,27 @@ class Backend:
         return [p for p in (*_AUTO_ORDER[:1], "TensorrtExecutionProvider", *_AUTO_ORDER[1:])
                 if p in have]  # fmt: skip
 
-    def _providers(self, device: str | None, path: Path, precision: str | None) -> list:
+    def check_device(self, device: str) -> None:
         import onnxruntime as ort
 
-        have = ort.get_available_providers()
         if device in ("auto", "", None):
-            return [p for p in _AUTO_ORDER if p in have]
+            return
+        have = ort.get_available_providers()
         wanted = _DEVICE_TO_PROVIDER.get(device.lower(), device)
         if wanted not in have:
             raise InputError(
                 f"ONNX Runtime device {device!r} ({wanted}) is not available here; available "
                 f"providers: {', '.join(have)}. For CUDA install onnxruntime-gpu (JetPack's wheel on a Jetson)."
             )
+
+    def _providers(self, device: str | None, path: Path, precision: str | None) -> list:
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        if device in ("auto", "", None):
+            return [p for p in _AUTO_ORDER if p in have]
+        self.check_device(device)
+        wanted = _DEVICE_TO_PROVIDER.get(device.lower(), device)
         if wanted == "TensorrtExecutionProvider":
             return [(wanted, tensorrt_options(path, precision)), "CUDAExecutionProvider",
                     "CPUExecutionProvider"]  # fmt: skip

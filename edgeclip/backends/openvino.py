@@ -171,6 +171,9 @@ class Backend:
         rank = {"gpu": 0, "npu": 1, "cpu": 2}
         return sorted(have, key=lambda d: (rank.get(d.split(".")[0], 3), d))
 
+    def check_device(self, device: str) -> None:
+        self._device(device)
+
     def _device(self, device: str | None) -> str:
         if device in (None, "", "auto"):
             return "CPU"

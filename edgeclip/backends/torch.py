@@ -62,13 +62,10 @@ class Backend:
 
         return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
 
-    def open(
-        self,
-        path: Path,
-        threads: int | None = None,
-        device: str = "auto",
-        precision: str | None = None,
-    ) -> TorchSession:
+    def check_device(self, device: str) -> None:
+        self._device(device)
+
+    def _device(self, device: str | None) -> str:
         import torch
 
         dev = {"auto": "cuda" if torch.cuda.is_available() else "cpu", "gpu": "cuda"}.get(
@@ -78,6 +75,18 @@ class Backend:
             raise InputError(
                 f"torch device {device!r} is not available here; available: {self.devices()}."
             )
+        return str(dev)
+
+    def open(
+        self,
+        path: Path,
+        threads: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> TorchSession:
+        import torch
+
+        dev = self._device(device)
         if threads:
             torch.set_num_threads(int(threads))
         if Path(path).suffix != ".pt2":

@@ -39,6 +39,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", "-b", default="auto", help="auto, onnx, openvino, litert")
     p.add_argument("--precision", "-p", default="auto", help="auto, fp32, fp16, int8, ...")
     p.add_argument("--threads", "-t", type=int, default=None, help="intra-op threads of the model")
+    p.add_argument("--device", "-d", default="auto",
+                   help="auto, cpu, cuda, tensorrt (ONNX Runtime), gpu, npu (OpenVINO)")  # fmt: skip
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 and on-device accuracy checks (you know the variant)")  # fmt: skip
     p.add_argument("--alias", action="append", default=[], metavar="NAME",
                    help="another model name requests may use (repeatable), e.g. ViT-B-32__openai for Immich")  # fmt: skip
 
@@ -172,6 +176,7 @@ def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no
     spec = ModelSpec(
         model=args.model, backend=args.backend, precision=args.precision,
         threads=args.threads, max_pixels=args.max_pixels, batch_size=args.max_batch,
+        device=args.device, verify=not args.no_verify,
     )  # fmt: skip
     return ServeConfig(
         spec=spec, names=served_names(args.model, args.alias), limits=limits, api_key=api_key,

@@ -39,6 +39,8 @@ class ModelSpec:
     threads: int | None = None
     max_pixels: int = 40_000_000
     batch_size: int = 32
+    device: str = "auto"
+    verify: bool = True
 
 
 class ModelInputError(Exception):
@@ -56,7 +58,7 @@ def open_model(spec: ModelSpec) -> Any:
     # batches, spinning burned 40 % more CPU for the same work.
     model = edgeclip.load(
         spec.model, backend=spec.backend, precision=spec.precision, threads=spec.threads,
-        batch_size=spec.batch_size,
+        batch_size=spec.batch_size, device=spec.device, verify=spec.verify,
     )  # fmt: skip
     # The server's bomb limit; the request handler already refused larger headers.
     model.preprocessor.max_pixels = spec.max_pixels

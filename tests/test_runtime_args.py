@@ -1,0 +1,74 @@
+"""The runtime's arguments on a real bundle: a device no installed runtime offers, counts that are
+not counts, and texts that are not text are refused by name with the fix, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgeclip
+from edgeclip.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def model(micro_bundle):
+    return edgeclip.load(micro_bundle)
+
+
+def test_a_device_no_installed_runtime_offers_is_refused_with_what_each_offers(micro_bundle):
+    with pytest.raises(InputError) as err:
+        edgeclip.load(micro_bundle, device="no-such-device")
+    text = str(err.value)
+    # micro_bundle has ONNX variants only: ONNX Runtime says what it offers, and only it speaks
+    assert "'no-such-device'" in text and "CPUExecutionProvider" in text
+    assert "OpenVINO" not in text and "device='auto'" in text
+    assert edgeclip.load(micro_bundle, device="cpu").encode_text("a cat").shape[0] == 1
+
+
+def test_the_cli_names_the_device_without_a_traceback(micro_bundle):
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "classify", "x.jpg", "--model",
+                          str(micro_bundle), "--device", "no-such-device", "--labels", "cat", "dog"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "'no-such-device'" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("threads", [-1, "2", 2.0, True])
+def test_threads_must_be_a_count(micro_bundle, threads):
+    with pytest.raises(InputError, match="threads must be a positive integer, 0 or None"):
+        edgeclip.load(micro_bundle, threads=threads)
+
+
+def test_zero_threads_is_the_runtimes_default(micro_bundle):
+    assert edgeclip.load(micro_bundle, threads=0).encode_text("a cat").shape[0] == 1
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, "3", 2.5])
+def test_batch_size_must_be_a_positive_count(model, micro_bundle, batch_size):
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        model.encode_text(["a", "b"], batch_size=batch_size)
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        model.encode_image([np.zeros((8, 8, 3), np.uint8)], batch_size=batch_size)
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        edgeclip.load(micro_bundle, batch_size=batch_size)
+
+
+def test_batch_size_one_gives_the_same_rows(model):
+    texts = ["a photo of a cat", "a dog", "a red car"]
+    np.testing.assert_allclose(model.encode_text(texts, batch_size=1), model.encode_text(texts),
+                               atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("texts", [None, 5, b"a cat", {"a": 1}])
+def test_texts_that_are_not_text_are_named(model, texts):
+    with pytest.raises(InputError, match=f"a str or a list of str, got {type(texts).__name__}"):
+        model.encode_text(texts)
+
+
+def test_any_iterable_of_str_is_texts(model):
+    want = model.encode_text(["a cat", "a dog"])
+    np.testing.assert_allclose(model.encode_text(("a cat", "a dog")), want, atol=1e-6)
+    np.testing.assert_allclose(model.encode_text(t for t in ["a cat", "a dog"]), want, atol=1e-6)
