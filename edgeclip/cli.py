@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BatchError, EdgeclipError
+from .errors import BatchError, EdgeclipError, InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -90,9 +90,24 @@ def _is_image_arg(arg: str) -> bool:
     return Path(arg).suffix.lower() in IMAGE_SUFFIXES or Path(arg).is_file()
 
 
+def _writable_output(name: str) -> Path:
+    """``-o``'s path, refused before any work when it cannot be written."""
+    path = Path(name)
+    if path.is_dir():
+        raise InputError(f"-o {name}: it is a directory; give a file name, e.g. {path / 'embeddings.npy'}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"-o {name}: folder {parent} does not exist; create it (mkdir -p {parent}) "
+                         "or write elsewhere.")  # fmt: skip
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"-o {name}: folder {parent} is not writable; write elsewhere.")
+    return path
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    output = _writable_output(args.output) if args.output else None
     model = _load(args)
     kinds = [
         "text"
@@ -126,9 +141,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     )
     for i, why in sorted(failures.items()):
         print(f"{args.inputs[i]}: ERROR {why} (its row is NaN)", file=sys.stderr)
-    if args.output and out is not None:
-        np.save(args.output, out)
-        print(f"wrote {args.output}: {out.shape[0]} x {out.shape[1]} float32 ({', '.join(kinds)})")
+    if output and out is not None:
+        tmp = output.with_name(output.name + ".partial")
+        try:
+            with open(tmp, "wb") as fh:  # a file handle: np.save would append .npy to other names
+                np.save(fh, out)
+            os.replace(tmp, output)  # never half a file under the name asked for
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InputError(f"-o {output}: cannot write it ({exc.strerror}); write elsewhere.") from exc
+        print(f"wrote {output}: {out.shape[0]} x {out.shape[1]} float32 ({', '.join(kinds)})")
     elif out is not None:
         print(
             json.dumps(

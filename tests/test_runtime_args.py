@@ -72,3 +72,24 @@ def test_any_iterable_of_str_is_texts(model):
     want = model.encode_text(["a cat", "a dog"])
     np.testing.assert_allclose(model.encode_text(("a cat", "a dog")), want, atol=1e-6)
     np.testing.assert_allclose(model.encode_text(t for t in ["a cat", "a dog"]), want, atol=1e-6)
+
+
+def _embed_to(bundle, output) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeclip", "embed", "a cat", "-o", str(output),
+                           "--model", str(bundle)], capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_embed_refuses_an_output_it_cannot_write_before_any_work(micro_bundle, tmp_path):
+    missing = _embed_to(micro_bundle, tmp_path / "no" / "such" / "e.npy")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "does not exist" in missing.stderr and "mkdir -p" in missing.stderr
+    folder = _embed_to(micro_bundle, tmp_path)
+    assert folder.returncode == 2 and "it is a directory" in folder.stderr
+    assert not (tmp_path.parent / f"{tmp_path.name}.npy").exists()  # np.save's renaming
+
+
+def test_embed_writes_exactly_the_name_given(micro_bundle, tmp_path):
+    out = tmp_path / "vectors.bin"
+    run = _embed_to(micro_bundle, out)
+    assert run.returncode == 0, run.stderr
+    assert np.load(out).shape[0] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["vectors.bin"]
