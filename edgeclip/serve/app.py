@@ -1,8 +1,9 @@
 """The ASGI application of ``edgeclip serve``: routes, middlewares and the model's lifespan.
 
 Middlewares, outermost first: ``RequestMetrics`` (counts and times every request, whatever
-happens inside), ``ApiKeyAuth`` (before the body is read, so an unauthenticated client cannot
-make the server buffer anything) and ``BodyGuard`` (size limit and read deadline).
+happens inside), ``Cors`` (``OPTIONS`` and cross-origin headers, before the key: a browser's
+preflight carries none), ``ApiKeyAuth`` (before the body is read, so an unauthenticated
+client cannot make the server buffer anything) and ``BodyGuard`` (size limit and deadline).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from . import immich, openai_api
+from .cors import Cors
 from .errors import APIError, send_error
 from .limits import BodyGuard
 from .service import ServeConfig, Service
@@ -183,7 +185,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {
         404: f"no endpoint {request.url.path}",
-        405: f"{request.method} is not allowed on {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}; use "
+        f"{(exc.headers or {}).get('Allow', 'another method')}.",
     }
     error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
     return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
@@ -231,6 +234,7 @@ def create_app(config: ServeConfig) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(RequestMetrics, service=service, endpoints=endpoints),
+            Middleware(Cors, origins=config.cors_origins, routes=routes),
             Middleware(ApiKeyAuth, api_key=config.api_key),
             Middleware(
                 BodyGuard,

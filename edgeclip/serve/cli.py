@@ -58,6 +58,9 @@ def _add_security_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
                    help="images may be given as paths of files under DIR (repeatable)")  # fmt: skip
+    g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000; '*': any) call "
+                   "the API from a browser (repeatable; default: none)")  # fmt: skip
 
 
 def _add_lifecycle_args(p: argparse.ArgumentParser) -> None:
@@ -132,6 +135,15 @@ def _allow_dirs(values: list[str]) -> tuple[Path, ...]:
     return tuple(dirs)
 
 
+def _cors_origins(values: list[str]) -> tuple[str, ...]:
+    from .cors import parse_origins
+
+    try:
+        return parse_origins(values)
+    except ValueError as exc:
+        raise SystemExit(f"edgeclip serve: {exc}") from None
+
+
 def served_names(model: str, aliases: list[str]) -> tuple[str, ...]:
     """The names requests may use; an unknown zoo name fails here, with close matches."""
     from edgeclip.bundle import Bundle
@@ -183,6 +195,7 @@ def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no
         allow_dirs=_allow_dirs(args.allow_dir), max_batch=args.max_batch,
         batch_window_s=args.batch_window_ms / 1000.0, max_queue=args.max_queue,
         idle_ttl_s=args.idle_ttl or None, in_process=args.in_process, preload=args.preload,
+        cors_origins=_cors_origins(args.cors_origin),
     )  # fmt: skip
 
 

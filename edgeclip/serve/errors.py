@@ -13,6 +13,7 @@ from typing import Any, Callable
 _TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
+    403: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
     408: "invalid_request_error",
@@ -36,6 +37,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -43,9 +45,14 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
+        #: more keys of the error object (``failed``, ``data``): inside it, because the OpenAI
+        #: client hands only the error object to code that catches its exceptions (``exc.body``)
+        self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.status, self.message, param=self.param, code=self.code)
+        body = error_body(self.status, self.message, param=self.param, code=self.code)
+        body["error"].update(self.extra)
+        return body
 
 
 def error_body(

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from .errors import APIError
-from .inputs import check_text_lengths
+from .inputs import check_text_lengths, empty_input, is_blank
 from .openai_api import json_response
 from .service import Service
 
@@ -37,11 +38,17 @@ def _invalid(why: str) -> APIError:
 def parse_entries(raw: Any) -> tuple[str, str]:
     """``(kind, modelName)`` from the ``entries`` field; kind is "visual" or "textual"."""
     if not isinstance(raw, str):
-        raise _invalid("the form has no 'entries' field.")
+        raise _invalid(
+            "the form's 'entries' is a file; send it as a plain field."
+            if raw is not None
+            else "the form has no 'entries' field."
+        )
     try:
         entries = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise _invalid(f"'entries' is not JSON ({exc.msg}).") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number; '[' nested 100,000 deep
+        raise _invalid(f"'entries' cannot be read ({type(exc).__name__}).") from None
     if not isinstance(entries, dict) or not entries:
         raise _invalid('\'entries\' must be an object such as {"clip": {"visual": {...}}}.')
     others = sorted(set(entries) - {"clip"})
@@ -65,8 +72,7 @@ async def ping(request: Request) -> Response:
     return PlainTextResponse("pong")
 
 
-async def predict(request: Request) -> Response:
-    svc: Service = request.app.state.service
+async def _read_form(request: Request, svc: Service) -> FormData:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "multipart/form-data":
         raise APIError(
@@ -75,40 +81,93 @@ async def predict(request: Request) -> Response:
             code="unsupported_media_type",
         )
     try:
-        form = await request.form(
+        return await request.form(
             max_files=2, max_fields=8, max_part_size=svc.limits.max_body_bytes
         )
-    except MultiPartException as exc:
+    except (MultiPartException, HTTPException) as exc:  # Starlette turns the first into the second
+        why = exc.message if isinstance(exc, MultiPartException) else exc.detail
         raise APIError(
-            400, f"malformed multipart body: {exc.message}", code="invalid_form"
+            400,
+            f"malformed multipart body: {why} Send a multipart/form-data form with an 'entries' "
+            "field and an 'image' file or a 'text' field.",
+            code="invalid_form",
         ) from None
+
+
+def _one(form: FormData, field: str) -> Any:
+    """The form's only ``field`` part, or None; two would leave the answer's input ambiguous."""
+    parts = form.getlist(field)
+    if len(parts) > 1:
+        raise APIError(
+            422,
+            f"the form has {len(parts)} {field!r} parts; /predict embeds one input per request, "
+            "as Immich sends it. Send one request per input.",
+            param=field,
+            code="invalid_form",
+        )
+    return parts[0] if parts else None
+
+
+async def _visual(svc: Service, image: Any) -> dict[str, Any]:
+    if not isinstance(image, UploadFile):
+        why = (
+            "a plain field, not a file (it has no filename), so its bytes arrived as text"
+            if isinstance(image, str) else "missing"
+        )  # fmt: skip
+        raise APIError(
+            422,
+            f"clip.visual needs an 'image' file part; the form's 'image' is {why}. Send it as "
+            "a file, e.g. curl -F image=@photo.jpg.",
+            param="image",
+            code="missing_field",
+        )
+    vectors, sizes = await svc.embed_images([await image.read()], "image", single=True)
+    width, height = sizes[0] or (0, 0)
+    return {"clip": vector_string(vectors[0]), "imageHeight": height, "imageWidth": width}
+
+
+async def _textual(svc: Service, text: Any) -> dict[str, Any]:
+    if not isinstance(text, str):
+        why = "a file, not a plain field" if isinstance(text, UploadFile) else "missing"
+        raise APIError(
+            422,
+            f"clip.textual needs a 'text' field; the form's 'text' is {why}. Send it as a "
+            "plain field, e.g. curl -F text='a dog on a beach'.",
+            param="text",
+            code="missing_field",
+        )
+    if is_blank(text):  # its vector would be that of "", matching nothing in particular
+        raise empty_input("text")
+    check_text_lengths([text], "text", svc.limits, single=True)
+    vectors, _ = await svc.embed_texts([text], "text", single=True)
+    return {"clip": vector_string(vectors[0])}
+
+
+async def predict(request: Request) -> Response:
+    svc: Service = request.app.state.service
+    form = await _read_form(request, svc)
     try:
-        kind, name = parse_entries(form.get("entries"))
+        kind, name = parse_entries(_one(form, "entries"))
         svc.check_model(name, param=f"entries.clip.{kind}.modelName")
-        image, text = form.get("image"), form.get("text")
+        image, text = _one(form, "image"), _one(form, "text")
         if image is None and text is None:
-            raise APIError(400, "Either image or text must be provided", code="missing_input")
-        if kind == "visual":
-            if not isinstance(image, UploadFile):
-                raise APIError(
-                    422, "clip.visual needs an 'image' file.", param="image", code="missing_field"
-                )
-            data = await image.read()
-            vectors, sizes = await svc.embed_images([data], "image")
-            width, height = sizes[0] or (0, 0)
-            payload = {
-                "clip": vector_string(vectors[0]),
-                "imageHeight": height,
-                "imageWidth": width,
-            }
-        else:
-            if not isinstance(text, str):
-                raise APIError(
-                    422, "clip.textual needs a 'text' field.", param="text", code="missing_field"
-                )
-            check_text_lengths([text], "text", svc.limits)
-            vectors, _ = await svc.embed_texts([text])
-            payload = {"clip": vector_string(vectors[0])}
+            hint = (
+                " The form has only an 'assetId': Immich sends that instead of the image for "
+                "models it runs itself; pick an ordinary CLIP model name in Immich."
+                if "assetId" in form else ""
+            )  # fmt: skip
+            raise APIError(
+                400, f"Either image or text must be provided.{hint}", code="missing_input"
+            )
+        if image is not None and text is not None:
+            raise APIError(
+                422,
+                f"the form has both an 'image' and a 'text'; clip.{kind} embeds one of them. "
+                "Send only the one that 'entries' asks for.",
+                param="text" if kind == "visual" else "image",
+                code="invalid_form",
+            )
+        payload = await (_visual(svc, image) if kind == "visual" else _textual(svc, text))
     finally:
         await form.close()
     return await json_response(payload)

@@ -53,6 +53,12 @@ def parse_json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
             400, "malformed JSON: nested too deeply; no request needs more than a few levels.",
             code="invalid_json",
         ) from None
+    except ValueError:  # an integer past Python's 4,300-digit conversion limit
+        raise APIError(
+            400,
+            "malformed JSON: a number has more than 4,300 digits; no field needs one.",
+            code="invalid_json",
+        ) from None
     if not isinstance(value, dict):
         raise APIError(
             422,
@@ -105,6 +111,12 @@ def positive_int(body: dict[str, Any], field: str, default: int | None) -> int |
     return value
 
 
+def item_param(field: str, index: int, single: bool) -> str:
+    """How errors name one input: ``input`` when the request sent one bare value, else
+    ``input[3]``, so ``param`` always points at what the client actually sent."""
+    return field if single else f"{field}[{index}]"
+
+
 def string_list(value: Any, field: str, *, what: str, limit: int, flag: str) -> list[str]:
     """A string or a list of strings, non-empty, at most ``limit`` long; each item non-empty."""
     items = [value] if isinstance(value, str) else value
@@ -136,21 +148,55 @@ def string_list(value: Any, field: str, *, what: str, limit: int, flag: str) -> 
                 param=f"{field}[{i}]",
                 code="invalid_type",
             )
-        if not item.strip():
-            where = field if isinstance(value, str) else f"{field}[{i}]"
-            raise APIError(400, f"{where} is an empty string.", param=where, code="empty_input")
+        if is_blank(item):
+            raise empty_input(item_param(field, i, isinstance(value, str)), what)
     return items
 
 
-def check_text_lengths(texts: list[str], field: str, limits: Limits) -> None:
+def is_blank(text: str) -> bool:
+    """Nothing to embed: empty, or only whitespace and invisible characters (NUL, BOM, ...)."""
+    return not any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
+def empty_input(param: str, what: str = "text") -> APIError:
+    """400 for an input with nothing in it: its vector would be a silent wrong answer."""
+    if what == "image":
+        why = "an empty string; send the image as a 'data:image/jpeg;base64,...' URI"
+    else:
+        why = (
+            "empty or only whitespace / invisible characters, which the model would embed as "
+            f"the vector of no text at all; send a non-empty {what}, or leave this one out"
+        )
+    return APIError(400, f"{param} is {why}.", param=param, code="empty_input")
+
+
+def refuse_images_as_text(texts: list[str], field: str, single: bool) -> None:
+    """A data URI sent as text is an image without ``modality: "image"`` (the OpenAI client
+    needs ``extra_body`` for it): embedding its base64 as words would be a silent wrong answer."""
+    for i, text in enumerate(texts):
+        head = text[:128].lower()
+        if head.startswith("data:") and ";base64," in head:
+            where = item_param(field, i, single)
+            raise APIError(
+                400,
+                f"{where} is a base64 data URI, but modality is 'text' (the default), so it "
+                'would be embedded as words. Send "modality": "image" (with the openai '
+                'client: extra_body={"modality": "image"}).',
+                param=where,
+                code="image_as_text",
+            )
+
+
+def check_text_lengths(texts: list[str], field: str, limits: Limits, single: bool = False) -> None:
     for i, text in enumerate(texts):
         if len(text) > limits.max_text_chars:
+            where = item_param(field, i, single)
             raise APIError(
                 413,
-                f"{field}[{i}] has {len(text):,} characters; this server takes at most "
+                f"{where} has {len(text):,} characters; this server takes at most "
                 f"{limits.max_text_chars:,} (--max-text-chars). Text past the model's context "
                 "(77 tokens) is truncated anyway, so send its start.",
-                param=f"{field}[{i}]",
+                param=where,
                 code="text_too_long",
             )
 
@@ -204,16 +250,36 @@ def _from_data_uri(ref: str, param: str) -> bytes:
             code="invalid_image",
         )
     try:
-        data = base64.b64decode(payload, validate=True)
+        data = _b64decode(payload)
     except (binascii.Error, ValueError) as exc:
         raise APIError(
-            400, f"{param} is not valid base64 ({exc}).", param=param, code="invalid_base64"
+            400,
+            f"{param} is not valid base64 ({exc}); send the file's bytes base64-encoded "
+            "(standard or URL-safe alphabet) after 'base64,'.",
+            param=param,
+            code="invalid_base64",
         ) from None
     if not data:
         raise APIError(
             400, f"{param} is an empty image (0 bytes).", param=param, code="invalid_image"
         )
     return data
+
+
+_WHITESPACE = re.compile(r"[ \t\r\n]+")
+
+
+def _b64decode(payload: str) -> bytes:
+    """Strict base64, tolerating what common encoders write: line breaks (``base64`` wraps at
+    76 columns, RFC 2045), missing ``=`` padding and the URL-safe alphabet (RFC 4648 section 5).
+    Anything else outside the alphabet is still an error, never silently dropped."""
+    text = _WHITESPACE.sub("", payload)
+    text += "=" * (-len(text) % 4)
+    if "-" in text or "_" in text:
+        if "+" in text or "/" in text:
+            raise ValueError("it mixes the standard and the URL-safe alphabets")
+        text = text.replace("-", "+").replace("_", "/")
+    return base64.b64decode(text, validate=True)
 
 
 def resolve_allowed(ref: str, allow_dirs: Sequence[Path]) -> Path | None:

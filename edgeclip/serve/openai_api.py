@@ -19,10 +19,11 @@ from .inputs import (
     choice,
     parse_json_body,
     positive_int,
+    refuse_images_as_text,
     require,
     string_list,
 )
-from .service import Service
+from .service import InputsFailed, Service
 
 
 async def json_response(payload: dict[str, Any], status: int = 200) -> Response:
@@ -56,6 +57,41 @@ def apply_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
     return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def _data(vectors: np.ndarray, indices: list[int], fmt: str, dimensions: int) -> list[dict]:
+    vectors = apply_dimensions(vectors, dimensions)
+    return [
+        {"object": "embedding", "embedding": _encode(v, fmt), "index": i}
+        for i, v in zip(indices, vectors)
+    ]
+
+
+async def _embed(
+    svc: Service, raw: Any, modality: str, fmt: str, dimensions: int
+) -> tuple[np.ndarray, int]:
+    """The request's vectors and token count; on a partial failure, the error carries the
+    good inputs' embeddings (``error.data``), formatted as a success would have them."""
+    limits, single = svc.limits, isinstance(raw, str)
+    try:
+        if modality == "text":
+            texts = string_list(
+                raw, "input", what="text", limit=limits.max_texts, flag="--max-texts"
+            )
+            check_text_lengths(texts, "input", limits, single)
+            refuse_images_as_text(texts, "input", single)
+            vectors, counts = await svc.embed_texts(texts, "input", single)
+            return vectors, sum(counts)
+        refs = string_list(raw, "input", what="image", limit=limits.max_images, flag="--max-images")
+        vectors, _ = await svc.embed_images(refs, "input", single)
+        return vectors, len(refs)  # an image counts as one token
+    except InputsFailed as exc:
+        good = sorted(exc.vectors)
+        rows = [exc.vectors[i] for i in good]
+        exc.extra["data"] = _data(np.stack(rows), good, fmt, dimensions) if rows else []
+        if rows:
+            exc.message += f" error.data holds the embeddings of the other {len(rows)}."
+        raise
+
+
 def _encode(vector: np.ndarray, fmt: str) -> Any:
     if fmt == "base64":  # OpenAI's: raw little-endian float32 bytes, base64 encoded
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
@@ -64,7 +100,6 @@ def _encode(vector: np.ndarray, fmt: str) -> Any:
 
 async def embeddings(request: Request) -> Response:
     svc: Service = request.app.state.service
-    limits = svc.limits
     body = parse_json_body(await request.body(), request.headers.get("content-type"))
     model = svc.check_model(body.get("model"))
     modality = choice(body, "modality", ("text", "image"), "text")
@@ -73,23 +108,10 @@ async def embeddings(request: Request) -> Response:
     info = svc.host.info
     if info and info.get("embed_dim") and dimensions > info["embed_dim"]:
         check_dimensions(dimensions, info["embed_dim"])  # before the work, when known
-    raw = require(body, "input")
-    if modality == "text":
-        texts = string_list(raw, "input", what="text", limit=limits.max_texts, flag="--max-texts")
-        check_text_lengths(texts, "input", limits)
-        vectors, counts = await svc.embed_texts(texts)
-        tokens = sum(counts)
-    else:
-        refs = string_list(raw, "input", what="image", limit=limits.max_images, flag="--max-images")
-        vectors, _ = await svc.embed_images(refs, "input")
-        tokens = len(refs)  # an image counts as one token
-    vectors = apply_dimensions(vectors, dimensions)
+    vectors, tokens = await _embed(svc, require(body, "input"), modality, fmt, dimensions)
     payload = {
         "object": "list",
-        "data": [
-            {"object": "embedding", "embedding": _encode(v, fmt), "index": i}
-            for i, v in enumerate(vectors)
-        ],
+        "data": _data(vectors, list(range(len(vectors))), fmt, dimensions),
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         "id": f"embd-{uuid.uuid4().hex}",
@@ -140,21 +162,22 @@ async def classify(request: Request) -> Response:
     limits = svc.limits
     body = parse_json_body(await request.body(), request.headers.get("content-type"))
     model = svc.check_model(body.get("model"))
+    raw_images, raw_labels = require(body, "images"), require(body, "labels")
     images = string_list(
-        require(body, "images"),
+        raw_images,
         "images",
         what="image",
         limit=limits.max_images,
         flag="--max-images",
     )
     labels = string_list(
-        require(body, "labels"),
+        raw_labels,
         "labels",
         what="label",
         limit=limits.max_labels,
         flag="--max-labels",
     )
-    check_text_lengths(labels, "labels", limits)
+    check_text_lengths(labels, "labels", limits, isinstance(raw_labels, str))
     templates = body.get("templates")
     prompts = len(labels) * _template_count(templates)
     if prompts > limits.max_prompts:
@@ -169,7 +192,7 @@ async def classify(request: Request) -> Response:
     if top_k == 0:
         raise APIError(400, "top_k must be at least 1.", param="top_k", code="invalid_value")
     label_emb = await svc.label_embeddings(labels, templates)
-    image_emb, _ = await svc.embed_images(images, "images")
+    image_emb, _ = await svc.embed_images(images, "images", isinstance(raw_images, str))
     info = await svc.model_info()
     payload = {
         "object": "list",

@@ -17,7 +17,7 @@ import numpy as np
 
 from .batcher import Batcher, QueueFull
 from .errors import APIError
-from .inputs import image_bytes, image_size
+from .inputs import empty_input, image_bytes, image_size, item_param
 from .lifecycle import ModelHost
 from .limits import Limits
 from .metrics import Metrics
@@ -40,11 +40,49 @@ class ServeConfig:
     idle_ttl_s: float | None = 300.0
     in_process: bool = False
     preload: bool = False
+    #: origins whose pages may call the API from a browser (``--cors-origin``; "*": any)
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass
 class ImageFailure:
     reason: str
+
+
+class InputsFailed(APIError):
+    """Some inputs of one request failed: one error naming each, keeping the others' vectors.
+
+    The error object gets ``failed`` (every failed input: index, param, message, code) and,
+    through the endpoint, ``data`` (the good inputs' embeddings), so a client can keep those
+    and resend only what failed. One failure among one input is that input's own error.
+    """
+
+    def __init__(
+        self, failed: dict[int, APIError], vectors: dict[int, np.ndarray], total: int, what: str
+    ) -> None:
+        order = sorted(failed)
+        first = failed[order[0]]
+        if total == 1:
+            message = first.message
+        else:
+            detail = "; ".join(failed[i].message.rstrip(".") for i in order[:5])
+            more = f" (and {len(order) - 5} more)" if len(order) > 5 else ""
+            message = (
+                f"{len(order)} of {total} {what} failed, so the request failed: {detail}{more}. "
+                "error.failed lists each; fix or drop them and resend."
+            )
+        codes = {failed[i].code for i in order}
+        super().__init__(
+            413 if all(failed[i].status == 413 for i in order) else 400,
+            message,
+            param=first.param,
+            code=first.code if len(codes) == 1 else f"invalid_{what[:-1]}",
+            extra={"failed": [
+                {"index": i, "param": failed[i].param, "message": failed[i].message,
+                 "code": failed[i].code} for i in order
+            ]},
+        )  # fmt: skip
+        self.vectors = vectors
 
 
 class Service:
@@ -87,7 +125,7 @@ class Service:
         except WorkerFailed as exc:
             raise APIError(500, str(exc), code="model_unavailable") from None
         except ModelInputError as exc:
-            raise APIError(400, str(exc), code="invalid_input") from None
+            raise APIError(400, str(exc), param=exc.param, code="invalid_input") from None
         except RuntimeError as exc:
             raise APIError(500, f"the model failed: {exc}", code="model_error") from None
 
@@ -106,61 +144,71 @@ class Service:
         except QueueFull as exc:
             raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": "1"}) from None
 
-    async def embed_texts(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+    async def embed_texts(
+        self, texts: list[str], param: str = "input", single: bool = False
+    ) -> tuple[np.ndarray, list[int]]:
+        """(N, D) float32 and each text's token count; 400 naming every text with no tokens."""
         async with self.texts.expect() as submit:
             rows = await self._submit(submit, texts)
+        # The tokenizer has the last word on what is empty: "&nbsp;" passes every character
+        # check but unescapes to whitespace, i.e. the vector of "" (a silent wrong answer).
+        failed = {
+            i: empty_input(item_param(param, i, single))
+            for i, (_, count) in enumerate(rows) if count <= 2
+        }  # fmt: skip
+        if failed:
+            good = {i: row[0] for i, row in enumerate(rows) if i not in failed}
+            raise InputsFailed(failed, good, len(texts), "texts")
         return np.stack([r[0] for r in rows]), [r[1] for r in rows]
 
-    async def embed_images(self, refs: Sequence[Any], param: str) -> tuple[np.ndarray, list]:
+    async def embed_images(
+        self, refs: Sequence[Any], param: str, single: bool = False
+    ) -> tuple[np.ndarray, list]:
         """Embeddings of images given as data URIs / allowed paths (str) or raw bytes.
 
         Returns (N, D) float32 and each image's (width, height) (None if unknown). If any image
-        is bad, the whole request fails with 400 naming each bad index; other requests batched
-        with it are unaffected.
+        is bad, the request fails with ``InputsFailed``, which names every bad one and keeps the
+        vectors of the good ones (they are embedded anyway, so a client loses none of them);
+        other requests batched with it are unaffected.
         """
         async with self.images.expect() as submit:
-            blobs, sizes = await asyncio.to_thread(self._prepare_images, list(refs), param)
-            rows = await self._submit(submit, blobs)
-        bad = {i: r.reason for i, r in enumerate(rows) if isinstance(r, ImageFailure)}
-        if bad:
-            detail = "; ".join(f"{param}[{i}]: {why}" for i, why in sorted(bad.items())[:5])
-            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise APIError(
-                400,
-                f"{len(bad)} of {len(refs)} images could not be read, so nothing was embedded: "
-                f"{detail}{more}",
-                param=f"{param}[{min(bad)}]",
-                code="invalid_image",
+            blobs, sizes, failed = await asyncio.to_thread(
+                self._prepare_images, list(refs), param, single
             )
-        return np.stack(rows), sizes
+            good = [i for i in range(len(refs)) if i not in failed]
+            rows = await self._submit(submit, [blobs[i] for i in good])
+        vectors = {}
+        for i, row in zip(good, rows):
+            if isinstance(row, ImageFailure):
+                where = item_param(param, i, single)
+                failed[i] = APIError(
+                    400, f"{where} could not be read: {row.reason}", param=where,
+                    code="invalid_image",
+                )  # fmt: skip
+            else:
+                vectors[i] = row
+        if failed:
+            raise InputsFailed(failed, vectors, len(refs), "images")
+        return np.stack([vectors[i] for i in range(len(refs))]), sizes
 
-    def _prepare_images(self, refs: list[Any], param: str) -> tuple[list[bytes], list]:
-        """Every image's bytes and size; one error naming every refused input, not the first."""
-        blobs, sizes, refused = [], [], []
+    def _prepare_images(
+        self, refs: list[Any], param: str, single: bool
+    ) -> tuple[dict[int, bytes], list, dict[int, APIError]]:
+        """Every image's bytes and size, and the refusal of each one that cannot be sent on."""
+        blobs, sizes, refused = {}, [], {}
         for i, ref in enumerate(refs):
-            where = f"{param}[{i}]"
+            where = item_param(param, i, single)
             try:
                 data = ref if isinstance(ref, bytes) else image_bytes(
                     ref, where, self.config.allow_dirs, self.limits.max_body_bytes
                 )  # fmt: skip
                 sizes.append(image_size(data, where, self.limits.max_pixels))
             except APIError as exc:
-                refused.append(exc)
+                refused[i] = exc
+                sizes.append(None)
                 continue
-            blobs.append(data)
-        if len(refused) == 1:
-            raise refused[0]
-        if refused:
-            detail = "; ".join(e.message.rstrip(".") for e in refused[:5])
-            more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
-            raise APIError(
-                413 if all(e.status == 413 for e in refused) else 400,
-                f"{len(refused)} of {len(refs)} images were refused, so nothing was embedded: "
-                f"{detail}{more}.",
-                param=refused[0].param,
-                code=refused[0].code if len({e.code for e in refused}) == 1 else "invalid_image",
-            )
-        return blobs, sizes
+            blobs[i] = data
+        return blobs, sizes, refused
 
     async def label_embeddings(self, labels: list[str], templates: Any) -> np.ndarray:
         return await self._call("labels", (labels, templates))

@@ -44,7 +44,13 @@ class ModelSpec:
 
 
 class ModelInputError(Exception):
-    """The model refused an input (``edgeclip.errors.InputError``): the client's fault, 400."""
+    """The model refused an input (``edgeclip.errors.InputError``): the client's fault, 400.
+
+    ``param`` names the request field when the worker knows it (``labels[2]``)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class WorkerFailed(Exception):
@@ -90,10 +96,27 @@ def _encode_images(model: Any, items: list[bytes]) -> tuple[np.ndarray, dict[int
         return out, dict(exc.failures)
 
 
-def _encode_texts(model: Any, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+def _token_counts(model: Any, texts: list[str]) -> list[int]:
+    """Tokens of each text, start and end included (2: nothing left once cleaned)."""
     ids = model.tokenizer(texts)
     eot = ids.shape[1] - 1 - np.argmax(ids[:, ::-1] != 0, axis=1)  # last non-pad position
-    return model.encode_text(texts, invariant=True), [int(n) + 1 for n in eot]
+    return [int(n) + 1 for n in eot]
+
+
+def _encode_texts(model: Any, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+    return model.encode_text(texts, invariant=True), _token_counts(model, texts)
+
+
+def _label_embeddings(model: Any, labels: list[str], templates: Any) -> np.ndarray:
+    # A label the tokenizer reduces to nothing ("&nbsp;") would rank as the empty prompt.
+    for i, count in enumerate(_token_counts(model, labels)):
+        if count <= 2:
+            raise ModelInputError(
+                f"labels[{i}] ({labels[i]!r}) has no text once cleaned (the tokenizer unescapes "
+                "HTML and drops whitespace); send a label with words in it.",
+                param=f"labels[{i}]",
+            )
+    return model.label_embeddings(labels, templates)
 
 
 def run_op(model: Any, op: str, args: Any) -> Any:
@@ -104,8 +127,7 @@ def run_op(model: Any, op: str, args: Any) -> Any:
         if op == "text":
             return _encode_texts(model, args)
         if op == "labels":
-            labels, templates = args
-            return model.label_embeddings(labels, templates)
+            return _label_embeddings(model, *args)
         if op == "describe":
             return describe(model)
     except InputError as exc:
@@ -146,7 +168,7 @@ def worker_main(conn: Any, spec: ModelSpec) -> None:
         try:
             reply: tuple[str, Any] = ("ok", run_op(model, op, args))
         except ModelInputError as exc:
-            reply = ("input_error", str(exc))
+            reply = ("input_error", (str(exc), exc.param))
         except Exception as exc:
             reply = ("error", _reason(exc))
         conn.send(reply)
@@ -213,7 +235,7 @@ class SubprocessRunner:
         if kind == "ok":
             return payload
         if kind == "input_error":
-            raise ModelInputError(payload)
+            raise ModelInputError(*payload)
         raise RuntimeError(payload)
 
     def stop(self) -> None:
