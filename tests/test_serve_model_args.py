@@ -4,13 +4,15 @@ runtime offers is named in the answer) and ``--no-verify`` (the opt-out the libr
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 pytest.importorskip("uvicorn", reason="the serve extra is needed: pip install -e '.[serve]'")
 
-from test_serve_helpers import ServeProcess  # noqa: E402
+from test_serve_helpers import ServeProcess, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +41,12 @@ def test_no_verify_serves_what_the_checks_would_refuse(micro_bundle, logs, tmp_p
     with ServeProcess(altered, "--no-verify", log_dir=logs) as server:
         r = server.client.post("/v1/embeddings", json={"input": ["a cat"]})
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) > 0
+
+
+def test_preload_that_cannot_load_exits_1_with_one_line_not_a_traceback(micro_bundle):
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "serve", str(micro_bundle), "--port",
+                          str(free_port()), "--device", "no-such-device", "--preload"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr and "Application startup failed" not in run.stderr
+    assert "edgeclip serve: --preload: the model failed to load: device 'no-such-device'" in run.stderr

@@ -223,6 +223,8 @@ def create_app(config: ServeConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        if service.preload_error:
+            getattr(app.state, "stop_server", lambda: None)()
         try:
             yield
         finally:

@@ -235,9 +235,14 @@ def main(argv: list[str]) -> int:
             server_header=False, access_log=args.log_level == "debug",
         )
     )  # fmt: skip
+    app = server.config.app
+    app.state.stop_server = lambda: setattr(server, "should_exit", True)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn drained, then re-raised Ctrl-C's SIGINT
         return 130
+    if app.state.service.preload_error:
+        print(f"edgeclip serve: --preload: {app.state.service.preload_error}", file=sys.stderr)
+        return 1
     # uvicorn sets started only after a successful startup (the port bound, --preload loaded)
     return 0 if server.started else 1

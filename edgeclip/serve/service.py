@@ -99,6 +99,7 @@ class Service:
         self.images = Batcher("image", self._run_images, **common)
         self.texts = Batcher("text", self._run_texts, **common)
         self.stopping = False
+        self.preload_error: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -110,7 +111,12 @@ class Service:
         self.texts.start()
         self.host.start_watching()
         if self.config.preload:
-            await self.host.load()
+            try:
+                await self.host.load()
+            except WorkerFailed as exc:
+                # Reported by the command as one line (exit 1): raised here, Starlette would
+                # print it inside a traceback.
+                self.preload_error = str(exc)
 
     async def stop(self) -> None:
         self.stopping = True
