@@ -133,7 +133,7 @@ def test_sigterm_finishes_requests_in_flight(micro_bundle, logs):
     s = ServeProcess(micro_bundle, "--preload", log_dir=logs)
     try:
         body = json.dumps({"input": ["in flight"]}).encode()
-        head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
         with StoppedWorker(s):
             in_model = raw_request(s.port, head, [body])  # reaches the (stopped) model
@@ -160,7 +160,7 @@ def test_ctrl_c_with_no_shutdown_timeout_exits_at_once_without_a_traceback(micro
     s = ServeProcess(micro_bundle, "--preload", "--shutdown-timeout", "0", "--body-timeout", "120",
                      log_dir=logs)  # fmt: skip
     try:
-        head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 100\r\n\r\n")  # fmt: skip
         stuck = raw_request(s.port, head, [b'{"input": '])
         s.wait_for("the request in flight", lambda: s.metric(

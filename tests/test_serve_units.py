@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgeclip.serve.batcher import Batcher, QueueFull
-from edgeclip.serve.cli import build_config, build_parser, is_loopback, main
+from edgeclip.serve.cli import build_config, build_parser, main
+from edgeclip.serve.hostguard import is_loopback
 from edgeclip.serve.inputs import resolve_allowed
 from edgeclip.serve.metrics import Metrics
 

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from . import immich, openai_api
 from .cors import Cors
 from .errors import APIError, send_error
+from .hostguard import LoopbackHostGuard
 from .limits import BodyGuard
 from .service import ServeConfig, Service
 
@@ -236,6 +237,8 @@ def create_app(config: ServeConfig) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(RequestMetrics, service=service, endpoints=endpoints),
+            *([Middleware(LoopbackHostGuard, allowed=config.allowed_hosts)]
+              if config.allowed_hosts is not None else []),  # fmt: skip
             Middleware(Cors, origins=config.cors_origins, routes=routes),
             Middleware(ApiKeyAuth, api_key=config.api_key),
             Middleware(

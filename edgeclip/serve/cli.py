@@ -6,12 +6,12 @@ Reached through ``edgeclip serve ...`` (``edgeclip.cli`` forwards the arguments 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
 from pathlib import Path
 
+from .hostguard import is_loopback
 from .limits import Limits
 
 DEFAULT_PORT = 7997  # infinity's, so clients set up for it need only the host changed
@@ -61,6 +61,9 @@ def _add_security_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000; '*': any) call "
                    "the API from a browser (repeatable; default: none)")  # fmt: skip
+    g.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="on a loopback --host, answer requests whose Host header is NAME too "
+                   "(repeatable; default: loopback names only, against DNS rebinding)")  # fmt: skip
 
 
 def _add_lifecycle_args(p: argparse.ArgumentParser) -> None:
@@ -100,15 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds SIGTERM or Ctrl-C waits for requests in flight (0: none)")  # fmt: skip
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname: it may resolve to anything
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -196,6 +190,8 @@ def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no
         batch_window_s=args.batch_window_ms / 1000.0, max_queue=args.max_queue,
         idle_ttl_s=args.idle_ttl or None, in_process=args.in_process, preload=args.preload,
         cors_origins=_cors_origins(args.cors_origin),
+        # None: bound beyond loopback, where the API key (or --insecure) is the guard
+        allowed_hosts=tuple(args.allow_host) if is_loopback(args.host) else None,
     )  # fmt: skip
 
 

@@ -42,6 +42,8 @@ class ServeConfig:
     preload: bool = False
     #: origins whose pages may call the API from a browser (``--cors-origin``; "*": any)
     cors_origins: tuple[str, ...] = ()
+    #: extra ``Host`` names a loopback-bound server answers (``--allow-host``); None: no check
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 @dataclass
