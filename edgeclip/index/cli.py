@@ -2,11 +2,13 @@
 
     edgeclip index DIR... --db PATH [--model M] [--exclude GLOB] [--prune] [--hash] [--reindex]
     edgeclip index --prune --db PATH              # drop indexed files that no longer exist
+    edgeclip index --forget PATH --db PATH        # drop a file or a folder from the index
     edgeclip search "text" --db PATH [-k 20] [--json]
     edgeclip search --image IMG --db PATH
     edgeclip dupes --db PATH [--threshold T] [--json]
 
-Exit status: 0 ok, 1 some files could not be read (the rest are indexed), 2 an error.
+Exit status: 0 ok, 1 some files could not be read (the rest are indexed), 2 an error, 130
+interrupted (Ctrl-C; what was committed is kept and said).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                        help="skip files/folders matching GLOB (name or path; repeatable)")
         p.add_argument("--prune", action="store_true", help="drop indexed files that no longer exist")
+        p.add_argument("--forget", action="append", default=[], metavar="PATH",
+                       help="drop this file, or every file under this folder, from the index "
+                            "(repeatable; e.g. a drive that is gone for good)")
         p.add_argument("--hash", action="store_true",
                        help="compare content hashes instead of size + mtime (reads every file)")
         p.add_argument("--reindex", action="store_true",
@@ -123,7 +128,7 @@ def _open(args: argparse.Namespace, readonly: bool, **kw: Any) -> Any:
 
 
 def _index(args: argparse.Namespace) -> int:
-    if not args.dirs and not args.prune:
+    if not args.dirs and not args.prune and not args.forget:
         raise _usage("give at least one DIR to index (or --prune alone to drop vanished files).")
     ix = _open(
         args, False, reindex=args.reindex, wait=args.wait, batch_size=args.batch_size,
@@ -131,20 +136,50 @@ def _index(args: argparse.Namespace) -> int:
         max_pixels=_max_pixels(args),
     )  # fmt: skip
     with ix:
+        if args.forget:
+            n = ix.remove(args.forget)
+            _say(args, {"forgotten": n}, f"dropped {n} files from the index")
         if not args.dirs:
-            n = ix.remove([r.path for r in ix.store.rows() if not os.path.lexists(r.path)])
-            _say(args, {"pruned": n}, f"pruned {n} files that no longer exist")
-            return 0
+            return _prune_only(args, ix) if args.prune else 0
         progress = None if (args.quiet or args.json) else Progress()
         try:
             report = ix.update(args.dirs, exclude=args.exclude, prune=args.prune,
                                use_hash=args.hash, progress=progress,
                                commit_every=args.commit_every)  # fmt: skip
-        finally:
+        except (KeyboardInterrupt, EdgeclipError) as exc:
             if progress is not None:
-                progress.close()
+                progress.close()  # the bar first, so the message is not drawn over
+            return _stopped(args, ix, exc)
+        if progress is not None:
+            progress.close()
     _print_report(args, report)
     return 1 if report.failures or report.walk_errors else 0
+
+
+def _prune_only(args: argparse.Namespace, ix: Any) -> int:
+    n, kept = ix.prune_vanished()
+    _say(args, {"pruned": n, "kept": kept}, f"pruned {n} files that no longer exist")
+    for line in kept:
+        print(f"  {line}", file=sys.stderr)
+    return 1 if kept else 0
+
+
+def _stopped(args: argparse.Namespace, ix: Any, exc: BaseException) -> int:
+    """A run ended by Ctrl-C or an error: say what it kept and that re-running resumes."""
+    stop = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}"
+    print(f"edgeclip index: {stop}", file=sys.stderr)
+    report = ix.last_report  # None when it stopped before embedding began (lock, model)
+    if report is not None:
+        try:
+            total = f" ({len(ix)} photos are searchable in {ix.path})"
+        except Exception:  # the index itself is what failed: say only what this run knows
+            total = ""
+        print(f"{report.committed} files from this run were committed{total}; run the same "
+              "command again to resume: committed files are not embedded again.",
+              file=sys.stderr)  # fmt: skip
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+    return 130 if isinstance(exc, KeyboardInterrupt) else 2
 
 
 def _print_report(args: argparse.Namespace, report: Any) -> None:
@@ -165,7 +200,8 @@ def _search(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise _usage('give one query: a text ("a red bicycle") or --image IMG.')
     if args.image is not None and not Path(args.image).is_file():
-        raise _usage(f"--image {args.image}: no such file.")
+        what = "is a folder; give one image file" if Path(args.image).is_dir() else "no such file"
+        raise _usage(f"--image {args.image}: {what}.")
     with _open(args, True, max_pixels=_max_pixels(args)) as ix:
         query = Path(args.image) if args.image is not None else args.text
         hits = ix.search(query, k=args.k, exact=args.exact)
@@ -205,6 +241,14 @@ def _say(args: argparse.Namespace, data: dict, text: str) -> None:
     print(json.dumps(data) if args.json else text)
 
 
+def _has_size(stream: Any) -> bool:
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
 class Progress:
     """A tqdm bar (count, rate, ETA) on a terminal; elsewhere a line every 5 % (at most one
     each 2 s) or 30 s.
@@ -219,7 +263,11 @@ class Progress:
         if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=None, unit=" files", file=self.stream, dynamic_ncols=True)
+            # A terminal that reports no size (a serial console, `script`, some ssh sessions)
+            # makes tqdm draw nothing at all: give it one.
+            sized = _has_size(self.stream)
+            self.bar = tqdm(total=None, unit=" files", file=self.stream, dynamic_ncols=sized,
+                            ncols=None if sized else 80, nrows=None if sized else 24)  # fmt: skip
         self.t0: float | None = None  # set by the first file, so model loading is not counted
         self.done0 = 0
         self.next_line = 0.0

@@ -9,6 +9,7 @@ run loses at most one chunk and the next run picks up where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import maintenance
 from . import store as st
 from .pipeline import EmbedPipeline, Outcome
 from .walk import FileEntry, count_files, inside
@@ -39,16 +41,19 @@ class Report:
     other: int = 0  # files that are not images, left out
     missing: int = 0  # indexed files no longer found (kept until --prune)
     pruned: int = 0
+    unmounted: int = 0  # missing, on a drive that is not mounted: kept even with --prune
     failures: list[tuple[str, str]] = field(default_factory=list)
     walk_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    committed: int = 0  # files whose new state this run committed (kept if it is interrupted)
 
     def summary(self) -> str:
         rate = f" ({self.embedded / self.seconds:.1f} images/s)" if self.embedded and self.seconds else ""
         parts = [f"{self.embedded} embedded{rate}", f"{self.unchanged} unchanged"]
         parts += [f"{n} {what}" for n, what in ((self.moved, "renamed"), (self.other, "not images"),
                   (self.missing, "missing (run with --prune to drop them)"), (self.pruned, "pruned"),
+                  (self.unmounted, "kept: their drive is not mounted"),
                   (len(self.failures), "unreadable")) if n]  # fmt: skip
         return ", ".join(parts) + f" in {self.seconds:.1f} s" + (" (interrupted)" if self.interrupted else "")
 
@@ -69,14 +74,15 @@ class _Run:
         self.last_commit = time.monotonic()
         self.done = 0
         self.counted, self.count_final = 0, False
-        self._seen: list[tuple[str]] = []
-        self.store.con.execute("CREATE TEMP TABLE IF NOT EXISTS seen (path TEXT PRIMARY KEY)")
-        self.store.con.execute("DELETE FROM seen")
+        self._seen: list[tuple[str, int]] = []
+        # dev: which filesystems this walk reached (maintenance.unmounted)
+        self.store.con.execute("DROP TABLE IF EXISTS temp.seen")
+        self.store.con.execute("CREATE TEMP TABLE seen (path TEXT PRIMARY KEY, dev INTEGER)")
 
     # -- triage: what needs embedding -------------------------------------------------------
     def triage(self, entries: Iterable[FileEntry]) -> Iterator[FileEntry]:
         for entry in entries:
-            self._mark_seen(entry.path)
+            self._mark_seen(entry)
             row = self.store.row(entry.path)
             if self.use_hash:
                 yield entry  # the worker hashes it; a known hash is not decoded (see known())
@@ -102,13 +108,13 @@ class _Run:
                 return True
         return False
 
-    def _mark_seen(self, path: str) -> None:
-        self._seen.append((path,))
+    def _mark_seen(self, entry: FileEntry) -> None:
+        self._seen.append((entry.path, entry.dev))
         if len(self._seen) >= 1000:
             self.flush_seen()
 
     def flush_seen(self) -> None:
-        self.store.con.executemany("INSERT OR IGNORE INTO seen VALUES (?)", self._seen)
+        self.store.con.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", self._seen)
         self._seen.clear()
 
     # -- outcomes -------------------------------------------------------------------------------
@@ -158,6 +164,7 @@ class _Run:
     def commit(self) -> None:
         if self.ops:
             commit_ops(self.index, self.ops)
+            self.report.committed += len(self.ops)  # one op per file
             self.ops = []
         self.last_commit = time.monotonic()
 
@@ -204,7 +211,10 @@ def run(
             _finish_roots(index, job, roots, prune, unlisted)
     except BaseException:
         job.report.interrupted = True
-        job.commit()  # keep what was embedded before the interruption
+        # Keep what was embedded before the interruption. If that commit fails too (the disk
+        # is still full), the first error is the one to report; the index stays as committed.
+        with contextlib.suppress(Exception):
+            job.commit()
         raise
     finally:
         stop.set()
@@ -223,30 +233,43 @@ def _finish_roots(index: Any, job: _Run, roots: list[str], prune: bool,
                   unlisted: list[str]) -> None:  # fmt: skip
     """Rows under ``roots`` that this walk did not see: dropped with ``prune``, else kept as
     missing (hidden from search, restored without re-embedding if the file comes back). Rows
-    under a folder the walk could not list are left as they are: a failed mount or a changed
-    permission says nothing about whether those files still exist."""
+    under a folder the walk could not list, or on a drive that is not mounted
+    (``maintenance.unmounted``), are never dropped: neither says the files are gone."""
     store = index.store
-    unseen: list[tuple[str, str]] = []
+    unseen: list[tuple[str, str, int]] = []
     for root in roots:
         clause, bounds = st.under_folder(root)
         cur = store.con.execute(
-            f"SELECT path, status FROM files WHERE {clause} "
+            f"SELECT path, status, dev FROM files WHERE {clause} "
             "AND path NOT IN (SELECT path FROM temp.seen)",
             bounds,
         )
         unseen += cur.fetchall()
     if unlisted:
-        unseen = [(p, s) for p, s in unseen if not inside(p, tuple(unlisted))]
+        unseen = [u for u in unseen if not inside(u[0], tuple(unlisted))]
+    photos = [(p, dev) for p, s, dev in unseen if s in (st.OK, st.MISSING)]
+    away = maintenance.unmounted(photos, lambda folder, dev: _seen_on(store, folder, dev))
+    held = {p for paths in away.values() for p in paths}
+    gone = [(p, s) for p, s, _ in unseen if p not in held]
     with store.transaction():
         if prune:
-            store.delete(p for p, _ in unseen)
-            job.report.pruned = len(unseen)
+            store.delete(p for p, _ in gone)
+            job.report.pruned = len(gone)
         else:
             # Nothing worth keeping for a vanished non-image or unreadable file.
-            store.delete(p for p, s in unseen if s in (st.OTHER, st.FAILED))
-            store.set_status((p for p, s in unseen if s == st.OK), st.MISSING)
+            store.delete(p for p, s in gone if s in (st.OTHER, st.FAILED))
+            store.set_status((p for p, s in gone if s == st.OK), st.MISSING)
+        store.set_status(held, st.MISSING)
+    job.report.unmounted = len(held)
     if not prune:
-        job.report.missing = sum(1 for _, s in unseen if s in (st.OK, st.MISSING))
+        job.report.missing = sum(1 for _, s in gone if s in (st.OK, st.MISSING))
+    job.report.walk_errors += [maintenance.unmounted_message(f, ps, index.path) for f, ps in away.items()]
+
+
+def _seen_on(store: st.Store, folder: str, dev: int) -> bool:
+    clause, bounds = st.under_folder(folder)
+    sql = f"SELECT 1 FROM temp.seen WHERE dev = ? AND {clause} LIMIT 1"
+    return store.con.execute(sql, (dev, *bounds)).fetchone() is not None
 
 
 def commit_ops(index: Any, ops: list[tuple]) -> None:

@@ -24,7 +24,7 @@ from edgeclip.errors import InputError
 from edgeclip.images import DEFAULT_MAX_PIXELS
 
 from . import indexer, maintenance, vectors
-from .store import OK, IndexFileError, ModelMismatchError, Store, WriterLock
+from .store import MISSING, OK, IndexFileError, ModelMismatchError, Store, WriterLock
 from .walk import FileEntry, check_roots, not_storable, storable, walk
 
 __all__ = ["Hit", "Index"]
@@ -193,7 +193,7 @@ class Index:
                 roots=roots, excludes=exclude, prune=prune, use_hash=use_hash, progress=progress,
                 commit_every=commit_every, unlisted=unlisted,
             )  # fmt: skip
-            report.walk_errors = errors
+            report.walk_errors[:0] = errors
             maintenance.after_write(self)
         return report
 
@@ -206,6 +206,20 @@ class Index:
             report = indexer.run(self, entries, self._pipeline(use_hash), use_hash=use_hash)
             maintenance.after_write(self)
         return report
+
+    def prune_vanished(self) -> tuple[int, list[str]]:
+        """Drop the rows of indexed files that no longer exist (no walk); returns the count and a
+        message per folder whose drive looks unmounted: those rows are kept, hidden from search
+        (``maintenance.unmounted``)."""
+        with WriterLock(self.path, self.wait):
+            vanished = [r for r in self.store.rows() if not os.path.lexists(r.path)]
+            photos = [(r.path, r.dev) for r in vanished if r.status in (OK, MISSING)]
+            away = maintenance.unmounted(photos)
+            held = {p for paths in away.values() for p in paths}
+            n = maintenance.remove(self, [r.path for r in vanished if r.path not in held])
+            with self.store.transaction():
+                self.store.set_status(held, MISSING)
+        return n, [maintenance.unmounted_message(f, ps, self.path) for f, ps in away.items()]
 
     def remove(self, paths: list[str | os.PathLike]) -> int:
         """Drop these files, or everything under these folders, from the index; returns the count."""
@@ -230,7 +244,9 @@ class Index:
                     max_pixels=self.max_pixels, preview_to=target if self.previews else None,
                 )  # fmt: skip
             except Exception as e:
-                raise InputError(f"cannot search by image '{os.fspath(query)}': {e}.") from e
+                # A file that is not an image at all comes with no reason of its own.
+                why = str(e).rstrip(".") or "it is not an image (JPEG, PNG, WebP, GIF, TIFF or BMP)"
+                raise InputError(f"cannot search by image '{os.fspath(query)}': {why}.") from e
             # read_image checked this index's own limit
             return embed_pixels(self.model, self.model.preprocessor.one(im, max_pixels=None)[None])[0]
         return self.model.encode_image([query], invariant=True)[0]
@@ -302,8 +318,8 @@ def _mismatch_message(index: Index, recorded: dict[str, Any]) -> str:
     return (
         f"the index {index.path} was built with {have.get('name', '?')} ({short(recorded)}), but "
         f"this model is {short(now)}: their vectors are not comparable. Search with the index's "
-        f"own model (leave out --model), or rebuild it with this one: `edgeclip index DIR --db "
-        f"{index.path} --model M --reindex`."
+        "own model (leave out --model, --backend and --precision), or rebuild it with this one: "
+        f"`edgeclip index DIR --db {index.path} --model M --reindex`."
     )
 
 

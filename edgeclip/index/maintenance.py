@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from . import vectors as vx
 from .store import OK, IndexFileError
+from .walk import printable
 
-__all__ = ["after_write", "compact", "duplicates", "recover", "remove", "reset", "search"]
+__all__ = ["after_write", "compact", "duplicates", "recover", "remove", "reset", "search", "unmounted"]
 
 # Re-embedded and removed files leave dead rows in the vectors file; rewrite it past this.
 COMPACT_MIN_DEAD = 1000
@@ -118,6 +120,57 @@ def remove(index: Any, paths: list[str]) -> int:
                 f"DELETE FROM files WHERE path = ? OR {clause}", (p, *bounds)
             ).rowcount
     return n
+
+
+def unmounted(rows: Iterable[tuple[str, int]], seen_on: Callable[[str, int], bool] | None = None) -> dict[str, list[str]]:
+    """Of these missing files (path, st_dev), those whose drive looks unmounted, by the folder
+    that now stands where their filesystem was.
+
+    A file counts as gone only when the nearest folder above it that still exists is on the
+    filesystem the file was on. On another one (an empty mount point; /media/pi once the USB
+    disk is out) the file's filesystem is simply not there, and pruning would throw away
+    hours of embedding. ``seen_on(folder, dev)``: whether this walk found files under
+    ``folder`` on ``dev``; then that filesystem is mounted (under a new device number after a
+    remount) and its missing files are really gone.
+    """
+    cache: dict[str, tuple[str, int]] = {}
+    mounted: dict[tuple[str, int], bool] = {}  # one query per folder, not one per file
+    away: dict[str, list[str]] = {}
+    for path, dev in rows:
+        folder, folder_dev = _nearest_existing(os.path.dirname(path), cache)
+        if not dev or folder_dev == dev:
+            continue
+        key = (folder, folder_dev)
+        if key not in mounted:
+            mounted[key] = seen_on is not None and seen_on(folder, folder_dev)
+        if not mounted[key]:
+            away.setdefault(folder, []).append(path)
+    return away
+
+
+def _nearest_existing(folder: str, cache: dict[str, tuple[str, int]]) -> tuple[str, int]:
+    chain = []
+    while folder not in cache:
+        try:
+            cache[folder] = (folder, os.stat(folder).st_dev)
+        except OSError:
+            chain.append(folder)
+            parent = os.path.dirname(folder)
+            if parent == folder:  # nothing above exists (cannot happen for absolute paths)
+                cache[folder] = (folder, -1)
+            folder = parent
+    for f in chain:
+        cache[f] = cache[folder]
+    return cache[folder]
+
+
+def unmounted_message(folder: str, paths: list[str], db: Any) -> str:
+    return (
+        f"{printable(folder)}: {len(paths)} indexed photos under it were not found, and it is on "
+        "another filesystem than they were (a drive or network share that is not mounted?); "
+        "they are kept, hidden from search, and come back unchanged once it is mounted. If "
+        f"they are gone for good: edgeclip index --forget '{printable(folder)}' --db '{db}'"
+    )
 
 
 def search(index: Any, query: np.ndarray, k: int, exact: bool) -> list[tuple[str, float]]:

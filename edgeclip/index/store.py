@@ -20,6 +20,8 @@ from typing import Any
 
 from edgeclip.errors import EdgeclipError, InputError
 
+from .dbpath import IndexFileError, check_location, check_readable, describe, writable
+
 __all__ = [
     "FORMAT", "IndexFileError", "IndexLockedError", "ModelMismatchError", "Row", "Store",
     "WriterLock",
@@ -27,7 +29,6 @@ __all__ = [
 
 FORMAT = "edgeclip-index"
 SCHEMA_VERSION = 1
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 # status of a row: an embedded image, an image that could not be read, a file that is no image,
 # or an indexed file that was not found by the last walk of its folder.
 OK, FAILED, OTHER, MISSING = "ok", "failed", "other", "missing"
@@ -49,10 +50,6 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_by_stat ON files (size, mtime_ns);
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256) WHERE sha256 IS NOT NULL;
 """
-
-
-class IndexFileError(EdgeclipError):
-    """The index file is not an edgeclip index, is corrupt, or cannot be written where it is."""
 
 
 class ModelMismatchError(EdgeclipError):
@@ -80,42 +77,28 @@ class Row:
 _COLUMNS = "id, path, size, mtime_ns, dev, ino, sha256, status, slot, reason"
 
 
-def _check_header(path: Path) -> None:
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise IndexFileError(f"cannot read the index {path}: {e.strerror or e}.") from e
-    if head != _SQLITE_MAGIC:
-        raise IndexFileError(
-            f"{path} is not an edgeclip index (it is not an SQLite database); pass a new --db "
-            "path: edgeclip never overwrites a file it did not create."
-        )
-
-
 class Store:
     """The SQLite side of one index. ``readonly`` opens without creating or writing anything."""
 
     def __init__(self, path: str | os.PathLike, readonly: bool = False) -> None:
         self.path = Path(path).expanduser().absolute()
         self.readonly = readonly
-        _check_header(self.path)
+        check_readable(self.path)
         if readonly and not self.path.exists():
             raise InputError(
                 f"no index at {self.path}; build one first with `edgeclip index DIR --db {self.path}`."
             )
         if not readonly:
-            _check_writable_location(self.path)
+            check_location(self.path)
         self.con = self._connect()
         self._check_format()
 
     def _connect(self) -> sqlite3.Connection:
+        con = None
         try:
             if self.readonly:
                 uri = self.path.as_uri() + "?mode=ro"
-                if not os.access(self.path.parent, os.W_OK):
+                if not writable(self.path.parent):
                     uri += "&immutable=1"  # WAL readers need the -shm file; none can be made here
                 con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
             else:
@@ -132,21 +115,18 @@ class Store:
                 # NORMAL in WAL mode: a power cut may lose the last commits, never consistency.
                 con.execute("PRAGMA synchronous=NORMAL")
                 con.executescript(_SCHEMA)
+                # A write lock now, not at the first commit an hour of embedding later: a
+                # -wal or -shm that another user left read-only fails here.
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
         except sqlite3.DatabaseError as e:
+            if con is not None:
+                con.close()
             raise self.corrupt(e) from e
         return con
 
-    def corrupt(self, e: Exception) -> IndexFileError:
-        text = str(e)
-        if "readonly" in text or "unable to open" in text:
-            return IndexFileError(
-                f"cannot write the index {self.path} ({text}); its folder must be writable: "
-                "pass --db somewhere you can write."
-            )
-        return IndexFileError(
-            f"the index {self.path} is corrupt or not an edgeclip index ({text}); move it away "
-            "or delete it (and its -wal, -shm and .vectors files), then run `edgeclip index` again."
-        )
+    def corrupt(self, e: BaseException) -> IndexFileError:
+        return describe(self.path, e)
 
     def _check_format(self) -> None:
         try:
@@ -160,11 +140,24 @@ class Store:
             raise IndexFileError(
                 f"{self.path} is an SQLite database but not an edgeclip index; pass a new --db path."
             )
+        self._check_meta()
         schema = int(self.get_meta("schema") or 0)
         if schema > SCHEMA_VERSION:
             raise IndexFileError(
                 f"{self.path} was written by a newer edgeclip (index schema {schema}); upgrade edgeclip."
             )
+
+    def _check_meta(self) -> None:
+        """Meta values every reader parses: a damaged one is named here, not met later as a
+        ValueError deep inside search."""
+        for key, parse in (("schema", int), ("slots", int), ("dim", int), ("generation", int),
+                           ("fingerprint", json.loads), ("model", json.loads)):  # fmt: skip
+            value = self.get_meta(key)
+            try:
+                if value is not None:
+                    parse(value)
+            except ValueError as e:
+                raise self.corrupt(ValueError(f"its {key} is {value[:40]!r}")) from e
 
     def _is_empty(self) -> bool:
         return self.con.execute("SELECT count(*) FROM files").fetchone()[0] == 0
@@ -191,7 +184,7 @@ class Store:
                 self.con.executemany(sql, items)
 
     def transaction(self) -> _Transaction:
-        return _Transaction(self.con)
+        return _Transaction(self)
 
     # -- rows ---------------------------------------------------------------------------------
     def row(self, path: str) -> Row | None:
@@ -270,17 +263,35 @@ class Store:
 
 
 class _Transaction:
-    """``with store.transaction():`` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+    """``with store.transaction():`` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception.
 
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
+    SQLite's errors (a full disk, a read-only file) leave as ``IndexFileError`` naming the index
+    and the fix; the transaction is rolled back, so the index stays as it was committed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.con = store, store.con
 
     def __enter__(self) -> sqlite3.Connection:
-        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self.store.corrupt(e) from e
         return self.con
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.con.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                exc = e
+        if self.con.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL does)
+            try:
+                self.con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one to report
+        if isinstance(exc, sqlite3.Error):
+            raise self.store.corrupt(exc) from exc
 
 
 def under_folder(folder: str) -> tuple[str, tuple[str, str]]:
@@ -288,23 +299,6 @@ def under_folder(folder: str) -> tuple[str, tuple[str, str]]:
     LIKE ignores ASCII case and so took /photos/x for a file under /Photos."""
     prefix = folder.rstrip(os.sep) + os.sep
     return "(path >= ? AND path < ?)", (prefix, prefix[:-1] + chr(ord(os.sep) + 1))
-
-
-def _check_writable_location(path: Path) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise IndexFileError(
-            f"cannot create the index {path}: the folder {folder} does not exist; create it or "
-            "pass another --db path."
-        )
-    eff = os.access in os.supports_effective_ids  # a setuid/seteuid process: its effective ids
-    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=eff) or (
-        path.exists() and not os.access(path, os.W_OK, effective_ids=eff)
-    ):
-        raise IndexFileError(
-            f"cannot write the index {path}: {folder if not path.exists() else path} is read-only; "
-            "pass --db somewhere writable (searching a read-only index works)."
-        )
 
 
 class WriterLock:

@@ -14,7 +14,9 @@ the scan is numpy, correct but slower.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,7 @@ class VectorFile:
 
     def truncate(self, slots: int) -> None:
         """Cut an uncommitted tail (a writer killed between its append and its commit)."""
-        with open(self.path, "ab") as f:
+        with _write_errors(self.path), open(self.path, "ab") as f:
             if f.tell() != slots * self.row_bytes:
                 f.truncate(slots * self.row_bytes)
                 os.fsync(f.fileno())
@@ -78,7 +80,9 @@ class VectorFile:
         data = np.ascontiguousarray(vectors, dtype=DTYPE)
         if data.ndim != 2 or data.shape[1] != self.dim:
             raise ValueError(f"vectors of shape {data.shape} do not fit a {self.dim}-wide index")
-        with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+        # A full disk can leave part of a row written: it lies past the committed slots, and
+        # the next writer cuts it (truncate).
+        with _write_errors(self.path), open(self.path, "r+b" if self.path.exists() else "wb") as f:
             f.seek(slots * self.row_bytes)
             f.write(data.tobytes())
             f.flush()
@@ -98,6 +102,17 @@ class VectorFile:
                 "again: it embeds the files whose vectors were lost."
             )
         return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(slots, self.dim))
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """An ``OSError`` (a full disk, a read-only file) as ``IndexFileError`` naming the fix."""
+    try:
+        yield
+    except OSError as e:
+        from .dbpath import describe
+
+        raise describe(path, e) from e
 
 
 def scan(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,10 +199,16 @@ class AnnIndex:
             block = np.asarray(matrix[i : i + _SCAN_ROWS])
             index.add(np.arange(i, i + len(block)), block, threads=threads)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        index.save(str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            index.save(str(tmp))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except (OSError, RuntimeError) as e:  # usearch reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            from .dbpath import describe
+
+            raise describe(self.path, e if isinstance(e, OSError) else OSError(str(e))) from e
         self._index = None
         return len(matrix) - start
 
