@@ -108,3 +108,44 @@ def test_cache_off_writes_nothing(graph, monkeypatch, tmp_path):
     monkeypatch.setenv("EDGECLIP_ORT_CACHE", "0")
     _embed(graph)
     assert not (tmp_path / "home" / "ort-cache").exists()
+
+
+_UNREADABLE_CACHE_RUN = """
+import json, sys, warnings
+import edgeclip
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    model = edgeclip.load(sys.argv[1])
+    vec = model.encode_text(["a photo of a dog"])[0]
+print(json.dumps({"variant": model.variant.id, "vec": vec.tolist(),
+                  "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def test_a_cache_folder_this_user_cannot_read_means_uncached_not_failed(micro_bundle, tmp_path):
+    """A cache left by another user (`sudo edgeclip ...`) with mode 0700: before, stat() on its
+    entry raised PermissionError inside the speed probe and the load said no variant could run
+    here. Root ignores permission bits, so as root the child drops CAP_DAC_OVERRIDE first."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    (home / "ort-cache").mkdir(parents=True)
+    (home / "ort-cache").chmod(0)
+    env = {**os.environ, "EDGECLIP_HOME": str(home)}
+    env.pop("EDGECLIP_ORT_CACHE", None)
+    cmd = [sys.executable, "-c", _UNREADABLE_CACHE_RUN, str(micro_bundle)]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    try:
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        (home / "ort-cache").chmod(0o755)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert any("not writable" in w and "uncached" in w for w in got["warnings"]), got["warnings"]
+    import edgeclip
+
+    uncached = edgeclip.load(micro_bundle, backend="onnx", precision=got["variant"].split("-", 1)[1])
+    np.testing.assert_allclose(got["vec"], uncached.encode_text(["a photo of a dog"])[0], atol=1e-5)

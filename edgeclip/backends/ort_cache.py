@@ -108,7 +108,7 @@ def create_session(graph: Path, make_options: Callable[[], Any], providers: list
         return ort.InferenceSession(str(graph), sess_options=make_options(), providers=providers)
     ident = identity(graph)
     folder = entry_folder(ident)
-    cached = valid_entry(folder, ident) if folder.is_dir() else None
+    cached = valid_entry(folder, ident)  # None also when the folder cannot be read
     if cached is not None:
         opts = make_options()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
