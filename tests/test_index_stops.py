@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_index import _encoded_jpeg, make_tree
 from test_index_crash import shared_dir, unprivileged  # noqa: F401  (shared_dir: a fixture)
 
@@ -80,7 +81,13 @@ def _resume(tree: Path, db: Path, bundle: Path, committed: int) -> None:
     assert _ok_rows(db) == N_FILES
 
 
-def test_ctrl_c_says_what_was_committed_and_the_same_command_resumes(tmp_path, micro_bundle):
+@pytest.mark.parametrize("sig, status, said", [
+    (signal.SIGINT, 130, "interrupted"),  # Ctrl-C
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # systemctl stop, kill, a cron timeout
+])  # fmt: skip
+def test_ctrl_c_or_sigterm_says_what_was_committed_and_the_same_command_resumes(
+    tmp_path, micro_bundle, sig, status, said
+):
     tree, db = _slow_tree(tmp_path / "Camera Roll"), tmp_path / "lib.db"
     run = subprocess.Popen(_cli(*_args(tree, db, micro_bundle, "--json")),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -89,13 +96,13 @@ def test_ctrl_c_says_what_was_committed_and_the_same_command_resumes(tmp_path, m
         while _ok_rows(db) < 8 and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert run.poll() is None, "the run ended before it could be interrupted"
-        run.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        run.send_signal(sig)
         out, err = run.communicate(timeout=60)
     finally:
         if run.poll() is None:
             run.kill()
-    assert run.returncode == 130 and "Traceback" not in err, err
-    assert err.startswith("edgeclip index: interrupted\n")
+    assert run.returncode == status and "Traceback" not in err, err
+    assert err.startswith(f"edgeclip index: {said}\n")
     found = _COMMITTED.search(err)
     assert found and "run the same command again to resume" in err, err
     committed = int(found.group(1))

@@ -8,16 +8,20 @@
     edgeclip dupes --db PATH [--threshold T] [--json]
 
 Exit status: 0 ok, 1 some files could not be read (the rest are indexed), 2 an error, 130
-interrupted (Ctrl-C; what was committed is kept and said).
+interrupted (Ctrl-C) or 143 terminated (SIGTERM); then what was committed is kept and said.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +113,43 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     args = build_parser(command).parse_args(rest)
     try:
-        return {"index": _index, "search": _search, "dupes": _dupes}[command](args)
+        with _sigterm_as_interrupt():
+            return {"index": _index, "search": _search, "dupes": _dupes}[command](args)
     except EdgeclipError as exc:
         print(f"edgeclip {command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"edgeclip {command}: interrupted (committed work is kept; run again to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"edgeclip {command}: {_stop_word(exc)} (committed work is kept; run again to resume)",
+              file=sys.stderr)  # fmt: skip
+        return _stop_status(exc)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``systemctl stop``, ``kill``, a cron job's timeout): stopped like Ctrl-C, so the
+    run says what it committed instead of dying silently mid-batch."""
+
+
+def _stop_word(exc: BaseException) -> str:
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
+def _stop_status(exc: BaseException) -> int:
+    return 143 if isinstance(exc, Terminated) else 130  # 128 + the signal, as shells report
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _open(args: argparse.Namespace, readonly: bool, **kw: Any) -> Any:
@@ -166,7 +200,7 @@ def _prune_only(args: argparse.Namespace, ix: Any) -> int:
 
 def _stopped(args: argparse.Namespace, ix: Any, exc: BaseException) -> int:
     """A run ended by Ctrl-C or an error: say what it kept and that re-running resumes."""
-    stop = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}"
+    stop = _stop_word(exc) if isinstance(exc, KeyboardInterrupt) else f"error: {exc}"
     print(f"edgeclip index: {stop}", file=sys.stderr)
     report = ix.last_report  # None when it stopped before embedding began (lock, model)
     if report is not None:
@@ -179,7 +213,7 @@ def _stopped(args: argparse.Namespace, ix: Any, exc: BaseException) -> int:
               file=sys.stderr)  # fmt: skip
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
-    return 130 if isinstance(exc, KeyboardInterrupt) else 2
+    return _stop_status(exc) if isinstance(exc, KeyboardInterrupt) else 2
 
 
 def _print_report(args: argparse.Namespace, report: Any) -> None:
