@@ -10,7 +10,14 @@ class EdgeclipError(Exception):
 
 
 class InputError(EdgeclipError, ValueError):
-    """A bad argument: an unreadable image, an empty label list, an unknown name."""
+    """A bad argument: an unreadable image, an empty label list, an unknown name.
+
+    ``param`` names the offending argument where one item of a list is at fault
+    (``labels[2]``), so a server can point its client at the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelNotFoundError(EdgeclipError, LookupError):

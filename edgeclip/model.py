@@ -56,8 +56,12 @@ def _check_labels(labels: Labels) -> list[str]:
     for i, label in enumerate(labels):
         if not isinstance(label, str):
             raise InputError(f"label {i} is a {type(label).__name__} ({label!r}), not a string.")
-        if not label.strip():
-            raise InputError(f"label {i} is empty; every label needs a name.")
+        if not any(ch.isprintable() and not ch.isspace() for ch in label):
+            raise InputError(
+                f"labels[{i}] ({label!r}) is empty or only whitespace / invisible characters; "
+                "every label needs a name.",
+                param=f"labels[{i}]",
+            )
     seen: dict[str, int] = {}
     for i, label in enumerate(labels):
         if label in seen:
@@ -229,6 +233,7 @@ class EdgeClip:
         embeds the labels once.
         """
         labels = _check_labels(labels)
+        self._refuse_wordless(labels)
         temps = _resolve_templates(templates)
         key = (tuple(labels), temps)
         if key in self._label_cache:
@@ -242,6 +247,17 @@ class EdgeClip:
         if len(self._label_cache) > _LABEL_CACHE_SIZE:
             self._label_cache.popitem(last=False)
         return result
+
+    def _refuse_wordless(self, labels: list[str]) -> None:
+        """A label the tokenizer reduces to nothing ("&nbsp;", a zero-width space) would rank
+        as the empty prompt: a silent wrong answer."""
+        ids = self.tokenizer(labels)
+        for i in np.flatnonzero((ids != 0).sum(axis=1) <= 2):  # start and end tokens only
+            raise InputError(
+                f"labels[{i}] ({labels[i]!r}) has no text once cleaned (the tokenizer unescapes "
+                "HTML and drops whitespace); give a label with words in it.",
+                param=f"labels[{i}]",
+            )
 
     def classify(
         self,

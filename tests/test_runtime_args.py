@@ -93,3 +93,18 @@ def test_embed_writes_exactly_the_name_given(micro_bundle, tmp_path):
     run = _embed_to(micro_bundle, out)
     assert run.returncode == 0, run.stderr
     assert np.load(out).shape[0] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["vectors.bin"]
+
+
+@pytest.mark.parametrize("wordless", ["&nbsp;", "\u200b", "&amp;nbsp;  "])
+def test_a_label_with_no_words_once_cleaned_is_refused_by_position(model, tmp_path, wordless):
+    # Before, "&nbsp;" passed the empty-label check and ranked as the empty prompt's vector.
+    from PIL import Image
+
+    photo = tmp_path / "grey.png"
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(photo)
+    with pytest.raises(InputError) as err:
+        model.classify(photo, ["cat", wordless])
+    assert err.value.param == "labels[1]"
+    assert "no text once cleaned" in str(err.value) or "invisible" in str(err.value)
+    assert repr(wordless) in str(err.value)
+    assert [label for label, _ in model.classify(photo, ["cat", "dog"])] in (["cat", "dog"], ["dog", "cat"])

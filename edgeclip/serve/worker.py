@@ -107,18 +107,6 @@ def _encode_texts(model: Any, texts: list[str]) -> tuple[np.ndarray, list[int]]:
     return model.encode_text(texts, invariant=True), _token_counts(model, texts)
 
 
-def _label_embeddings(model: Any, labels: list[str], templates: Any) -> np.ndarray:
-    # A label the tokenizer reduces to nothing ("&nbsp;") would rank as the empty prompt.
-    for i, count in enumerate(_token_counts(model, labels)):
-        if count <= 2:
-            raise ModelInputError(
-                f"labels[{i}] ({labels[i]!r}) has no text once cleaned (the tokenizer unescapes "
-                "HTML and drops whitespace); send a label with words in it.",
-                param=f"labels[{i}]",
-            )
-    return model.label_embeddings(labels, templates)
-
-
 def run_op(model: Any, op: str, args: Any) -> Any:
     """One operation on a loaded ``EdgeClip``; ``InputError`` becomes ``ModelInputError``."""
     try:
@@ -127,11 +115,11 @@ def run_op(model: Any, op: str, args: Any) -> Any:
         if op == "text":
             return _encode_texts(model, args)
         if op == "labels":
-            return _label_embeddings(model, *args)
+            return model.label_embeddings(*args)
         if op == "describe":
             return describe(model)
     except InputError as exc:
-        raise ModelInputError(str(exc)) from exc
+        raise ModelInputError(str(exc), param=exc.param) from exc
     raise ValueError(f"unknown model operation {op!r}")
 
 
