@@ -6,6 +6,10 @@ litert-torch converts each tower only at a fixed batch (dynamic batch and
 and ``batch_sizes`` lists the sizes, and the runtime chunks and pads (``edgeclip.towers``).
 Default sizes (1, 8): batch-1 latency plus a batch for bulk embedding.
 
+Each text file holds one signature per sequence length (``l16``, ``l32``, ``l77``; option
+``text_lengths``) over one shared copy of the weights (+0.4 % file size for TinyCLIP-8M): a
+prompt of 7 tokens runs 16 positions, not 77. The tower's ``sequence_lengths`` lists them.
+
 INT8 recipes (applied to the fp32 files, no reconversion):
 
 - ``int8-dynamic``: ``dynamic_wi8_afp32`` (per-channel INT8 weights, activations quantized
@@ -29,6 +33,8 @@ from .variants import make_variant
 
 TOWERS = ("image", "text")
 DEFAULT_BATCH_SIZES = (1, 8)
+#: text signatures: most prompts fit 16 tokens, most captions 32; 77 (the context) always
+DEFAULT_TEXT_LENGTHS = (16, 32)
 #: scratch directory (inside the staging bundle) for fp32 files only the INT8 recipes need
 SCRATCH = ".litert-fp32-src"
 
@@ -37,13 +43,20 @@ def _sizes(options: dict[str, Any]) -> list[int]:
     return sorted({int(b) for b in options.get("batch_sizes", DEFAULT_BATCH_SIZES)})
 
 
-def _sample(tower: str, model: Any, batch: int):
+def _text_lengths(options: dict[str, Any], model: Any) -> list[int]:
+    """The text signatures' lengths: the requested ones below the context, and the context."""
+    ctx = int(model.config.text_config.max_position_embeddings)
+    asked = {int(n) for n in options.get("text_lengths", DEFAULT_TEXT_LENGTHS)}
+    return sorted({n for n in asked if 2 <= n < ctx} | {ctx})
+
+
+def _sample(tower: str, model: Any, batch: int, length: int | None = None):
     import torch
 
     if tower == "image":
         size = int(model.config.vision_config.image_size)
         return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    ctx = int(model.config.text_config.max_position_embeddings)
+    ctx = length or int(model.config.text_config.max_position_embeddings)
     ids = torch.zeros(batch, ctx, dtype=torch.long)
     for row in range(batch):
         # Distinct EOT positions so the pooling index cannot be folded into a constant.
@@ -52,20 +65,47 @@ def _sample(tower: str, model: Any, batch: int):
     return ids
 
 
-def _fp32_dir(bundle_root: Path, sizes: list[int], model: Any, target: str | None = None) -> Path:
+def _convert(tower: str, module: Any, model: Any, batch: int, lengths: list[int], path: Path) -> None:
+    """One tower at one batch size; the text tower with a signature per sequence length."""
+    import litert_torch
+
+    if tower == "image":
+        litert_torch.convert(module, (_sample(tower, model, batch),)).export(str(path))
+        return
+    chain = litert_torch
+    for n in lengths:
+        chain = chain.signature(f"l{n}", module, (_sample(tower, model, batch, n),))
+    chain.convert().export(str(path))
+
+
+def signature_lengths(path: Path) -> list[int]:
+    """The sequence lengths of a text file's ``l<N>`` signatures ([] for a one-signature file)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    keys = Interpreter(model_path=str(path)).get_signature_list()
+    return sorted(int(k[1:]) for k in keys if k[:1] == "l" and k[1:].isdigit())
+
+
+def _complete(folder: Path, sizes: list[int], lengths: list[int]) -> bool:
+    names = [f"{t}_b{b}.tflite" for b in sizes for t in TOWERS]
+    if not all((folder / n).is_file() for n in names):
+        return False
+    return all(signature_lengths(folder / f"text_b{b}.tflite") == lengths for b in sizes)
+
+
+def _fp32_dir(
+    bundle_root: Path, sizes: list[int], lengths: list[int], model: Any, target: str | None = None
+) -> Path:
     """The fp32 .tflite files, converted once per bundle and reused by the INT8 recipes.
 
     ``target`` names the variant directory to write (litert-fp32 itself); otherwise an existing
-    complete ``litert-fp32`` is reused, else the files go to the scratch ``SCRATCH`` directory
-    that ``build_variants`` deletes at the end.
+    complete ``litert-fp32`` (same batches and text lengths) is reused, else the files go to
+    the scratch ``SCRATCH`` directory that ``build_variants`` deletes at the end.
     """
-    import litert_torch
-
     from .gate import torch_towers
 
     root = Path(bundle_root)
-    names = [f"{t}_b{b}.tflite" for b in sizes for t in TOWERS]
-    if target is None and all((root / "litert-fp32" / n).is_file() for n in names):
+    if target is None and _complete(root / "litert-fp32", sizes, lengths):
         return root / "litert-fp32"
     src = root / (target or SCRATCH)
     if model is None or isinstance(model, (str, Path)):
@@ -75,10 +115,8 @@ def _fp32_dir(bundle_root: Path, sizes: list[int], model: Any, target: str | Non
     for batch in sizes:
         for tower in TOWERS:
             path = src / f"{tower}_b{batch}.tflite"
-            if not path.is_file():
-                litert_torch.convert(towers[tower], (_sample(tower, model, batch),)).export(
-                    str(path)
-                )
+            if not path.is_file() or (tower == "text" and signature_lengths(path) != lengths):
+                _convert(tower, towers[tower], model, batch, lengths, path)
     return src
 
 
@@ -91,10 +129,10 @@ def _io(path: Path) -> tuple[str, str]:
 
 
 def _variant(
-    vid: str, precision: str, fp32_variant, out: Path, sizes: list[int], options
+    vid: str, precision: str, fp32_variant, out: Path, sizes: list[int], lengths: list[int], options
 ) -> dict[str, Any]:
     io = {t: _io(out / f"{t}_b{sizes[0]}.tflite") for t in TOWERS}
-    return make_variant(
+    variant = make_variant(
         vid,
         "litert",
         precision,
@@ -102,8 +140,10 @@ def _variant(
         f"{vid}/{{tower}}_b{{batch}}.tflite",
         batch_sizes=sizes,
         io=io,
-        options=options,
+        options={**options, "text_lengths": lengths},
     )
+    variant["text"]["sequence_lengths"] = lengths  # the runtime pads to the next one
+    return variant
 
 
 def build_fp32(
@@ -115,11 +155,10 @@ def build_fp32(
 ) -> dict[str, Any]:
     """fp32 .tflite towers converted from the torch model, one file per batch size."""
     vid = options.get("id", "litert-fp32")
-    sizes = _sizes(options)
-    out = _fp32_dir(bundle_root, sizes, model, target=vid)
-    return _variant(
-        vid, "fp32", fp32_variant, out, sizes, {"method": "litert-torch", "batch_sizes": sizes}
-    )
+    sizes, lengths = _sizes(options), _text_lengths(options, model)
+    out = _fp32_dir(bundle_root, sizes, lengths, model, target=vid)
+    return _variant(vid, "fp32", fp32_variant, out, sizes, lengths,
+                    {"method": "litert-torch", "batch_sizes": sizes})  # fmt: skip
 
 
 def _quantize(
@@ -128,13 +167,10 @@ def _quantize(
     from ai_edge_quantizer import quantizer, recipe
 
     vid = options.get("id", f"litert-{precision}")
-    sizes = _sizes(options)
-    src = _fp32_dir(bundle_root, sizes, model)
+    sizes, lengths = _sizes(options), _text_lengths(options, model)
+    src = _fp32_dir(bundle_root, sizes, lengths, model)
     out = Path(bundle_root) / vid
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {"image": None, "text": None}
-    if calibration is not None:
-        arrays = {"image": calibration.calib_pixels, "text": calibration.calib_ids.astype(np.int32)}
     for batch in sizes:
         for tower in TOWERS:
             qt = quantizer.Quantizer(str(src / f"{tower}_b{batch}.tflite"))
@@ -143,25 +179,31 @@ def _quantize(
             if qt.need_calibration:
                 if calibration is None:
                     raise ValueError(f"LiteRT {precision} needs calibration data")
-                inp = _io(src / f"{tower}_b{batch}.tflite")[0].removeprefix("serving_default_")
-                data = arrays[tower]
-                reps = -(-batch // len(data))
-                data = np.concatenate([data] * reps) if reps > 1 else data
-                samples = [
-                    {inp: data[i : i + batch]} for i in range(0, len(data) - batch + 1, batch)
-                ]
-                result = qt.calibrate({"serving_default": samples})
+                result = qt.calibrate(_calibration_sets(src / f"{tower}_b{batch}.tflite",
+                                                        tower, batch, calibration))  # fmt: skip
             qt.quantize(result, enable_progress_report=False).export_model(
                 str(out / f"{tower}_b{batch}.tflite"), overwrite=True
             )
-    return _variant(
-        vid,
-        options.get("precision", precision),
-        fp32_variant,
-        out,
-        sizes,
-        {"method": f"ai-edge-quantizer:{recipe_name}", "batch_sizes": sizes},
-    )
+    return _variant(vid, options.get("precision", precision), fp32_variant, out, sizes, lengths,
+                    {"method": f"ai-edge-quantizer:{recipe_name}", "batch_sizes": sizes})  # fmt: skip
+
+
+def _calibration_sets(path: Path, tower: str, batch: int, calibration: CalibrationData) -> dict:
+    """``{signature: [{input: batch}, ...]}``: the calibration set cut to each signature's
+    batch and, for text, its length (what follows EOT there is padding the graph never pools)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = calibration.calib_pixels if tower == "image" else calibration.calib_ids.astype(np.int32)
+    reps = -(-batch // len(data))
+    data = np.concatenate([data] * reps) if reps > 1 else data
+    sets = {}
+    it = Interpreter(model_path=str(path))
+    for key, sig in it.get_signature_list().items():
+        inp = sig["inputs"][0]
+        shape = it.get_signature_runner(key).get_input_details()[inp]["shape"]
+        cut = data if tower == "image" else data[:, : int(shape[1])]
+        sets[key] = [{inp: cut[i : i + batch]} for i in range(0, len(cut) - batch + 1, batch)]
+    return sets
 
 
 def build_int8_dynamic(

@@ -59,19 +59,22 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> di
 @dataclass(frozen=True)
 class Tower:
     """One tower of one variant: the file, its input and output names, fixed batch sizes if any,
-    and (text) whether the graph takes any sequence length, so padding after EOT can be cut."""
+    and (text) whether the graph takes any sequence length, or else the fixed lengths it was
+    exported at, so padding after EOT can be cut."""
 
     file: str
     input: str
     output: str
     batch_sizes: tuple[int, ...] | None = None
     dynamic_sequence: bool = False
+    sequence_lengths: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Tower:
         sizes = d.get("batch_sizes")
         return cls(d["file"], d["input"], d["output"], tuple(sizes) if sizes else None,
-                   bool(d.get("dynamic_sequence", False)))  # fmt: skip
+                   bool(d.get("dynamic_sequence", False)),
+                   tuple(int(n) for n in d.get("sequence_lengths") or ()))  # fmt: skip
 
 
 @dataclass(frozen=True)

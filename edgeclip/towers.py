@@ -38,6 +38,19 @@ def trim_to_last_eot(ids: np.ndarray) -> np.ndarray:
     return ids[:, :last] if last < ids.shape[1] else ids
 
 
+def pad_to_length_bucket(ids: np.ndarray, lengths: tuple[int, ...]) -> np.ndarray:
+    """``ids`` cut after its last end token, then zero-padded to the shortest of ``lengths``
+    that holds it (a fixed-shape graph exported at those lengths: LiteRT). Padding after EOT
+    never reaches the embedding, so the numbers are those of the full-length graph."""
+    ids = trim_to_last_eot(ids)
+    fits = [n for n in sorted(lengths) if n >= ids.shape[1]]
+    if not fits:
+        return ids  # longer than every bucket: the session names the lengths it takes
+    out = np.zeros((ids.shape[0], fits[0]), dtype=ids.dtype)
+    out[:, : ids.shape[1]] = ids
+    return out
+
+
 class TowerRunner:
     """Opens a tower's graph(s) lazily and runs arrays of any batch size through them.
 
@@ -72,6 +85,8 @@ class TowerRunner:
         session = self.session(batch)
         if self._is_text and self.tower.dynamic_sequence:
             array = trim_to_last_eot(array)
+        elif self._is_text and self.tower.sequence_lengths:
+            array = pad_to_length_bucket(array, self.tower.sequence_lengths)
         if self._is_text:
             feeds = text_feeds(array, session.input_names, self.tower.input)
         else:

@@ -85,13 +85,29 @@ def _probe(res: dict) -> str:
     return line
 
 
+def _litert_lengths(res: dict) -> str:
+    by_variant: dict[str, list[dict]] = {}
+    for row in res["rows"]:
+        by_variant.setdefault(row["variant"], []).append(row)
+    parts = "; ".join(vid + " " + ", ".join(f"{r['texts_per_s_77']:,.1f} → {r['texts_per_s']:,.1f} "
+                                           f"at batch {r['batch']}" for r in rows)
+                      for vid, rows in by_variant.items())  # fmt: skip
+    cos = min(r["min_cosine_vs_77_over_tokenizer_corpus"] for r in res["rows"])
+    run = sorted({r["positions_run"] for r in res["rows"]})
+    return (f"LiteRT text tower, all 77 positions → a signature per length (the bench's prompts "
+            f"run {'/'.join(map(str, run))}), texts/s: {parts}; min cosine against the 77-position "
+            f"run over the tokenizer corpus {cos:.7f} (load average "
+            f"{res['measured_on']['load_average'][0]:.2f} when measured)")
+
+
 def host_speed() -> str:
-    """One bullet list per host that committed any of the four result files."""
+    """One bullet list per host that committed any of these result files."""
     out = []
     for host in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
         bench = _load(host / "results.json") or {}
         items = [(_cold, _load(host / "cold_start.json")), (_ort, _load(host / "ort_settings.json")),
-                 (_probe, _load(host / "probe_stability.json"))]  # fmt: skip
+                 (_probe, _load(host / "probe_stability.json")),
+                 (_litert_lengths, _load(host / "litert_text_lengths.json"))]  # fmt: skip
         lines = [make(res) + (f" (load average {res['load_average'][0]:.2f} when measured)"
                               if res.get("load_average") else "") for make, res in items if res]  # fmt: skip
         roof = _roofline(bench)

@@ -6,7 +6,9 @@ ai-edge-litert is missing, and only for fp32 and weight-only INT8 graphs: it ret
 for dynamic-range INT8 graphs (measured), so those are refused with a message naming the fix.
 
 LiteRT graphs have a fixed batch (``Session.fixed_batch``); the runtime chunks and pads to it.
-``run`` also chunks/pads itself, so a direct caller may pass any batch size.
+A text graph may hold one signature per sequence length, ``l16``, ``l32``, ``l77``, sharing
+one copy of the weights (``Session.sequence_lengths``): the runtime cuts a batch's padding to
+the shortest one that holds its last end token, and ``run`` picks the signature by the width.
 """
 
 from __future__ import annotations
@@ -65,30 +67,52 @@ def is_dynamic_range(interpreter) -> bool:
     return False
 
 
+def _length_signatures(interpreter) -> dict[int, str]:
+    """``{77: "l77", ...}`` for a graph exported with one signature per sequence length."""
+    keys = list(interpreter.get_signature_list())
+    lengths = {int(k[1:]): k for k in keys if k[:1] == "l" and k[1:].isdigit()}
+    return lengths if keys and len(lengths) == len(keys) else {}
+
+
 class LiteRtSession:
-    """One ``Interpreter`` behind the ``Session`` protocol (thread-safe; fixed batch)."""
+    """One ``Interpreter`` behind the ``Session`` protocol (thread-safe; fixed batch, and for a
+    multi-signature text graph a fixed set of sequence lengths)."""
 
     device = "cpu"  # XNNPACK / built-in CPU kernels
 
     def __init__(self, interpreter):
         self._it = interpreter
-        self._it.allocate_tensors()
         self._lock = threading.Lock()
-        inputs = interpreter.get_input_details()
-        if len(inputs) != 1:
-            raise InputError(
-                f"edgeclip's LiteRT graphs have one input; this one has {len(inputs)}."
-            )
-        self._in = inputs[0]
-        self._out = interpreter.get_output_details()[0]
+        signatures = _length_signatures(interpreter)
+        #: sequence length -> (signature runner, its input key); empty for a one-signature graph
+        self._by_length = {}
+        for length, key in sorted(signatures.items()):
+            runner = interpreter.get_signature_runner(key)
+            self._by_length[length] = (runner, next(iter(runner.get_input_details())))
+        self.sequence_lengths: tuple[int, ...] = tuple(sorted(self._by_length))
+        if self._by_length:
+            runner, key = self._by_length[self.sequence_lengths[0]]
+            self._in = runner.get_input_details()[key]
+        else:
+            self._it.allocate_tensors()
+            inputs = interpreter.get_input_details()
+            if len(inputs) != 1:
+                raise InputError(
+                    f"edgeclip's LiteRT graphs have one input; this one has {len(inputs)}."
+                )
+            self._in = inputs[0]
+            self._out = interpreter.get_output_details()[0]
         self.input_names = [self._in["name"]]
         self.fixed_batch: int | None = int(self._in["shape"][0])
 
     def _invoke(self, array: np.ndarray) -> np.ndarray:
+        array = np.ascontiguousarray(array, dtype=self._in["dtype"])
         with self._lock:
-            self._it.set_tensor(
-                self._in["index"], np.ascontiguousarray(array, dtype=self._in["dtype"])
-            )
+            if self._by_length:
+                runner, key = self._by_length[array.shape[1]]
+                out = next(iter(runner(**{key: array}).values()))
+                return np.array(out, dtype=np.float32, copy=True)
+            self._it.set_tensor(self._in["index"], array)
             self._it.invoke()
             return np.array(self._it.get_tensor(self._out["index"]), dtype=np.float32, copy=True)
 
@@ -107,6 +131,12 @@ class LiteRtSession:
             raise InputError(
                 f"this LiteRT graph takes batch {self.fixed_batch}, got {len(array)}; run it "
                 "through edgeclip.towers.TowerRunner, which chunks and pads."
+            )
+        if self._by_length and (array.ndim != 2 or array.shape[1] not in self._by_length):
+            raise InputError(
+                f"this LiteRT text graph takes sequence lengths {list(self.sequence_lengths)}, "
+                f"got shape {tuple(array.shape)}; run it through edgeclip.towers.TowerRunner, "
+                "which pads to the next one."
             )
         return self._invoke(array)
 
