@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import immich, openai_api
+from . import immich, openai_api, weaviate
 from .cors import Cors
 from .errors import APIError, send_error
 from .hostguard import LoopbackHostGuard
@@ -34,7 +34,8 @@ from .service import ServeConfig, Service
 log = logging.getLogger("edgeclip.serve")
 
 # Reachable without the API key: the page (its requests need the key), liveness checks.
-PUBLIC_PATHS = frozenset({"/", "/health", "/ping", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/ping", "/favicon.ico", "/.well-known/live",
+                          "/.well-known/ready"})  # fmt: skip
 
 
 class RequestMetrics:
@@ -219,6 +220,10 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/classify", openai_api.classify, methods=["POST"]),
+        Route("/vectorize", weaviate.vectorize, methods=["POST"]),  # Weaviate multi2vec-clip
+        Route("/meta", weaviate.meta, methods=["GET"]),
+        Route("/.well-known/live", weaviate.live_and_ready, methods=["GET"]),
+        Route("/.well-known/ready", weaviate.live_and_ready, methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager
