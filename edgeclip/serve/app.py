@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import immich, openai_api, weaviate
+from . import immich, jina, openai_api, weaviate
 from .cors import Cors
 from .errors import APIError, send_error
 from .hostguard import LoopbackHostGuard
@@ -220,6 +220,7 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/classify", openai_api.classify, methods=["POST"]),
+        Route("/post", jina.post, methods=["POST"]),  # clip-as-service's HTTP gateway
         Route("/vectorize", weaviate.vectorize, methods=["POST"]),  # Weaviate multi2vec-clip
         Route("/meta", weaviate.meta, methods=["GET"]),
         Route("/.well-known/live", weaviate.live_and_ready, methods=["GET"]),

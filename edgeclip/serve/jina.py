@@ -1,0 +1,166 @@
+"""clip-as-service's HTTP API (jina-ai/clip-as-service): ``POST /post``.
+
+A request is ``{"data": [doc, ...], "execEndpoint": "/"}``; a doc holds ``text``, or an image
+as ``uri`` (a data URI; URLs are never fetched) or ``blob`` (base64). ``"/"`` (or
+``"/encode"``) answers each doc with its ``embedding``; ``"/rank"`` takes docs with
+``matches`` (docs of the other modality), and answers the matches sorted best first, each with
+``scores.clip_score`` (softmax of the model's logit scale x cosine over the doc's matches) and
+``scores.clip_score_cosine``. Errors are edgeclip's usual object, naming ``data[i].uri``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import APIError
+from .inputs import check_text_lengths, is_blank, parse_json_body
+from .openai_api import json_response
+from .service import InputsFailed, Service
+
+ENDPOINTS = ("/", "/encode", "/rank")
+Item = tuple[str, str, str]  # (kind "text" | "image", value, param naming it in the request)
+
+
+def _invalid(param: str, message: str, status: int = 422) -> APIError:
+    return APIError(status, message, param=param, code="invalid_document")
+
+
+def _content(doc: Any, param: str) -> Item:
+    """What a doc holds: its text, or its image as a data URI."""
+    if not isinstance(doc, dict):
+        raise _invalid(param, f"{param} must be an object such as {{\"text\": \"a dog\"}} or "
+                              "{\"uri\": \"data:image/jpeg;base64,...\"}.")  # fmt: skip
+    held = [k for k in ("text", "uri", "blob") if doc.get(k) not in (None, "")]
+    if len(held) != 1:
+        what = "none of" if not held else "more than one of"
+        raise _invalid(param, f"{param} holds {what} 'text', 'uri', 'blob'; give exactly one.")
+    key, value = held[0], doc[held[0]]
+    if not isinstance(value, str):
+        raise _invalid(f"{param}.{key}", f"{param}.{key} must be a string.")
+    if key == "text":
+        if is_blank(value):
+            raise _invalid(f"{param}.text", f"{param}.text is only whitespace or invisible "
+                                            "characters; send words.", 400)  # fmt: skip
+        return "text", value, f"{param}.text"
+    if key == "blob" and value[:5].lower() != "data:":
+        value = "data:image/*;base64," + value
+    return "image", value, f"{param}.{key}"
+
+
+def _remap(failed: list[dict], local: list[int], items: list[Item], field: str) -> list[dict]:
+    """InputsFailed names ``field[i]`` within one modality; name the request's own field."""
+    out = []
+    for f in failed:
+        param = items[local[f["index"]]][2]
+        out.append({**f, "index": local[f["index"]], "param": param,
+                    "message": f["message"].replace(f["param"] or field, param, 1)})  # fmt: skip
+    return out
+
+
+async def _embed(svc: Service, items: list[Item]) -> tuple[list[np.ndarray | None], list[dict]]:
+    """Every item's vector (None where it failed) and the failures, texts and images batched."""
+    vectors: list[np.ndarray | None] = [None] * len(items)
+    failures: list[dict] = []
+    for kind in ("text", "image"):
+        local = [i for i, item in enumerate(items) if item[0] == kind]
+        if not local:
+            continue
+        values = [items[i][1] for i in local]
+        if kind == "image" and len(values) > svc.limits.max_images:
+            raise _invalid("data", f"{len(values):,} images in one request; this server takes at "
+                                   f"most {svc.limits.max_images:,} (--max-images).", 413)  # fmt: skip
+        try:
+            if kind == "text":
+                check_text_lengths(values, "text", svc.limits)
+                got = dict(enumerate((await svc.embed_texts(values, kind))[0]))
+            else:
+                got = dict(enumerate((await svc.embed_images(values, kind))[0]))
+        except InputsFailed as exc:
+            got = exc.vectors
+            failures += _remap(exc.extra["failed"], local, items, kind)
+        for j, vector in got.items():
+            vectors[local[j]] = vector
+    return vectors, sorted(failures, key=lambda f: f["index"])
+
+
+def _failed(failures: list[dict], total: int, docs: list[dict]) -> APIError:
+    shown = "; ".join(f["message"].rstrip(".") for f in failures[:5])
+    more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+    return APIError(
+        400, f"{len(failures)} of {total} inputs failed: {shown}{more}. error.failed lists "
+        "each; error.data holds the docs with what was computed.",
+        param=failures[0]["param"], code="invalid_input",
+        extra={"failed": failures, "data": docs},
+    )  # fmt: skip
+
+
+async def _encode(svc: Service, docs: list[Any]) -> list[dict]:
+    items = [_content(doc, f"data[{i}]") for i, doc in enumerate(docs)]
+    vectors, failures = await _embed(svc, items)
+    out = [{**doc, **({"embedding": v.tolist()} if v is not None else {})}
+           for doc, v in zip(docs, vectors)]  # fmt: skip
+    if failures:
+        raise _failed(failures, len(items), out)
+    return out
+
+
+def _matches(doc: Any, param: str) -> list[Any]:
+    matches = doc.get("matches") if isinstance(doc, dict) else None
+    if not isinstance(matches, list) or not matches:
+        raise _invalid(f"{param}.matches", f"{param}.matches must be a non-empty list of docs "
+                                           "to rank against it, e.g. [{\"text\": \"a cat\"}].")  # fmt: skip
+    return matches
+
+
+def _scored(doc: dict, query: np.ndarray, found: list[np.ndarray], scale: float) -> dict:
+    cosine = np.stack(found) @ query
+    logits = scale * cosine.astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    matches = [{**doc["matches"][j], "scores": {
+        "clip_score": {"value": float(probs[j]), "op_name": "softmax"},
+        "clip_score_cosine": {"value": float(cosine[j]), "op_name": "cosine"}}} for j in order]  # fmt: skip
+    return {**doc, "matches": matches}
+
+
+async def _rank(svc: Service, docs: list[Any]) -> list[dict]:
+    items: list[Item] = []
+    spans = []  # per doc: (query index, first match index, number of matches)
+    for i, doc in enumerate(docs):
+        query = _content(doc, f"data[{i}]")
+        matches = _matches(doc, f"data[{i}]")
+        spans.append((len(items), len(items) + 1, len(matches)))
+        items.append(query)
+        items += [_content(m, f"data[{i}].matches[{j}]") for j, m in enumerate(matches)]
+    if len(items) > svc.limits.max_prompts:
+        raise _invalid("data", f"{len(items):,} docs and matches; this server embeds at most "
+                               f"{svc.limits.max_prompts:,} per request (--max-prompts).", 413)  # fmt: skip
+    vectors, failures = await _embed(svc, items)
+    if failures:
+        raise _failed(failures, len(items), list(docs))
+    scale = (await svc.model_info())["logit_scale"]
+    return [_scored(doc, vectors[q], vectors[m : m + n], scale) for doc, (q, m, n) in zip(docs, spans)]
+
+
+async def post(request: Request) -> Response:
+    svc: Service = request.app.state.service
+    body = parse_json_body(await request.body(), request.headers.get("content-type"))
+    endpoint = body.get("execEndpoint", "/")
+    if endpoint not in ENDPOINTS:
+        raise _invalid("execEndpoint", f"execEndpoint {endpoint!r} is not served here; use "
+                                       "'/' (encode) or '/rank'.", 400)  # fmt: skip
+    docs = body.get("data")
+    if not isinstance(docs, list) or not docs:
+        raise _invalid("data", "data must be a non-empty list of docs, e.g. [{\"text\": \"a dog\"}].")
+    limit = svc.limits.max_texts
+    if len(docs) > limit:
+        raise _invalid("data", f"data holds {len(docs):,} docs; this server takes at most "
+                               f"{limit:,} per request (--max-texts). Split the request.", 413)  # fmt: skip
+    out = await (_rank(svc, docs) if endpoint == "/rank" else _encode(svc, docs))
+    return await json_response({"data": out, "parameters": body.get("parameters") or {},
+                                "header": {"execEndpoint": endpoint}})  # fmt: skip
