@@ -97,3 +97,30 @@ def test_bad_requests_name_the_field(server, body, param):
     assert 400 <= r.status_code < 500, r.text
     err = r.json()["error"]
     assert err["param"] == param and param in err["message"], err
+
+
+def test_embeddings_take_jina_style_objects_of_both_modalities(server, model):
+    inputs = [{"text": "a dog"}, {"image": base64.b64encode(GOOD[0]).decode()},
+              {"image": data_uri(GOOD[1])}, {"text": "a cat"}]  # fmt: skip
+    r = server.client.post("/v1/embeddings", json={"input": inputs})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == [0, 1, 2, 3]
+    want = [*model.encode_text(["a dog"]), *model.encode_image(GOOD, invariant=True),
+            *model.encode_text(["a cat"])]  # fmt: skip
+    for d, w in zip(body["data"], want):
+        np.testing.assert_allclose(d["embedding"], w, atol=1e-5)
+    tokens = len(model.tokenizer.encode("a dog")) + len(model.tokenizer.encode("a cat")) + 4 + 2
+    assert body["usage"]["prompt_tokens"] == tokens  # each text with its start and end, 1 an image
+
+
+def test_jina_style_objects_name_the_bad_one_and_keep_the_others(server, model):
+    inputs = [{"text": "a dog"}, {"image": data_uri(b"not an image")}, {"image": data_uri(GOOD[0])}]
+    r = server.client.post("/v1/embeddings", json={"input": inputs})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "input[1].image" and [f["param"] for f in err["failed"]] == ["input[1].image"]
+    assert [d["index"] for d in err["data"]] == [0, 2]
+    np.testing.assert_allclose(err["data"][1]["embedding"], model.encode_image(GOOD[:1], invariant=True)[0], atol=1e-5)
+    two = server.client.post("/v1/embeddings", json={"input": [{"text": "a", "image": "b"}]})
+    assert two.status_code == 422 and two.json()["error"]["param"] == "input[0]"

@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import APIError
-from .inputs import check_text_lengths, is_blank, parse_json_body
+from .inputs import is_blank, parse_json_body
+from .mixed import Item, embed_items, failure_message
 from .openai_api import json_response
-from .service import InputsFailed, Service
+from .service import Service
 
 ENDPOINTS = ("/", "/encode", "/rank")
-Item = tuple[str, str, str]  # (kind "text" | "image", value, param naming it in the request)
 
 
 def _invalid(param: str, message: str, status: int = 422) -> APIError:
@@ -51,56 +51,16 @@ def _content(doc: Any, param: str) -> Item:
     return "image", value, f"{param}.{key}"
 
 
-def _remap(failed: list[dict], local: list[int], items: list[Item], field: str) -> list[dict]:
-    """InputsFailed names ``field[i]`` within one modality; name the request's own field."""
-    out = []
-    for f in failed:
-        param = items[local[f["index"]]][2]
-        out.append({**f, "index": local[f["index"]], "param": param,
-                    "message": f["message"].replace(f["param"] or field, param, 1)})  # fmt: skip
-    return out
-
-
-async def _embed(svc: Service, items: list[Item]) -> tuple[list[np.ndarray | None], list[dict]]:
-    """Every item's vector (None where it failed) and the failures, texts and images batched."""
-    vectors: list[np.ndarray | None] = [None] * len(items)
-    failures: list[dict] = []
-    for kind in ("text", "image"):
-        local = [i for i, item in enumerate(items) if item[0] == kind]
-        if not local:
-            continue
-        values = [items[i][1] for i in local]
-        if kind == "image" and len(values) > svc.limits.max_images:
-            raise _invalid("data", f"{len(values):,} images in one request; this server takes at "
-                                   f"most {svc.limits.max_images:,} (--max-images).", 413)  # fmt: skip
-        try:
-            if kind == "text":
-                check_text_lengths(values, "text", svc.limits)
-                got = dict(enumerate((await svc.embed_texts(values, kind))[0]))
-            else:
-                got = dict(enumerate((await svc.embed_images(values, kind))[0]))
-        except InputsFailed as exc:
-            got = exc.vectors
-            failures += _remap(exc.extra["failed"], local, items, kind)
-        for j, vector in got.items():
-            vectors[local[j]] = vector
-    return vectors, sorted(failures, key=lambda f: f["index"])
-
-
 def _failed(failures: list[dict], total: int, docs: list[dict]) -> APIError:
-    shown = "; ".join(f["message"].rstrip(".") for f in failures[:5])
-    more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-    return APIError(
-        400, f"{len(failures)} of {total} inputs failed: {shown}{more}. error.failed lists "
-        "each; error.data holds the docs with what was computed.",
-        param=failures[0]["param"], code="invalid_input",
-        extra={"failed": failures, "data": docs},
-    )  # fmt: skip
+    message = failure_message(failures, total, "error.failed lists each; error.data holds the "
+                                               "docs with what was computed.")  # fmt: skip
+    return APIError(400, message, param=failures[0]["param"], code="invalid_input",
+                    extra={"failed": failures, "data": docs})  # fmt: skip
 
 
 async def _encode(svc: Service, docs: list[Any]) -> list[dict]:
     items = [_content(doc, f"data[{i}]") for i, doc in enumerate(docs)]
-    vectors, failures = await _embed(svc, items)
+    vectors, failures = await embed_items(svc, items)
     out = [{**doc, **({"embedding": v.tolist()} if v is not None else {})}
            for doc, v in zip(docs, vectors)]  # fmt: skip
     if failures:
@@ -140,7 +100,7 @@ async def _rank(svc: Service, docs: list[Any]) -> list[dict]:
     if len(items) > svc.limits.max_prompts:
         raise _invalid("data", f"{len(items):,} docs and matches; this server embeds at most "
                                f"{svc.limits.max_prompts:,} per request (--max-prompts).", 413)  # fmt: skip
-    vectors, failures = await _embed(svc, items)
+    vectors, failures = await embed_items(svc, items)
     if failures:
         raise _failed(failures, len(items), list(docs))
     scale = (await svc.model_info())["logit_scale"]

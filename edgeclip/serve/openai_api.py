@@ -23,6 +23,7 @@ from .inputs import (
     require,
     string_list,
 )
+from .mixed import embed_items, failure_message, input_objects
 from .service import InputsFailed, Service
 
 
@@ -71,6 +72,9 @@ async def _embed(
     """The request's vectors and token count; on a partial failure, the error carries the
     good inputs' embeddings (``error.data``), formatted as a success would have them."""
     limits, single = svc.limits, isinstance(raw, str)
+    items = input_objects(raw, "input", limits.max_texts)
+    if items is not None:  # Jina's [{"text": ...}, {"image": ...}]: both modalities at once
+        return await _embed_objects(svc, items, fmt, dimensions)
     try:
         if modality == "text":
             texts = string_list(
@@ -90,6 +94,19 @@ async def _embed(
         if rows:
             exc.message += f" error.data holds the embeddings of the other {len(rows)}."
         raise
+
+
+async def _embed_objects(svc: Service, items: list, fmt: str, dimensions: int) -> tuple[np.ndarray, int]:
+    counts: list[int] = []
+    vectors, failures = await embed_items(svc, items, counts)
+    if failures:
+        good = [i for i, v in enumerate(vectors) if v is not None]
+        data = _data(np.stack([vectors[i] for i in good]), good, fmt, dimensions) if good else []
+        message = failure_message(failures, len(items), "error.failed lists each; error.data "
+                                  "holds the embeddings of the others.")  # fmt: skip
+        raise APIError(400, message, param=failures[0]["param"], code="invalid_input",
+                       extra={"failed": failures, "data": data})  # fmt: skip
+    return np.stack(vectors), sum(counts)
 
 
 def _encode(vector: np.ndarray, fmt: str) -> Any:

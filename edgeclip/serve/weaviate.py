@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from .errors import APIError
 from .inputs import check_text_lengths, parse_json_body, string_list
+from .mixed import failure_message
 from .openai_api import json_response
 from .service import InputsFailed, Service
 
@@ -81,13 +82,9 @@ async def vectorize(request: Request) -> Response:
     image_vectors, image_failed = await _vectors(svc, "images", images)
     failed = text_failed + image_failed
     if failed:
-        shown = "; ".join(f["message"].rstrip(".") for f in failed[:5])
-        more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
-        return _error(
-            400,
-            f"{len(failed)} of {len(texts) + len(images)} inputs failed: {shown}{more}. The "
-            "others' vectors are in textVectors / imageVectors (null where one failed).",
-            failed=failed, textVectors=text_vectors, imageVectors=image_vectors,
-        )  # fmt: skip
+        message = failure_message(failed, len(texts) + len(images), "The others' vectors are in "
+                                  "textVectors / imageVectors (null where one failed).")  # fmt: skip
+        return _error(400, message, failed=failed, textVectors=text_vectors,
+                      imageVectors=image_vectors)  # fmt: skip
     return await json_response({"textVectors": text_vectors, "imageVectors": image_vectors})
 
