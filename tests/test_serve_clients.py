@@ -154,6 +154,21 @@ def test_immich_multipart_without_boundary(server):
     assert "'entries' field" in error["message"]  # says what to send
 
 
+def test_immich_form_cut_off_in_transit_says_so(server):
+    # Before: the cut-off 'image' part was dropped silently and the answer was "Either image or
+    # text must be provided", sending the user to look for a bug in Immich's request.
+    boundary = "edgeclipTestBoundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"entries\"\r\n\r\n{VISUAL}"
+            f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            'filename="blob"\r\nContent-Type: image/png\r\n\r\n').encode()  # fmt: skip
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    cut = server.client.post("/predict", content=head + GOOD[0][:60], headers=headers)
+    assert cut.status_code == 400 and cut.json()["error"]["code"] == "truncated_form"
+    assert f"--{boundary}--" in cut.json()["error"]["message"]
+    whole = head + GOOD[0] + f"\r\n--{boundary}--\r\n".encode()
+    assert server.client.post("/predict", content=whole, headers=headers).status_code == 200
+
+
 # -- the OpenAI client -----------------------------------------------------------------------------
 
 

@@ -80,7 +80,8 @@ async def _read_form(request: Request, svc: Service) -> FormData:
             f"/predict takes a multipart/form-data body (as Immich sends), not {media or 'none'!r}.",
             code="unsupported_media_type",
         )
-    try:
+    _check_complete(await request.body(), request.headers.get("content-type", ""))
+    try:  # request.form() reads the body cached above
         return await request.form(
             max_files=2, max_fields=8, max_part_size=svc.limits.max_body_bytes
         )
@@ -92,6 +93,23 @@ async def _read_form(request: Request, svc: Service) -> FormData:
             "field and an 'image' file or a 'text' field.",
             code="invalid_form",
         ) from None
+
+
+def _check_complete(body: bytes, content_type: str) -> None:
+    """A form cut off in transit parses as one with its last part missing, which would be
+    answered "Either image or text must be provided": say what really happened."""
+    from email.message import Message
+
+    header = Message()
+    header["content-type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        return  # the form parser names a missing boundary
+    if f"--{boundary}--".encode() not in body[-(len(boundary) + 64):]:
+        raise APIError(400, f"the multipart body ({len(body):,} bytes) ends before its closing "
+                            f"boundary '--{boundary}--': it was cut off on the way (a dropped "
+                            "connection, a proxy's size limit). Nothing was embedded; send it again whole.",
+                       code="truncated_form")  # fmt: skip
 
 
 def _one(form: FormData, field: str) -> Any:
