@@ -194,3 +194,31 @@ def test_in_process_unload_measures_what_the_runtime_keeps(micro_bundle):
     record = asyncio.run(cycle())
     assert record["in_process"] and record["worker_pid"] is None
     assert record["rss_before_bytes"] > 0 and record["rss_after_bytes"] > 0
+
+
+def test_requests_past_max_connections_get_a_json_503_with_retry_after(micro_bundle, logs):
+    """Two clients stuck sending their bodies hold both slots of --max-connections 2: the next
+    request gets edgeclip's JSON 503 naming the flag (uvicorn's own was a bare text/plain one),
+    and once they hang up the server answers again."""
+    import time
+
+    head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")  # fmt: skip
+    with ServeProcess(micro_bundle, "--max-connections", "2", log_dir=logs) as s:
+        slow = [raw_request(s.port, head, [b'{"input": "a c']) for _ in range(2)]
+        for _ in range(100):  # until the server has taken both in (bounded: 100 x 0.05 s)
+            r = s.client.post("/v1/embeddings", json={"input": "a dog"})
+            if r.status_code == 503:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        error = r.json()["error"]
+        assert error["code"] == "too_many_requests_in_flight" and "--max-connections" in error["message"]
+        for sock in slow:
+            sock.close()
+        for _ in range(100):
+            r = s.client.post("/v1/embeddings", json={"input": "a dog"})
+            if r.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 200

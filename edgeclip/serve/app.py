@@ -28,7 +28,7 @@ from . import immich, jina, openai_api, weaviate
 from .cors import Cors
 from .errors import APIError, send_error
 from .hostguard import LoopbackHostGuard
-from .limits import BodyGuard
+from .limits import BodyGuard, InFlightLimit
 from .service import ServeConfig, Service
 
 log = logging.getLogger("edgeclip.serve")
@@ -243,6 +243,7 @@ def create_app(config: ServeConfig) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(RequestMetrics, service=service, endpoints=endpoints),
+            Middleware(InFlightLimit, limit=config.max_in_flight),
             *([Middleware(LoopbackHostGuard, allowed=config.allowed_hosts)]
               if config.allowed_hosts is not None else []),  # fmt: skip
             Middleware(Cors, origins=config.cors_origins, routes=routes),

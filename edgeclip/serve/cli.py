@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, field)
         g.add_argument(flag, dest=field, type=kind, default=default, help=f"{help_} [{default:,}]")
     g = p.add_argument_group("HTTP server")
-    g.add_argument("--max-connections", type=int, default=128, help="open connections before 503")
+    g.add_argument("--max-connections", type=int, default=128, help="requests in flight before a JSON 503 with Retry-After")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds SIGTERM or Ctrl-C waits for requests in flight (0: none)")  # fmt: skip
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -192,6 +192,7 @@ def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no
         cors_origins=_cors_origins(args.cors_origin),
         # None: bound beyond loopback, where the API key (or --insecure) is the guard
         allowed_hosts=tuple(args.allow_host) if is_loopback(args.host) else None,
+        max_in_flight=args.max_connections,
     )  # fmt: skip
 
 
@@ -226,7 +227,9 @@ def main(argv: list[str]) -> int:
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-            limit_concurrency=args.max_connections, timeout_keep_alive=5,
+            # the app answers --max-connections with a JSON 503; uvicorn's plain one is the
+            # backstop for idle keep-alive connections piling up on top
+            limit_concurrency=2 * args.max_connections + 16, timeout_keep_alive=5,
             timeout_graceful_shutdown=args.shutdown_timeout,
             server_header=False, access_log=args.log_level == "debug",
         )

@@ -1,4 +1,5 @@
-"""The request limits of ``edgeclip serve`` and the middleware that bounds request bodies.
+"""The request limits of ``edgeclip serve`` and the middlewares that bound request bodies and
+the requests in flight.
 
 Every limit has a command-line flag (see ``edgeclip.serve.cli``) and is listed in
 ``docs/serve.md``. ``BodyGuard`` reads each request body completely, before any handler runs:
@@ -134,3 +135,34 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class InFlightLimit:
+    """ASGI middleware: at most ``limit`` requests in flight; the next gets a JSON 503 with
+    ``Retry-After`` naming the flag. (uvicorn's own connection limit, set above this one as a
+    last resort, answers a bare ``text/plain`` 503 that clients cannot read.)"""
+
+    def __init__(self, app: Any, *, limit: int | None) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit is None:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            error = APIError(
+                503,
+                f"this server is answering {self.in_flight} requests at once, its limit "
+                "(--max-connections); retry in a moment, or start it with a higher limit.",
+                code="too_many_requests_in_flight",
+                headers={"Retry-After": "1"},
+            )
+            await send_error(send, error)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -44,6 +44,8 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
     #: extra ``Host`` names a loopback-bound server answers (``--allow-host``); None: no check
     allowed_hosts: tuple[str, ...] | None = None
+    #: requests in flight before a JSON 503 (``--max-connections``); None: no limit
+    max_in_flight: int | None = None
 
 
 @dataclass
