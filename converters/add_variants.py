@@ -10,7 +10,7 @@ from typing import Any
 from edgeclip.errors import InputError
 
 from .bundle_writer import place_bundle
-from .variants import _ALIASES, BACKENDS, PRECISIONS, build_variants, check_convert_deps, parse_list
+from .variants import build_variants, check_requested
 
 
 def add_variants(
@@ -38,12 +38,13 @@ def add_variants(
     """
     import tempfile
 
-    from .calibration import load_calibration
+    from .calibration import check_calibration_args, load_calibration
 
     bundle = Path(bundle_dir).expanduser().resolve()
     manifest, fp32 = _read_bundle(bundle)
+    check_requested(backends, precisions)  # before any heavy work
+    check_calibration_args(calibration_dir, captions)
     model = _reference_model(checkpoint)
-    _check_requested(backends, precisions)  # before any heavy work
     calibration = load_calibration(
         calibration_dir,
         manifest.get("preprocess"),
@@ -89,13 +90,6 @@ def _reference_model(checkpoint: Any) -> Any:
         model, _ = load_checkpoint(checkpoint)
         return model
     return checkpoint
-
-
-def _check_requested(backends: str | Iterable[str], precisions: str | Iterable[str]) -> None:
-    """Validate the backend and precision names and each backend's converter dependencies."""
-    for b in parse_list(backends, BACKENDS, "backend", _ALIASES):
-        check_convert_deps(b)
-    parse_list(precisions, PRECISIONS, "precision")
 
 
 def _rebuild(

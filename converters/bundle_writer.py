@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,9 @@ from edgeclip.errors import InputError, IntegrityError
 from edgeclip.gate import EXPORT_MIN_COSINE, decide_export, export_parity
 from edgeclip.tokenizer import EOT_ID, SOT_ID
 
-__all__ = ["convert", "ParityError", "MIN_COSINE", "parity_inputs", "measure_parity"]
+from .output_dir import check_output, place_bundle, staging_dir
+
+__all__ = ["convert", "ParityError", "MIN_COSINE", "parity_inputs", "measure_parity", "place_bundle"]
 
 MIN_COSINE = EXPORT_MIN_COSINE
 VARIANT = "onnx-fp32"
@@ -125,10 +126,24 @@ def measure_parity(model: Any, root: Path, variant: dict[str, Any], pixels, ids)
     from .checkpoints import torch_embeddings
 
     ref = torch_embeddings(model, pixels, ids)
+    _refuse_degenerate(ref)
     image, text = open_towers(root, Variant.from_dict(variant))
     got_i = np.concatenate([image(pixels[:1], 1), image(pixels[1:], len(pixels))]) if len(pixels) > 1 else image(pixels, 1)
     got_t = np.concatenate([text(ids[:1], 1), text(ids[1:], len(ids))]) if len(ids) > 1 else text(ids, 1)
     return export_parity(got_i, got_t, ref["image"], ref["text"])
+
+
+def _refuse_degenerate(ref: dict[str, np.ndarray]) -> None:
+    """A torch model whose own embeddings are zero or non-finite has nothing to export."""
+    for tower, emb in ref.items():
+        norms = np.linalg.norm(emb, axis=1)
+        bad = int((~np.isfinite(norms) | (norms == 0)).sum())
+        if bad:
+            raise InputError(
+                f"the checkpoint's own {tower} tower (torch) gives zero or non-finite embeddings "
+                f"for {bad} of {len(emb)} test inputs: its weights are not a usable model (e.g. "
+                f"an all-zero {tower} projection). No bundle was written."
+            )
 
 
 def _preprocess_cfg(info: dict[str, Any], image_size: int) -> dict[str, Any]:
@@ -173,24 +188,6 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             continue
     return out
-
-
-def place_bundle(staging: Path, out: Path, overwrite: bool) -> None:
-    """Rename ``staging`` to ``out``; an existing bundle is swapped out only once all is written."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    if not overwrite:
-        raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, trash / "old")
-    try:
-        os.replace(staging, out)
-    except OSError:
-        os.replace(trash / "old", out)  # put the previous bundle back
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _reference_variant(export_check: dict[str, Any]) -> dict[str, Any]:
@@ -294,16 +291,18 @@ def convert(
     captions) for INT8 calibration and the gate (default: procedural shapes). ``progress``: a
     tqdm bar (None: only on a terminal). ``log``: where variant messages go (default: the bar).
     """
+    from .calibration import check_calibration_args
+    from .variants import check_requested
+
+    # Every argument is checked before the checkpoint is read: a typo costs no export.
     _check_counts(n_parity_images, n_parity_texts, name)
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_requested(backends, precisions)
+    check_calibration_args(calibration_dir, captions)
+    out = check_output(out_dir, overwrite)
+    staging = staging_dir(out)
     steps = _Steps(f"convert {Path(checkpoint_path).name}", progress)
     log = log or steps.write
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be shared
         _write_staging(staging, steps, checkpoint_path, config, name or out.name,
             (n_parity_images, n_parity_texts, min_cosine),
             dict(backends=backends, precisions=precisions, thresholds=thresholds,
@@ -369,9 +368,10 @@ def _vocab() -> Path:
 
 
 def _check_counts(n_images: Any, n_texts: Any, name: Any) -> None:
-    for label, n in (("n_parity_images", n_images), ("n_parity_texts", n_texts)):
+    for label, flag, n in (("n_parity_images", "--parity-images", n_images),
+                           ("n_parity_texts", "--parity-texts", n_texts)):  # fmt: skip
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise InputError(f"{label}={n!r}: expected a positive integer.")
+            raise InputError(f"{label}={n!r} ({flag}): expected a positive integer, e.g. 8.")
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise InputError(f"name={name!r}: expected a non-empty string (or None for the dir name).")
 

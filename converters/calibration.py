@@ -76,6 +76,31 @@ def _read_captions(path: Path) -> tuple[dict[str, str], list[str]]:
     return by_name, free
 
 
+def check_calibration_args(folder: str | Path | None, captions: str | Path | None) -> None:
+    """Refuse a missing calibration folder or captions file before any model work."""
+    if captions is not None and folder is None:
+        raise InputError(
+            f"captions file {captions} is read only with a calibration folder (its lines name "
+            "that folder's images); add --calibration IMAGE_DIR, or drop --captions."
+        )
+    if folder is not None and not Path(folder).is_dir():
+        raise InputError(
+            f"calibration folder {folder} does not exist or is not a directory; give a folder of "
+            "images (e.g. 100 photos like the ones you will embed), or omit it to use synthetic data."
+        )
+    if captions is not None and not Path(captions).is_file():
+        raise InputError(
+            f"captions file {captions} does not exist; give a text file, one caption a line."
+        )
+
+
+def _listing(skipped: dict[str, str], limit: int = 10) -> str:
+    """``name (reason)`` for the first ``limit`` skipped files, then how many more."""
+    shown = [f"{name} ({why})" for name, why in list(skipped.items())[:limit]]
+    more = len(skipped) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
 def _split(n: int, n_calib: int, n_eval: int) -> tuple[int, int]:
     """Sizes of the calibration and held-out parts of ``n`` items (held-out gets at least 1)."""
     if n < 2:
@@ -110,11 +135,7 @@ def _folder_source(
 ) -> _Source:
     """Every image under ``folder`` (recursive), in a seeded shuffle, with its caption if any."""
     root = Path(folder)
-    if not root.is_dir():
-        raise InputError(
-            f"calibration folder {root} does not exist or is not a directory; give a folder of "
-            "images (e.g. 100 photos like the ones you will embed), or omit it to use synthetic data."
-        )
+    check_calibration_args(root, captions)
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
@@ -162,7 +183,7 @@ def _read_pixels(
         pixels.append(arr[0])
         used.append(idx)
     if skipped:
-        log(f"calibration: skipped {len(skipped)} unreadable image(s), e.g. {next(iter(skipped))}")
+        log(f"calibration: skipped {len(skipped)} unreadable image(s): {_listing(skipped)}")
     return pixels, used, skipped
 
 
@@ -200,11 +221,18 @@ def load_calibration(
 
     pre = Preprocessor(preprocess or {})
     tok = Tokenizer(context_length=context_length)
+    check_calibration_args(folder, captions)
     if folder is None:
         src = _synthetic_source(n_calib + n_eval, pre.image_size, seed, labels)
     else:
         src = _folder_source(folder, captions, seed, labels)
     pixels, used, skipped = _read_pixels(pre, src, n_calib + n_eval, log)
+    if len(pixels) < 2 and folder is not None:
+        raise InputError(
+            f"calibration folder {folder}: {len(pixels)} of {len(src.items)} image files could "
+            f"be read, at least 2 are needed; unreadable: {_listing(skipped)}. Replace or remove "
+            "them, or omit --calibration to use synthetic data."
+        )
     n_c, n_e = _split(len(pixels), n_calib, n_eval)
     px = np.stack(pixels).astype(np.float32)
     ids = tok(_gate_texts(src.caps, used, src.label_set))

@@ -113,7 +113,7 @@ def _build(hf_cfg: dict[str, Any], sd: dict[str, Any], where: Path):
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise InputError(
-            f"{where}: the weights do not fit the config ({str(exc).splitlines()[0]} ...); "
+            f"{where}: the weights do not fit the config ({_first_mismatch(exc)}); "
             "the config and the weights come from different models."
         ) from exc
     if result.missing_keys or result.unexpected_keys:
@@ -126,7 +126,30 @@ def _build(hf_cfg: dict[str, Any], sd: dict[str, Any], where: Path):
             f"(missing: {show(result.missing_keys) or 'none'}; unexpected: "
             f"{show(result.unexpected_keys) or 'none'})."
         )
+    _refuse_non_finite(model, where)
     return model.float().eval()
+
+
+def _first_mismatch(exc: RuntimeError) -> str:
+    """The first "size mismatch for KEY: ..." line of torch's message (it names the tensor)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    found = [ln for ln in lines if ln.startswith("size mismatch")]
+    more = f", and {len(found) - 1} more" if len(found) > 1 else ""
+    return (found[0].rstrip(".") + more) if found else (lines[0] if lines else type(exc).__name__)
+
+
+def _refuse_non_finite(model, where: Path) -> None:
+    """NaN or inf weights (a diverged or damaged training run) give no model worth exporting."""
+    import torch
+
+    bad = [n for n, p in model.state_dict().items()
+           if p.is_floating_point() and not bool(torch.isfinite(p).all())]  # fmt: skip
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise InputError(
+            f"{where}: the weights hold NaN or infinite values ({shown}); the checkpoint is "
+            "damaged or its training diverged. Convert an earlier, finite checkpoint."
+        )
 
 
 def _find_open_clip_config(weights: Path) -> Path:
@@ -145,7 +168,8 @@ def _find_open_clip_config(weights: Path) -> Path:
         return found[0]
     raise InputError(
         f"{weights}: no open_clip JSON config found next to it (looked for {weights.stem}.json, "
-        "open_clip_config.json, or a single *.json with 'vision_cfg'); pass config=PATH."
+        "open_clip_config.json, or a single *.json with 'vision_cfg'); pass its path as config= "
+        "(--config), or, for a Hugging Face CLIPModel folder, restore its config.json."
     )
 
 

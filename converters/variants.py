@@ -105,6 +105,22 @@ def check_convert_deps(backend: str) -> None:
         )
 
 
+def check_requested(backends: str | Iterable[str], precisions: str | Iterable[str]) -> None:
+    """Refuse unknown or empty backend/precision lists and missing converter packages.
+
+    Called before a checkpoint is loaded, so a typo costs no export.
+    """
+    backs = parse_list(backends, BACKENDS, "backend", _ALIASES)
+    if not backs:
+        raise InputError(f"--backend {backends!r} names no backend; choose from: {', '.join(BACKENDS)}.")
+    if not parse_list(precisions, PRECISIONS, "precision"):
+        raise InputError(
+            f"--precision {precisions!r} names no precision; choose from: {', '.join(PRECISIONS)}."
+        )
+    for b in backs:
+        check_convert_deps(b)
+
+
 def get_builder(backend: str, precision: str) -> Builder:
     """The builder function for a backend × precision (``InputError`` if there is none)."""
     ref = REGISTRY.get((backend, precision))

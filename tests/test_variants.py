@@ -295,8 +295,10 @@ def test_calibration_errors(tmp_path):
         load_calibration(tmp_path, {"image_size": 32})
     (tmp_path / "bad.png").write_bytes(b"garbage")
     (tmp_path / "bad2.png").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="at least 2 readable images"):
+    with pytest.raises(InputError, match="0 of 2 image files could be read, at least 2") as err:
         load_calibration(tmp_path, {"image_size": 32}, log=lambda _: None)
+    # every unreadable file is named, so the user knows which to replace
+    assert "bad.png (" in str(err.value) and "bad2.png (" in str(err.value)
 
 
 def test_synthetic_calibration_default(tmp_path):

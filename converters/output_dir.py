@@ -1,0 +1,83 @@
+"""Where a bundle is written: checking ``-o`` before any work, and the one atomic swap.
+
+``--overwrite`` replaces a bundle (a folder with ``manifest.json``) and nothing else: pointed
+at a photo folder, a checkpoint or a file by mistake, it refuses instead of deleting it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgeclip.bundle import MANIFEST
+from edgeclip.errors import InputError
+
+__all__ = ["check_output", "place_bundle", "staging_dir"]
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _refuse_non_bundle(out: Path) -> None:
+    if out.is_dir() and not (out / MANIFEST).is_file() and not _is_empty_dir(out):
+        raise InputError(
+            f"{out} exists and is not an edgeclip bundle (no {MANIFEST}); --overwrite replaces "
+            "only bundles. Choose another output folder, or remove this one yourself."
+        )
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"{out} exists and is a file, not a bundle folder; choose another output path."
+        )
+
+
+def check_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """The resolved output folder, or ``InputError`` if it cannot or must not be written."""
+    if not str(out_dir).strip():
+        raise InputError("the output folder is an empty string; give a path (-o BUNDLE_DIR).")
+    out = Path(out_dir).expanduser().resolve()
+    _refuse_non_bundle(out)
+    if out.exists() and not _is_empty_dir(out) and not overwrite:
+        raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, no permission, ...
+        raise InputError(
+            f"cannot create the folder {out.parent} for the bundle ({exc.strerror or exc}); "
+            "choose an output path in a writable folder."
+        ) from exc
+    return out
+
+
+def staging_dir(out: Path) -> Path:
+    """A hidden sibling of ``out`` to build in (``InputError`` if the folder is not writable)."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be shared
+    except OSError as exc:
+        raise InputError(
+            f"cannot write in {out.parent} ({exc.strerror or exc}); choose an output path in a "
+            "writable folder."
+        ) from exc
+    return staging
+
+
+def place_bundle(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename ``staging`` to ``out``; an existing bundle is swapped out only once all is written."""
+    if not out.exists() or _is_empty_dir(out):
+        os.replace(staging, out)  # rename(2) replaces an empty directory
+        return
+    _refuse_non_bundle(out)  # checked again: the folder may have changed during the conversion
+    if not overwrite:
+        raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, trash / "old")
+    try:
+        os.replace(staging, out)
+    except OSError:
+        os.replace(trash / "old", out)  # put the previous bundle back
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
