@@ -168,15 +168,21 @@ def _private_home(folder: Path, monkeypatch) -> None:
     monkeypatch.setenv("EDGECLIP_HOME", str(home))
 
 
+def _shared_setup(folder: Path, micro_bundle: Path, monkeypatch) -> Path:
+    """A copy of the bundle and 4 photos in a folder every user may write: the bundle copy."""
+    _private_home(folder, monkeypatch)
+    bundle = folder / "bundle"
+    shutil.copytree(micro_bundle, bundle)
+    make_tree(folder / "photos", n=4)
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod(0o777 if p.is_dir() else 0o666)
+    return bundle
+
+
 def test_read_only_folder_and_files_are_named_and_search_still_works(shared_dir, micro_bundle, capsys, monkeypatch):  # noqa: F811
     """An existing index in a folder made read-only: the folder is named (it once named the
     index file). A read-only vectors file is refused up front, before an hour of embedding."""
-    _private_home(shared_dir, monkeypatch)
-    bundle = shared_dir / "bundle"
-    shutil.copytree(micro_bundle, bundle)
-    make_tree(shared_dir / "photos", n=4)
-    for p in [shared_dir, *shared_dir.rglob("*")]:
-        p.chmod(0o777 if p.is_dir() else 0o666)
+    bundle = _shared_setup(shared_dir, micro_bundle, monkeypatch)
     home = shared_dir / "lib"
     home.mkdir(mode=0o777)
     home.chmod(0o777)
@@ -209,12 +215,7 @@ def test_a_search_while_the_index_was_read_only_does_not_block_the_next_writer(s
     """SQLite gives -wal and -shm the database's mode: a search while photos.db was read-only
     left them read-only, and the next `edgeclip index` failed at its first commit, after all
     its embedding, with "attempt to write a readonly database" and a traceback."""
-    _private_home(shared_dir, monkeypatch)
-    bundle = shared_dir / "bundle"
-    shutil.copytree(micro_bundle, bundle)
-    make_tree(shared_dir / "photos", n=4)
-    for p in [shared_dir, *shared_dir.rglob("*")]:
-        p.chmod(0o777 if p.is_dir() else 0o666)
+    bundle = _shared_setup(shared_dir, micro_bundle, monkeypatch)
     db, photos = shared_dir / "lib.db", str(shared_dir / "photos")
     with Index(db, bundle) as ix:
         ix.update([photos])
