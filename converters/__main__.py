@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permissions: name the file, no traceback
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        from .cli import os_error_line
+
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -78,6 +78,9 @@ def _read_captions(path: Path) -> tuple[dict[str, str], list[str]]:
 
 def check_calibration_args(folder: str | Path | None, captions: str | Path | None) -> None:
     """Refuse a missing calibration folder or captions file before any model work."""
+    for flag, value in (("--calibration", folder), ("--captions", captions)):
+        if value is not None and not str(value).strip():  # Path("") is the current folder
+            raise InputError(f"{flag} is an empty string; give a path, or leave {flag} out.")
     if captions is not None and folder is None:
         raise InputError(
             f"captions file {captions} is read only with a calibration folder (its lines name "

@@ -26,17 +26,34 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     return next(iter(paths.values())).parent
 
 
+def os_error_line(exc: OSError) -> str:
+    """``FILE: reason`` (just the reason when the error names no file)."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def run_convert(args: argparse.Namespace) -> int:
     """Convert in one pass: the onnx-fp32 reference plus every requested variant, gated."""
     from edgeclip.bundle import Bundle
+    from edgeclip.errors import InputError
 
     from .bundle_writer import convert
+    from .calibration import check_calibration_args
+    from .output_dir import check_output
+    from .variants import check_requested
 
-    out = convert(
-        resolve_checkpoint(args.checkpoint), args.output, name=args.name, config=args.config,
-        overwrite=args.overwrite, backends=args.backend, precisions=args.precision,
-        calibration_dir=args.calibration, captions=args.captions, log=print,
-    )  # fmt: skip
+    # Checked before a zoo name is resolved: a typo costs no download.
+    check_requested(args.backend, args.precision)
+    check_calibration_args(args.calibration, args.captions)
+    check_output(args.output, args.overwrite)
+    try:
+        out = convert(
+            resolve_checkpoint(args.checkpoint), args.output, name=args.name, config=args.config,
+            overwrite=args.overwrite, backends=args.backend, precisions=args.precision,
+            calibration_dir=args.calibration, captions=args.captions, log=print,
+        )  # fmt: skip
+    except OSError as exc:  # `edgeclip` prints an EdgeclipError as one line, exit 2
+        raise InputError(os_error_line(exc)) from exc
     bundle = Bundle.open(out)
     print(f"wrote {out}")
     for v in bundle.variants:

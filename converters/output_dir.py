@@ -1,17 +1,19 @@
 """Where a bundle is written: checking ``-o`` before any work, and the one atomic swap.
 
-``--overwrite`` replaces a bundle (a folder with ``manifest.json``) and nothing else: pointed
-at a photo folder, a checkpoint or a file by mistake, it refuses instead of deleting it.
+``--overwrite`` replaces a bundle (a folder whose ``manifest.json`` is an edgeclip manifest) and
+nothing else: pointed at a photo folder, a checkpoint, a web project with its own
+``manifest.json`` or a file by mistake, it refuses instead of deleting it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from edgeclip.bundle import MANIFEST
+from edgeclip.bundle import FORMAT, MANIFEST
 from edgeclip.errors import InputError
 
 __all__ = ["check_output", "place_bundle", "staging_dir"]
@@ -21,10 +23,25 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
+def _why_not_bundle(path: Path) -> str | None:
+    """None for an edgeclip bundle; else why not (``manifest.json`` is a common file name)."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return f"no {MANIFEST}"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"its {MANIFEST} is not readable JSON"
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return f"its {MANIFEST} is not an edgeclip manifest"
+    return None
+
+
 def _refuse_non_bundle(out: Path) -> None:
-    if out.is_dir() and not (out / MANIFEST).is_file() and not _is_empty_dir(out):
+    why = _why_not_bundle(out) if out.is_dir() and not _is_empty_dir(out) else None
+    if why:
         raise InputError(
-            f"{out} exists and is not an edgeclip bundle (no {MANIFEST}); --overwrite replaces "
+            f"{out} exists and is not an edgeclip bundle ({why}); --overwrite replaces "
             "only bundles. Choose another output folder, or remove this one yourself."
         )
     if out.exists() and not out.is_dir():
