@@ -89,8 +89,11 @@ def test_ctrl_c_or_sigterm_says_what_was_committed_and_the_same_command_resumes(
     tmp_path, micro_bundle, sig, status, said
 ):
     tree, db = _slow_tree(tmp_path / "Camera Roll"), tmp_path / "lib.db"
+    # A shell without job control (CI's background jobs) starts children with SIGINT ignored,
+    # and Python keeps that: give the run the disposition a terminal's Ctrl-C meets.
     run = subprocess.Popen(_cli(*_args(tree, db, micro_bundle, "--json")),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while _ok_rows(db) < 8 and run.poll() is None and time.monotonic() < deadline:
