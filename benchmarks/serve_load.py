@@ -73,10 +73,13 @@ def sample_images(n: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
 
 
 class Server:
-    def __init__(self, bundle: Path, port: int, args: list[str], log: Path) -> None:
+    def __init__(
+        self, bundle: Path, port: int, args: list[str], log: Path, preload: bool = True
+    ) -> None:
         self.port = port
         cmd = [sys.executable, "-m", "edgeclip", "serve", str(bundle), "--port", str(port),
-               "--preload", "--idle-ttl", "0", "--log-level", "warning", *args]  # fmt: skip
+               *(["--preload"] if preload else []), "--idle-ttl", "0", "--log-level", "warning",
+               *args]  # fmt: skip
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         for _ in range(600):  # up to ~60 s

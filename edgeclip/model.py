@@ -310,11 +310,19 @@ class EdgeClip:
     def embed_dim(self) -> int | None:
         return self.bundle.embed_dim
 
-    def warm(self) -> EdgeClip:
-        """Open both graphs now (``load`` is lazy so a CLI that only embeds text skips the image tower)."""
-        self._image.warm()
-        self._text.warm()
+    def warm(self, image: bool = True, text: bool = True) -> EdgeClip:
+        """Open the towers' graphs now (``load`` is lazy so a CLI that only embeds text skips the image tower)."""
+        if image:
+            self._image.warm()
+        if text:
+            self._text.warm()
         return self
+
+    @property
+    def towers_open(self) -> tuple[str, ...]:
+        """The towers whose graphs are open: ``("text",)`` after text alone was encoded."""
+        return tuple(name for name, tower in (("image", self._image), ("text", self._text))
+                     if tower.is_open)  # fmt: skip
 
     def __repr__(self) -> str:
         return (

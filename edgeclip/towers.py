@@ -76,6 +76,10 @@ class TowerRunner:
             self._sessions[batch] = self._opener(rel)
         return self._sessions[batch]
 
+    @property
+    def is_open(self) -> bool:
+        return bool(self._sessions)
+
     def warm(self) -> None:
         """Open the graph(s) now rather than on first use."""
         for size in self.tower.batch_sizes or (None,):

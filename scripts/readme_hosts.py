@@ -145,3 +145,21 @@ def index_speed() -> str:
         out += ("\n\nCosine to the full decode's vector (mean / worst over the 8 photos): "
                 + "; ".join(cosines) + ".")
     return out
+
+
+def serve_towers() -> str:
+    """docs/serve.md's memory by tower, per host, from ``serve_memory.json``."""
+    rows = ["| host | server | step | towers open | worker MB | server + worker MB |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for host in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        res = _load(host / "serve_memory.json")
+        if not res:
+            continue
+        modes = (("`--preload`", res["preloaded"]),
+                 (f"on demand, `--image-idle-ttl {res['image_idle_ttl_s']:g}`", res["on_demand"]))  # fmt: skip
+        for mode, points in modes:
+            for p in points:
+                rows.append(f"| {host.name} | {mode} | {p['step']} | "
+                            f"{' + '.join(p['towers']) or 'none'} | {p['worker_mb'] or 0:.0f} | "
+                            f"{p['total_mb']:.0f} |")  # fmt: skip
+    return "\n".join(rows)

@@ -1,4 +1,5 @@
-"""Render README.md's measured tables from the committed results under ``benchmarks/results/``.
+"""Render README.md's (and docs/serve.md's) measured tables from the committed results under
+``benchmarks/results/``.
 
 Each generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
 everything else in the README is hand-written. ``--check`` exits 1 when the README differs from
@@ -249,16 +250,25 @@ def index_speed() -> str:
     return render()
 
 
+def serve_towers() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from readme_hosts import serve_towers as render
+
+    return render()
+
+
 BLOCKS = {"backends": backends_table, "speed": speed_summary, "host-speed": host_speed,
           "device-checks": device_checks_table, "index-speed": index_speed,
           "main-job": main_job_table, "distill": distill_table, "settings": settings_table}  # fmt: skip
+#: every file with generated blocks, and its blocks
+FILES = {README: BLOCKS, ROOT / "docs" / "serve.md": {"serve-towers": serve_towers}}
 
 
-def render(text: str) -> str:
-    for name, make in BLOCKS.items():
+def render(text: str, blocks: dict = BLOCKS, where: str = "README.md") -> str:
+    for name, make in blocks.items():
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- generated:{name} --> block")
+            raise SystemExit(f"{where} has no <!-- generated:{name} --> block")
         body = make()
         text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     return text
@@ -266,16 +276,21 @@ def render(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a file is out of date")
     args = ap.parse_args(argv)
-    current = README.read_text()
-    fresh = render(current)
-    if args.check:
+    stale = []
+    for path, blocks in FILES.items():
+        where = path.relative_to(ROOT).as_posix()
+        current = path.read_text()
+        fresh = render(current, blocks, where)
         if fresh != current:
-            print("README.md is out of date: run `python scripts/render_readme.py`", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(fresh)
+            stale.append(where)
+            if not args.check:
+                path.write_text(fresh)
+    if args.check and stale:
+        print(f"{', '.join(stale)} out of date: run `python scripts/render_readme.py`",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

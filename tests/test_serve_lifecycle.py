@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -21,6 +24,8 @@ pytest.importorskip("uvicorn", reason="the serve extra is needed: pip install -e
 from test_serve_helpers import (  # noqa: E402
     ServeProcess,
     StoppedWorker,
+    data_uri,
+    png_bytes,
     raw_request,
     read_response,
 )
@@ -59,6 +64,43 @@ def test_idle_unload_gives_memory_back_and_reloads(micro_bundle, logs):
         status, again = _embed(server, "a cat")
         assert status == 200 and server.metric("edgeclip_model_loads_total") == 2
         assert again["data"][0]["embedding"] == first["data"][0]["embedding"]
+
+
+def test_text_alone_opens_the_text_tower_and_an_idle_image_tower_is_unloaded(micro_bundle, logs):
+    """Search queries never open the image tower; --image-idle-ttl unloads it alone (a new
+    worker holding the text tower), and both towers answer as before afterwards."""
+    image = {"input": [data_uri(png_bytes((200, 30, 30)))], "modality": "image"}
+    with ServeProcess(micro_bundle, "--idle-ttl", "0", "--image-idle-ttl", "1", log_dir=logs) as s:
+        status, text_before = _embed(s, "a cat")
+        assert status == 200 and s.health()["towers"] == ["text"]
+        assert s.metric("edgeclip_tower_loaded", tower="image") == 0
+        r = s.client.post("/v1/embeddings", json=image)
+        assert r.status_code == 200 and s.health()["towers"] == ["image", "text"]
+        image_before, first_pid = r.json()["data"][0]["embedding"], s.worker_pid()
+        s.wait_for("the image tower's unload", lambda: s.health()["towers"] == ["text"])
+        record = s.health()["last_unload"]
+        assert record["reason"] == "no image for 1 s" and record["worker_pid"] == first_pid
+        assert record["towers_unloaded"] == ["image"] and record["towers_kept"] == ["text"]
+        assert 0 < record["worker_rss_after_bytes"] < record["worker_rss_before_bytes"]
+        assert s.worker_pid() != first_pid and s.health()["loaded"]
+        assert s.metric("edgeclip_image_tower_unloads_total") == 1
+        assert s.metric("edgeclip_model_unloads_total") == 0
+        status, text_after = _embed(s, "a cat")
+        assert status == 200 and s.health()["towers"] == ["text"]
+        assert text_after["data"][0]["embedding"] == text_before["data"][0]["embedding"]
+        r = s.client.post("/v1/embeddings", json=image)
+        assert r.status_code == 200 and r.json()["data"][0]["embedding"] == image_before
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--image-idle-ttl", "-1", "--image-idle-ttl must be a finite number >= 0 (0 means never), got -1.0."),
+    ("--idle-ttl", "nan", "--idle-ttl must be a finite number >= 0 (0 means never), got nan."),
+    ("--body-timeout", "0", "--body-timeout must be a finite number > 0, got 0.0."),
+])  # fmt: skip
+def test_a_bad_duration_is_refused_naming_the_flag(micro_bundle, flag, value, message):
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "serve", str(micro_bundle), flag, value],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip() == f"edgeclip serve: {message}"
 
 
 def test_full_queue_answers_429_and_loses_nothing(server):
@@ -205,12 +247,16 @@ def test_requests_past_max_connections_get_a_json_503_with_retry_after(micro_bun
     head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n")  # fmt: skip
     with ServeProcess(micro_bundle, "--max-connections", "2", log_dir=logs) as s:
-        slow = [raw_request(s.port, head, [b'{"input": "a c']) for _ in range(2)]
-        for _ in range(100):  # until the server has taken both in (bounded: 100 x 0.05 s)
+        slow: list = []
+        for _ in range(100):  # until both slow clients hold a slot (bounded: 100 x 0.05 s)
+            # One that came in while a probe held a slot was refused (it has an answer to
+            # read): replace it, or the probe would never find both slots taken.
+            slow = [sock for sock in slow if not select.select([sock], [], [], 0)[0]]
+            slow += [raw_request(s.port, head, [b'{"input": "a c']) for _ in range(2 - len(slow))]
+            time.sleep(0.05)
             r = s.client.post("/v1/embeddings", json={"input": "a dog"})
             if r.status_code == 503:
                 break
-            time.sleep(0.05)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         error = r.json()["error"]
         assert error["code"] == "too_many_requests_in_flight" and "--max-connections" in error["message"]

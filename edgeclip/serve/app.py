@@ -115,6 +115,7 @@ async def health(request: Request) -> Response:
         "unix": time.time(),
         "model": svc.model_name,
         "loaded": svc.host.loaded,
+        "towers": list(svc.host.towers),
         "in_process": svc.host.in_process,
         "worker_pid": svc.host.worker_pid,
         "auth_required": svc.config.api_key is not None,
@@ -164,6 +165,9 @@ async def metrics(request: Request) -> Response:
                                  {(("modality", "image"),): svc.images.depth,
                                   (("modality", "text"),): svc.texts.depth}),
         "edgeclip_model_loaded": ("1 while the model is loaded", {(): int(svc.host.loaded)}),
+        "edgeclip_tower_loaded": ("1 while the tower's graph is open, by tower",
+                                  {(("tower", t),): int(t in svc.host.towers)
+                                   for t in ("image", "text")}),
         "edgeclip_resident_memory_bytes": ("resident set size by process", memory_rows),
     }  # fmt: skip
     text = svc.metrics.render(gauges)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -73,6 +74,9 @@ def _add_lifecycle_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--idle-ttl", type=float, default=300.0,
                    help="unload the model after this many idle seconds (0: never; default 300)")  # fmt: skip
+    g.add_argument("--image-idle-ttl", type=float, default=0.0, metavar="S",
+                   help="unload the image tower alone after S seconds without image requests, "
+                   "keeping the text tower loaded for searches (0: only with the model)")  # fmt: skip
     g.add_argument("--in-process", action="store_true",
                    help="run the model in the server process, not in a worker subprocess")  # fmt: skip
     g.add_argument("--max-batch", type=int, default=32, help="inputs per model call")
@@ -158,12 +162,18 @@ def _check_positive(args: argparse.Namespace) -> None:
                  "max_labels", "max_prompts", "max_batch", "max_queue", "max_connections"):  # fmt: skip
         if getattr(args, flag) < 1:
             raise SystemExit(f"edgeclip serve: --{flag.replace('_', '-')} must be at least 1.")
-    if (args.body_timeout_s <= 0 or args.idle_ttl < 0 or args.batch_window_ms < 0
-            or args.shutdown_timeout < 0):  # fmt: skip
-        raise SystemExit(
-            "edgeclip serve: --body-timeout must be > 0, --idle-ttl, --batch-window-ms and "
-            "--shutdown-timeout >= 0."
-        )
+    # (flag, field, whether 0 is allowed): durations in seconds, --batch-window-ms in ms
+    durations = (("--body-timeout", "body_timeout_s", False), ("--idle-ttl", "idle_ttl", True),
+                 ("--image-idle-ttl", "image_idle_ttl", True),
+                 ("--batch-window-ms", "batch_window_ms", True),
+                 ("--shutdown-timeout", "shutdown_timeout", True))  # fmt: skip
+    for flag, field, zero_ok in durations:
+        value = getattr(args, field)
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            bound = ">= 0" if zero_ok else "> 0"
+            never = " (0 means never)" if "idle" in flag else ""
+            raise SystemExit(f"edgeclip serve: {flag} must be a finite number {bound}{never}, "
+                             f"got {value}.")  # fmt: skip
 
 
 def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no numpy at --help)
@@ -188,7 +198,8 @@ def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no
         spec=spec, names=served_names(args.model, args.alias), limits=limits, api_key=api_key,
         allow_dirs=_allow_dirs(args.allow_dir), max_batch=args.max_batch,
         batch_window_s=args.batch_window_ms / 1000.0, max_queue=args.max_queue,
-        idle_ttl_s=args.idle_ttl or None, in_process=args.in_process, preload=args.preload,
+        idle_ttl_s=args.idle_ttl or None, image_idle_ttl_s=args.image_idle_ttl or None,
+        in_process=args.in_process, preload=args.preload,
         cors_origins=_cors_origins(args.cors_origin),
         # None: bound beyond loopback, where the API key (or --insecure) is the guard
         allowed_hosts=tuple(args.allow_host) if is_loopback(args.host) else None,

@@ -1,5 +1,10 @@
 """The model's life in the server: loaded on first use (or at start), unloaded when idle.
 
+A load opens only the tower the first request needs; the other opens on its first use. With
+``image_idle_ttl_s`` the image tower alone is unloaded after that long without image requests
+(the worker is replaced by one holding the text tower only), so text search stays loaded while
+the memory of indexing comes back: what Immich's users ask of CLIP on small boards.
+
 Loading, every model call and unloading run on one thread, in order, so they never race:
 a request that arrives while the model is unloaded simply loads it again. Unloading measures
 resident memory before and after, so ``/health`` and the log show what really came back.
@@ -15,7 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .metrics import Metrics, rss_bytes
-from .worker import InProcessRunner, ModelSpec, SubprocessRunner, WorkerFailed, release_memory
+from .worker import (
+    BOTH_TOWERS,
+    TOWER_OF_OP,
+    InProcessRunner,
+    ModelSpec,
+    SubprocessRunner,
+    WorkerFailed,
+    release_memory,
+)
 
 log = logging.getLogger("edgeclip.serve")
 
@@ -24,10 +37,12 @@ class ModelHost:
     """Owns the runner of one model and the thread that talks to it."""
 
     def __init__(
-        self, spec: ModelSpec, *, idle_ttl_s: float | None, in_process: bool, metrics: Metrics
-    ) -> None:
+        self, spec: ModelSpec, *, idle_ttl_s: float | None, in_process: bool, metrics: Metrics,
+        image_idle_ttl_s: float | None = None,
+    ) -> None:  # fmt: skip
         self.spec = spec
         self.idle_ttl_s = idle_ttl_s
+        self.image_idle_ttl_s = image_idle_ttl_s
         self.in_process = in_process
         self.metrics = metrics
         self.info: dict[str, Any] | None = None  # kept across unloads: the same model reloads
@@ -36,11 +51,17 @@ class ModelHost:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="edgeclip-model")
         self._active = 0  # calls submitted and not finished
         self._last_used = time.monotonic()
+        self._last_image_used = self._last_used
         self._watcher: asyncio.Task | None = None
 
     @property
     def loaded(self) -> bool:
         return self._runner is not None
+
+    @property
+    def towers(self) -> tuple[str, ...]:
+        """The towers open now (``()`` when unloaded)."""
+        return self._runner.towers if self._runner is not None else ()
 
     @property
     def worker_pid(self) -> int | None:
@@ -56,6 +77,8 @@ class ModelHost:
         finally:
             self._active -= 1
             self._last_used = time.monotonic()
+            if TOWER_OF_OP.get(op) == "image":
+                self._last_image_used = self._last_used
 
     async def load(self) -> dict[str, Any]:
         await self.call("describe", None)
@@ -65,8 +88,10 @@ class ModelHost:
     def _call_sync(self, op: str, args: Any) -> Any:
         # Model calls are pure, so a worker found dead (killed, OOM) costs one retry on a fresh
         # one rather than the request; a second death in a row is reported.
+        # A first text request opens the text tower alone; "describe" (--preload) opens both.
+        towers = (TOWER_OF_OP[op],) if op in TOWER_OF_OP else BOTH_TOWERS
         for attempt in (1, 2):
-            runner = self._ensure_loaded()
+            runner = self._ensure_loaded(towers)
             try:
                 return runner.call(op, args)
             except WorkerFailed:
@@ -76,7 +101,9 @@ class ModelHost:
                 log.warning("the model worker died during %r; retrying once on a new one", op)
         raise AssertionError("unreachable")
 
-    def _ensure_loaded(self) -> SubprocessRunner | InProcessRunner:
+    def _ensure_loaded(
+        self, towers: tuple[str, ...] = BOTH_TOWERS
+    ) -> SubprocessRunner | InProcessRunner:
         if self._runner is not None and not self._runner.alive():
             log.warning("the model worker died while idle; starting a new one")
             self._runner.stop()
@@ -84,12 +111,12 @@ class ModelHost:
         if self._runner is None:
             started = time.perf_counter()
             runner = (InProcessRunner if self.in_process else SubprocessRunner)(self.spec)
-            self.info = runner.start()
+            self.info = runner.start(towers)
             self._runner = runner
             self.metrics.model_loads += 1
             log.info(
-                "loaded %s (%s) in %.2f s%s", self.info["name"], self.info["variant"],
-                time.perf_counter() - started,
+                "loaded %s (%s; %s) in %.2f s%s", self.info["name"], self.info["variant"],
+                " + ".join(runner.towers) or "no tower", time.perf_counter() - started,
                 "" if runner.pid is None else f", worker pid {runner.pid}",
             )  # fmt: skip
         return self._runner
@@ -108,26 +135,58 @@ class ModelHost:
             return None
         if only_if_idle and (self._active or self._idle_for() < (self.idle_ttl_s or 0)):
             return None  # a request came in after the watcher looked
-        worker_pid = runner.pid
-        before = self.memory()
+        before, towers = {**self.memory(), "pid": runner.pid}, runner.towers
         runner.stop()
         release_memory()
+        record = self._unload_record(reason, runner, before, towers, kept=())
+        self._runner = None  # after the record: whoever sees "unloaded" also sees it
+        self.metrics.model_unloads += 1
+        return record
+
+    async def drop_image_tower(self, reason: str) -> dict | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._drop_image_sync, reason)
+
+    def _drop_image_sync(self, reason: str) -> dict | None:
+        """Replace the runner by one holding the text tower alone, if images are still idle.
+
+        A new worker rather than closing a session: the runtime keeps a closed session's arenas
+        for the life of the process, so only a process exit gives all of it back."""
+        runner = self._runner
+        if runner is None or "image" not in runner.towers or self._active:
+            return None
+        if time.monotonic() - self._last_image_used < (self.image_idle_ttl_s or 0):
+            return None  # an image request came in after the watcher looked
+        before, towers = {**self.memory(), "pid": runner.pid}, runner.towers
+        runner.stop()
+        release_memory()
+        self._runner = None
+        self._ensure_loaded(("text",))
+        self.metrics.image_tower_unloads += 1
+        return self._unload_record(reason, runner, before, towers, kept=("text",))
+
+    def _unload_record(
+        self, reason: str, runner: Any, before: dict[str, Any], towers: tuple[str, ...],
+        kept: tuple[str, ...],
+    ) -> dict[str, Any]:  # fmt: skip
         after = self.memory()
         record = {
             "reason": reason,
             "at": time.time(),
             "in_process": runner.in_process,
+            "towers_unloaded": [t for t in towers if t not in kept],
+            "towers_kept": list(kept),
             "rss_before_bytes": before["total"],
             "rss_after_bytes": after["total"],
             "server_rss_before_bytes": before["server"],
             "worker_rss_before_bytes": before["worker"],
-            "worker_pid": worker_pid,
+            "worker_rss_after_bytes": after["worker"],
+            "worker_pid": before["pid"],
         }
         self.last_unload = record
-        self._runner = None  # after the record: whoever sees "unloaded" also sees it
-        self.metrics.model_unloads += 1
         log.info(
-            "unloaded the model (%s): resident memory %s -> %s MB", reason,
+            "unloaded %s (%s): resident memory %s -> %s MB",
+            "the image tower, kept the text tower" if kept else "the model", reason,
             _mb(record["rss_before_bytes"]), _mb(record["rss_after_bytes"]),
         )  # fmt: skip
         return record
@@ -140,23 +199,34 @@ class ModelHost:
 
     # -- background ------------------------------------------------------------------------------
     def start_watching(self) -> None:
-        if self.idle_ttl_s:
+        if self.idle_ttl_s or self.image_idle_ttl_s:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_idle())
 
+    def _due(self) -> str | None:
+        """What the watcher should do now: "unload", "drop_image" or nothing."""
+        if self._runner is None or self._active:
+            return None
+        now = time.monotonic()
+        if self.idle_ttl_s and now - self._last_used >= self.idle_ttl_s:
+            return "unload"
+        if (self.image_idle_ttl_s and "image" in self._runner.towers
+                and now - self._last_image_used >= self.image_idle_ttl_s):  # fmt: skip
+            return "drop_image"
+        return None
+
     async def _watch_idle(self) -> None:
-        assert self.idle_ttl_s
-        poll = max(0.05, min(1.0, self.idle_ttl_s / 4))
+        ttls = [t for t in (self.idle_ttl_s, self.image_idle_ttl_s) if t]
+        poll = max(0.05, min(1.0, min(ttls) / 4))
         while True:
             await asyncio.sleep(poll)
-            if (
-                self._runner is not None
-                and not self._active
-                and self._idle_for() >= self.idle_ttl_s
-            ):
-                try:
+            due = self._due()
+            try:
+                if due == "unload":
                     await self.unload(f"idle for {self.idle_ttl_s:g} s", only_if_idle=True)
-                except Exception:  # an unload failure must not stop the watcher
-                    log.exception("unloading the idle model failed")
+                elif due == "drop_image":
+                    await self.drop_image_tower(f"no image for {self.image_idle_ttl_s:g} s")
+            except Exception:  # an unload failure must not stop the watcher
+                log.exception("unloading the idle model failed")
 
     async def close(self) -> None:
         if self._watcher is not None:

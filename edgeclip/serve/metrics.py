@@ -86,6 +86,7 @@ class Metrics:
         self.in_flight: dict[Labels, int] = defaultdict(int)
         self.model_loads = 0
         self.model_unloads = 0
+        self.image_tower_unloads = 0
 
     def request_started(self, endpoint: str) -> None:
         self.in_flight[(("endpoint", endpoint),)] += 1
@@ -116,6 +117,9 @@ class Metrics:
              [f"edgeclip_model_loads_total {self.model_loads}"]),
             ("edgeclip_model_unloads_total", "counter", "times the model was unloaded",
              [f"edgeclip_model_unloads_total {self.model_unloads}"]),
+            ("edgeclip_image_tower_unloads_total", "counter",
+             "times the image tower alone was unloaded (--image-idle-ttl)",
+             [f"edgeclip_image_tower_unloads_total {self.image_tower_unloads}"]),
         ]  # fmt: skip
         for name, (help_, values) in gauges.items():
             blocks.append((name, "gauge", help_, _rows(name, values)))

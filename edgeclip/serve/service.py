@@ -38,6 +38,8 @@ class ServeConfig:
     batch_window_s: float = 0.005
     max_queue: int = 256
     idle_ttl_s: float | None = 300.0
+    #: unload the image tower alone after this long without image requests; None: never
+    image_idle_ttl_s: float | None = None
     in_process: bool = False
     preload: bool = False
     #: origins whose pages may call the API from a browser (``--cors-origin``; "*": any)
@@ -96,7 +98,7 @@ class Service:
         self.metrics = Metrics()
         self.host = ModelHost(
             config.spec, idle_ttl_s=config.idle_ttl_s, in_process=config.in_process,
-            metrics=self.metrics,
+            metrics=self.metrics, image_idle_ttl_s=config.image_idle_ttl_s,
         )  # fmt: skip
         common = {"max_batch": config.max_batch, "window_s": config.batch_window_s,
                   "max_queue": config.max_queue, "on_batch": self.metrics.batch_ran}  # fmt: skip

@@ -6,6 +6,9 @@ The server talks to both the same way, ``runner.call(op, args)``, from one model
 * ``"text"``: strings -> (float32 (N, D), token counts)
 * ``"labels"``: (labels, templates) -> float32 (L, D), cached by ``EdgeClip.label_embeddings``
 
+A runner opens only the towers it is asked for and the rest on first use, and says which are
+open (``runner.towers``): a server that only answers search queries never opens the image tower.
+
 A worker subprocess gives all of the model's memory back when it exits: ONNX Runtime and
 OpenVINO keep their arenas and thread pools for the life of a process, so an in-process unload
 returns only part of it (measured in docs/serve.md). It also keeps a crash in a native runtime
@@ -57,7 +60,12 @@ class WorkerFailed(Exception):
     """The model could not be loaded, or its worker died; the next request loads it again."""
 
 
-def open_model(spec: ModelSpec) -> Any:
+#: what each operation runs on, so the host knows which tower a request needs
+TOWER_OF_OP = {"image": "image", "text": "text", "labels": "text"}
+BOTH_TOWERS = ("image", "text")
+
+
+def open_model(spec: ModelSpec, towers: tuple[str, ...] = BOTH_TOWERS) -> Any:
     import edgeclip
 
     # ONNX Runtime's threads do not spin by default (EDGECLIP_ORT_SPINNING): with gaps between
@@ -68,7 +76,7 @@ def open_model(spec: ModelSpec) -> Any:
     )  # fmt: skip
     # The server's bomb limit; the request handler already refused larger headers.
     model.preprocessor.max_pixels = spec.max_pixels
-    model.warm()
+    model.warm(image="image" in towers, text="text" in towers)
     return model
 
 
@@ -135,16 +143,18 @@ def release_memory() -> None:
 # -- the subprocess --------------------------------------------------------------------------
 
 
-def worker_main(conn: Any, spec: ModelSpec) -> None:
-    """Entry point of the worker process: load, then answer ``(op, args)`` until told to stop."""
+def worker_main(conn: Any, spec: ModelSpec, towers: tuple[str, ...] = BOTH_TOWERS) -> None:
+    """Entry point of the worker process: load, then answer ``(op, args)`` until told to stop.
+
+    Every reply is ``(kind, payload, towers open)``."""
     # Ctrl-C and SIGTERM go to the server, which finishes its requests and then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        model = open_model(spec)
-        conn.send(("ready", describe(model)))
+        model = open_model(spec, towers)
+        conn.send(("ready", describe(model), model.towers_open))
     except Exception as exc:  # reported to the server, which answers 500 with the reason
-        conn.send(("error", _reason(exc)))
+        conn.send(("error", _reason(exc), ()))
         return
     while True:
         try:
@@ -159,7 +169,7 @@ def worker_main(conn: Any, spec: ModelSpec) -> None:
             reply = ("input_error", (str(exc), exc.param))
         except Exception as exc:
             reply = ("error", _reason(exc))
-        conn.send(reply)
+        conn.send((*reply, model.towers_open))
 
 
 def _reason(exc: BaseException) -> str:
@@ -175,6 +185,7 @@ class SubprocessRunner:
         self.spec = spec
         self._proc: Any = None
         self._conn: Any = None
+        self.towers: tuple[str, ...] = ()
 
     @property
     def pid(self) -> int | None:
@@ -183,13 +194,14 @@ class SubprocessRunner:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
-    def start(self) -> dict[str, Any]:
+    def start(self, towers: tuple[str, ...] = BOTH_TOWERS) -> dict[str, Any]:
         # spawn, not fork: the server has threads, and a forked runtime can deadlock.
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=worker_main, args=(child, self.spec), name="edgeclip-model", daemon=True
-        )
+            target=worker_main, args=(child, self.spec, towers), name="edgeclip-model",
+            daemon=True,
+        )  # fmt: skip
         self._proc.start()
         child.close()
         kind, payload = self._recv("loading the model")
@@ -201,6 +213,7 @@ class SubprocessRunner:
     def _lost(self, doing: str) -> WorkerFailed:
         """Forget a worker that died; the error to raise names its exit code."""
         proc, self._proc = self._proc, None
+        self.towers = ()
         proc.join(timeout=5)
         self._conn.close()
         return WorkerFailed(
@@ -210,9 +223,10 @@ class SubprocessRunner:
 
     def _recv(self, doing: str) -> tuple[str, Any]:
         try:
-            return self._conn.recv()
+            kind, payload, self.towers = self._conn.recv()
         except (EOFError, OSError):
             raise self._lost(doing) from None
+        return kind, payload
 
     def call(self, op: str, args: Any) -> Any:
         try:
@@ -228,6 +242,7 @@ class SubprocessRunner:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
+        self.towers = ()
         if proc is None:
             return
         try:
@@ -251,9 +266,13 @@ class InProcessRunner:
         self._model: Any = None
         self.pid = None
 
-    def start(self) -> dict[str, Any]:
+    @property
+    def towers(self) -> tuple[str, ...]:
+        return self._model.towers_open if self._model is not None else ()
+
+    def start(self, towers: tuple[str, ...] = BOTH_TOWERS) -> dict[str, Any]:
         try:
-            self._model = open_model(self.spec)
+            self._model = open_model(self.spec, towers)
         except Exception as exc:
             raise WorkerFailed(f"the model failed to load: {_reason(exc)}") from exc
         return describe(self._model)
