@@ -112,6 +112,20 @@ def trained_bundle(out: Path, steps: int = 300, seed: int = 0) -> tuple[Path, fl
     return bundle, seconds
 
 
+def cached_bundle(steps: int) -> Path:
+    """The bundle trained with this recipe, kept under EDGECLIP_HOME/test-models by the recipe's
+    hash (CI runs pytest without its cache), so tests and benchmarks share one model."""
+    import hashlib
+
+    from edgeclip.paths import edgeclip_home
+
+    recipe = json.dumps({"arch": ARCH, "lr": LR, "steps": steps}, sort_keys=True)
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    out = edgeclip_home() / "test-models" / f"edgeclip-index-model-{key}"
+    out.mkdir(parents=True, exist_ok=True)
+    return trained_bundle(out, steps=steps)[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)

@@ -7,7 +7,6 @@ by its recipe, so later sessions reuse it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,23 +17,15 @@ import pytest
 
 pytest.importorskip("torch", reason="training the test model needs torch (extra: distill)")
 
-from benchmarks import index_model  # noqa: E402
+from benchmarks import index_model, search_quality  # noqa: E402
+from edgeclip.errors import InputError  # noqa: E402
 from edgeclip.index import Index  # noqa: E402
 
-PER_CLASS = 10
 
 
 @pytest.fixture(scope="session")
 def trained_bundle(request) -> Path:
-    from edgeclip.paths import edgeclip_home
-
-    recipe = json.dumps({"arch": index_model.ARCH, "lr": index_model.LR, "steps": STEPS}, sort_keys=True)
-    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    # kept between runs (CI runs with -p no:cacheprovider, so not pytest's cache), by recipe
-    out = edgeclip_home() / "test-models" / f"edgeclip-index-model-{key}"
-    out.mkdir(parents=True, exist_ok=True)
-    bundle, _ = index_model.trained_bundle(out, steps=STEPS)
-    return bundle
+    return index_model.cached_bundle(STEPS)
 
 
 STEPS = 400
@@ -42,33 +33,24 @@ STEPS = 400
 
 @pytest.fixture(scope="session")
 def shapes_tree(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """``PER_CLASS`` pictures of every colour x shape, as JPEG and PNG files; path -> label."""
-    from converters.calibration import synthetic_pairs
-
-    root = tmp_path_factory.mktemp("shapes")
-    images, _, labels = synthetic_pairs(48 * PER_CLASS, 96, seed=7)
-    truth = {}
-    for i, (im, label) in enumerate(zip(images, labels)):
-        path = root / label.split()[0] / f"{i:04d}.{'jpg' if i % 2 else 'png'}"
-        path.parent.mkdir(exist_ok=True)
-        im.save(path, quality=95)
-        truth[str(path)] = label
-    return root, truth
+    """480 pictures, 30 of each of the 16 colour x shape pairs the procedural set draws (its
+    shape follows the colour's index, so each colour comes in two shapes), JPEG and PNG, one
+    folder per colour; path -> label."""
+    root = tmp_path_factory.mktemp("shapes") / "shapes"
+    return root, search_quality.shapes_tree(root)
 
 
 def test_text_queries_return_mostly_the_right_pictures(trained_bundle, shapes_tree, tmp_path):
-    from converters.calibration import synthetic_labels
-
     root, truth = shapes_tree
     with Index(tmp_path / "shapes.db", trained_bundle) as ix:
         assert ix.update([root]).embedded == len(truth)
         precision, colour = {}, {}
-        for label in synthetic_labels():
+        for label in sorted(set(truth.values())):
             hits = ix.search(f"a photo of a {label}", k=10)
             precision[label] = np.mean([truth[h.path] == label for h in hits])
             colour[label] = np.mean([truth[h.path].split()[0] == label.split()[0] for h in hits])
     mean = float(np.mean(list(precision.values())))
-    print(f"precision@10: 'a photo of a red circle' {precision['red circle']:.2f}; mean over all "
+    print(f"precision@10: 'a photo of a red circle' {precision['red circle']:.2f}; mean over the "
           f"{len(precision)} colour x shape queries {mean:.3f} (chance {1 / len(precision):.3f}); "
           f"colour right {np.mean(list(colour.values())):.3f}; colour missed: "
           f"{[k for k, v in colour.items() if v < 0.5]}")
@@ -106,3 +88,56 @@ def test_search_by_example_and_planted_duplicates(trained_bundle, shapes_tree, t
         exact = [{h.path for h in g} for g in ix.duplicates(threshold=0.99999)]  # byte copies: 1.0
         assert any(planted[0] <= g for g in exact)
     assert os.path.exists(tmp_path / "dupes.db")
+
+
+@pytest.fixture(scope="module")
+def shapes_db(trained_bundle, shapes_tree, tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("query") / "shapes.db"
+    with Index(db, trained_bundle) as ix:
+        ix.update([shapes_tree[0]])
+    return db
+
+
+def test_add_and_subtract_move_a_query_to_another_colour(trained_bundle, shapes_tree, shapes_db):
+    """rclip's arithmetic: "a photo of a red circle" − "a red shape" + "a blue shape" finds blue
+    pictures, which the query alone never returns (this model knows colours far better than
+    shapes, so colour is what is checked)."""
+    _, truth = shapes_tree
+    moved, before = [], []
+    with Index(shapes_db, trained_bundle) as ix:
+        for c, c2 in (("red", "blue"), ("green", "yellow"), ("white", "black")):
+            query = f"a photo of a {c} circle"
+            plus, minus = f"a photo of a {c2} shape", f"a photo of a {c} shape"
+            before.append(np.mean([truth[h.path].startswith(c2) for h in ix.search(query, k=10)]))
+            hits = ix.search(query, k=10, add=[plus], subtract=minus)  # one term need not be a list
+            moved.append(np.mean([truth[h.path].startswith(c2) for h in hits]))
+            unit = [v / np.linalg.norm(v) for v in (ix.embed_query(t) for t in (query, plus, minus))]
+            by_hand = unit[0] + unit[1] - unit[2]
+            np.testing.assert_allclose(ix.query_vector(query, [plus], [minus]),
+                                       by_hand / np.linalg.norm(by_hand), atol=1e-6)  # fmt: skip
+        with pytest.raises(InputError, match="cancel out"):
+            ix.search("a photo of a red circle", subtract=["a photo of a red circle"])
+    print(f"share of the added colour in the top 10: query alone {before}, with add/subtract {moved}")
+    assert max(before) <= 0.2 and min(moved) >= 0.8
+
+
+def test_under_keeps_to_one_folder_and_the_cli_prints_paths(trained_bundle, shapes_tree, shapes_db,
+                                                            capsys):  # fmt: skip
+    from edgeclip.index.cli import main as cli
+
+    root = shapes_tree[0]
+    with Index(shapes_db, trained_bundle) as ix:
+        hits = ix.search("a photo of a red circle", k=15, under=root / "blue")
+    assert len(hits) == 15 and all(h.path.startswith(str(root / "blue") + os.sep) for h in hits)
+    args = ["search", "a photo of a red circle", "--db", str(shapes_db), "-k", "5"]
+    assert cli([*args, "--under", str(root / "blue"), "--paths"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [h.path for h in hits[:5]]
+    example = next(p for p, label in shapes_tree[1].items() if label.startswith("yellow"))
+    assert cli([*args, "--add", example, "--subtract", "a photo of a red shape", "--json"]) == 0
+    assert any(shapes_tree[1][h["path"]].startswith("yellow") for h in json.loads(capsys.readouterr().out))
+    assert cli([*args, "--add", str(root / "missing.jpg")]) == 2
+    assert f"--add {root / 'missing.jpg'}: no such image file" in capsys.readouterr().err
+    assert cli([*args, "--under", str(root / "nowhere")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"is under {root / 'nowhere'}; check the folder" in captured.err

@@ -76,6 +76,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--image", default=None, help="search by this example image instead")
         p.add_argument("-k", type=_positive, default=20, help="how many results (default 20)")
         p.add_argument("--exact", action="store_true", help="scan every vector (no HNSW graph)")
+        p.add_argument("--add", action="append", default=[], metavar="TEXT_OR_IMAGE",
+                       help="also look for this (words, or an image file; repeatable)")
+        p.add_argument("--subtract", action="append", default=[], metavar="TEXT_OR_IMAGE",
+                       help="look away from this (words, or an image file; repeatable)")
+        p.add_argument("--under", default=None, metavar="DIR",
+                       help="only photos under this folder")
+        p.add_argument("--paths", action="store_true",
+                       help="print the paths alone, one per line (for xargs, feh, ...)")
     elif command == "dupes":
         p.add_argument("--threshold", type=float, default=0.95, help="cosine (default 0.95)")
     return p  # fmt: skip
@@ -236,18 +244,48 @@ def _search(args: argparse.Namespace) -> int:
     if args.image is not None and not Path(args.image).is_file():
         what = "is a folder; give one image file" if Path(args.image).is_dir() else "no such file"
         raise _usage(f"--image {args.image}: {what}.")
+    add = [_query_term(t, "--add") for t in args.add]
+    subtract = [_query_term(t, "--subtract") for t in args.subtract]
+    if args.under is not None and not args.under.strip():
+        raise _usage("--under is empty; give a folder, e.g. --under ~/Pictures/2024.")
     with _open(args, True, max_pixels=_max_pixels(args)) as ix:
         query = Path(args.image) if args.image is not None else args.text
-        hits = ix.search(query, k=args.k, exact=args.exact)
+        hits = ix.search(query, k=args.k, exact=args.exact, add=add, subtract=subtract,
+                         under=None if args.under is None else os.path.expanduser(args.under))  # fmt: skip
+        searchable = len(ix)
     if args.json:
         print(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits], indent=2))
     else:
         for h in hits:
-            print(f"{h.score:.4f}  {h.path}")
-        if not hits:  # said on stderr: stdout stays a clean (empty) result list
-            print(f"edgeclip search: {args.db} holds no searchable photos yet; add some with "
-                  f"`edgeclip index DIR --db {args.db}`.", file=sys.stderr)  # fmt: skip
+            print(h.path if args.paths else f"{h.score:.4f}  {h.path}")
+    if not hits:  # said on stderr: stdout stays a clean (empty) result list
+        print(_no_hits(args, searchable), file=sys.stderr)
     return 0
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
+
+
+def _query_term(term: str, flag: str) -> str | Path:
+    """An --add/--subtract term: an image when it names a file, else words. A name that looks
+    like an image but is missing is refused: searched as words it would match nothing useful."""
+    path = Path(term).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise _usage(f"{flag} {term}: no such image file; give the path of an image, or words.")
+    if not term.strip():
+        raise _usage(f"{flag} is empty; give words or the path of an image.")
+    return term
+
+
+def _no_hits(args: argparse.Namespace, searchable: int) -> str:
+    if searchable and args.under is not None:
+        return (f"edgeclip search: none of the {searchable} photos in {args.db} is under "
+                f"{os.path.abspath(os.path.expanduser(args.under))}; check the folder, or index "
+                "it first.")  # fmt: skip
+    return (f"edgeclip search: {args.db} holds no searchable photos yet; add some with "
+            f"`edgeclip index DIR --db {args.db}`.")  # fmt: skip
 
 
 def _dupes(args: argparse.Namespace) -> int:

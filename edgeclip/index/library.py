@@ -251,17 +251,40 @@ class Index:
             return embed_pixels(self.model, self.model.preprocessor.one(im, max_pixels=None)[None])[0]
         return self.model.encode_image([query], invariant=True)[0]
 
-    def search(self, query: Any, k: int = 20, *, exact: bool = False) -> list[Hit]:
+    def search(
+        self, query: Any, k: int = 20, *, exact: bool = False, add: Any = (),
+        subtract: Any = (), under: str | os.PathLike | None = None,
+    ) -> list[Hit]:  # fmt: skip
         """The ``k`` best matches, best first. ``str`` is a text query; ``pathlib.Path``, bytes,
-        PIL images and arrays are image queries. ``exact``: scan all vectors, never the graph."""
+        PIL images and arrays are image queries. ``exact``: scan all vectors, never the graph.
+
+        ``add`` / ``subtract``: more queries of either kind whose unit vectors are added to or
+        taken from the query's, as rclip does ("a beach", add "sunset", subtract "people").
+        ``under``: only files under this folder."""
         if not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}.")
         self._check_model(writing=False)
-        return self.search_vector(self.embed_query(query), k, exact=exact)
+        return self.search_vector(self.query_vector(query, add, subtract), k, exact=exact,
+                                  under=under)  # fmt: skip
 
-    def search_vector(self, vector: np.ndarray, k: int = 20, *, exact: bool = False) -> list[Hit]:
-        """Search with an embedding (float32, D) of this index's model."""
-        return [Hit(p, s) for p, s in maintenance.search(self, np.asarray(vector, np.float32), k, exact)]
+    def query_vector(self, query: Any, add: Any = (), subtract: Any = ()) -> np.ndarray:
+        """The unit vector searched for: the query's, plus ``add``'s, minus ``subtract``'s."""
+        terms = [(1.0, query)] + [(1.0, q) for q in _terms(add)] + [(-1.0, q) for q in _terms(subtract)]
+        total = sum(sign * vectors.unit_rows(self.embed_query(q)[None])[0] for sign, q in terms)
+        norm = float(np.linalg.norm(total))
+        if not norm > 1e-4:
+            raise InputError("the query's terms cancel out: what is subtracted is what is asked "
+                             "for; drop one of them.")  # fmt: skip
+        return (total / norm).astype(np.float32)
+
+    def search_vector(
+        self, vector: np.ndarray, k: int = 20, *, exact: bool = False,
+        under: str | os.PathLike | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """Search with an embedding (float32, D) of this index's model; ``under`` as in ``search``."""
+        folder = None if under is None else os.path.abspath(os.fspath(under))
+        found = maintenance.search(self, np.asarray(vector, np.float32), k, exact, folder)
+        return [Hit(p, s) for p, s in found]
 
     def duplicates(self, threshold: float = 0.95) -> list[list[Hit]]:
         """Groups of near-identical images (cosine >= ``threshold`` to another in the group),
@@ -279,6 +302,15 @@ class Index:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _terms(value: Any) -> list[Any]:
+    """``add``/``subtract`` as a list: one text or image is one term, not its characters."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, os.PathLike)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
 
 
 def _entry(path: str) -> FileEntry:

@@ -173,15 +173,28 @@ def unmounted_message(folder: str, paths: list[str], db: Any) -> str:
     )
 
 
-def search(index: Any, query: np.ndarray, k: int, exact: bool) -> list[tuple[str, float]]:
-    """Best ``k`` live (path, cosine) pairs; retried once if a compaction swapped the files."""
+def search(
+    index: Any, query: np.ndarray, k: int, exact: bool, under: str | None = None
+) -> list[tuple[str, float]]:
+    """Best ``k`` live (path, cosine) pairs, only files under the folder ``under`` if given;
+    retried once if a compaction swapped the files."""
     try:
-        return _search_once(index, query, k, exact)
+        return _search_once(index, query, k, exact, under)
     except (IndexFileError, FileNotFoundError):
-        return _search_once(index, query, k, exact)
+        return _search_once(index, query, k, exact, under)
 
 
-def _search_once(index: Any, query: np.ndarray, k: int, exact: bool) -> list[tuple[str, float]]:
+def _under(folder: str | None) -> Any:
+    if folder is None:
+        return lambda path: True
+    prefix = folder.rstrip(os.sep) + os.sep
+    return lambda path: path == folder or path.startswith(prefix)
+
+
+def _search_once(
+    index: Any, query: np.ndarray, k: int, exact: bool, under: str | None
+) -> list[tuple[str, float]]:
+    keep = _under(under)
     slots = index.committed_slots()
     if slots == 0:
         return []
@@ -193,10 +206,11 @@ def _search_once(index: Any, query: np.ndarray, k: int, exact: bool) -> list[tup
         fetch = min(slots, 2 * want + 10)
         ids, scores = vx.rescore(matrix, query, _candidates(matrix, query, fetch, ann, covered))
         paths = index.store.paths_of_slots(ids)
-        hits = [(paths[int(s)], float(sc)) for s, sc in zip(ids, scores) if int(s) in paths]
+        hits = [(paths[int(s)], float(sc)) for s, sc in zip(ids, scores)
+                if int(s) in paths and keep(paths[int(s)])]  # fmt: skip
         if len(hits) >= k or fetch >= slots:
             return hits[:k]
-        want *= 4  # dead or missing rows took places: look further
+        want *= 4  # dead or missing rows, or files elsewhere, took places: look further
 
 
 def _candidates(matrix: np.ndarray, query: np.ndarray, fetch: int, ann: Any, covered: int) -> np.ndarray:
