@@ -22,7 +22,6 @@ from edgeclip.errors import InputError  # noqa: E402
 from edgeclip.index import Index  # noqa: E402
 
 
-
 @pytest.fixture(scope="session")
 def trained_bundle(request) -> Path:
     return index_model.cached_bundle(STEPS)
