@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeclip.errors import EdgeclipError, InputError
 
-from . import report
+from . import bench_args, report
 from .hosts import cpu_ticks, steal_share
 
 
@@ -66,20 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", nargs="+", metavar="RESULTS_JSON", help="merge runs from several devices"
     )
     return p
-
-
-def _batch_sizes(text: str | None, quick: bool) -> list[int]:
-    from .variants import check_batch_sizes
-
-    if text is None:
-        return [1, 4] if quick else [1, 8, 32]
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as exc:
-        raise InputError(
-            f"--batch-sizes {text!r} is not a comma list of integers, e.g. 1,8,32."
-        ) from exc
-    return check_batch_sizes(sizes)
 
 
 def _progress(total: int):
@@ -145,43 +131,60 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
         towers.append((label, ri, rt, None))
     rounds = args.rounds
     measured: list[list[list[dict]]] = [[] for _ in towers]
-    for r in range(rounds):
-        for k, (label, ri, rt, note) in enumerate(towers):
-            which = f" round {r + 1}/{rounds}" if rounds > 1 else ""
-            bar.set_description(f"throughput {label['variant']}{which}")
+    try:
+        for r in range(rounds):
+            for k, (label, ri, rt, note) in enumerate(towers):
+                which = f" round {r + 1}/{rounds}" if rounds > 1 else ""
+                bar.set_description(f"throughput {label['variant']}{which}")
 
-            def on_row(row: dict, name=label["variant"]) -> None:  # readiness, for people and tests
-                if rounds == 1:  # one round: a row is final as soon as it is timed
+                def on_row(row: dict, name=label["variant"]) -> None:  # readiness: people, tests
+                    if rounds == 1:  # one round: a row is final as soon as it is timed
+                        add(row)
+                    bar.set_postfix_str(f"{name} batch {row['batch_size']} done")
+
+                measured[k].append(T.measure(label, ri, rt, pixels, ids, sizes, settings,
+                                             notes=note, on_row=on_row))  # fmt: skip
+                if r == rounds - 1:
+                    bar.update(1)
+    finally:  # on Ctrl-C too: the rounds each tower completed (a row's "rounds" says how many)
+        if rounds > 1:
+            for per_round in measured:
+                for row in T.combine_rounds(per_round) if per_round else []:
                     add(row)
-                bar.set_postfix_str(f"{name} batch {row['batch_size']} done")
-
-            measured[k].append(T.measure(label, ri, rt, pixels, ids, sizes, settings,
-                                         notes=note, on_row=on_row))  # fmt: skip
-            if r == rounds - 1:
-                bar.update(1)
-    if rounds > 1:
-        for per_round in measured:
-            for row in T.combine_rounds(per_round):
-                add(row)
     return torch_model
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, list, list[str], list[int], Any]:
+    """Check every argument, then open the bundle: (bundle, variants, notes, sizes, checkpoint).
+
+    Nothing is loaded or timed before a bad argument is refused (``InputError``)."""
+    from edgeclip.loader import resolve_bundle
+
+    from . import variants as V
+
+    sizes = bench_args.check(args)
+    bundle = resolve_bundle(args.model)
+    variants, notes = V.select(bundle, args.backends, args.precisions)
+    variants = bench_args.for_device(variants, args.device, notes)
+    ckpt = V.checkpoint_path(bundle, args.checkpoint) if args.baseline == "torch" else None
+    bench_args.check_something_to_measure(args, bundle, variants, ckpt, notes)
+    bench_args.check_input_memory(sizes, int(bundle.preprocess.get("image_size", 224)))
+    bench_args.make_output(args.output)
+    replacing = bench_args.previous_run(args.output)
+    if replacing:
+        print("edgeclip bench: note: " + replacing, file=sys.stderr)
+    return bundle, variants, notes, sizes, ckpt
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure, write results, print the table; 130 when interrupted (results still written)."""
-    from edgeclip.loader import resolve_bundle
-
     from . import throughput as T
-    from . import variants as V
 
     if args.merge:
         return _run_merge(args)
-    _check_args(args)
-    sizes = _batch_sizes(args.batch_sizes, args.quick)
-    bundle = resolve_bundle(args.model)
-    variants, notes = V.select(bundle, args.backends, args.precisions)
+    bundle, variants, notes, sizes, ckpt = _prepare(args)
     settings = T.Settings.quick() if args.quick else T.Settings()
     results = _new_results(args, bundle, variants, notes, settings, sizes)
-    ckpt = V.checkpoint_path(bundle, args.checkpoint) if args.baseline == "torch" else None
     if args.baseline == "torch" and ckpt is None:
         notes.append("torch baseline skipped: the bundle's source checkpoint is not on this "
                      "machine (pass --checkpoint DIR)")  # fmt: skip
@@ -210,7 +213,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         results["cpu_steal_share"] = steal_share(ticks)  # a shared VM's slow spell shows here
-        paths = report.write_all(results, args.output)
+        # an early Ctrl-C must not replace an earlier run's results with an empty one
+        keep = results["interrupted"] and not _measured(results)
+        paths = None if keep else _write(results, args.output)
+    if paths is None:
+        print(f"edgeclip bench: interrupted before anything was measured; nothing written to "
+              f"-o {args.output}", file=sys.stderr)  # fmt: skip
+        return 130
     print(report.console_table(results))
     for n in notes:
         print("note: " + n)
@@ -218,31 +227,39 @@ def run(args: argparse.Namespace) -> int:
     return 130 if results["interrupted"] else 0
 
 
+def _measured(results: dict) -> bool:
+    """Whether a run holds any measured row (throughput, end to end, memory or accuracy)."""
+    return any(results[k] for k in ("throughput", "e2e", "memory", "accuracy"))
+
+
+def _write(results: dict, output: str) -> dict[str, Path]:
+    """``report.write_all``, its ``OSError`` (a full disk, ...) one line that names ``-o``."""
+    try:
+        return report.write_all(results, output)
+    except OSError as exc:
+        raise InputError(f"-o {output}: cannot write the results there ({exc.strerror or exc}: "
+                         f"{exc.filename}); free space or pick another -o.") from exc
+
+
 def _run_merge(args: argparse.Namespace) -> int:
     """``--merge``: combine the given results into ``--output`` and print the comparison."""
     from .merge import merge
 
+    bench_args.check_output(args.output)
+    bench_args.make_output(args.output)
     paths = merge(args.merge, args.output)
     print((Path(args.output) / "comparison.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Refuse a missing model and non-positive ``--rounds`` / ``--threads`` before any work."""
-    if not args.model:
-        raise InputError("give a bundle dir, checkpoint dir or zoo name to benchmark (or --merge).")
-    if args.rounds < 1:
-        raise InputError(f"--rounds must be >= 1, got {args.rounds}.")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}.")
-
-
 def _macs_and_peaks(results: dict, bundle: Any, notes: list[str], args: argparse.Namespace,
                     bar: Any) -> None:  # fmt: skip
     """Record the model's MACs and, on CPU, this machine's GEMM peak (two progress steps)."""
+    from .macs import bundle_macs
+
     bar.set_description("MACs")
-    results["macs"] = _macs(bundle, notes)
+    results["macs"] = bundle_macs(bundle, notes)
     bar.update(1)
     if args.device in (None, "", "auto", "cpu"):  # MLAS GEMM peaks: a CPU roofline only
         from .roofline import peaks
@@ -261,29 +278,6 @@ def _gpu_path(bundle: Any, variants: list, torch_model: Any, inputs: tuple, add:
     _rows, gnotes = run_gpu(bundle, variants, torch_model, *inputs, 32, on_row=add)
     notes.extend(gnotes)
     bar.update(1)
-
-
-def _macs(bundle: Any, notes: list[str]) -> dict[str, Any] | None:
-    from .macs import analytic_macs, analytic_params, tower_report
-    from .variants import fp32_onnx
-
-    arch = bundle.manifest.get("architecture")
-    ref = fp32_onnx(bundle)
-    if ref is not None and not ref.image.batch_sizes:
-        rep = tower_report(
-            bundle.path_of(ref.image.file),
-            bundle.path_of(ref.text.file),
-            arch,
-            int(bundle.tokenizer.get("context_length", 77)),
-        )
-        rep["source"] = f"ONNX graph walk of {ref.id} (every variant shares the architecture)"
-        return rep
-    if arch:
-        notes.append("MACs from the architecture block only: the bundle has no fp32 ONNX graph")
-        a = {**analytic_macs(arch), **analytic_params(arch)}
-        return {**a, "source": "analytic (manifest architecture)", "analytic": a}
-    notes.append("MACs unknown: no fp32 ONNX graph and no architecture block in the manifest")
-    return None
 
 
 def _e2e(

@@ -219,3 +219,27 @@ def tower_report(
         except (InputError, KeyError, ValueError, TypeError):
             rep["analytic"] = None
     return rep
+
+
+def bundle_macs(bundle: Any, notes: list[str]) -> dict[str, Any] | None:
+    """A bundle's MACs and parameters: counted on its fp32 ONNX graph, else from the manifest's
+    architecture block (a note says which); None, with a note, when neither is there."""
+    from .variants import fp32_onnx
+
+    arch = bundle.manifest.get("architecture")
+    ref = fp32_onnx(bundle)
+    if ref is not None and not ref.image.batch_sizes:
+        rep = tower_report(
+            bundle.path_of(ref.image.file),
+            bundle.path_of(ref.text.file),
+            arch,
+            int(bundle.tokenizer.get("context_length", 77)),
+        )
+        rep["source"] = f"ONNX graph walk of {ref.id} (every variant shares the architecture)"
+        return rep
+    if arch:
+        notes.append("MACs from the architecture block only: the bundle has no fp32 ONNX graph")
+        a = {**analytic_macs(arch), **analytic_params(arch)}
+        return {**a, "source": "analytic (manifest architecture)", "analytic": a}
+    notes.append("MACs unknown: no fp32 ONNX graph and no architecture block in the manifest")
+    return None

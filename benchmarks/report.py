@@ -222,8 +222,10 @@ def _bar_plot(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -265,6 +267,23 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
+def replace_atomically(path: Path, write: Any) -> None:
+    """``write(tmp)`` to a hidden file beside ``path``, then rename it over ``path``: a second
+    Ctrl-C (or a full disk) never leaves a half-written file, only the old one or the new."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """``path.write_text(text)``, atomically (see ``replace_atomically``)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
 def write_all(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write results.json, results.csv, results.md and the plots; returns their paths."""
     out = Path(out_dir)
@@ -275,9 +294,9 @@ def write_all(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, 
 
         results["roofline"]["rows"] = fractions(results)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
-    paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n")
-    paths["csv"].write_text(csv_text([results]))
-    paths["md"].write_text(markdown(results))
+    write_text(paths["json"], json.dumps(results, indent=1, default=str) + "\n")
+    write_text(paths["csv"], csv_text([results]))
+    write_text(paths["md"], markdown(results))
     try:
         for p in plots(results, out):
             paths[p.stem] = p

@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeclip.bundle import Bundle, Variant
 from edgeclip.errors import BackendUnavailableError, InputError, ModelNotFoundError
 
@@ -152,16 +150,6 @@ def load_torch(path: Path):
         return CLIPModel.from_pretrained(str(path)).float().eval()
     model, _info = load_checkpoint(path)
     return model.float().eval()
-
-
-def check_batch_sizes(sizes: list[int]) -> list[int]:
-    """Validate ``--batch-sizes``: positive integers, deduplicated, ascending."""
-    bad = [s for s in sizes if not isinstance(s, (int, np.integer)) or s < 1]
-    if bad or not sizes:
-        raise InputError(
-            f"batch sizes must be positive integers, got {sizes}; e.g. --batch-sizes 1,8,32."
-        )
-    return sorted(set(int(s) for s in sizes))
 
 
 def describe(variant: Variant) -> dict[str, Any]:
