@@ -23,6 +23,8 @@ ARCH = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
 LR = 3e-3
+#: 2: synthetic_pairs draws all 48 colour x shape pairs (it drew 16 before)
+DATA_VERSION = 2
 _TEXT_POSITIONS = 16  # captions are short: EOT-pooled output equals the full 77 (causal mask)
 
 
@@ -119,7 +121,7 @@ def cached_bundle(steps: int) -> Path:
 
     from edgeclip.paths import edgeclip_home
 
-    recipe = json.dumps({"arch": ARCH, "lr": LR, "steps": steps}, sort_keys=True)
+    recipe = json.dumps({"arch": ARCH, "lr": LR, "steps": steps, "data": DATA_VERSION}, sort_keys=True)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     out = edgeclip_home() / "test-models" / f"edgeclip-index-model-{key}"
     out.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,10 @@ def synthetic_pairs(n: int, size: int = 224, seed: int = 0) -> tuple[list, list[
     images, captions, labels = [], [], []
     names = list(COLOURS)
     for i in range(n):
-        colour, shape = names[i % len(names)], SHAPES[(i // len(names) + i) % len(SHAPES)]
+        # (i // 8 + i % 8) mod 6: any 48 consecutive draws hold every colour x shape once
+        # (``i // 8 + i`` met only 16 of the 48).
+        colour = names[i % len(names)]
+        shape = SHAPES[(i // len(names) + i % len(names)) % len(SHAPES)]
         ground = tuple(int(v) for v in nrng.integers(70, 180, 3))
         arr = np.clip(
             np.full((size, size, 3), ground, np.float32) + nrng.normal(0, 8, (size, size, 3)),

@@ -27,14 +27,13 @@ def trained_bundle(request) -> Path:
     return index_model.cached_bundle(STEPS)
 
 
-STEPS = 400
+STEPS = search_quality.STEPS
 
 
 @pytest.fixture(scope="session")
 def shapes_tree(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """480 pictures, 30 of each of the 16 colour x shape pairs the procedural set draws (its
-    shape follows the colour's index, so each colour comes in two shapes), JPEG and PNG, one
-    folder per colour; path -> label."""
+    """480 pictures, 10 of each of the 8 colours x 6 shapes, JPEG and PNG, one folder per
+    colour; path -> label."""
     root = tmp_path_factory.mktemp("shapes") / "shapes"
     return root, search_quality.shapes_tree(root)
 
