@@ -56,8 +56,14 @@ def load(path: Path, want_identity: dict) -> dict:
         raise InputError(
             f"no checkpoint at {str(path)!r} to resume from; drop --resume to start fresh"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    have = state.get("identity", {})
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - an unreadable file, whatever torch raises for it
+        raise InputError(
+            f"cannot read the checkpoint {str(path)!r} ({type(e).__name__}: {e}); it is damaged: "
+            "delete it and drop --resume to start fresh"
+        ) from None
+    have = state.get("identity", {}) if isinstance(state, dict) else {}
     diff = {
         k: (have.get(k), want_identity.get(k))
         for k in IDENTITY_KEYS

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from edgeclip.errors import EdgeclipError, InputError
 
-PROCEDURAL_TEACHER = "procedural-teacher"
+from .args import PROCEDURAL_TEACHER, check_model_dir
+
+# Flags of automatic inheritance alone: given without --auto-inherit they would be ignored.
+AUTO_ONLY = (
+    ("--target-sparsity", "target_sparsity"), ("--prune-step", "prune_step"),
+    ("--sparsity-warmup", "sparsity_warmup"), ("--mask-lr", "mask_lr"), ("--lambda-lr", "lambda_lr"),
+    ("--sparsity-penalty", "sparsity_penalty"), ("--mask-kinds", "mask_kinds"), ("--prune-layout", "prune_layout"),
+)  # fmt: skip
 # The CPU probe's recipe (../shared/notes/distill-probe.md: seen 94.3 %, held-out shape 86.3 %,
 # 9.4 min at 545 images/s on 2 cores); the cache folder is keyed by it and the architecture.
 TEACHER_STEPS, TEACHER_BATCH, TEACHER_LR, TEACHER_WARMUP = 1200, 256, 1e-3, 0.05
@@ -88,42 +95,43 @@ def _auto_inherit_args(d: argparse.ArgumentParser) -> None:
         help="learn masks on a copy of the teacher, prune it at --prune-step, keep training it",
     )  # fmt: skip
     a.add_argument(
-        "--target-sparsity", type=float, default=0.5,
-        help="share of the encoder layers' parameters to remove, in (0, 1)",
+        "--target-sparsity", type=float,
+        help="share of the encoder layers' parameters to remove, in (0, 1) (default 0.5)",
     )  # fmt: skip
     a.add_argument(
         "--start-from", help="CLIPModel folder the masks start on (default: the teacher; progressive stages)"
     )
     a.add_argument("--prune-step", type=int, help="step at which to prune (default: steps // 2)")
     a.add_argument(
-        "--sparsity-warmup", type=float, default=0.5,
-        help="fraction of --prune-step over which the target rises from 0",
+        "--sparsity-warmup", type=float,
+        help="fraction of --prune-step over which the target rises from 0 (default 0.5)",
     )  # fmt: skip
-    a.add_argument("--mask-lr", type=float, default=0.1, help="learning rate of the mask log-alphas")
-    a.add_argument("--lambda-lr", type=float, default=0.1, help="gradient-ascent rate of the multipliers")
+    a.add_argument("--mask-lr", type=float, help="learning rate of the mask log-alphas (default 0.1)")
+    a.add_argument("--lambda-lr", type=float, help="gradient-ascent rate of the multipliers (default 0.1)")
     a.add_argument(
-        "--sparsity-penalty", choices=("two-sided", "one-sided"), default="two-sided",
+        "--sparsity-penalty", choices=("two-sided", "one-sided"),
         help="Lagrangian term: pull to the target from both sides, or TinyCLIP's one-sided form",
     )  # fmt: skip
-    a.add_argument("--mask-kinds", default="hidden,heads,mlp", help="of hidden,heads,mlp,layers")
+    a.add_argument("--mask-kinds", help="of hidden,heads,mlp,layers (default hidden,heads,mlp)")
     a.add_argument(
-        "--prune-layout", choices=("per-layer", "uniform"), default="per-layer",
+        "--prune-layout", choices=("per-layer", "uniform"),
         help="per-layer widths (zero padded in the exported config) or the same widths in every layer",
     )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="edgeclip distill", description="Distil or train small CLIP models."
+    ap = argparse.ArgumentParser(  # no abbreviations: --teacher must never mean --teacher-cache
+        prog="edgeclip distill", description="Distil or train small CLIP models.", allow_abbrev=False
     )
     sub = ap.add_subparsers(dest="command")
-    d = sub.add_parser("distill", help="distil a student from a teacher")
+    d = sub.add_parser("distill", help="distil a student from a teacher", prog="edgeclip distill",
+                       allow_abbrev=False)  # fmt: skip
     d.add_argument(
         "--teacher",
         help=f"Hugging Face CLIPModel folder, or {PROCEDURAL_TEACHER} (trained and cached)",
     )
     d.add_argument(
-        "--student", default="procedural-student", help="preset name or architecture JSON"
+        "--student", help="preset name or architecture JSON (default procedural-student)"
     )
     d.add_argument(
         "--losses",
@@ -142,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _auto_inherit_args(d)
     _common(d)
-    t = sub.add_parser("train-teacher", help="train a CLIP from scratch (default: procedural data)")
+    t = sub.add_parser("train-teacher", help="train a CLIP from scratch (default: procedural data)",
+                       prog="edgeclip train-teacher", allow_abbrev=False)  # fmt: skip
     t.add_argument("--arch", default=PROCEDURAL_TEACHER, help="preset name or architecture JSON")
     _common(t)
     t.set_defaults(
@@ -170,10 +179,8 @@ def _config(args, **kw):
 def resolve_teacher(teacher: str | None, progress: bool = True) -> str | None:
     """A teacher folder; ``procedural-teacher`` is trained once (≈ minutes) and then reused."""
     if teacher != PROCEDURAL_TEACHER:
-        if teacher is not None and not (Path(teacher) / "config.json").is_file():
-            raise InputError(
-                f"--teacher {teacher!r} is not a CLIPModel folder (no config.json) nor {PROCEDURAL_TEACHER!r}"
-            )
+        if teacher is not None:
+            check_model_dir(teacher, "--teacher")
         return teacher
     from .trainer import TrainConfig, train
 
@@ -191,6 +198,67 @@ def resolve_teacher(teacher: str | None, progress: bool = True) -> str | None:
     return str(out)
 
 
+def _affinity_scale(text: str) -> float | str:
+    if text == "teacher":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--affinity-scale must be a number > 0 or 'teacher', got {text!r}") from None
+
+
+def _fill_distill_defaults(args) -> None:
+    """Refuse flags this run would ignore, then give the rest their defaults (``TrainConfig``'s)."""
+    from .trainer import TrainConfig
+
+    if args.auto_inherit and args.student is not None:
+        raise InputError(
+            f"--student {args.student!r} has no effect with --auto-inherit (the student is the pruned "
+            "teacher, sized by --target-sparsity); drop one of them"
+        )
+    given = [flag for flag, name in AUTO_ONLY if getattr(args, name) is not None]
+    if given and not args.auto_inherit:
+        raise InputError(f"{given[0]} only acts with --auto-inherit; add --auto-inherit or drop {given[0]}")
+    defaults = TrainConfig()
+    for _, name in AUTO_ONLY:
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults, name))
+    args.student = args.student or "procedural-student"
+
+
+def _distill_config(args, teacher: str | None):
+    return _config(
+        args, student=args.student, teacher=teacher, losses=args.losses, inherit=args.inherit,
+        mask_ratio=args.mask_ratio, affinity_alpha=args.affinity_alpha, affinity_scale=_affinity_scale(args.affinity_scale),
+        clipkd_variant=args.clipkd_variant, auto_inherit=args.auto_inherit,
+        target_sparsity=args.target_sparsity, prune_step=args.prune_step,
+        sparsity_warmup=args.sparsity_warmup, mask_lr=args.mask_lr, lambda_lr=args.lambda_lr,
+        mask_kinds=args.mask_kinds, prune_layout=args.prune_layout,
+        sparsity_penalty=args.sparsity_penalty, start_from=args.start_from,
+    )  # fmt: skip
+
+
+def _run(args) -> dict:
+    """Check every setting, then train (the procedural teacher first, when it is not cached)."""
+    from .runstate import validate
+    from .trainer import train
+
+    if args.command == "train-teacher":
+        return train(_config(args, student=args.arch))
+    _fill_distill_defaults(args)
+    validate(_distill_config(args, args.teacher))  # before a teacher is trained or read
+    teacher = resolve_teacher(args.teacher, progress=not args.no_progress)
+    return train(_distill_config(args, teacher))
+
+
+def _interrupted(args) -> int:
+    state = Path(args.out) / "train_state.pt"
+    kept = (f"the last checkpoint is {str(state)!r}: run the same command with --resume to continue"
+            if state.is_file() else "no checkpoint was written (--checkpoint-every N keeps one)")  # fmt: skip
+    print(f"edgeclip {args.command}: interrupted; {kept}", file=sys.stderr)
+    return 130  # 128 + SIGINT, as shells report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the distillation CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -201,30 +269,17 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     from .dist import DistributedError
-    from .trainer import train
 
     try:
-        if args.command == "train-teacher":
-            result = train(_config(args, student=args.arch))
-        else:
-            scale = args.affinity_scale
-            scale = scale if scale == "teacher" else float(scale)
-            teacher = resolve_teacher(args.teacher, progress=not args.no_progress)
-            result = train(_config(
-                args, student=args.student, teacher=teacher, losses=args.losses, inherit=args.inherit,
-                mask_ratio=args.mask_ratio, affinity_alpha=args.affinity_alpha, affinity_scale=scale,
-                clipkd_variant=args.clipkd_variant, auto_inherit=args.auto_inherit,
-                target_sparsity=args.target_sparsity, prune_step=args.prune_step,
-                sparsity_warmup=args.sparsity_warmup, mask_lr=args.mask_lr, lambda_lr=args.lambda_lr,
-                mask_kinds=args.mask_kinds, prune_layout=args.prune_layout,
-                sparsity_penalty=args.sparsity_penalty, start_from=args.start_from,
-            ))  # fmt: skip
+        result = _run(args)
     except DistributedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (EdgeclipError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted(args)
     from .dist import shutdown
 
     shutdown()  # only after success: tearing down a broken group can block

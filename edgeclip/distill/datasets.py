@@ -249,6 +249,29 @@ class ShardStream:
         self._it = None
 
 
+def check_source(data: str) -> None:
+    """Refuse a ``--data`` no stream can open, from its name alone (cheap: before any teacher)."""
+    low = data.lower()
+    if data == "procedural":
+        return
+    if low.endswith((".csv", ".tsv", ".txt")):
+        if not os.path.isfile(data):
+            raise InputError(
+                f"--data {data!r} does not exist (or is not a file); pass a CSV/TSV with image and caption columns"
+            )
+        return
+    if ".tar" in low:
+        first = data.split("{", 1)[0]
+        if "{" not in data and not os.path.exists(data):
+            raise InputError(f"shard {data!r} does not exist")
+        if "{" in data and not Path(first).parent.exists():
+            raise InputError(f"shard folder {str(Path(first).parent)!r} does not exist")
+        return
+    raise InputError(
+        f"--data {data!r}: expected 'procedural', a .csv/.tsv file, or .tar shards like shards/{{000000..000003}}.tar"
+    )
+
+
 def open_stream(
     data: str,
     batch_size: int,
@@ -261,19 +284,10 @@ def open_stream(
     procedural_seed: int = 0,
 ):
     """Open ``data``: ``procedural``, a ``.csv``/``.tsv`` file, or ``.tar`` shards (brace patterns ok)."""
+    check_source(data)
     if data == "procedural":
         src = ProceduralCaptions(procedural_size, seed=procedural_seed, image_size=image_size)
         return IndexedStream(src, batch_size, rank, world, seed)
-    low = data.lower()
-    if low.endswith((".csv", ".tsv", ".txt")):
+    if data.lower().endswith((".csv", ".tsv", ".txt")):
         return IndexedStream(CsvCaptions(data, image_size), batch_size, rank, world, seed)
-    if ".tar" in low:
-        first = data.split("{", 1)[0]
-        if "{" not in data and not os.path.exists(data):
-            raise InputError(f"shard {data!r} does not exist")
-        if "{" in data and not Path(first).parent.exists():
-            raise InputError(f"shard folder {str(Path(first).parent)!r} does not exist")
-        return ShardStream(data, batch_size, rank, world, image_size)
-    raise InputError(
-        f"--data {data!r}: expected 'procedural', a .csv/.tsv file, or .tar shards like shards/{{000000..000003}}.tar"
-    )
+    return ShardStream(data, batch_size, rank, world, image_size)

@@ -265,6 +265,11 @@ def parse_losses(spec: str) -> dict[str, float]:
         out[name] = w
     if "clip" not in out and "affinity" not in out:
         out["clip"] = 1.0
+    if not any(w > 0 for w in out.values()):
+        raise InputError(
+            f"--losses {spec!r} gives every loss weight 0: nothing would be trained; "
+            "give one a weight > 0, e.g. clip=1"
+        )
     return {k: v for k, v in out.items()}
 
 

@@ -14,6 +14,7 @@ import torch
 
 from edgeclip.errors import InputError
 
+from . import args as arg_checks
 from .auto_inherit import MaskedCLIP, check_settings, parse_mask_kinds
 from .compat import check_pairing
 from .losses import DistillLoss, parse_losses
@@ -86,11 +87,15 @@ class Run:
 
 
 def validate(cfg) -> None:
-    """Bad settings, refused before anything is built."""
+    """Bad settings, refused before anything is built or read (the teacher included)."""
     if cfg.steps <= 0 or cfg.batch_size <= 1:
         raise InputError(
             f"--steps must be > 0 and --batch-size > 1 (got {cfg.steps}, {cfg.batch_size})"
         )
+    arg_checks.check(cfg)
+    parse_losses(cfg.losses)
+    if not cfg.auto_inherit:
+        load_arch(cfg.student)
     if cfg.inherit and not cfg.teacher:
         raise InputError("--inherit needs --teacher")
     if cfg.start_from and not cfg.auto_inherit:
@@ -116,10 +121,11 @@ def build(cfg, device: torch.device) -> tuple[Run, dict]:
     torch.manual_seed(cfg.seed)
     teacher = None
     if cfg.teacher:
-        teacher = load_model(cfg.teacher).to(device).eval().requires_grad_(False)
+        teacher = load_model(cfg.teacher, "--teacher").to(device).eval().requires_grad_(False)
     if cfg.auto_inherit:
         # The masks start on the teacher's weights, or on an earlier stage's pruned student.
-        student = load_model(cfg.start_from or cfg.teacher).to(device).train()
+        src = ("--start-from", cfg.start_from) if cfg.start_from else ("--teacher", cfg.teacher)
+        student = load_model(src[1], src[0]).to(device).train()
         arch = arch_of(student)
         check_pairing(arch_of(teacher), arch, cfg.teacher)
         warm = int(round(cfg.sparsity_warmup * prune_step_of(cfg)))

@@ -134,17 +134,42 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_model(path: str | Path):
-    """Load a Hugging Face CLIPModel directory (fp32)."""
-    from transformers import CLIPModel
-
+def load_model(path: str | Path, flag: str = "--teacher"):
+    """Load a Hugging Face CLIPModel directory (fp32); ``flag`` names it in a refusal."""
     p = Path(path)
     if not (p / "config.json").is_file():
+        raise InputError(f"{flag} {str(p)!r} is not a Hugging Face CLIPModel directory (no config.json)")
+    try:
+        model, info = _from_pretrained(p)
+    except Exception as e:  # noqa: BLE001 - any failure to read a checkpoint is its fault
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
-            f"teacher {str(p)!r} is not a Hugging Face CLIPModel directory (no config.json)"
+            f"{flag} {str(p)!r}: its weights cannot be read ({reason}); export or download it again"
+        ) from None
+    absent = sorted(info.get("missing_keys", ())) + sorted(
+        k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())
+    )
+    if absent:
+        raise InputError(
+            f"{flag} {str(p)!r}: the weights do not fit config.json ({len(absent)} tensors missing or "
+            f"of another shape, e.g. {absent[0]}); export or download it again"
         )
-    with quiet_transformers():
-        return CLIPModel.from_pretrained(str(p), attn_implementation="eager").float()
+    return model.float()
+
+
+def _from_pretrained(p: Path):
+    """``(model, loading info)``; transformers' own load report is silenced (the caller judges)."""
+    from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with quiet_transformers():
+            return CLIPModel.from_pretrained(str(p), attn_implementation="eager",
+                                             output_loading_info=True, ignore_mismatched_sizes=True)  # fmt: skip
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def drop_patches(
