@@ -91,3 +91,25 @@ def tinyclip8m_open_clip_checkpoint(fixture_root) -> Path:
 @pytest.fixture(scope="session")
 def tinyclip8m_bundle(fixture_root, tinyclip8m_hf_checkpoint) -> Path:
     return _bundle(fixture_root, tinyclip8m_hf_checkpoint, "tinyclip-8m")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: tiny models gain nothing from a second one on 2 cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    """A random ``micro-teacher`` CLIP saved as a transformers folder (the distillation tests')."""
+    from edgeclip.distill import students as S
+    from edgeclip.distill.export import save_clip_dir
+
+    d = tmp_path_factory.mktemp("teacher")
+    save_clip_dir(S.build_model(S.load_arch("micro-teacher"), seed=7), d)
+    return d

@@ -17,28 +17,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from edgeclip.distill import students as S  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 from edgeclip.distill.cli import main  # noqa: E402
-from edgeclip.distill.export import save_clip_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "1", "--batch-size", "4", "--procedural-size", "8", "--eval-held-out", "1",
         "--no-progress"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds contention on 2 cores
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("teacher")
-    save_clip_dir(S.build_model(S.load_arch("micro-teacher"), seed=7), d)
-    return d
 
 
 def _distill(teacher, out, *extra) -> list[str]:

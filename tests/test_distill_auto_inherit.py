@@ -7,6 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 from edgeclip.distill import l0  # noqa: E402
 from edgeclip.distill import students as S  # noqa: E402
 from edgeclip.distill.auto_inherit import MaskedCLIP  # noqa: E402
@@ -14,14 +16,6 @@ from edgeclip.distill.prune import param_counts, prune_clip  # noqa: E402
 from edgeclip.tokenizer import tokenize  # noqa: E402
 
 ALL_KINDS = ("hidden", "heads", "mlp", "layers")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds contention on 2 cores
-    yield
-    torch.set_num_threads(n)
 
 
 def _inputs():

@@ -11,27 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 from edgeclip.distill import runstate  # noqa: E402
-from edgeclip.distill import students as S  # noqa: E402
 from edgeclip.distill.checkpoint import CKPT_NAME  # noqa: E402
 from edgeclip.distill.cli import main  # noqa: E402
-from edgeclip.distill.export import save_clip_dir  # noqa: E402
 from edgeclip.distill.trainer import TrainConfig, train  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds contention on 2 cores
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("teacher")
-    save_clip_dir(S.build_model(S.load_arch("micro-teacher"), seed=7), d)
-    return str(d)
 
 
 def _cfg(out, teacher, **kw):
@@ -114,7 +99,7 @@ def test_a_second_stage_prunes_the_first_stage_output_further(tmp_path, teacher_
 
 
 def test_bad_settings_are_refused(tmp_path, teacher_dir, capsys):
-    base = ["--teacher", teacher_dir, "--auto-inherit", "--steps", "4", "-o", str(tmp_path / "x")]
+    base = ["--teacher", str(teacher_dir), "--auto-inherit", "--steps", "4", "-o", str(tmp_path / "x")]
     for sparsity in ("0", "1", "1.5", "-0.2"):
         assert main([*base, "--target-sparsity", sparsity]) == 2
         assert "must be inside (0, 1)" in capsys.readouterr().err
@@ -127,7 +112,7 @@ def test_bad_settings_are_refused(tmp_path, teacher_dir, capsys):
     assert main(["--auto-inherit", "-o", str(tmp_path / "y")]) == 2
     assert "--auto-inherit needs --teacher" in capsys.readouterr().err
     assert (
-        main(["--teacher", teacher_dir, "--start-from", teacher_dir, "-o", str(tmp_path / "z")])
+        main(["--teacher", str(teacher_dir), "--start-from", str(teacher_dir), "-o", str(tmp_path / "z")])
         == 2
     )
     assert "add --auto-inherit" in capsys.readouterr().err
@@ -139,7 +124,7 @@ def test_cli_student_converts_unchanged_and_passes_the_gate(tmp_path, teacher_di
     from edgeclip.bundle import Bundle
 
     out = tmp_path / "student"
-    argv = ["distill", "--teacher", teacher_dir, "--auto-inherit", "--target-sparsity", "0.5", "--steps", "6",
+    argv = ["distill", "--teacher", str(teacher_dir), "--auto-inherit", "--target-sparsity", "0.5", "--steps", "6",
             "--prune-step", "3", "--batch-size", "8", "--procedural-size", "32", "--eval-held-out", "1",
             "--mask-lr", "0.5", "--mask-kinds", "hidden,heads,mlp,layers", "--no-progress", "-o", str(out)]  # fmt: skip
     assert main(argv) == 0

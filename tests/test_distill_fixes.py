@@ -14,30 +14,16 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 from edgeclip.distill import dist, runstate  # noqa: E402
 from edgeclip.distill import losses as L  # noqa: E402
 from edgeclip.distill import students as S  # noqa: E402
-from edgeclip.distill.export import save_clip_dir  # noqa: E402
 from edgeclip.distill.progress import Progress  # noqa: E402
 from edgeclip.distill.trainer import TrainConfig, train  # noqa: E402
 from edgeclip.errors import InputError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("teacher")
-    save_clip_dir(S.build_model(S.load_arch("micro-teacher"), seed=7), d)
-    return d
 
 
 def _feats(n, d, seed, normalise=False):

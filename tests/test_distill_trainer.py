@@ -10,28 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 from edgeclip.distill import students as S  # noqa: E402
 from edgeclip.distill.cli import main  # noqa: E402
-from edgeclip.distill.export import save_clip_dir  # noqa: E402
 from edgeclip.distill.trainer import TrainConfig, train  # noqa: E402
 from edgeclip.errors import InputError  # noqa: E402
 
 ALL_LOSSES = "clip=1,crd=1,fd=2000,mfd=1000,gd=100,icl=1,afd=1,affinity=1"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds contention on 2 cores
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("teacher")
-    save_clip_dir(S.build_model(S.load_arch("micro-teacher"), seed=7), d)
-    return str(d)
 
 
 def _cfg(out, teacher, **kw):
@@ -125,18 +111,18 @@ def test_bad_inputs_are_clear_errors(tmp_path, teacher_dir, capsys):
         DistillLoss({"fd": 1}, 32, 48, projections=False)
     out = str(tmp_path / "y")
     assert (
-        main(["--teacher", teacher_dir, "--student", "micro", "--losses", "kd=1", "-o", out]) == 2
+        main(["--teacher", str(teacher_dir), "--student", "micro", "--losses", "kd=1", "-o", out]) == 2
     )
     assert "unknown loss 'kd'" in capsys.readouterr().err
     assert (
-        main(["--teacher", teacher_dir, "--student", "micro", "--losses", "fd=-3", "-o", out]) == 2
+        main(["--teacher", str(teacher_dir), "--student", "micro", "--losses", "fd=-3", "-o", out]) == 2
     )
     assert ">= 0" in capsys.readouterr().err
     (tmp_path / "empty.csv").write_text("image,caption\n")
     rc = main(
         [
             "--teacher",
-            teacher_dir,
+            str(teacher_dir),
             "--student",
             "micro",
             "--data",
@@ -161,7 +147,7 @@ def test_cli_distills_from_csv_with_bad_rows(tmp_path, teacher_dir):
     rows.append("missing.png,gone")
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "csv_student"
-    argv = ["distill", "--teacher", teacher_dir, "--student", "micro", "--data", str(tmp_path / "pairs.csv"),
+    argv = ["distill", "--teacher", str(teacher_dir), "--student", "micro", "--data", str(tmp_path / "pairs.csv"),
             "--losses", "fd=2000,icl=1,crd=1", "--steps", "3", "--batch-size", "8", "-o", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     log = _log(out)

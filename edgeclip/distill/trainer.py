@@ -10,6 +10,7 @@ a dense student at ``prune_step`` (``runstate``).
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -77,6 +78,13 @@ class TrainConfig:
     dist_timeout: float = 120.0
     teacher_cache_dir: str | None = None  # keep teacher embeddings of indexed sources here
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # paths may come as pathlib.Path; the run's settings are written as JSON
+        for name in ("out", "teacher", "data", "start_from", "teacher_cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
 
 
 def _prefetch(stream, depth: int = 2):
