@@ -48,9 +48,10 @@ def steal_share(since: list[int]) -> float | None:
     return round(delta[7] / sum(delta), 3) if sum(delta) > 0 else None
 
 
-def write_result(name: str, result: dict, markdown: str) -> Path:
-    """``benchmarks/results/<host>/<name>.{json,md}``; prints the Markdown; returns the folder."""
-    out = Path(__file__).resolve().parent / "results" / host_label()
+def write_result(name: str, result: dict, markdown: str, out_dir: str | Path | None = None) -> Path:
+    """``<out_dir>/<name>.{json,md}`` (default ``benchmarks/results/<host>/``); prints the
+    Markdown; returns the folder."""
+    out = Path(out_dir) if out_dir else Path(__file__).resolve().parent / "results" / host_label()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{name}.md").write_text(markdown)

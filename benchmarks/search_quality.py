@@ -18,14 +18,13 @@ Results: ``benchmarks/results/<host>/search_quality.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.hosts import host_label
+from benchmarks.hosts import host_label, write_result
 from benchmarks.index_model import cached_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,11 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = {"what": "edgeclip search quality", "host": host_label(), "files": len(truth),
            "model": {"recipe": "benchmarks/index_model.py", "steps": STEPS,
                      "bundle_digest": _digest(bundle)}, "measured": measured}  # fmt: skip
-    out = Path(args.out_dir or ROOT / "benchmarks" / "results" / res["host"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search_quality.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "search_quality.md").write_text(render_md(res))
-    print(render_md(res))
+    write_result("search_quality", res, render_md(res), args.out_dir)
     return res
 
 

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.hosts import write_result
 from benchmarks.serve_load import (
-    ROOT,
     TEXTS,
     Server,
     _free_port,
@@ -142,11 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"what": "edgeclip serve resident memory by tower", "host": host_info(),
               "bundle": bundle.name, "image_idle_ttl_s": IMAGE_TTL_S,
               "preloaded": preloaded(bundle, work), "on_demand": on_demand(bundle, work)}  # fmt: skip
-    out = Path(args.out_dir or ROOT / "benchmarks" / "results" / result["host"]["label"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "serve_memory.md").write_text(render_md(result))
-    print(render_md(result))
+    write_result("serve_memory", result, render_md(result), args.out_dir)
     return result
 
 
