@@ -17,28 +17,52 @@ What this module adds on top:
   and mtime are compared on every load (a changed file is re-hashed, a wrong size is refused).
 - Failures are edgeclip errors that say what to do: offline with nothing cached, hub
   unreachable (a fast probe with a timeout instead of huggingface_hub's minute-long retries),
-  unknown repo/revision/file, interrupted download.
+  unknown repo/revision/file, interrupted download, access refused (401/403: a token),
+  rate-limited (429), a hub-side error (5xx), a hub that stops answering (``EDGECLIP_HUB_TIMEOUT``
+  seconds, for the metadata requests and for every read of a download's body), a cache folder
+  that is read-only or on a full disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from . import settings
-from .errors import IntegrityError, ModelNotFoundError
+from .errors import InputError, IntegrityError, ModelNotFoundError
+from .hub_errors import http_status, refused
 from .verified import is_verified, remember
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRUE = {"1", "true", "yes", "on"}
 MARKER_DIR = ".edgeclip-verified"
-DEFAULT_TIMEOUT = 10.0  # seconds to wait for the hub's answer to a metadata request
+_DOWNLOAD_TIMEOUT_LOCK = threading.Lock()
+
+
+def hub_timeout(value: float | str | None = None) -> float:
+    """Seconds the hub may stay silent: ``value``, else ``EDGECLIP_HUB_TIMEOUT``; a number > 0."""
+    name = "timeout" if value is not None else "EDGECLIP_HUB_TIMEOUT"
+    raw = value if value is not None else settings.get("EDGECLIP_HUB_TIMEOUT")
+    try:
+        seconds = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InputError(
+            f"{name}={raw!r} is not a number of seconds above 0: it is how long the Hugging Face "
+            f"hub may stay silent before a request is abandoned. Set {name} to a number such as "
+            f"{settings.SETTINGS['EDGECLIP_HUB_TIMEOUT'].default} (the default), or unset it."
+        )
+    return seconds
 
 
 def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -120,12 +144,19 @@ class _Ctx:
         return f"{self.repo}@{self.revision}" + (f"/{path}" if path else "")
 
 
-def _discard(pointer: Path, blob: Path, marker: Path) -> None:
+def _discard(ctx: _Ctx, pointer: Path, blob: Path, marker: Path) -> str:
+    """Delete a bad cached file (its snapshot link, blob, marker); say what became of it."""
     for p in (pointer, blob, marker):
         try:
             p.unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            return (
+                f"It could not be deleted ({exc.strerror}: {p}): delete {blob} and {pointer} "
+                "yourself, or set HF_HUB_CACHE to a writable folder, then fetch again."
+            )
+    return f"The file was deleted from {ctx.folder}."
 
 
 def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
@@ -136,10 +167,10 @@ def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
     size = stat.st_size
     want_size, want_sha = spec.get("size"), spec.get("sha256")
     if want_size is not None and size != want_size:
-        _discard(pointer, blob, marker)
+        fate = _discard(ctx, pointer, blob, marker)
         raise IntegrityError(
             f"{ctx.model}: {ctx.where(spec['path'])} in the cache has {size} bytes but the zoo "
-            f"expects {want_size}; the file was deleted from {ctx.folder}. Fetch again to re-download it."
+            f"expects {want_size}. {fate} Fetch again to re-download it{_needs_network()}."
         )
     if is_verified(marker, stat, want_sha):
         return
@@ -158,14 +189,17 @@ def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
     else:
         expected, against, ok = None, "nothing (no pin, no etag)", True
     if not ok:
-        _discard(pointer, blob, marker)
+        fate = _discard(ctx, pointer, blob, marker)
         raise IntegrityError(
             f"{ctx.model}: {ctx.where(spec['path'])} failed verification against {against}: "
-            f"expected {expected}, got sha256 {actual}. The corrupt file was deleted from "
-            f"{ctx.folder}. Fetch again; if it recurs, a proxy or mirror (HF_ENDPOINT={_endpoint()}) "
-            "is serving altered bytes."
+            f"expected {expected}, got sha256 {actual}. {fate} Fetch again{_needs_network()}; if "
+            f"it recurs, a proxy or mirror (HF_ENDPOINT={_endpoint()}) is serving altered bytes."
         )
     remember(marker, stat, sha256)
+
+
+def _needs_network() -> str:
+    return " (that needs the network: unset HF_HUB_OFFLINE)" if is_offline() else ""
 
 
 def _offline_error(ctx: _Ctx, missing: list[str], reason: str) -> ModelNotFoundError:
@@ -192,10 +226,14 @@ def _not_found_errors() -> tuple[type[BaseException], ...]:
 
 
 def _not_found(ctx: _Ctx, path: str, exc: BaseException) -> ModelNotFoundError:
+    token = ""
+    if http_status(exc) in (401, 403):  # the hub's answer to a private or gated repo, too
+        token = (" If the repository is private or gated, it needs a token: run `hf auth "
+                 "login` or set HF_TOKEN (and accept the model's terms on its hub page).")  # fmt: skip
     return ModelNotFoundError(
         f"model {ctx.model!r}: the hub at {_endpoint()} has no {ctx.where(path)} "
         f"({type(exc).__name__}). Check the zoo entry's repo, revision and file names, or "
-        "load a local directory with edgeclip.load('/path/to/dir')."
+        f"load a local directory with edgeclip.load('/path/to/dir').{token}"
     )
 
 
@@ -209,6 +247,9 @@ def _probe(ctx: _Ctx, path: str, timeout: float) -> None:
     except _not_found_errors() as exc:
         raise _not_found(ctx, path, exc) from exc
     except _net_errors() as exc:
+        answer = refused(ctx, path, exc, timeout, _endpoint())
+        if answer is not None:
+            raise answer from exc
         raise _offline_error(
             ctx,
             [path],
@@ -250,10 +291,11 @@ def fetch_files(
     ``files`` items are paths or dicts ``{"path", "sha256"?, "size"?}`` (zoo file specs).
     Returns ``{path: local Path}`` (snapshot paths inside the HF cache). ``revision`` should be
     a 40-hex commit: a cached file then costs no request. ``None`` means the main branch.
+    ``timeout``: seconds the hub may stay silent (default ``EDGECLIP_HUB_TIMEOUT``).
     """
     ctx = _Ctx(repo, revision or "main", hub_cache_dir(cache_dir), model_name)
     specs = _normalise(files)
-    timeout = float(timeout or settings.get("EDGECLIP_HUB_TIMEOUT") or DEFAULT_TIMEOUT)
+    timeout = hub_timeout(timeout)
     offline, pinned, probed = is_offline(), bool(_COMMIT.fullmatch(ctx.revision)), False
     result: dict[str, Path] = {}
     missing: list[str] = []
@@ -276,23 +318,46 @@ def fetch_files(
     return result
 
 
+@contextlib.contextmanager
+def _download_timeout(seconds: float):
+    """Make huggingface_hub wait ``seconds`` for each read of a download's body.
+
+    It takes that wait from a module constant set once at import (``HF_HUB_DOWNLOAD_TIMEOUT``,
+    10 s) and has no argument for it, so the constant is set for this download and restored
+    after; the lock keeps concurrent downloads in this process from restoring it under another.
+    """
+    from huggingface_hub import constants
+
+    with _DOWNLOAD_TIMEOUT_LOCK:
+        before = constants.HF_HUB_DOWNLOAD_TIMEOUT
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = seconds  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            constants.HF_HUB_DOWNLOAD_TIMEOUT = before
+
+
 def _download(ctx: _Ctx, path: str, timeout: float) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(
-            hf_hub_download(
-                ctx.repo,
-                path,
-                revision=ctx.revision,
-                cache_dir=ctx.cache,
-                endpoint=_endpoint(),
-                etag_timeout=timeout,
+        with _download_timeout(timeout):
+            return Path(
+                hf_hub_download(
+                    ctx.repo,
+                    path,
+                    revision=ctx.revision,
+                    cache_dir=ctx.cache,
+                    endpoint=_endpoint(),
+                    etag_timeout=timeout,
+                )
             )
-        )
     except _not_found_errors() as exc:
         raise _not_found(ctx, path, exc) from exc
     except _net_errors() as exc:
+        answer = refused(ctx, path, exc, timeout, _endpoint())
+        if answer is not None:
+            raise answer from exc
         # huggingface_hub downloads to a process-unique temporary file and deletes it on
         # failure, so an interrupted download never becomes a cached blob.
         raise ModelNotFoundError(
@@ -302,4 +367,4 @@ def _download(ctx: _Ctx, path: str, timeout: float) -> Path:
         ) from exc
 
 
-__all__ = ["fetch_files", "hub_cache_dir", "is_offline"]
+__all__ = ["fetch_files", "hub_cache_dir", "hub_timeout", "is_offline"]

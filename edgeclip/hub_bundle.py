@@ -31,8 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailableError, InputError
+from .errors import BackendUnavailableError, EdgeclipError, InputError
 from .hub import fetch_files
+from .hub_errors import DISK_FULL, NOT_WRITABLE, cache_write_message
 from .preprocess import DEFAULT_CONFIG, hf_to_cfg
 from .tokenizer import EOT_ID, SOT_ID
 
@@ -285,8 +286,25 @@ def bundle_from_hub_onnx(
     config = json.loads(paths[roles["config"]].read_text()) if "config" in roles else {}
     pp = json.loads(paths[roles["preprocessor"]].read_text()) if "preprocessor" in roles else {}
 
+    try:
+        _build(onnx, model_name, entry, source, roles, model_path, config, pp, root, final)
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE | DISK_FULL:
+            raise
+        raise EdgeclipError(
+            cache_write_message(model_name, f"the bundle {final.name}", root, exc.errno, exc)
+        ) from exc
+    return final
+
+
+#: a bundle folder that cannot be written: no permission, read-only, or no space
+
+
+def _build(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict, model_path: Path,
+           config: dict, pp: dict, root: Path, final: Path) -> None:  # fmt: skip
+    """Write the bundle in a temporary folder beside ``final``, then rename it into place."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_name}@{revision}.", suffix=".tmp", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
         (tmp / "onnx-fp32").mkdir()
         (tmp / "tokenizer").mkdir()
@@ -305,7 +323,6 @@ def bundle_from_hub_onnx(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
 
 
 def _edgeclip_version() -> str:

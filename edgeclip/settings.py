@@ -24,7 +24,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "open at once while it times them: `auto` is all of them with ≥ 4 GiB of memory "
             "available, else 2 (a seven-variant bundle on an AMX Xeon: 846 MiB peak and 8.8 s "
             "with all, 419 MiB and 9.7 s with 2; `first_load.md`); a number ≥ 2 sets it"),
-    Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds before a hub download gives up"),
+    Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds the Hugging Face hub may stay silent before a "
+            "request is abandoned: each metadata request, and each read of a download's body (a "
+            "stalled download is resumed up to 5 times, then fails with a message naming this "
+            "variable); a number above 0"),
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
     Setting("EDGECLIP_ORT_SPINNING", "0", "`1` lets ONNX Runtime's idle threads spin (busy-wait) "
             "between calls: a tight loop of one tower gains about 10 %, but the image and text "

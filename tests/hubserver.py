@@ -16,8 +16,15 @@ port. What huggingface_hub (2.x) needs, read from its ``file_download.py``:
 
 Switches: ``tamper`` (a set of ``(repo, path)``) serves altered bytes of the same length while
 the headers still advertise the true etag; ``cut`` (``{(repo, path): n}``) closes the
-connection halfway through the body for the next ``n`` GETs (-1: always). ``requests`` logs
-every request as ``(method, path, range header)``.
+connection halfway through the body for the next ``n`` GETs (-1: always); ``cut_after``
+(``{(repo, path): bytes}``) makes such a cut come after that many bytes of the body instead.
+``requests`` logs every request as ``(method, path, range header)``.
+
+Fault switches: ``fail`` (``{(repo, path): (status, n)}``) answers the next ``n`` requests of
+that file's resolve URL (HEAD or GET) with ``status`` and no ``X-Error-Code`` (-1: always);
+``stall`` (a set of ``(repo, path)``, or ``ANY``) accepts those requests and never answers;
+``hold`` (``{(repo, path): bytes}``) sends that many bytes of the body and then waits until
+``release()`` (or ``stop()``). Stalled and held handlers all end at ``stop()``.
 
 ``hub_env(monkeypatch, tmp_path, repos)`` starts a server and points huggingface_hub at it:
 it sets ``HF_ENDPOINT`` and a temporary ``HF_HOME`` in the environment (edgeclip reads them at
@@ -38,6 +45,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 Repos = dict[str, dict[str, dict[str, bytes]]]
+ANY = ("*", "*")  # in ``stall``: every request
 
 
 def git_sha1(data: bytes) -> str:
@@ -59,6 +67,11 @@ class FakeHub:
         self.branches = branches or {r: {"main": list(revs)[-1]} for r, revs in repos.items()}
         self.tamper: set[tuple[str, str]] = set()
         self.cut: dict[tuple[str, str], int] = {}
+        self.cut_after: dict[tuple[str, str], int] = {}
+        self.fail: dict[tuple[str, str], tuple[int, int]] = {}
+        self.stall: set[tuple[str, str]] = set()
+        self.hold: dict[tuple[str, str], int] = {}
+        self._released = threading.Event()
         self.requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -87,7 +100,12 @@ class FakeHub:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let held (and stalled) handlers go on."""
+        self._released.set()
+
     def stop(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -111,6 +129,18 @@ class FakeHub:
             if n > 0:
                 self.cut[(repo, path)] = n - 1
             return True
+
+    def take_fail(self, repo: str, path: str) -> int | None:
+        with self._lock:
+            status, n = self.fail.get((repo, path), (0, 0))
+            if n == 0:
+                return None
+            if n > 0:
+                self.fail[(repo, path)] = (status, n - 1)
+            return status
+
+    def wait_released(self) -> None:
+        self._released.wait()
 
     def clear_log(self) -> None:
         with self._lock:
@@ -156,6 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         fake.log(self.command, path, self.headers.get("Range"))
         parts = path.strip("/").split("/")
+        if ANY in fake.stall:
+            return fake.wait_released()
         if len(parts) >= 2 and parts[0] == "cdn":  # /cdn/<sha256>
             found = fake.find_blob(parts[1])
             if found is None:
@@ -165,6 +197,14 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) < 5 or parts[2] != "resolve":
             return self._error(404, "RepoNotFound")
         repo, revision, fpath = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+        if (repo, fpath) in fake.stall:
+            return fake.wait_released()
+        status = fake.take_fail(repo, fpath)
+        if status is not None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if repo not in fake.repos:
             return self._error(401, "RepoNotFound")
         commit = fake.resolve(repo, revision)
@@ -213,8 +253,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        if (repo, fpath) in fake.hold:
+            held = fake.hold[(repo, fpath)]
+            with contextlib.suppress(OSError):  # the client may have gone meanwhile
+                self.wfile.write(chunk[:held])
+                self.wfile.flush()
+                fake.wait_released()
+                self.wfile.write(chunk[held:])
+            return
         if fake.take_cut(repo, fpath):
-            self.wfile.write(chunk[: len(chunk) // 2])
+            self.wfile.write(chunk[: fake.cut_after.get((repo, fpath), len(chunk) // 2)])
             self.wfile.flush()
             self.close_connection = True
             with contextlib.suppress(OSError):
