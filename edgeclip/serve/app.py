@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import immich, jina, openai_api, weaviate
+from . import immich, jina, openai_api, photos, weaviate
 from .cors import Cors
 from .errors import APIError, send_error
 from .hostguard import LoopbackHostGuard
@@ -34,8 +34,8 @@ from .service import ServeConfig, Service
 log = logging.getLogger("edgeclip.serve")
 
 # Reachable without the API key: the page (its requests need the key), liveness checks.
-PUBLIC_PATHS = frozenset({"/", "/health", "/ping", "/favicon.ico", "/.well-known/live",
-                          "/.well-known/ready"})  # fmt: skip
+PUBLIC_PATHS = frozenset({"/", "/photos", "/health", "/ping", "/favicon.ico",
+                          "/.well-known/live", "/.well-known/ready"})  # fmt: skip
 
 
 class RequestMetrics:
@@ -229,6 +229,9 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/meta", weaviate.meta, methods=["GET"]),
         Route("/.well-known/live", weaviate.live_and_ready, methods=["GET"]),
         Route("/.well-known/ready", weaviate.live_and_ready, methods=["GET"]),
+        Route("/photos", photos.page, methods=["GET"]),  # photo search (--index)
+        Route("/v1/search", photos.search, methods=["GET", "POST"]),
+        Route("/v1/photos/{photo_id}", photos.photo, methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager
@@ -240,6 +243,8 @@ def create_app(config: ServeConfig) -> Starlette:
             yield
         finally:
             await service.stop()
+            if app.state.photos is not None:
+                await asyncio.to_thread(app.state.photos.close)
 
     endpoints = frozenset(r.path for r in routes)
     app = Starlette(
@@ -265,4 +270,7 @@ def create_app(config: ServeConfig) -> Starlette:
         },
     )
     app.state.service = service
+    app.state.photos = (
+        None if config.index is None else photos.PhotoLibrary(config.index, config.limits.max_pixels)
+    )
     return app

@@ -46,6 +46,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="skip the sha256 and on-device accuracy checks (you know the variant)")  # fmt: skip
     p.add_argument("--alias", action="append", default=[], metavar="NAME",
                    help="another model name requests may use (repeatable), e.g. ViT-B-32__openai for Immich")  # fmt: skip
+    p.add_argument("--index", default=None, metavar="DB",
+                   help="serve photo search over this index (built by `edgeclip index DIR --db "
+                   "DB`): /v1/search, /v1/photos/ID and the page at /photos")  # fmt: skip
 
 
 def _add_security_args(p: argparse.ArgumentParser) -> None:
@@ -91,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgeclip serve",
         description="Serve a CLIP model over HTTP: OpenAI-style /v1/embeddings, /v1/classify, "
-        "Immich's /predict, a web page at /, /metrics. See docs/serve.md.",
+        "Immich's /predict, a web page at /, /metrics, photo search with --index. See "
+        "docs/serve.md.",
     )
     _add_model_args(p)
     _add_security_args(p)
@@ -157,6 +161,18 @@ def served_names(model: str, aliases: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names + aliases))
 
 
+def _photo_index(value: str | None) -> Path | None:
+    """The ``--index`` file, refused at start (one line, exit 2) if it is not an index."""
+    if value is None:
+        return None
+    try:
+        from .photos import check_index
+    except ImportError as exc:  # starlette: the serve extra
+        raise SystemExit(f"edgeclip serve needs the serve extra: pip install 'edgeclip[serve]' "
+                         f"({exc})") from None  # fmt: skip
+    return check_index(value)
+
+
 def _check_positive(args: argparse.Namespace) -> None:
     for flag in ("max_body_bytes", "max_images", "max_texts", "max_text_chars", "max_pixels",
                  "max_labels", "max_prompts", "max_batch", "max_queue", "max_connections"):  # fmt: skip
@@ -203,7 +219,7 @@ def build_config(args: argparse.Namespace):  # -> ServeConfig (imported late: no
         cors_origins=_cors_origins(args.cors_origin),
         # None: bound beyond loopback, where the API key (or --insecure) is the guard
         allowed_hosts=tuple(args.allow_host) if is_loopback(args.host) else None,
-        max_in_flight=args.max_connections,
+        max_in_flight=args.max_connections, index=_photo_index(args.index),
     )  # fmt: skip
 
 

@@ -48,6 +48,8 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] | None = None
     #: requests in flight before a JSON 503 (``--max-connections``); None: no limit
     max_in_flight: int | None = None
+    #: the photo index searched by ``/v1/search`` (``--index``, checked at start); None: none
+    index: Path | None = None
 
 
 @dataclass
