@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -310,3 +311,20 @@ def hub_env(monkeypatch, tmp_path: Path, repos: Repos, **kwargs) -> Iterator[Fak
         registry.write_text('{"standardEnvVars": [], "harnesses": {}}')
         monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(registry))
         yield hub
+
+
+# A two-file repo at a pinned commit, as the hub tests use it: an LFS file and a plain git file.
+TINY_REPO = "org/tiny-clip"
+TINY_REV = "0123456789abcdef0123456789abcdef01234567"
+TINY_BIG = random.Random(0).randbytes(300_000)  # served as an LFS file (>= 1 KiB)
+TINY_SMALL = b'{"projection_dim": 8}'  # served as a plain git file
+TINY_FILES = [
+    {"path": "onnx/model.onnx", "sha256": sha256(TINY_BIG), "size": len(TINY_BIG)},
+    {"path": "config.json"},
+]
+
+
+def tiny_hub_env(monkeypatch, tmp_path: Path) -> Iterator[FakeHub]:
+    """``hub_env`` serving the tiny repo alone."""
+    return hub_env(monkeypatch, tmp_path,
+                   {TINY_REPO: {TINY_REV: {"onnx/model.onnx": TINY_BIG, "config.json": TINY_SMALL}}})  # fmt: skip

@@ -13,26 +13,27 @@ import time
 
 import numpy as np
 import pytest
-from hubserver import FakeHub, hub_env, sha256
+from hubserver import (
+    TINY_BIG,
+    TINY_FILES,
+    TINY_REPO,
+    TINY_REV,
+    TINY_SMALL,
+    FakeHub,
+    hub_env,
+    sha256,
+    tiny_hub_env,
+)
 
 from edgeclip.errors import IntegrityError, ModelNotFoundError
 from edgeclip.hub import fetch_files, hub_cache_dir
 
-REPO = "org/tiny-clip"
-REV = "0123456789abcdef0123456789abcdef01234567"
-BIG = np.random.default_rng(0).bytes(300_000)  # served as an LFS file (>= 1 KiB)
-SMALL = json.dumps({"projection_dim": 8}).encode()  # served as a plain git file
-FILES = [
-    {"path": "onnx/model.onnx", "sha256": sha256(BIG), "size": len(BIG)},
-    {"path": "config.json"},
-]
+REPO, REV, BIG, SMALL, FILES = TINY_REPO, TINY_REV, TINY_BIG, TINY_SMALL, TINY_FILES
 
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    with hub_env(
-        monkeypatch, tmp_path, {REPO: {REV: {"onnx/model.onnx": BIG, "config.json": SMALL}}}
-    ) as server:
+    with tiny_hub_env(monkeypatch, tmp_path) as server:
         yield server
 
 

@@ -18,28 +18,29 @@ import time
 
 import numpy as np
 import pytest
-from hubserver import ANY, hub_env, sha256
+from hubserver import (
+    ANY,
+    TINY_BIG,
+    TINY_FILES,
+    TINY_REPO,
+    TINY_REV,
+    TINY_SMALL,
+    hub_env,
+    sha256,
+    tiny_hub_env,
+)
 from test_index_crash import shared_dir, unprivileged  # noqa: F401  (shared_dir: a fixture)
 
 from edgeclip.errors import EdgeclipError, InputError, IntegrityError, ModelNotFoundError
 from edgeclip.hub import fetch_files
 
-REPO = "org/tiny-clip"
-REV = "0123456789abcdef0123456789abcdef01234567"
-BIG = np.random.default_rng(0).bytes(300_000)  # an LFS file, served from the "CDN"
-SMALL = b'{"projection_dim": 8}'  # a plain git file
-FILES = [
-    {"path": "onnx/model.onnx", "sha256": sha256(BIG), "size": len(BIG)},
-    {"path": "config.json"},
-]
+REPO, REV, BIG, SMALL, FILES = TINY_REPO, TINY_REV, TINY_BIG, TINY_SMALL, TINY_FILES
 FOLDER = "models--org--tiny-clip"
 
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    with hub_env(
-        monkeypatch, tmp_path, {REPO: {REV: {"onnx/model.onnx": BIG, "config.json": SMALL}}}
-    ) as server:
+    with tiny_hub_env(monkeypatch, tmp_path) as server:
         yield server
 
 
