@@ -214,8 +214,11 @@ def test_ctrl_c_stops_with_one_line_and_status_130(tmp_path, teacher_dir):
     argv = [*_distill(teacher_dir, out), "--checkpoint-every", "1"]
     argv[argv.index("--steps") + 1] = "1000000"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # A shell without job control (CI's background jobs) starts children with SIGINT ignored:
+    # give the run the disposition a terminal's Ctrl-C meets.
     proc = subprocess.Popen([sys.executable, "-m", "edgeclip.distill", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         deadline = time.monotonic() + 300  # a guard against a hang, not a measurement
         while not (out / "train_state.pt").is_file() and proc.poll() is None:
