@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from test_serve_helpers import REPO, Chromium, ServeProcess, free_port
@@ -136,6 +137,28 @@ def test_under_keeps_only_that_folder(server, reference, library):
     _same(r.json()["data"], reference.search(QUERIES[0], k=20, under=folder))
 
 
+def test_like_finds_photos_like_a_result_from_its_stored_vector(server, reference):
+    """"More like this": the stored vector of a result is the query; the photo itself comes
+    first, and the rest equal ``Index.search_vector`` on that vector (with an added text too)."""
+    first = server.client.get("/v1/search", params={"q": QUERIES[0], "k": 1}).json()["data"][0]
+    photo_id = int(first["photo"].rsplit("/", 1)[1])
+    r = server.client.get("/v1/search", params={"like": photo_id, "k": 6})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert data[0]["path"] == first["path"] and data[0]["score"] >= 0.9999
+    slot = reference.store.con.execute("SELECT slot FROM files WHERE id = ?", (photo_id,)).fetchone()[0]
+    stored = reference.vectors.matrix(reference.committed_slots())[slot].astype(np.float32)
+    stored /= np.linalg.norm(stored)
+    _same(data, reference.search_vector(stored, k=6))
+    plus = reference.embed_query("a blue shape")
+    both = stored + plus / np.linalg.norm(plus)
+    r = server.client.post("/v1/search", json={"like": photo_id, "add": "a blue shape", "k": 6})
+    _same(r.json()["data"], reference.search_vector(both / np.linalg.norm(both), k=6))
+    _error(server.client.get("/v1/search", params={"like": "999999"}), 404, "like")
+    _error(server.client.get("/v1/search", params={"like": "x1"}), 400, "like")
+    _error(server.client.get("/v1/search", params={"like": photo_id, "q": "a cat"}), 400, "like")
+
+
 def test_concurrent_searches_each_get_their_own_answer(server, reference):
     asks = [QUERIES[i % len(QUERIES)] for i in range(12)]
     with ThreadPoolExecutor(6) as pool:
@@ -252,9 +275,18 @@ def test_the_page_searches_and_shows_the_thumbnails(server, library, tmp_path):
         )
         assert state == "done", browser.evaluate("document.getElementById('status').textContent")
         shown = json.loads(browser.wait_until(_SHOWN))
+        # "similar" on the first card: photos like it, itself first
+        browser.evaluate("document.querySelector('#results .photo button.like').click()")
+        browser.wait_until("document.getElementById('status').textContent.includes(' like ')"
+                           " && document.body.dataset.state === 'done'")  # fmt: skip
+        similar = json.loads(browser.wait_until(_SHOWN))
     finally:
         browser.close()
     want = server.client.get("/v1/search", params={"q": QUERIES[0], "k": 20}).json()["data"]
+    like = want[0]["photo"].rsplit("/", 1)[1]
+    like_want = server.client.get("/v1/search", params={"like": like, "k": 20}).json()["data"]
+    assert [p for p, _ in similar] == [d["path"] for d in like_want]
+    assert similar[0][0] == want[0]["path"]
     assert [p for p, _ in shown] == [d["path"] for d in want]
     damaged = {str(library.paths["gone"]), str(library.paths["garbled"])}
     assert {p for p, width in shown if width is None} == damaged  # marked, with the reason

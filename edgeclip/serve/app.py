@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import immich, jina, openai_api, photos, weaviate
+from . import immich, jina, openai_api, photo_api, photos, weaviate
 from .cors import Cors
 from .errors import APIError, send_error
 from .hostguard import LoopbackHostGuard
@@ -229,9 +229,9 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/meta", weaviate.meta, methods=["GET"]),
         Route("/.well-known/live", weaviate.live_and_ready, methods=["GET"]),
         Route("/.well-known/ready", weaviate.live_and_ready, methods=["GET"]),
-        Route("/photos", photos.page, methods=["GET"]),  # photo search (--index)
-        Route("/v1/search", photos.search, methods=["GET", "POST"]),
-        Route("/v1/photos/{photo_id}", photos.photo, methods=["GET"]),
+        Route("/photos", photo_api.page, methods=["GET"]),  # photo search (--index)
+        Route("/v1/search", photo_api.search, methods=["GET", "POST"]),
+        Route("/v1/photos/{photo_id}", photo_api.photo, methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager

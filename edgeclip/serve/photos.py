@@ -1,5 +1,5 @@
-"""Photo search over HTTP (``edgeclip serve MODEL --index photos.db``): ``/v1/search``,
-``/v1/photos/{id}`` thumbnails and the page at ``/photos``.
+"""Photo search over HTTP (``edgeclip serve MODEL --index photos.db``): the index behind
+``/v1/search`` and the ``/v1/photos/{id}`` thumbnails (the handlers are in ``photo_api.py``).
 
 The query is embedded by the served model, through the model host (the worker subprocess), and
 the vectors are searched here, in the server process: the server never loads a second model.
@@ -14,24 +14,19 @@ silent comparison of two models' vectors.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
 
 from .errors import APIError
-from .inputs import check_text_lengths, is_blank, parse_json_body, positive_int, require
 
 if TYPE_CHECKING:
-    from .service import Service
+    pass
 
 DEFAULT_K, MAX_K = 20, 1000
 DEFAULT_SIZE, MIN_SIZE, MAX_SIZE = 256, 32, 2048
@@ -112,6 +107,21 @@ class PhotoLibrary:
         # A hit whose row a concurrent writer dropped between the two queries is left out.
         return [(h.path, h.score, ids[h.path]) for h in hits if h.path in ids]
 
+    async def vector_of(self, photo_id: int) -> np.ndarray | None:
+        """The stored unit vector of an embedded photo ("more like this"); None if there is none."""
+        return await self._run(self._vector_sync, photo_id)
+
+    def _vector_sync(self, photo_id: int) -> np.ndarray | None:
+        from edgeclip.index.vectors import unit_rows
+
+        ix = self._open()
+        row = ix.store.con.execute(
+            "SELECT slot FROM files WHERE id = ? AND status = ?", (photo_id, _OK)
+        ).fetchone()
+        if row is None or row[0] is None or row[0] >= ix.committed_slots():
+            return None
+        return unit_rows(ix.vectors.matrix(ix.committed_slots())[row[0]][None])[0]
+
     async def path_of(self, photo_id: int) -> str | None:
         """The file of an embedded photo, by the index's row id; None if there is none."""
         return await self._run(self._path_sync, photo_id)
@@ -191,176 +201,3 @@ def render_thumbnail(path: str, size: int, max_pixels: int) -> bytes:
 
 
 # -- requests -------------------------------------------------------------------------------------
-
-
-def _library(request: Request) -> PhotoLibrary:
-    lib = getattr(request.app.state, "photos", None)
-    if lib is None:
-        raise APIError(404, "this server has no photo index; start it with `edgeclip serve MODEL "
-                       "--index photos.db` (the file `edgeclip index DIR --db photos.db` builds).",
-                       code="no_index")  # fmt: skip
-    return lib
-
-
-def _whole(value: Any, field: str, low: int, high: int, default: int) -> int:
-    """A query-string or JSON number in [low, high]; 400 naming ``field`` otherwise."""
-    if value is None:
-        return default
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise APIError(400, f"{field}={value!r} is not a whole number; send {low} to {high}.",
-                           param=field, code="invalid_value") from None  # fmt: skip
-    if not low <= value <= high:
-        raise APIError(400, f"{field}={value} is out of range; send {low} to {high}.",
-                       param=field, code="invalid_value")  # fmt: skip
-    return value
-
-
-def _terms(value: Any, field: str) -> list[str]:
-    """``add`` / ``subtract``: absent, one text, or a list of texts; each must hold words."""
-    items = [] if value is None else [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise APIError(422, f"{field} must be a string or a list of strings.", param=field,
-                       code="invalid_type")  # fmt: skip
-    for i, item in enumerate(items):
-        where = field if isinstance(value, str) else f"{field}[{i}]"
-        if not isinstance(item, str):
-            raise APIError(422, f"{where} must be a string (text terms only over HTTP).",
-                           param=where, code="invalid_type")  # fmt: skip
-        if is_blank(item):
-            raise APIError(400, f"{where} is empty; give words, or leave it out.", param=where,
-                           code="empty_input")  # fmt: skip
-    return items
-
-
-def _query(value: Any, field: str) -> str:
-    if not isinstance(value, str):
-        raise APIError(422, f"{field} must be a string.", param=field, code="invalid_type")
-    if is_blank(value):
-        raise APIError(400, f"{field} is empty; give words to search for, e.g. {field}=a dog on "
-                       "a beach.", param=field, code="empty_input")  # fmt: skip
-    return value
-
-
-def _under(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise APIError(422, "under must be a string.", param="under", code="invalid_type")
-    folder = os.path.expanduser(value.strip())
-    if not os.path.isabs(folder) or "\x00" in folder:
-        raise APIError(400, f"under={value!r} is not an absolute folder; give one like the paths "
-                       "in the results, e.g. /home/pi/Pictures/2024.", param="under",
-                       code="invalid_value")  # fmt: skip
-    return folder
-
-
-async def _vector(svc: Service, terms: dict[str, tuple[list[str], bool]]) -> np.ndarray:
-    """The query's unit vector plus each added term's minus each subtracted one's, normalised,
-    as ``Index.query_vector`` computes it, from vectors the model host embedded.
-
-    ``terms``: field -> (texts, whether the request sent one bare string: then errors name the
-    field alone)."""
-    from edgeclip.index.vectors import unit_rows
-
-    fields = [f for f, (texts, _) in terms.items() if texts]
-    for f in fields:
-        check_text_lengths(terms[f][0], f, svc.limits, terms[f][1])
-    # One call per field, so an error names its own field; concurrent, so they batch together.
-    embedded = await asyncio.gather(
-        *(svc.embed_texts(terms[f][0], f, terms[f][1]) for f in fields), return_exceptions=True
-    )
-    for result in embedded:  # every call is awaited to its end before one failure is raised
-        if isinstance(result, BaseException):
-            raise result
-    total = np.zeros(embedded[0][0].shape[1], np.float64)
-    for f, (vecs, _) in zip(fields, embedded):
-        total += (-1.0 if f == "subtract" else 1.0) * unit_rows(vecs).sum(axis=0)
-    norm = float(np.linalg.norm(total))
-    if not norm > 1e-4:
-        raise APIError(400, "the query's terms cancel out: what is subtracted is what is asked "
-                       "for; drop one of them.", param="subtract", code="invalid_value")  # fmt: skip
-    return (total / norm).astype(np.float32)
-
-
-async def _search(svc: Service, lib: PhotoLibrary, terms: dict[str, tuple[list[str], bool]],
-                  k: int, under: str | None, model: Any) -> Response:  # fmt: skip
-    from .openai_api import json_response
-
-    answer_as = svc.check_model(model)
-    extra = len(terms["add"][0]) + len(terms["subtract"][0])
-    if extra > MAX_TERMS:
-        raise APIError(413, f"{extra} add/subtract terms; this server takes at most {MAX_TERMS}.",
-                       param="add", code="too_many_inputs")  # fmt: skip
-    vector = await _vector(svc, terms)
-    info = svc.host.info or await svc.model_info()  # set by the load that embedded the query
-    served = {**info, "arg": svc.config.spec.model}  # as given to serve: for the --reindex hint
-    hits = await lib.search(vector, served, k, under)
-    data = [{"path": p, "score": s, "photo": f"/v1/photos/{i}"} for p, s, i in hits]
-    return await json_response({"object": "list", "data": data, "model": answer_as})
-
-
-async def search(request: Request) -> Response:
-    """``GET /v1/search?q=&k=&under=`` or ``POST /v1/search`` with a JSON body."""
-    svc: Service = request.app.state.service
-    lib = _library(request)
-    if request.method == "GET":
-        params = request.query_params
-        if params.get("q") is None:
-            raise APIError(400, "q is missing; search with /v1/search?q=a+dog+on+a+beach.",
-                           param="q", code="empty_input")  # fmt: skip
-        terms = {"q": ([_query(params["q"], "q")], True),
-                 "add": (_terms(params.getlist("add"), "add"), False),
-                 "subtract": (_terms(params.getlist("subtract"), "subtract"), False)}  # fmt: skip
-        k = _whole(params.get("k"), "k", 1, MAX_K, DEFAULT_K)
-        return await _search(svc, lib, terms, k, _under(params.get("under")), params.get("model"))
-    body = parse_json_body(await request.body(), request.headers.get("content-type"))
-    terms = {"query": ([_query(require(body, "query"), "query")], True)}
-    for field in ("add", "subtract"):
-        terms[field] = (_terms(body.get(field), field), isinstance(body.get(field), str))
-    k = positive_int(body, "k", DEFAULT_K)  # 422 for a k that is not a number, as elsewhere
-    k = _whole(k, "k", 1, MAX_K, DEFAULT_K)
-    return await _search(svc, lib, terms, k, _under(body.get("under")), body.get("model"))
-
-
-def _not_found(raw: str) -> APIError:
-    return APIError(404, f"no photo {raw!r} in the index; use the ids /v1/search answers with "
-                    "(data[i].photo).", param="id", code="photo_not_found")  # fmt: skip
-
-
-async def photo(request: Request) -> Response:
-    """``GET /v1/photos/{id}?size=256``: a JPEG thumbnail of an indexed photo, by its row id."""
-    lib = _library(request)
-    raw = request.path_params["photo_id"]
-    size = _whole(request.query_params.get("size"), "size", MIN_SIZE, MAX_SIZE, DEFAULT_SIZE)
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise _not_found(raw)
-    path = await lib.path_of(int(raw))
-    if path is None:
-        raise _not_found(raw)
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise APIError(404, f"photo {raw} ({path}) is in the index but cannot be found "
-                       f"({exc.strerror}); index again (--prune drops vanished files).",
-                       param="id", code="photo_missing") from None  # fmt: skip
-    # The file's identity and version: an edited or replaced file gets a new tag.
-    key = f"{raw}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\0{size}".encode()
-    tag = f'"{hashlib.sha1(key).hexdigest()[:20]}"'
-    headers = {"Cache-Control": CACHE_CONTROL, "ETag": tag}
-    if tag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    try:
-        jpeg = await lib.thumbnail(path, size)
-    except Exception as exc:  # InputError from the decoder, or a file that is no image now
-        why = str(exc).rstrip(".") or "it is not an image (JPEG, PNG, WebP, GIF, TIFF or BMP)"
-        raise APIError(422, f"photo {raw} ({path}) cannot be decoded: {why}.", param="id",
-                       code="invalid_photo") from None  # fmt: skip
-    return Response(jpeg, media_type="image/jpeg", headers=headers)
-
-
-async def page(request: Request) -> Response:
-    html = resources.files("edgeclip.serve").joinpath("static/photos.html").read_text("utf-8")
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
