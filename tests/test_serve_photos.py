@@ -159,6 +159,26 @@ def test_like_finds_photos_like_a_result_from_its_stored_vector(server, referenc
     _error(server.client.get("/v1/search", params={"like": photo_id, "q": "a cat"}), 400, "like")
 
 
+def test_an_uploaded_image_finds_itself_and_its_neighbours(server, library, micro_bundle):
+    """``{"image": data URI}``: the worker embeds the upload, decoded in full as
+    ``/v1/embeddings`` decodes it, so the results are those of ``Index.search(Path(file))`` in
+    process with draft decoding off (same paths, scores to 1e-5)."""
+    import base64
+
+    photo = library.paths["img01"]
+    uri = f"data:image/jpeg;base64,{base64.b64encode(photo.read_bytes()).decode()}"
+    r = server.client.post("/v1/search", json={"image": uri, "k": 6})
+    assert r.status_code == 200, r.text
+    with Index(library.db, str(micro_bundle), readonly=True, draft=False) as full_decode:
+        want = full_decode.search(photo, k=6)
+    data = r.json()["data"]
+    assert data[0]["path"] == str(photo)
+    _same(data, want)
+    _error(server.client.post("/v1/search", json={"image": "data:image/png;base64,AAAA"}), 400, "image")
+    _error(server.client.post("/v1/search", json={"image": uri, "query": "a cat"}), 400, "image")
+    _error(server.client.post("/v1/search", json={"image": 3}), 422, "image")
+
+
 def test_concurrent_searches_each_get_their_own_answer(server, reference):
     asks = [QUERIES[i % len(QUERIES)] for i in range(12)]
     with ThreadPoolExecutor(6) as pool:
@@ -280,8 +300,17 @@ def test_the_page_searches_and_shows_the_thumbnails(server, library, tmp_path):
         browser.wait_until("document.getElementById('status').textContent.includes(' like ')"
                            " && document.body.dataset.state === 'done'")  # fmt: skip
         similar = json.loads(browser.wait_until(_SHOWN))
+        # a photo picked from the device: the file input, as a phone's picker fills it
+        root = browser.send("DOM.getDocument")["root"]["nodeId"]
+        pick = browser.send("DOM.querySelector", nodeId=root, selector="#pick")["nodeId"]
+        browser.send("DOM.setFileInputFiles", nodeId=pick, files=[str(library.paths["img01"])])
+        browser.evaluate("document.getElementById('pick').dispatchEvent(new Event('change'))")
+        browser.wait_until("document.getElementById('status').textContent.includes('like img01.jpg')"
+                           " && document.body.dataset.state === 'done'")  # fmt: skip
+        picked = json.loads(browser.wait_until(_SHOWN))
     finally:
         browser.close()
+    assert picked[0][0] == str(library.paths["img01"])
     want = server.client.get("/v1/search", params={"q": QUERIES[0], "k": 20}).json()["data"]
     like = want[0]["photo"].rsplit("/", 1)[1]
     like_want = server.client.get("/v1/search", params={"like": like, "k": 20}).json()["data"]

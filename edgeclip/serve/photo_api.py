@@ -127,7 +127,8 @@ async def _vector(svc: Service, terms: dict[str, tuple[list[str], bool]],
 
 
 async def _search(svc: Service, lib: PhotoLibrary, terms: dict[str, tuple[list[str], bool]],
-                  k: int, under: str | None, model: Any, like: Any = None) -> Response:  # fmt: skip
+                  k: int, under: str | None, model: Any,
+                  base: tuple[str, Any] | None = None) -> Response:  # fmt: skip
     from .openai_api import json_response
 
     answer_as = svc.check_model(model)
@@ -135,8 +136,7 @@ async def _search(svc: Service, lib: PhotoLibrary, terms: dict[str, tuple[list[s
     if extra > MAX_TERMS:
         raise APIError(413, f"{extra} add/subtract terms; this server takes at most {MAX_TERMS}.",
                        param="add", code="too_many_inputs")  # fmt: skip
-    base = None if like is None else await _liked(lib, like)
-    vector = await _vector(svc, terms, base)
+    vector = await _vector(svc, terms, None if base is None else await _base_vector(svc, lib, *base))
     info = svc.host.info or await svc.model_info()  # set by the load that embedded the query
     served = {**info, "arg": svc.config.spec.model}  # as given to serve: for the --reindex hint
     hits = await lib.search(vector, served, k, under)
@@ -156,16 +156,38 @@ async def search(request: Request) -> Response:
                  "subtract": (_terms(params.getlist("subtract"), "subtract"), False)}  # fmt: skip
         k = _whole(params.get("k"), "k", 1, MAX_K, DEFAULT_K)
         return await _search(svc, lib, terms, k, _under(params.get("under")), params.get("model"),
-                             like)  # fmt: skip
+                             None if like is None else ("like", like))  # fmt: skip
     body = parse_json_body(await request.body(), request.headers.get("content-type"))
-    # without "like", a missing query is a 422 naming it, as elsewhere in the JSON API
-    like = _one_query(body.get("query"), body["like"], "query") if "like" in body else None
-    terms = {"query": ([] if like is not None else [_query(require(body, "query"), "query")], True)}
+    base = _post_base(body)
+    # without like/image, a missing query is a 422 naming it, as elsewhere in the JSON API
+    terms = {"query": ([] if base is not None else [_query(require(body, "query"), "query")], True)}
     for field in ("add", "subtract"):
         terms[field] = (_terms(body.get(field), field), isinstance(body.get(field), str))
     k = positive_int(body, "k", DEFAULT_K)  # 422 for a k that is not a number, as elsewhere
     k = _whole(k, "k", 1, MAX_K, DEFAULT_K)
-    return await _search(svc, lib, terms, k, _under(body.get("under")), body.get("model"), like)
+    return await _search(svc, lib, terms, k, _under(body.get("under")), body.get("model"), base)
+
+
+def _post_base(body: dict[str, Any]) -> tuple[str, Any] | None:
+    """``("like", id)`` or ``("image", data URI)`` when the body asks by photo instead of words."""
+    given = [f for f in ("query", "like", "image") if body.get(f) is not None]
+    if len(given) > 1:
+        raise APIError(400, f"give one of query (words), like (a photo id) or image (a data "
+                       f"URI), not {' and '.join(given)}; add words with add.", param=given[1],
+                       code="invalid_value")  # fmt: skip
+    return (given[0], body[given[0]]) if given and given[0] != "query" else None
+
+
+async def _base_vector(svc: Service, lib: PhotoLibrary, kind: str, ref: Any) -> np.ndarray:
+    if kind == "like":
+        return await _liked(lib, ref)
+    if not isinstance(ref, str):
+        raise APIError(422, "image must be a string: a data URI (data:image/jpeg;base64,...).",
+                       param="image", code="invalid_type")  # fmt: skip
+    from edgeclip.index.vectors import unit_rows
+
+    vectors, _ = await svc.embed_images([ref], "image", single=True)  # 400 naming image if bad
+    return unit_rows(vectors)[0]
 
 
 def _one_query(text: Any, like: Any, field: str) -> Any:
