@@ -19,8 +19,6 @@ from edgeclip.errors import InputError
 MAX_BATCH = 4096
 #: what ``report.write_all`` writes into ``-o``
 RESULT_FILES = ("results.json", "results.csv", "results.md", "pairs_per_s.png", "latency.png")
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def check(args: argparse.Namespace) -> list[int]:
@@ -102,20 +100,9 @@ def _available_bytes() -> int | None:
 
 def check_output(output: str | os.PathLike) -> Path:
     """``-o``: a folder (existing or not) whose nearest existing ancestor is a writable folder."""
-    if not str(output).strip():
-        raise InputError("-o is an empty string; give a folder for the results, e.g. -o results/.")
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {output} is a file, not a folder; give a folder to write the "
-                         "results into, e.g. -o results/.")  # fmt: skip
-    base = out
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise InputError(f"-o {output}: {base} is a file, so no folder can be made under it; "
-                         "pick another -o.")  # fmt: skip
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise InputError(f"-o {output}: folder {base} is not writable; pick another -o.")
+    from edgeclip.paths import check_output_folder
+
+    out = check_output_folder(output, "-o", "results/")
     taken = [name for name in RESULT_FILES if (out / name).is_dir()]
     if taken:
         raise InputError(f"-o {output}: {out / taken[0]} is a folder, so the result file of that "
@@ -180,20 +167,14 @@ def _check_baseline_flags(args: argparse.Namespace) -> None:
     if args.baseline == "none":
         raise InputError(f"--checkpoint {args.checkpoint} is for the torch baseline, which "
                          "--baseline none turns off; drop one of the two.")  # fmt: skip
-    p = Path(args.checkpoint).expanduser()
-    if not p.exists():
+    if not Path(args.checkpoint).expanduser().exists():
         return  # variants.checkpoint_path names it (ModelNotFoundError)
-    if p.is_dir() and (p / "config.json").is_file():
-        ok = any((p / w).is_file() for w in _HF_WEIGHTS)
-    else:
-        files = [p] if p.is_file() else [f for f in p.iterdir() if f.is_file()]
-        ok = len([f for f in files if f.suffix in _WEIGHT_SUFFIXES]) == 1
-    if not ok:
-        raise InputError(
-            f"--checkpoint {args.checkpoint} is not a CLIP checkpoint: expected a Hugging Face "
-            "CLIPModel folder (config.json + model.safetensors or pytorch_model.bin) or an "
-            "open_clip weights file (.pt/.bin/.safetensors) with its JSON config."
-        )
+    from converters.checkpoints import checkpoint_layout
+
+    try:
+        checkpoint_layout(args.checkpoint)
+    except InputError as exc:
+        raise InputError(f"--checkpoint {args.checkpoint} is not a CLIP checkpoint: {exc}") from exc
 
 
 def for_device(variants: list, device: str, notes: list[str]) -> list:

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgeclip.errors import InputError, ModelNotFoundError
 
-__all__ = ["load_checkpoint", "torch_embeddings", "architecture_of", "LOGIT_SCALE_MAX"]
+__all__ = ["load_checkpoint", "checkpoint_layout", "torch_embeddings", "architecture_of", "LOGIT_SCALE_MAX"]
 
 LOGIT_SCALE_MAX = 100.0
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -72,6 +72,15 @@ def _load_state_file(path: Path) -> dict[str, Any]:
 
 
 def _hf_state_dict(directory: Path) -> tuple[dict[str, Any], list[Path]]:
+    files = _hf_weight_files(directory)
+    sd: dict[str, Any] = {}
+    for f in files:
+        sd.update(_load_state_file(f))
+    return sd, files
+
+
+def _hf_weight_files(directory: Path) -> list[Path]:
+    """The weight files of a Hugging Face CLIPModel folder (``InputError`` if it has none)."""
     if (directory / "model.safetensors").is_file():
         files = [directory / "model.safetensors"]
     elif (directory / "model.safetensors.index.json").is_file():
@@ -88,10 +97,7 @@ def _hf_state_dict(directory: Path) -> tuple[dict[str, Any], list[Path]]:
             f"{directory} has config.json but no weights: expected model.safetensors, "
             "model.safetensors.index.json or pytorch_model.bin."
         )
-    sd: dict[str, Any] = {}
-    for f in files:
-        sd.update(_load_state_file(f))
-    return sd, files
+    return files
 
 
 def _build(hf_cfg: dict[str, Any], sd: dict[str, Any], where: Path):
@@ -210,6 +216,17 @@ def load_checkpoint(
     "open_clip-checkpoint"), ``path``, ``files`` (the files read), ``logit_scale`` (exp'd,
     clamped at 100), ``architecture`` and ``preprocessor_config`` (a dict or None).
     """
+    kind, p = checkpoint_layout(path, config)
+    if kind == "hf":
+        return _load_hf(p)
+    return _load_open_clip(p, Path(config) if config is not None else None)
+
+
+def checkpoint_layout(
+    path: str | os.PathLike, config: str | os.PathLike | None = None
+) -> tuple[str, Path]:
+    """What ``load_checkpoint`` would read, found without reading any weights: ``("hf", folder)``
+    or ``("open_clip", weights file)``; the same errors for what is no CLIP checkpoint."""
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(
@@ -221,7 +238,8 @@ def load_checkpoint(
     if p.is_file() and p.name in _HF_WEIGHTS and (p.parent / "config.json").is_file():
         p = p.parent  # pointing at the weights of an HF dir means the dir
     if p.is_dir() and (p / "config.json").is_file() and config is None:
-        return _load_hf(p)
+        _hf_weight_files(p)
+        return "hf", p
     if p.is_dir():
         weights = sorted(f for f in p.iterdir() if f.suffix in _WEIGHT_SUFFIXES and f.is_file())
         if len(weights) != 1:
@@ -236,7 +254,7 @@ def load_checkpoint(
             f"{p} is not a CLIP checkpoint: expected a directory or a weights file ending in "
             f"{', '.join(_WEIGHT_SUFFIXES)}."
         )
-    return _load_open_clip(p, Path(config) if config is not None else None)
+    return "open_clip", p
 
 
 def _load_hf(directory: Path) -> tuple[Any, dict[str, Any]]:

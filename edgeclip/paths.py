@@ -26,3 +26,27 @@ def bundles_dir() -> Path:
 def converted_dir() -> Path:
     """Bundles converted on the fly from checkpoint directories given to ``edgeclip.load``."""
     return edgeclip_home() / "converted"
+
+
+def check_output_folder(path: str | os.PathLike, flag: str, example: str) -> Path:
+    """An output folder that exists or can be made: named, not a file, not under a file, and
+    with a writable nearest existing ancestor (where it gets made). ``InputError`` naming
+    ``flag`` otherwise, before any long work writes into it."""
+    from .errors import InputError
+
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty; name a folder, e.g. {flag} {example}.")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a folder; name a folder to write into, "
+                         f"e.g. {flag} {example}.")  # fmt: skip
+    near = out
+    while not near.exists() and near != near.parent:
+        near = near.parent
+    if not near.is_dir():
+        raise InputError(f"{flag} {path}: {near} is a file, so no folder can be made under it; "
+                         f"pick another {flag}.")  # fmt: skip
+    if not os.access(near, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: folder {near} is not writable; pick another {flag}.")
+    return out
+

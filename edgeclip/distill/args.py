@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from edgeclip.errors import InputError
+from edgeclip.paths import check_output_folder
 
 PROCEDURAL_TEACHER = "procedural-teacher"
 WEIGHT_FILES = (
@@ -73,7 +74,7 @@ def check(cfg) -> None:
         check_model_dir(cfg.start_from, "--start-from")
     check_out(cfg.out, [("--teacher", cfg.teacher), ("--start-from", cfg.start_from)])
     if cfg.teacher_cache_dir is not None:
-        check_folder(cfg.teacher_cache_dir, "--teacher-cache")
+        check_output_folder(cfg.teacher_cache_dir, "--teacher-cache", "teacher-features/")
     if cfg.resume and not (Path(cfg.out) / "train_state.pt").is_file():
         raise InputError(
             f"--resume: no checkpoint {str(Path(cfg.out) / 'train_state.pt')!r} to resume from "
@@ -123,27 +124,9 @@ def check_model_dir(path: str, flag: str) -> None:
         )
 
 
-def check_folder(path: str, flag: str) -> None:
-    """A folder that exists or can be made: not a file, not under a file, writable."""
-    if not str(path).strip():
-        raise InputError(f"{flag} is empty; name a folder, e.g. {flag} student/")
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise InputError(f"{flag} {path!r} is a file, not a folder; name a folder (new, or one it may write into)")
-    near = p
-    while not near.exists():  # the nearest existing ancestor is where the folder gets made
-        near = near.parent
-    if not near.is_dir():
-        raise InputError(
-            f"{flag} {path!r}: {str(near)!r} is a file, so no folder can be made there"
-        )
-    if not os.access(near, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {path!r}: {str(near)!r} is not writable; write elsewhere")
-
-
 def check_out(out: str, sources: list[tuple[str, str | None]]) -> None:
     """``-o``: a new or empty folder, or an earlier run's; never an input of the run."""
-    check_folder(out, "-o")
+    check_output_folder(out, "-o", "student/")
     p = Path(out)
     if not p.is_dir():
         return

@@ -270,12 +270,7 @@ class Index:
     def query_vector(self, query: Any, add: Any = (), subtract: Any = ()) -> np.ndarray:
         """The unit vector searched for: the query's, plus ``add``'s, minus ``subtract``'s."""
         terms = [(1.0, query)] + [(1.0, q) for q in _terms(add)] + [(-1.0, q) for q in _terms(subtract)]
-        total = sum(sign * vectors.unit_rows(self.embed_query(q)[None])[0] for sign, q in terms)
-        norm = float(np.linalg.norm(total))
-        if not norm > 1e-4:
-            raise InputError("the query's terms cancel out: what is subtracted is what is asked "
-                             "for; drop one of them.")  # fmt: skip
-        return (total / norm).astype(np.float32)
+        return vectors.combine((sign, self.embed_query(q)) for sign, q in terms)
 
     def search_vector(
         self, vector: np.ndarray, k: int = 20, *, exact: bool = False,

@@ -32,7 +32,7 @@ __all__ = ["Outcome", "EmbedPipeline", "decode", "embed_pixels", "read_file", "r
 
 # Files with these names are expected to be images: if they are empty or unrecognisable they
 # are reported as failures. Anything else that is not an image is silently left out.
-_IMAGE_SUFFIXES = frozenset(
+IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".heic",
      ".heif", ".avif"}
 )  # fmt: skip
@@ -155,7 +155,7 @@ def read_image(
 
 
 def _why_not(path: str, head: bytes) -> str:
-    if os.path.splitext(path)[1].lower() not in _IMAGE_SUFFIXES:
+    if os.path.splitext(path)[1].lower() not in IMAGE_SUFFIXES:
         return ""  # not an image and not named like one: left out without a word
     if not head:
         return "the file is empty (0 bytes)"

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ANN_MIN_VECTORS", "AnnIndex", "VectorFile", "have_usearch", "rescore", "scan", "unit_rows"]
+from edgeclip.errors import InputError
+
+__all__ = ["ANN_MIN_VECTORS", "AnnIndex", "VectorFile", "combine", "have_usearch", "rescore", "scan",
+           "unit_rows"]
 
 DTYPE = np.float16
 # Below this many vectors the exact SIMD scan is fast enough (a few ms here, tens on a Pi) and
@@ -150,6 +153,18 @@ def rescore(matrix: np.ndarray, query: np.ndarray, slots: np.ndarray) -> tuple[n
     scores = unit_rows(matrix[slots]) @ query.astype(np.float32)
     order = np.lexsort((slots, -scores))  # ties broken by slot, so results are deterministic
     return slots[order], scores[order]
+
+
+def combine(terms: Iterable[tuple[float, np.ndarray]]) -> np.ndarray:
+    """``sum(sign * v / |v|)`` over ``terms``, normalised: a query moved toward the added terms
+    and away from the subtracted ones (rclip's query arithmetic). ``InputError`` when they
+    cancel out, for there is nothing left to search for."""
+    total = sum(sign * unit_rows(np.asarray(v)[None])[0].astype(np.float64) for sign, v in terms)
+    norm = float(np.linalg.norm(total))
+    if not norm > 1e-4:
+        raise InputError("the query's terms cancel out: what is subtracted is what is asked "
+                         "for; drop one of them.")  # fmt: skip
+    return (total / norm).astype(np.float32)
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:

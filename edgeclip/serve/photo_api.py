@@ -102,7 +102,8 @@ async def _vector(svc: Service, terms: dict[str, tuple[list[str], bool]],
 
     ``terms``: field -> (texts, whether the request sent one bare string: then errors name the
     field alone). ``base``: a stored photo's unit vector, the query of "more like this"."""
-    from edgeclip.index.vectors import unit_rows
+    from edgeclip.errors import InputError
+    from edgeclip.index.vectors import combine
 
     fields = [f for f, (texts, _) in terms.items() if texts]
     for f in fields:
@@ -114,16 +115,13 @@ async def _vector(svc: Service, terms: dict[str, tuple[list[str], bool]],
     for result in embedded:  # every call is awaited to its end before one failure is raised
         if isinstance(result, BaseException):
             raise result
-    total = np.zeros(len(base), np.float64) if base is not None else np.zeros(embedded[0][0].shape[1])
-    if base is not None:
-        total += base
+    signed = [] if base is None else [(1.0, base)]
     for f, (vecs, _) in zip(fields, embedded):
-        total += (-1.0 if f == "subtract" else 1.0) * unit_rows(vecs).sum(axis=0)
-    norm = float(np.linalg.norm(total))
-    if not norm > 1e-4:
-        raise APIError(400, "the query's terms cancel out: what is subtracted is what is asked "
-                       "for; drop one of them.", param="subtract", code="invalid_value")  # fmt: skip
-    return (total / norm).astype(np.float32)
+        signed += [(-1.0 if f == "subtract" else 1.0, row) for row in vecs]
+    try:
+        return combine(signed)
+    except InputError as exc:
+        raise APIError(400, str(exc), param="subtract", code="invalid_value") from None
 
 
 async def _search(svc: Service, lib: PhotoLibrary, terms: dict[str, tuple[list[str], bool]],

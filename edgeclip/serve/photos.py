@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeclip.index.store import OK  # only embedded files are ever served
+
 from .errors import APIError
 
 if TYPE_CHECKING:
@@ -34,7 +36,6 @@ MAX_TERMS = 32  # add + subtract terms of one query
 # Thumbnails may change under one id (an edited file, a --reindex that reuses row ids): the
 # browser keeps them but asks again each time, and an unchanged file costs a 304, no decode.
 CACHE_CONTROL = "private, no-cache"
-_OK = "ok"  # edgeclip.index.store.OK: only embedded, present files are ever served
 
 
 class _NoModel:
@@ -116,7 +117,7 @@ class PhotoLibrary:
 
         ix = self._open()
         row = ix.store.con.execute(
-            "SELECT slot FROM files WHERE id = ? AND status = ?", (photo_id, _OK)
+            "SELECT slot FROM files WHERE id = ? AND status = ?", (photo_id, OK)
         ).fetchone()
         if row is None or row[0] is None or row[0] >= ix.committed_slots():
             return None
@@ -128,7 +129,7 @@ class PhotoLibrary:
 
     def _path_sync(self, photo_id: int) -> str | None:
         row = self._open().store.con.execute(
-            "SELECT path FROM files WHERE id = ? AND status = ?", (photo_id, _OK)
+            "SELECT path FROM files WHERE id = ? AND status = ?", (photo_id, OK)
         ).fetchone()
         return None if row is None else row[0]
 
@@ -159,7 +160,7 @@ def _ids_of(con: Any, paths: list[str]) -> dict[str, int]:
         part = paths[i : i + 500]
         marks = ",".join("?" * len(part))
         cur = con.execute(
-            f"SELECT path, id FROM files WHERE status = ? AND path IN ({marks})", [_OK, *part]
+            f"SELECT path, id FROM files WHERE status = ? AND path IN ({marks})", [OK, *part]
         )
         out.update(cur.fetchall())
     return out
