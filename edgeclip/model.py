@@ -189,12 +189,18 @@ class EdgeClip:
         items = _as_image_list(images)
         if not items:
             raise InputError("encode_image got no images.")
-        pixels, good, failures = self.preprocessor(items)
-        out = None
-        if good:
-            emb = self.encode_pixels(pixels, batch_size, invariant=invariant)
-            out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
-            out[good] = emb
+        from .preprocess import WINDOW  # loaded already, with the preprocessor
+
+        chunk = self._chunk(batch_size, invariant)
+        out, failures = None, {}
+        # Window by window, so memory holds two windows of pixels, not the whole list's.
+        for start, (pixels, good, failed) in self.preprocessor.windows(items, max(chunk, WINDOW)):
+            failures.update({start + i: why for i, why in failed.items()})
+            if good:
+                emb = _normalise(self._image(pixels, chunk))
+                if out is None:
+                    out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
+                out[[start + i for i in good]] = emb
         if failures:
             raise BatchError("images", failures, out, len(items))
         return out
