@@ -19,8 +19,6 @@ import numpy as np
 
 from edgeclip.errors import BatchError, InputError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
 
 def scan_folder(
     folder: str | os.PathLike, class_map: str | os.PathLike | dict | None = None

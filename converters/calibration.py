@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.errors import InputError
+from edgeclip.index.walk import image_files
 from edgeclip.probeset import (  # noqa: F401 - COLOURS, SHAPES re-exported for callers
     COLOURS,
     SHAPES,
@@ -29,7 +30,6 @@ from edgeclip.probeset import (  # noqa: F401 - COLOURS, SHAPES re-exported for 
     synthetic_pairs,
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 @dataclass
 class CalibrationData:
@@ -139,13 +139,10 @@ def _folder_source(
     """Every image under ``folder`` (recursive), in a seeded shuffle, with its caption if any."""
     root = Path(folder)
     check_calibration_args(root, captions)
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    files = sorted(Path(p) for p in image_files(root))  # the files edgeclip index would read
     if not files:
-        raise InputError(
-            f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})."
-        )
+        raise InputError(f"calibration folder {root} holds no images (JPEG, PNG, WebP, GIF, "
+                         "TIFF, BMP; hidden folders are skipped).")  # fmt: skip
     by_name, free = _read_captions(Path(captions)) if captions else ({}, [])
     order = list(range(len(files)))
     random.Random(seed).shuffle(order)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .errors import BatchError, EdgeclipError, InputError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+#: classify answers this many images at a time, so a folder's lines come out as they are ready
+CLASSIFY_CHUNK = 32
 
 
 def _load(args: argparse.Namespace):
@@ -55,38 +56,63 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def expand_images(args: list[str]) -> list[str]:
+    """Image arguments with each folder replaced by the images under it (as ``edgeclip index``
+    finds them, in walk order); a folder without any is refused before the model loads."""
+    from .index.walk import image_files
+
+    out: list[str] = []
+    for arg in args:
+        if not os.path.isdir(arg):
+            out.append(arg)
+            continue
+        unlisted: list[str] = []
+        found = image_files(arg, errors=unlisted)
+        for why in unlisted:
+            print(f"edgeclip: warning: {why}", file=sys.stderr)
+        if not found:
+            raise InputError(f"{arg} is a folder with no images in it (JPEG, PNG, WebP, GIF, "
+                             "TIFF, BMP; hidden folders are skipped); check the path.")  # fmt: skip
+        root = os.path.abspath(arg)  # printed under the name the user typed
+        out.extend(os.path.join(arg, os.path.relpath(path, root)) for path in found)
+    return out
+
+
+def _classify_row(name: str, top: list | None, why: str | None) -> dict:
+    if top is None:
+        return {"input": name, "error": why or "failed"}
+    return {"input": name, "top": [{"label": lab, "prob": round(p, 6)} for lab, p in top]}
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
+    images = expand_images(args.images)
     model = _load(args)
-    try:
-        results, failures = (
-            model.classify(args.images, args.labels, top_k=args.top_k, templates=args.templates),
-            {},
-        )
-    except BatchError as exc:
-        results, failures = exc.results, exc.failures
-    rows = []
-    for i, (name, top) in enumerate(zip(args.images, results)):
-        if top is None:
-            rows.append({"input": name, "error": failures.get(i, "failed")})
-        else:
-            rows.append(
-                {"input": name, "top": [{"label": lab, "prob": round(p, 6)} for lab, p in top]}
-            )
+    rows, failed = [], 0
+    for start in range(0, len(images), CLASSIFY_CHUNK):
+        part = images[start : start + CLASSIFY_CHUNK]
+        try:
+            results, failures = model.classify(part, args.labels, top_k=args.top_k,
+                                               templates=args.templates), {}  # fmt: skip
+        except BatchError as exc:
+            results, failures = exc.results, exc.failures
+        failed += len(failures)
+        for i, (name, top) in enumerate(zip(part, results)):
+            row = _classify_row(name, top, failures.get(i))
+            if args.json:
+                rows.append(row)
+            elif "error" in row:
+                print(f"{row['input']}: ERROR {row['error']}", file=sys.stderr, flush=True)
+            else:
+                tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+                print(f"{row['input']}: {tops}", flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            if "error" in row:
-                print(f"{row['input']}: ERROR {row['error']}", file=sys.stderr)
-            else:
-                print(
-                    f"{row['input']}: "
-                    + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
-                )
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
 def _is_image_arg(arg: str) -> bool:
+    from .index.walk import IMAGE_SUFFIXES  # dataclasses and all: not on every command's path
+
     return Path(arg).suffix.lower() in IMAGE_SUFFIXES or Path(arg).is_file()
 
 
@@ -108,6 +134,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     output = _writable_output(args.output) if args.output else None
+    folders = [a for a in args.inputs if not args.text and os.path.isdir(a)]
+    if folders:
+        raise InputError(f"{folders[0]} is a folder; pass its image files ({folders[0]}/*.jpg), "
+                         f"or index it to keep vectors by path: edgeclip index {folders[0]} "
+                         "--db photos.db. With --text it is embedded as words.")  # fmt: skip
     model = _load(args)
     kinds = [
         "text"
@@ -150,7 +181,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise InputError(f"-o {output}: cannot write it ({exc.strerror}); write elsewhere.") from exc
-        print(f"wrote {output}: {out.shape[0]} x {out.shape[1]} float32 ({', '.join(kinds)})")
+        counts = ", ".join(f"{kinds.count(k)} {k}{'s' if kinds.count(k) > 1 else ''}"
+                           for k in ("image", "text") if k in kinds)  # fmt: skip
+        print(f"wrote {output}: {out.shape[0]} x {out.shape[1]} float32 ({counts}, in input order)")
     elif out is not None:
         print(
             json.dumps(

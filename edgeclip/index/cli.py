@@ -266,7 +266,7 @@ def _search(args: argparse.Namespace) -> int:
 def _query_term(term: str, flag: str) -> str | Path:
     """An --add/--subtract term: an image when it names a file, else words. A name that looks
     like an image but is missing is refused: searched as words it would match nothing useful."""
-    from .pipeline import IMAGE_SUFFIXES
+    from .walk import IMAGE_SUFFIXES
 
     path = Path(term).expanduser()
     if path.is_file():

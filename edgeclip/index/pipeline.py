@@ -26,16 +26,10 @@ from edgeclip.errors import InputError
 from edgeclip.images import DEFAULT_MAX_PIXELS, load_image
 
 from .previews import decode_preview
-from .walk import SNIFF_BYTES, FileEntry, image_format
+from .walk import IMAGE_SUFFIXES, SNIFF_BYTES, FileEntry, image_format
 
 __all__ = ["Outcome", "EmbedPipeline", "decode", "embed_pixels", "read_file", "read_image"]
 
-# Files with these names are expected to be images: if they are empty or unrecognisable they
-# are reported as failures. Anything else that is not an image is silently left out.
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".heic",
-     ".heif", ".avif"}
-)  # fmt: skip
 
 
 #: An EXIF thumbnail lives in APP1 (at most 64 KiB) near the start of the file.
@@ -161,7 +155,7 @@ def _why_not(path: str, head: bytes) -> str:
         return "the file is empty (0 bytes)"
     if head[4:8] == b"ftyp":
         return "a HEIC/AVIF image, which this install cannot decode; `pip install pillow-heif`"
-    return "named like an image but its content is not JPEG, PNG, WebP, GIF, TIFF or BMP"
+    return "named like an image but its content is not JPEG, PNG, WebP, GIF, TIFF, BMP or PPM"
 
 
 def embed_pixels(model: Any, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:

@@ -17,7 +17,8 @@ from functools import lru_cache
 
 from edgeclip.errors import InputError
 
-__all__ = ["FileEntry", "SKIPPED_DIRS", "image_format", "walk", "check_roots", "count_files"]
+__all__ = ["FileEntry", "IMAGE_SUFFIXES", "SKIPPED_DIRS", "image_format", "image_files", "walk",
+           "check_roots", "count_files"]
 
 # Folders that hold no user photos: VCS data, NAS thumbnail caches, trash, OS bookkeeping.
 SKIPPED_DIRS = frozenset(
@@ -26,6 +27,12 @@ SKIPPED_DIRS = frozenset(
         "System Volume Information", "lost+found", "node_modules", "__pycache__",
         "__MACOSX", "Thumbs", "venv", "site-packages",
     }
+)  # fmt: skip
+# Files with these names are expected to be images: if they are empty or unrecognisable they
+# are reported as failures. Anything else that is not an image is silently left out.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm",
+     ".heic", ".heif", ".avif"}
 )  # fmt: skip
 # Camera raw files are TIFF containers whose first image is a small preview: not the photo.
 _RAW_SUFFIXES = frozenset(
@@ -83,6 +90,8 @@ def image_format(head: bytes, name: str = "") -> str | None:
         return None if os.path.splitext(name)[1].lower() in _RAW_SUFFIXES else "TIFF"
     if head[:2] == b"BM" and len(head) >= 18 and head[14] in (12, 40, 52, 56, 64, 108, 124):
         return "BMP"  # the DIB header size pins BMP down; "BM" alone is too common
+    if head[:2] in (b"P5", b"P6") and head[2:3].isspace():
+        return "PPM"  # binary greymap / pixmap (Netpbm)
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _HEIF_BRANDS and "HEIF" in optional_formats():
@@ -232,3 +241,22 @@ def count_files(roots: Iterable[str], excludes: Iterable[str], stop) -> Iterator
         if n % 1000 == 0:
             yield n
     yield n
+
+
+def image_files(folder: str | os.PathLike, errors: list[str] | None = None) -> list[str]:
+    """The images under ``folder`` as ``edgeclip index`` finds them, in walk order: files whose
+    first bytes are an image, and files named like one (so a broken one is reported by whoever
+    reads it, not left out); hidden and system folders skipped. ``errors`` as in ``walk``."""
+    found = []
+    for entry in walk([os.path.abspath(os.fspath(folder))], errors=errors):
+        if os.path.splitext(entry.path)[1].lower() in IMAGE_SUFFIXES:
+            found.append(entry.path)
+            continue
+        try:
+            with open(entry.path, "rb") as fh:
+                head = fh.read(SNIFF_BYTES)
+        except OSError:
+            continue
+        if image_format(head, entry.path):
+            found.append(entry.path)
+    return found
