@@ -28,6 +28,17 @@ def converted_dir() -> Path:
     return edgeclip_home() / "converted"
 
 
+def default_index() -> Path:
+    """The photo index used without ``--db``: ``$EDGECLIP_DB``, else
+    ``$XDG_DATA_HOME/edgeclip/photos.db`` (``~/.local/share/edgeclip/photos.db``). Data, not
+    cache: an index costs hours of embedding and must survive a cache clean-up."""
+    env = settings.get("EDGECLIP_DB")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(xdg) / "edgeclip" / "photos.db"
+
+
 def check_output_folder(path: str | os.PathLike, flag: str, example: str) -> Path:
     """An output folder that exists or can be made: named, not a file, not under a file, and
     with a writable nearest existing ancestor (where it gets made). ``InputError`` naming

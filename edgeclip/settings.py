@@ -18,6 +18,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("EDGECLIP_HOME", None, "where edgeclip keeps what it builds and measures "
             "(default `$XDG_CACHE_HOME/edgeclip`, i.e. `~/.cache/edgeclip`)"),
     Setting("EDGECLIP_CACHE", None, "bundles built from zoo models (default `$EDGECLIP_HOME/bundles`)"),
+    Setting("EDGECLIP_DB", None, "the photo index `edgeclip index`, `search`, `dupes` and "
+            "`serve --index` use when no `--db` is given (default `$XDG_DATA_HOME/edgeclip/photos.db`, "
+            "i.e. `~/.local/share/edgeclip/photos.db`)"),
     Setting("EDGECLIP_ZOO", None, "extra zoo JSON files, `os.pathsep`-separated, merged over the shipped zoo"),
     Setting("EDGECLIP_PROBE", "1", "`0` skips timing variants for `backend=\"auto\"` (rule table only)"),
     Setting("EDGECLIP_PROBE_HOLD", "auto", "how many variants the first `backend=\"auto\"` load keeps "

@@ -33,7 +33,9 @@ _REPORT_LINES = 50
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="the index file (SQLite), e.g. photos.db")
+    p.add_argument("--db", default=None,
+                   help="the index file (SQLite), e.g. photos.db (default: $EDGECLIP_DB, else "
+                        "~/.local/share/edgeclip/photos.db)")  # fmt: skip
     p.add_argument("--model", default=None, help="zoo name or bundle dir (default: the index's own)")
     p.add_argument("--backend", default=None, help="onnx | openvino | litert (default: the index's)")
     p.add_argument("--precision", default=None, help="fp32 | fp16 | int8 (default: the index's)")
@@ -121,6 +123,7 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     args = build_parser(command).parse_args(rest)
     try:
+        _default_db(args, command)
         with _sigterm_as_interrupt():
             return {"index": _index, "search": _search, "dupes": _dupes}[command](args)
     except EdgeclipError as exc:
@@ -130,6 +133,23 @@ def main(argv: list[str]) -> int:
         print(f"edgeclip {command}: {_stop_word(exc)} (committed work is kept; run again to resume)",
               file=sys.stderr)  # fmt: skip
         return _stop_status(exc)
+
+
+def _default_db(args: argparse.Namespace, command: str) -> None:
+    """Without ``--db``, the user's own index (``edgeclip.paths.default_index``); ``index``
+    makes its folder, the only folder edgeclip makes for an index."""
+    if args.db is not None:
+        return
+    from edgeclip.paths import default_index
+
+    db = default_index()
+    if command == "index" and not db.parent.is_dir():
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _usage(f"cannot make {db.parent} for the index ({exc.strerror}); give "
+                         "--db FILE, or set EDGECLIP_DB.") from exc  # fmt: skip
+    args.db = str(db)
 
 
 class Terminated(KeyboardInterrupt):

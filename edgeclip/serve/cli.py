@@ -46,9 +46,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="skip the sha256 and on-device accuracy checks (you know the variant)")  # fmt: skip
     p.add_argument("--alias", action="append", default=[], metavar="NAME",
                    help="another model name requests may use (repeatable), e.g. ViT-B-32__openai for Immich")  # fmt: skip
-    p.add_argument("--index", default=None, metavar="DB",
+    p.add_argument("--index", default=None, nargs="?", const=True, metavar="DB",
                    help="serve photo search over this index (built by `edgeclip index DIR --db "
-                   "DB`): /v1/search, /v1/photos/ID and the page at /photos")  # fmt: skip
+                   "DB`): /v1/search, /v1/photos/ID and the page at /photos; without DB, the "
+                   "one `edgeclip index` uses without --db")  # fmt: skip
 
 
 def _add_security_args(p: argparse.ArgumentParser) -> None:
@@ -161,10 +162,15 @@ def served_names(model: str, aliases: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names + aliases))
 
 
-def _photo_index(value: str | None) -> Path | None:
-    """The ``--index`` file, refused at start (one line, exit 2) if it is not an index."""
+def _photo_index(value: str | bool | None) -> Path | None:
+    """The ``--index`` file (``True``: ``--index`` alone, the default index), refused at start
+    (one line, exit 2) if it is not an index."""
     if value is None:
         return None
+    if value is True:
+        from edgeclip.paths import default_index
+
+        value = str(default_index())
     try:
         from .photos import check_index
     except ImportError as exc:  # starlette: the serve extra
