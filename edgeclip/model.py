@@ -6,6 +6,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from os import PathLike
 from pathlib import Path
 from string import Formatter
 from typing import Any, Union
@@ -37,12 +38,16 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def _as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+def _image_items(images: ImageLike | Sequence[ImageLike]) -> tuple[list[ImageLike], bool]:
+    """``(the images as a list, whether one image was given)``."""
     if isinstance(images, np.ndarray):
-        return list(images) if images.ndim == 4 else [images]
+        return (list(images), False) if images.ndim == 4 else ([images], True)
     if isinstance(images, (list, tuple)):
-        return list(images)
-    return [images]
+        return list(images), False
+    one = (str, bytes, bytearray, memoryview, PathLike)
+    if isinstance(images, one) or hasattr(images, "read") or not hasattr(images, "__iter__"):
+        return [images], True  # a file object iterates its lines: it is one image
+    return list(images), False  # a generator, an iterator, a set or a pandas Series of images
 
 
 def _check_labels(labels: Labels) -> list[str]:
@@ -186,7 +191,7 @@ class EdgeClip:
         ``invariant=True`` guarantees each row equals encoding that input alone (use it for
         vectors you store); it costs speed only on batch-dependent variants.
         """
-        items = _as_image_list(images)
+        items, _ = _image_items(images)
         if not items:
             raise InputError("encode_image got no images.")
         from .preprocess import WINDOW  # loaded already, with the preprocessor
@@ -279,19 +284,17 @@ class EdgeClip:
         ('photo', 'imagenet7', 'imagenet80') or your own list of strings with '{}'.
         Unreadable images raise ``BatchError``; ``.results`` keeps the others (None for failed).
         """
-        single = not isinstance(images, (list, tuple)) and not (
-            isinstance(images, np.ndarray) and images.ndim == 4
-        )
+        items, single = _image_items(images)  # a generator is read once, here
         label_list = _check_labels(labels)
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
         text_emb = self.label_embeddings(label_list, templates)
         try:
-            img_emb, error = self.encode_image(images), None
+            img_emb, error = self.encode_image(items), None
         except BatchError as exc:
             img_emb, error = exc.results, exc
         results: list[list[tuple[str, float]] | None] = []
-        n = len(_as_image_list(images))
+        n = len(items)
         for i in range(n):
             if img_emb is None or np.isnan(img_emb[i, 0]):
                 results.append(None)

@@ -70,3 +70,17 @@ def test_pixel_memory_is_two_windows_not_the_whole_list(model, tmp_path):
     assert vectors.shape == (n, model.embed_dim) and np.isfinite(vectors).all()
     # numpy reports its buffers to tracemalloc: the whole list at once would be n images
     assert peak < 3 * WINDOW * per_image < n * per_image, (peak, per_image)
+
+
+def test_a_generator_of_images_is_many_images_and_a_file_object_is_one(model, tmp_path):
+    paths = _photos(tmp_path, 5)
+    want = model.encode_image(paths)
+    # before: a generator was taken for one image and refused ("object of type generator")
+    np.testing.assert_allclose(model.encode_image(p for p in paths), want, atol=1e-6)
+    tops = model.classify(iter(paths), ["a", "b"], top_k=2)
+    assert len(tops) == 5 and tops == model.classify(paths, ["a", "b"], top_k=2)
+    assert model.similarity((p for p in paths), iter(["a", "b"])).shape == (5, 2)
+    with open(paths[0], "rb") as fh:  # iterable (by lines), yet one image
+        np.testing.assert_allclose(model.encode_image(fh), want[:1], atol=1e-6)
+    with pytest.raises(edgeclip.InputError, match="got no images"):
+        model.encode_image(iter([]))
