@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_index import make_tree
 
-from edgeclip.index.cli import Progress
 from edgeclip.index.cli import main as cli
+from edgeclip.index.progress import Progress
 
 
 @pytest.fixture()

@@ -3,6 +3,7 @@
     edgeclip index DIR... --db PATH [--model M] [--exclude GLOB] [--prune] [--hash] [--reindex]
     edgeclip index --prune --db PATH              # drop indexed files that no longer exist
     edgeclip index --forget PATH --db PATH        # drop a file or a folder from the index
+    edgeclip index DIR... --watch [SECONDS]        # then a pass every SECONDS until stopped
     edgeclip search "text" --db PATH [-k 20] [--json]
     edgeclip search --image IMG --db PATH
     edgeclip dupes --db PATH [--threshold T] [--json]
@@ -20,7 +21,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                        help="commit after this many files (a crash loses at most these)")
         p.add_argument("--workers", type=_positive, default=None, help="decode threads")
         p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.add_argument("--watch", type=_seconds, nargs="?", const=60.0, default=None,
+                       metavar="SECONDS", help="after the first pass, look for new and changed "
+                       "photos every SECONDS (default 60) until stopped")  # fmt: skip
     if command in ("index", "search"):
         p.add_argument("--max-pixels", type=_positive, default=None,
                        help="decompression-bomb limit in pixels (default 89,478,485)")
@@ -95,6 +98,17 @@ def _max_pixels(args: argparse.Namespace) -> int:
     from edgeclip.images import DEFAULT_MAX_PIXELS  # late: PIL is not needed for --help
 
     return args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds of at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds, a number of at least 1, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -190,6 +204,8 @@ def _open(args: argparse.Namespace, readonly: bool, **kw: Any) -> Any:
 
 
 def _index(args: argparse.Namespace) -> int:
+    if args.watch is not None and not args.dirs:
+        raise _usage("--watch needs the folders to watch: edgeclip index DIR... --watch.")
     if not args.dirs and not args.prune and not args.forget:
         raise _usage("give at least one DIR to index (or --prune alone to drop vanished files).")
     ix = _open(
@@ -203,6 +219,8 @@ def _index(args: argparse.Namespace) -> int:
             _say(args, {"forgotten": n}, f"dropped {n} files from the index")
         if not args.dirs:
             return _prune_only(args, ix) if args.prune else 0
+        from .progress import Progress
+
         progress = None if (args.quiet or args.json) else Progress()
         try:
             report = ix.update(args.dirs, exclude=args.exclude, prune=args.prune,
@@ -214,8 +232,23 @@ def _index(args: argparse.Namespace) -> int:
             return _stopped(args, ix, exc)
         if progress is not None:
             progress.close()
-    _print_report(args, report)
+        _print_report(args, report)
+        if args.watch is not None:
+            return _watch(args, ix, report)
     return 1 if report.failures or report.walk_errors else 0
+
+
+def _watch(args: argparse.Namespace, ix: Any, first: Any) -> int:
+    from .watch import watch
+
+    def update() -> Any:
+        return ix.update(args.dirs, exclude=args.exclude, prune=args.prune, use_hash=args.hash,
+                         commit_every=args.commit_every)  # fmt: skip
+
+    try:
+        return watch(update, args.watch, searchable=lambda: len(ix), first=first, as_json=args.json)
+    except (KeyboardInterrupt, EdgeclipError) as exc:
+        return _stopped(args, ix, exc)
 
 
 def _prune_only(args: argparse.Namespace, ix: Any) -> int:
@@ -330,65 +363,3 @@ def _usage(message: str) -> EdgeclipError:
 
 def _say(args: argparse.Namespace, data: dict, text: str) -> None:
     print(json.dumps(data) if args.json else text)
-
-
-def _has_size(stream: Any) -> bool:
-    try:
-        size = os.get_terminal_size(stream.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
-    return size.columns > 0 and size.lines > 0
-
-
-class Progress:
-    """A tqdm bar (count, rate, ETA) on a terminal; elsewhere a line every 5 % (at most one
-    each 2 s) or 30 s.
-
-    The total comes from a background count of the tree, so the bar starts at once and its
-    total grows until the count is final.
-    """
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.bar: Any = None
-        if self.stream.isatty():
-            from tqdm import tqdm
-
-            # A terminal that reports no size (a serial console, `script`, some ssh sessions)
-            # makes tqdm draw nothing at all: give it one.
-            sized = _has_size(self.stream)
-            self.bar = tqdm(total=None, unit=" files", file=self.stream, dynamic_ncols=sized,
-                            ncols=None if sized else 80, nrows=None if sized else 24)  # fmt: skip
-        self.t0: float | None = None  # set by the first file, so model loading is not counted
-        self.done0 = 0
-        self.next_line = 0.0
-        self.last_t = 0.0
-
-    def __call__(self, done: int, total: int, final: bool) -> None:
-        if self.t0 is None:  # the first batch arrives at once: rates count from after it
-            self.t0 = self.last_t = time.monotonic()
-            self.done0 = done
-        if self.bar is not None:
-            if total != self.bar.total:
-                self.bar.total = total
-                self.bar.set_description("indexing" if final else "indexing (counting)")
-            self.bar.update(done - self.bar.n)
-            return
-        now = time.monotonic()
-        due = final and done >= self.next_line and (done == total or now - self.last_t >= 2)
-        if due or now - self.last_t >= 30:
-            self._line(done, total, final, now)
-
-    def _line(self, done: int, total: int, final: bool, now: float) -> None:
-        elapsed = now - (self.t0 or now)
-        rate = (done - self.done0) / elapsed if elapsed > 0 and done > self.done0 else 0.0
-        eta = f", ETA {(total - done) / rate:.0f} s" if final and rate > 0 else ""
-        of = f"/{total} ({100 * done / max(total, 1):.0f} %)" if final else ""
-        speed = f", {rate:.1f} files/s" if rate > 0 else ""
-        print(f"indexed {done}{of} files{speed}{eta}", file=self.stream, flush=True)
-        self.next_line = done + max(1, total // 20)
-        self.last_t = now
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -90,7 +90,10 @@ def decode(
         im = _open_lazily(data)
     except Image.DecompressionBombError as e:
         raise InputError(f"{e} (a possible decompression bomb); raise --max-pixels if you trust it") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:  # its text is only "cannot identify <BytesIO at 0x…>"
+        raise InputError(f"it looks like {fmt} but cannot be opened: the file is corrupt, or cut "
+                         "short before its first image data") from e  # fmt: skip
+    except (OSError, SyntaxError, ValueError) as e:
         what = "truncated" if "truncat" in str(e).lower() else "corrupt"
         raise InputError(f"it looks like {fmt} but cannot be opened: the file is {what} ({e})") from e
     w, h = im.size
