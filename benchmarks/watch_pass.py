@@ -66,13 +66,13 @@ def measure(root: Path, db: Path, files: int) -> dict[str, Any]:
 
 def render_md(result: dict[str, Any]) -> str:
     m, on = result["measured"], result["measured_on"]
-    per_k = 1000 * m["idle_cpu_s"] / m["files"]
+    per_file_us = 1e6 * m["idle_cpu_s"] / m["files"]
     return "\n".join([
         f"# `edgeclip index --watch`: the cost of a pass with nothing new ({on['cpu']}, {on['isa']})",
         "",
         f"{m['files']:,} PNG files in {FOLDERS} folders, already indexed. Median of {ROUNDS} "
         f"unchanged passes: **{m['idle_wall_s']:.3f} s wall, {m['idle_cpu_s']:.3f} s CPU** "
-        f"({per_k * 1000:.0f} µs of CPU per 1,000 files). With `--watch 300` that is "
+        f"({per_file_us:.0f} µs of CPU per file). With `--watch 300` that is "
         f"{100 * m['idle_cpu_s'] / 300:.3f} % of one core.",
         "",
         f"After {ARRIVALS} new files: {m['after_arrivals']['embedded']} embedded in "

@@ -36,6 +36,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "between calls: a tight loop of one tower gains about 10 %, but the image and text "
             "towers' pools then spin against each other and against other processes "
             "(`benchmarks/results/<host>/ort_settings.md`)"),
+    Setting("EDGECLIP_ORT_ARENA_SHRINK", "1", "`0` lets ONNX Runtime keep its CPU arena at the "
+            "size of the largest batch run so far, for the life of the session; by default it "
+            "shrinks after each run (TinyCLIP-8M fp32 after batches of 32, AMX Xeon: 356 → 197 MiB "
+            "resident when idle, 436 → 273 MiB peak, batch 32 4 % slower, batch 1 and text the "
+            "same; `benchmarks/results/xeon-amx-2core/ort_arena.md`)"),
     Setting("EDGECLIP_ORT_CACHE", "1", "`0` re-optimises ONNX Runtime graphs at every load "
             "instead of caching the optimised graph per graph, ORT version and CPU in "
             "`$EDGECLIP_HOME/ort-cache`"),
