@@ -89,6 +89,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                        help="only photos under this folder")
         p.add_argument("--paths", action="store_true",
                        help="print the paths alone, one per line (for xargs, feh, ...)")
+        p.add_argument("--preview", nargs="?", const="auto", default=None,
+                       choices=("auto", "kitty", "iterm"),
+                       help="draw each hit's thumbnail in the terminal (kitty, Ghostty, WezTerm, "
+                            "iTerm2); name the protocol where it is not detected (ssh, tmux)")
     elif command == "dupes":
         p.add_argument("--threshold", type=float, default=0.95, help="cosine (default 0.95)")
     return p  # fmt: skip
@@ -301,6 +305,11 @@ def _search(args: argparse.Namespace) -> int:
     subtract = [_query_term(t, "--subtract") for t in args.subtract]
     if args.under is not None and not args.under.strip():
         raise _usage("--under is empty; give a folder, e.g. --under ~/Pictures/2024.")
+    protocol = None
+    if args.preview is not None:
+        from .terminal_images import choose_protocol
+
+        protocol = choose_protocol(args.preview, "--json" if args.json else "--paths" if args.paths else None)
     with _open(args, True, max_pixels=_max_pixels(args)) as ix:
         query = Path(args.image) if args.image is not None else args.text
         hits = ix.search(query, k=args.k, exact=args.exact, add=add, subtract=subtract,
@@ -308,6 +317,10 @@ def _search(args: argparse.Namespace) -> int:
         searchable = len(ix)
     if args.json:
         print(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits], indent=2))
+    elif protocol is not None:
+        from .terminal_images import print_previews
+
+        print_previews(hits, protocol, _max_pixels(args))
     else:
         for h in hits:
             print(h.path if args.paths else f"{h.score:.4f}  {h.path}")

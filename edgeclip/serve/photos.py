@@ -14,7 +14,6 @@ silent comparison of two models' vectors.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeclip.index.store import OK  # only embedded files are ever served
+from edgeclip.index.thumbnails import render_thumbnail
 
 from .errors import APIError
 
@@ -185,20 +185,6 @@ def mismatch(db: Path, model: dict[str, Any], recorded: str | None, served: dict
         "index_model": {"name": name, "fingerprint": index_fp},
         "served_model": {"name": served.get("name"), "fingerprint": served.get("fingerprint")},
     })  # fmt: skip
-
-
-def render_thumbnail(path: str, size: int, max_pixels: int) -> bytes:
-    """A JPEG of the photo, its longest side ``size`` (never enlarged), as indexing reads it:
-    JPEGs drafted in the DCT domain, EXIF-rotated, under the server's pixel limit."""
-    from PIL import Image
-
-    from edgeclip.index.pipeline import read_image
-
-    im = read_image(path, draft_to=size, max_pixels=max_pixels)
-    im.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 # -- requests -------------------------------------------------------------------------------------
