@@ -91,6 +91,9 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
             "quick": args.quick, "device": args.device,
             "method": "TinyCLIP: towers timed separately, items/s = batch / median s per call; "
                       "pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
+            # the runtime settings in force (arena, spinning, OpenVINO hints, ...): a rate
+            # belongs to them as much as to the CPU
+            "edgeclip": _runtime_settings(),
         },  # fmt: skip
         "baseline": "torch-fp32" if args.baseline == "torch" else None,
         "macs": None, "roofline": None, "throughput": [], "memory": [], "e2e": [], "accuracy": None,
@@ -98,6 +101,14 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
         # which INT8 search configuration each timed variant is: a speed belongs to a config
         "variant_configs": {v.id: v.options.get("config") for v in variants},
     }  # fmt: skip
+
+
+def _runtime_settings() -> dict[str, Any]:
+    """Every ``EDGECLIP_*`` variable's value in force (its default when unset), and the
+    oneDNN overrides that are set."""
+    from edgeclip import settings as runtime
+
+    return {**{name: runtime.get(name) for name in runtime.SETTINGS}, **runtime.kernel_overrides()}
 
 
 def _step_count(args: argparse.Namespace, n_variants: int, ckpt: Any, gpu_wanted: bool) -> int:

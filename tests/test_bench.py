@@ -134,6 +134,9 @@ def test_quick_run_writes_sane_json_csv_md_png_and_merges(micro_bundle, tmp_path
     res = json.loads((out / "results.json").read_text())
     assert res["schema"] == report.SCHEMA and not res["interrupted"]
     assert res["device"]["cpu"]["logical_cores"] >= 1 and res["device"]["versions"]["numpy"]
+    from edgeclip import settings as runtime  # the rates' runtime settings are on record
+
+    assert res["settings"]["edgeclip"] == {name: runtime.get(name) for name in runtime.SETTINGS}
     m = res["macs"]
     assert m["pair_macs"] == m["image_macs"] + m["text_macs"] == m["analytic"]["pair_macs"]
     rows = {(r["variant"], r["batch_size"]): r for r in res["throughput"]}
