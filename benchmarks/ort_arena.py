@@ -54,14 +54,36 @@ out.update(idle_rss_mib=status("VmRSS"), peak_rss_mib=status("VmHWM"))
 print(json.dumps(out))
 """
 
+# Memory only, under other batch patterns (image tower at each size, then the text tower at up
+# to 8): what dynamic batching sends a server, and a sweep that grows the batch one at a time.
+_PATTERNS_CHILD = r"""
+import gc, json, sys
+import numpy as np
+import edgeclip
+model = edgeclip.load(sys.argv[1], backend="onnx", precision="fp32", verify=False)
+rng = np.random.default_rng(0)
+pixels = rng.standard_normal((32, 3, 224, 224)).astype(np.float32)
+sizes = {"random 1-32 (dynamic batching)": [int(b) for b in rng.integers(1, 33, 48)],
+         "ascending 1, 2, ..., 32": list(range(1, 33))}[sys.argv[2]]
+for b in sizes:
+    model.encode_pixels(pixels[:b], batch_size=b)
+    model.encode_text(["a photo of a cat"] * min(b, 8))
+del pixels
+gc.collect()
+status = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) / 1024
+print(json.dumps({"idle_rss_mib": status("VmRSS"), "peak_rss_mib": status("VmHWM")}))
+"""
+PATTERNS = ("random 1-32 (dynamic batching)", "ascending 1, 2, ..., 32")
+
 KEYS = ("idle_rss_mib", "peak_rss_mib", "images_per_s_b32", "images_per_s_b1", "texts_per_s_b1",
         "texts_per_s_b8")  # fmt: skip
 
 
-def run_once(bundle: Path, photos: Path, shrink: str) -> dict[str, float]:
+def run_once(bundle: Path, photos: Path, shrink: str, pattern: str | None = None) -> dict[str, float]:
     env = {**os.environ, "EDGECLIP_ORT_ARENA_SHRINK": shrink}
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(bundle), str(photos)], env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    argv = [_CHILD, str(bundle), str(photos)] if pattern is None else [_PATTERNS_CHILD, str(bundle), pattern]
+    done = subprocess.run([sys.executable, "-c", *argv], env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"EDGECLIP_ORT_ARENA_SHRINK={shrink} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -74,6 +96,19 @@ def measure(bundle: Path, photos: Path, rounds: int) -> dict[str, Any]:
             runs[shrink].append(run_once(bundle, photos, shrink))
     return {shrink: {key: round(statistics.median(r[key] for r in rs), 1) for key in KEYS}
             | {"runs": rs} for shrink, rs in runs.items()}  # fmt: skip
+
+
+def measure_patterns(bundle: Path, rounds: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pattern in PATTERNS:
+        runs: dict[str, list[dict[str, float]]] = {"0": [], "1": []}
+        for _ in range(rounds):
+            for shrink in runs:
+                runs[shrink].append(run_once(bundle, Path("."), shrink, pattern))
+        out[pattern] = {shrink: {key: round(statistics.median(r[key] for r in rs), 1)
+                                 for key in ("idle_rss_mib", "peak_rss_mib")}
+                        for shrink, rs in runs.items()}  # fmt: skip
+    return out
 
 
 def render_md(result: dict[str, Any]) -> str:
@@ -93,6 +128,12 @@ def render_md(result: dict[str, Any]) -> str:
     for shrink, label in (("0", "0 (arena kept)"), ("1", "1 (shrunk, the default)")):
         row = m[shrink]
         lines.append(f"| {label} | " + " | ".join(f"{row[k]:,}" for k in KEYS) + " |")
+    lines += ["", "Memory under other batch patterns (48 random batch sizes, or one run at each size "
+              "from 1 to 32; each followed by texts at up to 8), idle / peak MiB:", "",
+              "| pattern | kept: idle | kept: peak | shrunk: idle | shrunk: peak |", "|---|---|---|---|---|"]
+    for pattern, row in result.get("patterns", {}).items():
+        lines.append(f"| {pattern} | {row['0']['idle_rss_mib']} | {row['0']['peak_rss_mib']} | "
+                     f"{row['1']['idle_rss_mib']} | {row['1']['peak_rss_mib']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bundle = Path(args.bundle) if args.bundle else build_bundle(work)
     medians = measure(bundle, photos, args.rounds)
     result = {"what": "ONNX Runtime CPU arena shrinkage", "measured_on": measured_on(),
-              "bundle": bundle.name, "rounds": args.rounds, "medians": medians}  # fmt: skip
+              "bundle": bundle.name, "rounds": args.rounds, "medians": medians,
+              "patterns": measure_patterns(bundle, args.rounds)}  # fmt: skip
     write_result("ort_arena", result, render_md(result), args.out_dir)
     return result
 

@@ -38,9 +38,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "(`benchmarks/results/<host>/ort_settings.md`)"),
     Setting("EDGECLIP_ORT_ARENA_SHRINK", "1", "`0` lets ONNX Runtime keep its CPU arena at the "
             "size of the largest batch run so far, for the life of the session; by default it "
-            "shrinks after each run (TinyCLIP-8M fp32 after batches of 32, AMX Xeon: 356 → 197 MiB "
-            "resident when idle, 436 → 273 MiB peak, batch 32 4 % slower, batch 1 and text the "
-            "same; `benchmarks/results/xeon-amx-2core/ort_arena.md`)"),
+            "shrinks after each run. TinyCLIP-8M fp32, AMX Xeon: after batches of 32, 353 → 200 MiB "
+            "resident when idle and 432 → 281 MiB peak, batch 32 4 % slower, batch 1 the same; "
+            "after 48 random batches of 1-32, 383 → 285 MiB idle; but a batch grown one at a time "
+            "from 1 to 32 ends at 368 against 306 (`benchmarks/results/xeon-amx-2core/ort_arena.md`)"),
     Setting("EDGECLIP_ORT_CACHE", "1", "`0` re-optimises ONNX Runtime graphs at every load "
             "instead of caching the optimised graph per graph, ORT version and CPU in "
             "`$EDGECLIP_HOME/ort-cache`"),
@@ -49,6 +50,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "for int8 variants: activations are quantized per group of that many inputs at run "
             "time, so weight-compressed MatMuls run int8 kernels (openvino-int8 images/s 72.9 → "
             "85.8 at batch 1 on an AVX-512 EPYC); `0` turns it off. The on-device check gates the result"),
+    Setting("EDGECLIP_OV_BATCH_BUCKETS", "0", "`1` pads each OpenVINO batch to the next power of "
+            "two, because the CPU plugin keeps memory for every shape it has run: 48 random batches "
+            "of 1-32 on the AMX Xeon left openvino-int8 at 286 MiB instead of 462 (fp32: 392 "
+            "instead of 461), at the cost of the padding (batch 24 runs as 32: 187 against 247 "
+            "images/s; the pattern took 6 % longer on int8, 31 % on fp32); off by default "
+            "(`benchmarks/results/xeon-amx-2core/openvino_shapes.md`)"),
     Setting("EDGECLIP_OV_PRECISION", None, "OpenVINO inference precision for every variant "
             "(f32, bf16, f16); default: f32 for fp32 variants, the plugin's choice otherwise"),
 )}  # fmt: skip

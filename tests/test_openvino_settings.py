@@ -59,3 +59,21 @@ def test_the_runtime_imports_openvino_without_its_converter(micro_bundle):
     lines = out.stdout.splitlines()
     assert lines[0] == "ovc False ['pixel_values']"
     assert lines[1] == "converted 1 True"
+
+
+def test_batch_buckets_pad_to_a_power_of_two_and_return_the_rows_asked(micro_bundle, monkeypatch):
+    import numpy as np
+
+    from edgeclip.backends.openvino import bucket
+
+    assert [bucket(n) for n in (1, 2, 3, 5, 9, 32, 33)] == [1, 2, 4, 8, 16, 32, 64]
+    session = Backend().open(_graph(micro_bundle), threads=1, precision="fp32")
+    size = session._ports[0][1].get_partial_shape()[2].get_length()
+    pixels = np.random.default_rng(0).standard_normal((5, 3, size, size)).astype(np.float32)
+    feeds = {session.input_names[0]: pixels}
+    monkeypatch.setenv("EDGECLIP_OV_BATCH_BUCKETS", "0")
+    exact = session.run(feeds)
+    monkeypatch.setenv("EDGECLIP_OV_BATCH_BUCKETS", "1")
+    padded = session.run(feeds)  # runs as a batch of 8
+    assert padded.shape == exact.shape and padded.shape[0] == 5
+    np.testing.assert_allclose(padded, exact, atol=1e-5)

@@ -128,9 +128,10 @@ class Backend:
 
 def _run_options():
     """Shrink the CPU arena after each run: ONNX Runtime otherwise keeps the largest batch's
-    buffers for the life of the session. TinyCLIP-8M fp32 on the AMX Xeon after batches of 32:
-    356 → 197 MiB resident when idle, 436 → 273 MiB peak, batch 32 4 % slower, batch 1 and
-    text the same (``benchmarks/results/xeon-amx-2core/ort_arena.md``)."""
+    buffers for the life of the session. TinyCLIP-8M fp32 on the AMX Xeon: after batches of 32,
+    353 → 200 MiB resident when idle and 432 → 281 MiB peak (batch 32 4 % slower, batch 1 the
+    same); after random batches of 1-32, 383 → 285 MiB; worse only for a batch grown one at a
+    time (306 → 368) (``benchmarks/results/xeon-amx-2core/ort_arena.md``)."""
     if settings.get("EDGECLIP_ORT_ARENA_SHRINK") != "1":
         return None
     import onnxruntime as ort
