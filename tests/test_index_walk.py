@@ -54,6 +54,18 @@ def test_walk_skips_hidden_system_and_excluded_folders(tmp_path):
     assert found == ["a.png", os.path.join("sub", "b.png")]
 
 
+def test_relative_excludes_never_look_above_the_indexed_folder(tmp_path):
+    # a library kept under a folder named tmp: '*/tmp/*' once matched every absolute path here
+    root = tmp_path / "tmp" / "photos"
+    for rel in ["a.png", "tmp/b.png", "sub/tmp/c.png", "sub/d.png"]:
+        _touch_image(root / rel)
+    found = sorted(os.path.relpath(e.path, root) for e in walk([str(root)], ["*/tmp/*"]))
+    assert found == ["a.png", os.path.join("sub", "d.png")]  # tmp/ right under it is caught too
+    # a glob that starts with / is matched against the absolute path
+    absolute = sorted(os.path.relpath(e.path, root) for e in walk([str(root)], [f"{root}/sub/*"]))
+    assert absolute == ["a.png", os.path.join("tmp", "b.png")]
+
+
 def test_symlink_loop_ends_and_linked_files_are_seen_once(tmp_path):
     root = tmp_path / "photos"
     _touch_image(root / "a" / "x.png")

@@ -185,6 +185,28 @@ def test_openai_client_empty_text_fails_naming_it_and_keeps_the_others(client, m
     assert [d["index"] for d in body["data"]] == [0, 2]
     got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body["data"]])
     assert np.abs(got - model.encode_text(["a cat", "a dog"])).max() <= 1e-6
+    # a plain blank string fails alone too: before, it cost the whole request its vectors
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="micro", input=["a cat", "   ", "a dog", ""],
+                                 encoding_format="float")  # fmt: skip
+    body = caught.value.body
+    assert "2 of 4 texts failed" in body["message"], body["message"]
+    assert [(f["index"], f["code"]) for f in body["failed"]] == [(1, "empty_input"), (3, "empty_input")]
+    assert [d["index"] for d in body["data"]] == [0, 2]
+    got = np.array([d["embedding"] for d in body["data"]])
+    assert np.abs(got - model.encode_text(["a cat", "a dog"])).max() <= 1e-6
+
+
+def test_a_blank_image_in_a_batch_fails_alone(client, model):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="micro", input=[data_uri(GOOD[0]), " ", data_uri(GOOD[1])],
+                                 encoding_format="float", extra_body={"modality": "image"})  # fmt: skip
+    body = caught.value.body
+    assert body["param"] == "input[1]" and "1 of 3 images failed" in body["message"]
+    assert [(f["index"], f["code"]) for f in body["failed"]] == [(1, "empty_input")]
+    assert [d["index"] for d in body["data"]] == [0, 2]
+    got = np.array([d["embedding"] for d in body["data"]])
+    assert np.abs(got - model.encode_image(GOOD[:2])).max() <= 1e-6
 
 
 def test_a_bad_image_in_a_batch_names_each_failure_and_keeps_the_good_vectors(client, model):

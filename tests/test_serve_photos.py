@@ -366,3 +366,15 @@ def test_an_index_that_is_missing_or_not_one_is_refused_before_binding(library, 
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and str(path) in lines[0] and says in lines[0], proc.stderr
         assert "edgeclip index" in lines[0] or "--index" in lines[0]
+
+
+def test_an_index_of_folders_with_no_photos_yet_is_served_and_finds_nothing(library, micro_bundle):
+    empty = library.tmp / "no-photos-yet"
+    empty.mkdir()
+    db = library.tmp / "empty.db"
+    with Index(db, str(micro_bundle)) as ix:
+        ix.update([empty])
+    with ServeProcess(micro_bundle, "--index", str(db), log_dir=library.tmp) as s:
+        r = s.client.get("/v1/search", params={"q": "a cat"})
+        assert r.status_code == 200, r.text
+        assert r.json()["data"] == []

@@ -81,6 +81,20 @@ def test_a_bad_image_is_named_and_the_good_vectors_are_kept(server, model):
     _close(body["textVectors"], model.encode_text(["a cat"], invariant=True))
 
 
+def test_blank_inputs_fail_alone_and_the_others_are_kept(server, model):
+    r = server.client.post("/vectorize", json={"texts": ["a cat", "  ", "a dog"],
+                                               "images": ["", _b64(GOOD[0])]})  # fmt: skip
+    assert r.status_code == 400
+    body = r.json()
+    assert [f["param"] for f in body["failed"]] == ["texts[1]", "images[0]"]
+    assert body["param"] == "texts[1]" and "empty" in body["error"]
+    assert body["textVectors"][1] is None and body["imageVectors"][0] is None
+    texts = model.encode_text(["a cat", "a dog"], invariant=True)
+    _close(body["textVectors"][0], texts[0])
+    _close(body["textVectors"][2], texts[1])
+    _close(body["imageVectors"][1], model.encode_image(GOOD[:1], invariant=True)[0])
+
+
 @pytest.mark.parametrize("payload, param", [
     ({"texts": "a cat", "images": 7}, "images"),
     ({"texts": [3]}, "texts[0]"),

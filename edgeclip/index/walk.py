@@ -106,11 +106,17 @@ def _is_hidden_or_system(name: str) -> bool:
 
 
 def _excluded(path: str, name: str, root: str, excludes: tuple[str, ...]) -> bool:
+    """Whether a glob matches the entry's name, its path under the indexed folder (also with a
+    leading separator, so ``*/tmp/*`` matches ``tmp/`` at the top), or, for an absolute glob
+    only, its absolute path: a relative glob never looks above the indexed folder, so
+    ``*/tmp/*`` does not exclude a whole library that lives under ``/tmp``."""
     rel = os.path.relpath(path, root)
     return any(
-        fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(path, g)
+        fnmatch.fnmatch(path, g) if os.path.isabs(g)
+        else fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel, g)
+        or fnmatch.fnmatch(os.sep + rel, g)
         for g in excludes
-    )
+    )  # fmt: skip
 
 
 def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:

@@ -117,8 +117,14 @@ def item_param(field: str, index: int, single: bool) -> str:
     return field if single else f"{field}[{index}]"
 
 
-def string_list(value: Any, field: str, *, what: str, limit: int, flag: str) -> list[str]:
-    """A string or a list of strings, non-empty, at most ``limit`` long; each item non-empty."""
+def string_list(
+    value: Any, field: str, *, what: str, limit: int, flag: str, allow_blank: bool = False
+) -> list[str]:
+    """A string or a list of strings, non-empty, at most ``limit`` long; each item non-empty.
+
+    ``allow_blank`` leaves blank items to the caller, which refuses each one by name while
+    keeping the other inputs' results (``Service.embed_texts`` / ``embed_images``).
+    """
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
         raise APIError(
@@ -148,7 +154,7 @@ def string_list(value: Any, field: str, *, what: str, limit: int, flag: str) -> 
                 param=f"{field}[{i}]",
                 code="invalid_type",
             )
-        if is_blank(item):
+        if not allow_blank and is_blank(item):
             raise empty_input(item_param(field, i, isinstance(value, str)), what)
     return items
 

@@ -77,14 +77,14 @@ async def _embed(
         return await _embed_objects(svc, items, fmt, dimensions)
     try:
         if modality == "text":
-            texts = string_list(
-                raw, "input", what="text", limit=limits.max_texts, flag="--max-texts"
-            )
+            texts = string_list(raw, "input", what="text", limit=limits.max_texts,
+                                flag="--max-texts", allow_blank=True)  # fmt: skip
             check_text_lengths(texts, "input", limits, single)
             refuse_images_as_text(texts, "input", single)
             vectors, counts = await svc.embed_texts(texts, "input", single)
             return vectors, sum(counts)
-        refs = string_list(raw, "input", what="image", limit=limits.max_images, flag="--max-images")
+        refs = string_list(raw, "input", what="image", limit=limits.max_images,
+                           flag="--max-images", allow_blank=True)  # fmt: skip
         vectors, _ = await svc.embed_images(refs, "input", single)
         return vectors, len(refs)  # an image counts as one token
     except InputsFailed as exc:

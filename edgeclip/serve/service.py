@@ -17,7 +17,7 @@ import numpy as np
 
 from .batcher import Batcher, QueueFull
 from .errors import APIError
-from .inputs import empty_input, image_bytes, image_size, item_param
+from .inputs import empty_input, image_bytes, image_size, is_blank, item_param
 from .lifecycle import ModelHost
 from .limits import Limits
 from .metrics import Metrics
@@ -168,7 +168,7 @@ class Service:
         # check but unescapes to whitespace, i.e. the vector of "" (a silent wrong answer).
         failed = {
             i: empty_input(item_param(param, i, single))
-            for i, (_, count) in enumerate(rows) if count <= 2
+            for i, (_, count) in enumerate(rows) if count <= 2 or is_blank(texts[i])
         }  # fmt: skip
         if failed:
             good = {i: row[0] for i, row in enumerate(rows) if i not in failed}
@@ -213,6 +213,8 @@ class Service:
         for i, ref in enumerate(refs):
             where = item_param(param, i, single)
             try:
+                if isinstance(ref, str) and is_blank(ref):
+                    raise empty_input(where, "image")
                 data = ref if isinstance(ref, bytes) else image_bytes(
                     ref, where, self.config.allow_dirs, self.limits.max_body_bytes
                 )  # fmt: skip

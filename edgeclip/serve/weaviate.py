@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import APIError
-from .inputs import check_text_lengths, parse_json_body, string_list
+from .inputs import check_text_lengths, is_blank, parse_json_body, string_list
 from .mixed import failure_message
 from .openai_api import json_response
 from .service import InputsFailed, Service
@@ -39,17 +39,22 @@ async def meta(request: Request) -> Response:
 
 
 def _inputs(body: dict[str, Any], field: str, svc: Service) -> list[str]:
-    """``texts`` or ``images``: absent, null or [] is none; else a list of non-empty strings."""
+    """``texts`` or ``images``: absent, null or [] is none; else a list of strings (a blank one
+    fails alone, in ``_vectors``)."""
     value = body.get(field)
     if value is None or value == []:
         return []
     if field == "texts":
-        texts = string_list(value, field, what="text", limit=svc.limits.max_texts, flag="--max-texts")
+        texts = string_list(value, field, what="text", limit=svc.limits.max_texts,
+                            flag="--max-texts", allow_blank=True)  # fmt: skip
         check_text_lengths(texts, field, svc.limits)
         return texts
-    images = string_list(value, field, what="image", limit=svc.limits.max_images, flag="--max-images")
-    # Weaviate sends the blob's bare base64; a data URI is taken as it is.
-    return [ref if ref[:5].lower() == "data:" else "data:image/*;base64," + ref for ref in images]
+    images = string_list(value, field, what="image", limit=svc.limits.max_images,
+                         flag="--max-images", allow_blank=True)  # fmt: skip
+    # Weaviate sends the blob's bare base64; a data URI is taken as it is, and a blank one is
+    # left blank so that the service refuses it as empty rather than as bad base64.
+    return [ref if is_blank(ref) or ref[:5].lower() == "data:" else "data:image/*;base64," + ref
+            for ref in images]  # fmt: skip
 
 
 async def _vectors(svc: Service, field: str, items: list[str]) -> tuple[list, list[dict]]:
@@ -84,7 +89,7 @@ async def vectorize(request: Request) -> Response:
     if failed:
         message = failure_message(failed, len(texts) + len(images), "The others' vectors are in "
                                   "textVectors / imageVectors (null where one failed).")  # fmt: skip
-        return _error(400, message, failed=failed, textVectors=text_vectors,
+        return _error(400, message, param=failed[0]["param"], failed=failed, textVectors=text_vectors,
                       imageVectors=image_vectors)  # fmt: skip
     return await json_response({"textVectors": text_vectors, "imageVectors": image_vectors})
 
