@@ -172,7 +172,7 @@ BAD_INPUTS = [
     ("token ids", {"json": {"input": [[1, 2, 3]]}}, 422, "not a string", "input[0]"),
     ("bad modality", {"json": {"input": "x", "modality": "audio"}}, 400, "modality='audio'", "modality"),
     ("bad encoding", {"json": {"input": "x", "encoding_format": "hex"}}, 400, "encoding_format", "encoding_format"),
-    ("too many dimensions", {"json": {"input": "x", "dimensions": 4096}}, 400, "exceeds", "dimensions"),
+    ("too many dimensions", {"json": {"input": "x", "dimensions": 4097}}, 400, "exceeds", "dimensions"),
     ("not an image", {"json": {"input": [data_uri(b"hello, world")], "modality": "image"}}, 400, "not an image file", "input[0]"),
     ("not base64", {"json": {"input": ["data:image/png;base64,@@@"], "modality": "image"}}, 400, "not valid base64", "input[0]"),
     ("truncated JPEG", {"json": {"input": [data_uri(IMAGES[0]), data_uri(_half(jpeg_bytes(5)))], "modality": "image"}}, 400, "truncated", "input[1]"),

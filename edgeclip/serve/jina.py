@@ -110,10 +110,15 @@ async def _rank(svc: Service, docs: list[Any]) -> list[dict]:
 async def post(request: Request) -> Response:
     svc: Service = request.app.state.service
     body = parse_json_body(await request.body(), request.headers.get("content-type"))
-    endpoint = body.get("execEndpoint", "/")
+    # Frigate's clip-as-service client spells it exec_endpoint; either spelling, never both.
+    spelled = [k for k in ("execEndpoint", "exec_endpoint") if k in body]
+    if len(spelled) == 2 and body["execEndpoint"] != body["exec_endpoint"]:
+        raise _invalid("execEndpoint", "execEndpoint and exec_endpoint disagree; send one.", 400)
+    field = spelled[0] if spelled else "execEndpoint"
+    endpoint = body.get(field, "/")
     if endpoint not in ENDPOINTS:
-        raise _invalid("execEndpoint", f"execEndpoint {endpoint!r} is not served here; use "
-                                       "'/' (encode) or '/rank'.", 400)  # fmt: skip
+        raise _invalid(field, f"{field} {endpoint!r} is not served here; use "
+                              "'/' (encode) or '/rank'.", 400)  # fmt: skip
     docs = body.get("data")
     if not isinstance(docs, list) or not docs:
         raise _invalid("data", "data must be a non-empty list of docs, e.g. [{\"text\": \"a dog\"}].")

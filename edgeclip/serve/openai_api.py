@@ -13,6 +13,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .chat_messages import message_item
 from .errors import APIError
 from .inputs import (
     check_text_lengths,
@@ -33,27 +34,34 @@ async def json_response(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def check_dimensions(dimensions: int, full: int) -> None:
-    if dimensions > full:
+MAX_DIMENSIONS = 4096  # padding past the widest common vector column (3,072) buys nothing
+
+
+def check_dimensions(dimensions: int) -> None:
+    if dimensions > MAX_DIMENSIONS:
         raise APIError(
             400,
-            f"dimensions={dimensions} exceeds this model's embedding size {full}; "
-            f"send dimensions <= {full} or leave it out.",
+            f"dimensions={dimensions} exceeds {MAX_DIMENSIONS}, the most this server pads a "
+            "vector to; send a smaller value or leave it out.",
             param="dimensions",
             code="invalid_value",
         )
 
 
 def apply_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
-    """OpenAI's ``dimensions``: keep the first ``dimensions`` values and renormalise.
+    """OpenAI's ``dimensions``: fewer than the model's keeps the first values, renormalised;
+    more appends zeros.
 
     CLIP was not trained for truncation (unlike Matryoshka models), so a shorter vector keeps
-    less of the meaning; docs/serve.md says so. Longer than the model's vector is refused.
+    less of the meaning; docs/serve.md says so. Zero padding changes no cosine or dot product,
+    and lets a client with a fixed vector width (Frigate's 768) use a 512-wide model.
     """
     full = vectors.shape[1]
-    check_dimensions(dimensions, full)
+    check_dimensions(dimensions)
     if not dimensions or dimensions == full:
         return vectors
+    if dimensions > full:
+        return np.pad(vectors, ((0, 0), (0, dimensions - full))).astype(np.float32)
     cut = vectors[:, :dimensions]
     return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -102,8 +110,8 @@ async def _embed_objects(svc: Service, items: list, fmt: str, dimensions: int) -
     if failures:
         good = [i for i, v in enumerate(vectors) if v is not None]
         data = _data(np.stack([vectors[i] for i in good]), good, fmt, dimensions) if good else []
-        message = failure_message(failures, len(items), "error.failed lists each; error.data "
-                                  "holds the embeddings of the others.")  # fmt: skip
+        rest = "; error.data holds the embeddings of the others." if good else "."
+        message = failure_message(failures, len(items), "error.failed lists each" + rest)
         raise APIError(400, message, param=failures[0]["param"], code="invalid_input",
                        extra={"failed": failures, "data": data})  # fmt: skip
     return np.stack(vectors), sum(counts)
@@ -122,10 +130,15 @@ async def embeddings(request: Request) -> Response:
     modality = choice(body, "modality", ("text", "image"), "text")
     fmt = choice(body, "encoding_format", ("float", "base64"), "float")
     dimensions = positive_int(body, "dimensions", 0) or 0
-    info = svc.host.info
-    if info and info.get("embed_dim") and dimensions > info["embed_dim"]:
-        check_dimensions(dimensions, info["embed_dim"])  # before the work, when known
-    vectors, tokens = await _embed(svc, require(body, "input"), modality, fmt, dimensions)
+    check_dimensions(dimensions)  # before the work
+    if "messages" in body:  # vLLM's chat-style input: one image or one text
+        if "input" in body:
+            raise APIError(400, "the request holds both 'input' and 'messages'; send one.",
+                           param="messages", code="invalid_value")  # fmt: skip
+        item = message_item(body["messages"])
+        vectors, tokens = await _embed_objects(svc, [item], fmt, dimensions)
+    else:
+        vectors, tokens = await _embed(svc, require(body, "input"), modality, fmt, dimensions)
     payload = {
         "object": "list",
         "data": _data(vectors, list(range(len(vectors))), fmt, dimensions),
