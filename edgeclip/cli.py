@@ -130,6 +130,18 @@ def _writable_output(name: str) -> Path:
     return path
 
 
+def _encode_rows(encode, values: list, idx: list[int], rows: list, failures: dict) -> None:
+    """Rows of one modality into ``rows`` at ``idx``; a failed input's row is NaN (None when
+    every input of that modality failed), and ``failures`` gets its reason."""
+    try:
+        emb = encode(values)
+    except BatchError as exc:
+        emb = exc.results
+        failures.update({idx[j]: why for j, why in exc.failures.items()})
+    for j, i in enumerate(idx):
+        rows[i] = emb[j] if emb is not None else None
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -152,18 +164,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     failures: dict[int, str] = {}
     img_idx = [i for i, k in enumerate(kinds) if k == "image"]
     txt_idx = [i for i, k in enumerate(kinds) if k == "text"]
-    if img_idx:
-        try:
-            emb = model.encode_image([args.inputs[i] for i in img_idx])
-        except BatchError as exc:
-            emb = exc.results
-            failures.update({img_idx[j]: why for j, why in exc.failures.items()})
-        for j, i in enumerate(img_idx):
-            rows[i] = emb[j] if emb is not None else None
-    if txt_idx:
-        emb = model.encode_text([args.inputs[i] for i in txt_idx])
-        for j, i in enumerate(txt_idx):
-            rows[i] = emb[j]
+    for encode, idx in ((model.encode_image, img_idx), (model.encode_text, txt_idx)):
+        if idx:
+            _encode_rows(encode, [args.inputs[i] for i in idx], idx, rows, failures)
     dim = next(r.shape[0] for r in rows if r is not None) if any(r is not None for r in rows) else 0
     out = (
         np.stack([r if r is not None else np.full(dim, np.nan, np.float32) for r in rows])

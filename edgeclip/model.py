@@ -16,6 +16,7 @@ import numpy as np
 from .backends.base import Session
 from .bundle import Bundle, Variant
 from .errors import BatchError, InputError
+from .text import is_blank
 from .towers import TowerRunner
 
 ImageLike = Any  # path, bytes, file object, PIL image or HWC array (see edgeclip.images)
@@ -23,6 +24,8 @@ Labels = Sequence[str]
 Templates = Union[str, Sequence[str], None]
 
 _LABEL_CACHE_SIZE = 32
+_EMPTY_TEXT = ("text {!r} has no words once cleaned (the tokenizer unescapes HTML and drops "
+               "whitespace), so its vector would be the empty prompt's; give text with words.")
 
 
 @lru_cache(maxsize=1)
@@ -226,6 +229,9 @@ class EdgeClip:
     ) -> np.ndarray:
         """L2-normalised text embeddings, float32 (N, D). Text past the context is truncated.
 
+        A text with no words once cleaned (empty, blank, ``"&nbsp;"``) raises ``BatchError``
+        whose ``.results`` holds the other rows (its own is NaN), as a bad image does.
+
         ``invariant=True``: as in ``encode_image``, rows independent of their batch neighbours.
         """
         if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
@@ -234,7 +240,19 @@ class EdgeClip:
         if not items:
             raise InputError("encode_text got no texts.")
         ids = self.tokenizer(items)
-        return _normalise(self._text(ids, self._chunk(batch_size, invariant)))
+        chunk = self._chunk(batch_size, invariant)
+        # start and end tokens only ("&nbsp;"), or nothing visible (a zero-width space)
+        empty = ((ids != 0).sum(axis=1) <= 2) | np.array([is_blank(t) for t in items])
+        if not empty.any():
+            return _normalise(self._text(ids, chunk))
+        # The empty prompt's vector matches nothing in particular: a silent wrong answer.
+        failures = {int(i): _EMPTY_TEXT.format(items[i]) for i in np.flatnonzero(empty)}
+        out = None
+        if not empty.all():
+            emb = _normalise(self._text(ids[~empty], chunk))
+            out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
+            out[~empty] = emb
+        raise BatchError("texts", failures, out, len(items))
 
     # -- zero-shot ------------------------------------------------------------------------------
     def label_embeddings(self, labels: Labels, templates: Templates = None) -> np.ndarray:
@@ -263,7 +281,8 @@ class EdgeClip:
         """A label the tokenizer reduces to nothing ("&nbsp;", a zero-width space) would rank
         as the empty prompt: a silent wrong answer."""
         ids = self.tokenizer(labels)
-        for i in np.flatnonzero((ids != 0).sum(axis=1) <= 2):  # start and end tokens only
+        wordless = ((ids != 0).sum(axis=1) <= 2) | np.array([is_blank(x) for x in labels])
+        for i in np.flatnonzero(wordless):  # start and end tokens only, or nothing visible
             raise InputError(
                 f"labels[{i}] ({labels[i]!r}) has no text once cleaned (the tokenizer unescapes "
                 "HTML and drops whitespace); give a label with words in it.",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeclip.errors import InputError
+from edgeclip.errors import BatchError, InputError
 from edgeclip.images import DEFAULT_MAX_PIXELS
 
 from . import indexer, maintenance, vectors
@@ -232,7 +232,10 @@ class Index:
         if isinstance(query, str):
             if not query.strip():
                 raise InputError("the search text is empty; give words to search for.")
-            return self.model.encode_text([query], invariant=True)[0]
+            try:
+                return self.model.encode_text([query], invariant=True)[0]
+            except BatchError as exc:  # "&nbsp;": no words once cleaned
+                raise InputError(f"the search {exc.failures[0]}") from None
         if isinstance(query, os.PathLike):
             from .pipeline import embed_pixels, read_image
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeclip.text import is_blank
+
 from .errors import APIError
 from .limits import Limits
 
@@ -157,11 +159,6 @@ def string_list(
         if not allow_blank and is_blank(item):
             raise empty_input(item_param(field, i, isinstance(value, str)), what)
     return items
-
-
-def is_blank(text: str) -> bool:
-    """Nothing to embed: empty, or only whitespace and invisible characters (NUL, BOM, ...)."""
-    return not any(ch.isprintable() and not ch.isspace() for ch in text)
 
 
 def empty_input(param: str, what: str = "text") -> APIError:

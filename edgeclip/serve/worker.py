@@ -112,7 +112,14 @@ def _token_counts(model: Any, texts: list[str]) -> list[int]:
 
 
 def _encode_texts(model: Any, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-    return model.encode_text(texts, invariant=True), _token_counts(model, texts)
+    """Vectors (NaN for a text with no tokens, which the service names) and token counts."""
+    try:
+        out = model.encode_text(texts, invariant=True)
+    except BatchError as exc:
+        out = exc.results
+        if out is None:  # every text was empty
+            out = np.full((len(texts), model.embed_dim or 1), np.nan, np.float32)
+    return out, _token_counts(model, texts)
 
 
 def run_op(model: Any, op: str, args: Any) -> Any:
