@@ -2,10 +2,11 @@
 
     python -m benchmarks.ort_settings BUNDLE [--threads 2]
 
-For each ONNX variant, through edgeclip's own backend (``EDGECLIP_ORT_SPINNING`` on and off):
-the image tower alone at batch 1, and image-then-text pairs as ``classify`` runs them. With
-spinning, each session's idle threads busy-wait for the next call, which speeds a tight loop of
-one tower, and the two towers' pools then spin against each other. Then, for the fp32 variant,
+For each ONNX variant, through edgeclip's own backend, each ``EDGECLIP_ORT_SPINNING`` mode:
+each tower alone at batch 1, image-then-text pairs as ``classify`` runs them, and image calls
+50 ms apart (wall and CPU per call). Spinning that goes on after a run (``1``) speeds a tight
+loop of one tower, but the two towers' pools then spin against each other and a trickle of
+calls burns CPU in the gaps; ``run`` stops it when each run ends. Then, for the fp32 variant,
 ``onnxruntime.transformers.optimizer`` (model_type ``clip``: Attention, SkipLayerNorm, BiasGelu
 fusions) against the graph as ONNX Runtime optimises it itself, with the cosine between the
 two. Medians of interleaved calls. Writes ``benchmarks/results/<host>/ort_settings.{json,md}``.
@@ -36,20 +37,48 @@ def _median_ms(fn, n: int = 40, warmup: int = 5) -> float:
     return round(float(np.median(time_calls(fn, warmup=warmup, repeats=n))) * 1000, 2)
 
 
-def spinning(bundle, variant, threads: int, pixels, ids) -> dict:
+MODES = ("run", "1", "0")  # EDGECLIP_ORT_SPINNING: stop after each run / keep spinning / never
+
+
+def _spaced(image, pixels, calls: int = 20, gap_s: float = 0.05) -> dict:
+    """Image calls 50 ms apart, as a camera or a trickle of requests sends them: wall ms per
+    call, and the process's CPU ms per call (spinning threads burn CPU in the gaps)."""
+    import time
+
+    walls, cpu0 = [], time.process_time()
+    for _ in range(calls):
+        start = time.perf_counter()
+        image(pixels, 1)
+        walls.append(time.perf_counter() - start)
+        time.sleep(gap_s)
+    return {"spaced_wall_ms": round(float(np.median(walls)) * 1000, 2),
+            "spaced_cpu_ms": round((time.process_time() - cpu0) / calls * 1000, 2)}  # fmt: skip
+
+
+def _one_mode(bundle, variant, threads: int, pixels, ids) -> dict:
     from edgeclip.towers import open_towers
 
-    out = {}
-    for spin in ("1", "0"):
-        os.environ["EDGECLIP_ORT_SPINNING"] = spin
-        image, text = open_towers(bundle.root, variant, threads, "cpu")
-        image(pixels, 1), text(ids, 1)  # open both sessions first
-        out[f"spinning={spin}"] = {
-            "image_ms": _median_ms(lambda im=image: im(pixels, 1)),
-            "image_then_text_ms": _median_ms(lambda im=image, tx=text: (im(pixels, 1), tx(ids, 1))),
-        }
+    image, text = open_towers(bundle.root, variant, threads, "cpu")
+    image(pixels, 1), text(ids, 1)  # open both sessions first
+    return {
+        "image_ms": _median_ms(lambda: image(pixels, 1)),
+        "text_ms": _median_ms(lambda: text(ids, 1), n=100),
+        "image_then_text_ms": _median_ms(lambda: (image(pixels, 1), text(ids, 1))),
+        **_spaced(image, pixels),
+    }
+
+
+def spinning(bundle, variant, threads: int, pixels, ids, rounds: int = 3) -> dict:
+    """Each mode ``rounds`` times, interleaved (this VM's speed drifts within minutes); each
+    figure is the median over the rounds."""
+    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    for _ in range(rounds):
+        for mode in MODES:
+            os.environ["EDGECLIP_ORT_SPINNING"] = mode
+            runs[mode].append(_one_mode(bundle, variant, threads, pixels, ids))
     os.environ.pop("EDGECLIP_ORT_SPINNING", None)
-    return out
+    return {f"spinning={m}": {k: round(float(np.median([r[k] for r in rs])), 2) for k in rs[0]}
+            for m, rs in runs.items()}  # fmt: skip
 
 
 def fusions(graph: Path, threads: int, feed: np.ndarray, heads: int, width: int) -> dict:
@@ -104,10 +133,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict) -> str:
     lines = [f"# ONNX Runtime settings, {r['cpu']} ({r['isa']}), {r['threads']} threads", "",
-             "| variant | spinning | image b1 ms | image then text ms |", "|---|---|---|---|"]  # fmt: skip
+             "`EDGECLIP_ORT_SPINNING`: `run` spins within a run and stops when it ends, `1` keeps "
+             "spinning, `0` never spins. Batch 1; medians of 3 interleaved rounds. Spaced: image "
+             "calls 50 ms apart, wall and process CPU per call.", "",
+             "| variant | spinning | image ms | text ms | image then text ms | spaced wall ms "
+             "| spaced CPU ms |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for vid, modes in r["spinning"].items():
         for mode, m in modes.items():
-            lines.append(f"| {vid} | {mode.split('=')[1]} | {m['image_ms']} | {m['image_then_text_ms']} |")
+            cells = [m.get(k, "–") for k in ("image_ms", "text_ms", "image_then_text_ms",
+                                              "spaced_wall_ms", "spaced_cpu_ms")]  # fmt: skip
+            lines.append(f"| {vid} | {mode.split('=')[1]} | " + " | ".join(map(str, cells)) + " |")
     for tower, f in (r.get("fusions") or {}).items():
         lines += ["", f"Fusions ({tower} tower, fp32): ORT alone {f['ort_only_ms']} ms, with "
                   f"`onnxruntime.transformers` fusions {f['fused_ms']} ms, cosine {f['cosine']} "

@@ -32,9 +32,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "stalled download is resumed up to 5 times, then fails with a message naming this "
             "variable); a number above 0"),
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)"),
-    Setting("EDGECLIP_ORT_SPINNING", "0", "`1` lets ONNX Runtime's idle threads spin (busy-wait) "
-            "between calls: a tight loop of one tower gains about 10 %, but the image and text "
-            "towers' pools then spin against each other and against other processes "
+    Setting("EDGECLIP_ORT_SPINNING", "run", "how ONNX Runtime's threads wait for work: `run` "
+            "busy-waits between the parallel sections of a run and stops when the run ends "
+            "(idle sessions take no CPU); `1` keeps spinning after each run, so the image and "
+            "text towers' pools spin against each other; `0` never spins, slower at batch 1 "
             "(`benchmarks/results/<host>/ort_settings.md`)"),
     Setting("EDGECLIP_ORT_ARENA_SHRINK", "1", "`0` lets ONNX Runtime keep its CPU arena at the "
             "size of the largest batch run so far, for the life of the session; by default it "

@@ -36,7 +36,7 @@ def test_a_verdict_made_under_other_session_settings_is_not_reused(monkeypatch):
     default = host_identity("openvino", "auto")
     monkeypatch.setenv("EDGECLIP_OV_DYNAMIC_QUANT", "0")
     assert host_identity("openvino", "auto") != default
-    assert host_identity("onnx", "auto")["session_settings"]["EDGECLIP_ORT_SPINNING"] == "0"
+    assert host_identity("onnx", "auto")["session_settings"]["EDGECLIP_ORT_SPINNING"] == "run"
 
 
 def test_the_runtime_imports_openvino_without_its_converter(micro_bundle):

@@ -68,8 +68,8 @@ BOTH_TOWERS = ("image", "text")
 def open_model(spec: ModelSpec, towers: tuple[str, ...] = BOTH_TOWERS) -> Any:
     import edgeclip
 
-    # ONNX Runtime's threads do not spin by default (EDGECLIP_ORT_SPINNING): with gaps between
-    # batches, spinning burned 40 % more CPU for the same work.
+    # ONNX Runtime's threads stop spinning when each run ends (EDGECLIP_ORT_SPINNING=run): with
+    # gaps between batches, spinning that went on after runs burned 40 % more CPU.
     model = edgeclip.load(
         spec.model, backend=spec.backend, precision=spec.precision, threads=spec.threads,
         batch_size=spec.batch_size, device=spec.device, verify=spec.verify,
