@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=int, default=1,
         help="time the whole sweep N times in turn; each row is the median round (shared machines)",
     )  # fmt: skip
+    p.add_argument(
+        "--interleave", action="store_true",
+        help="time every variant and torch call by call in turn, so all see the same slow and "
+             "fast spells of a shared or virtual CPU (the ratios to torch hold; a round is one "
+             "interleaved pass)",
+    )  # fmt: skip
     p.add_argument("--no-memory", action="store_true", help="skip peak RSS / cold start")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end JPEG rate")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU path even if CUDA exists")
@@ -88,6 +94,7 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
         "device_label": short_name(dev),
         "settings": {
             **settings.as_dict(), "threads": args.threads, "batch_sizes": sizes, "rounds": args.rounds,
+            "interleave": bool(getattr(args, "interleave", False)),
             "quick": args.quick, "device": args.device,
             "method": "TinyCLIP: towers timed separately, items/s = batch / median s per call; "
                       "pairs/s = 1/(1/images_per_s + 1/texts_per_s)",
@@ -142,6 +149,8 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
         towers.append((label, ri, rt, None))
     rounds = args.rounds
     measured: list[list[list[dict]]] = [[] for _ in towers]
+    if getattr(args, "interleave", False):
+        return _interleaved(args, towers, measured, inputs, sizes, settings, add, bar, torch_model)
     try:
         for r in range(rounds):
             for k, (label, ri, rt, note) in enumerate(towers):
@@ -162,6 +171,23 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
             for per_round in measured:
                 for row in T.combine_rounds(per_round) if per_round else []:
                     add(row)
+    return torch_model
+
+
+def _interleaved(args, towers, measured, inputs, sizes, settings, add, bar, torch_model):
+    """``--interleave``: each round times every tower call by call in turn."""
+    from . import throughput as T
+
+    try:
+        for r in range(args.rounds):
+            bar.set_description(f"throughput, all interleaved, round {r + 1}/{args.rounds}")
+            for k, rows in enumerate(T.measure_interleaved(towers, *inputs, sizes, settings)):
+                measured[k].append(rows)
+        bar.update(len(towers))
+    finally:  # on Ctrl-C too: the rounds completed
+        for per_round in measured:
+            for row in T.combine_rounds(per_round) if per_round else []:
+                add(row)
     return torch_model
 
 

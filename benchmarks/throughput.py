@@ -29,6 +29,7 @@ from edgeclip.timing import (  # noqa: E402,F401 - re-exported for the bench's m
     rate,
     sample_inputs,
     time_calls,
+    time_interleaved,
 )
 
 
@@ -81,24 +82,48 @@ def measure(
         )
         ti = time_calls(lambda x=x, b=b: run_image(x, b), **kw)
         tt = time_calls(lambda t=t, b=b: run_text(t, b), **kw)
-        ips, tps = rate(ti, b), rate(tt, b)
-        row = {
-            **label,
-            "batch_size": b,
-            "images_per_s": ips,
-            "texts_per_s": tps,
-            "pairs_per_s": pairs_per_s(ips, tps),
-            "image_ms_per_batch": float(np.median(ti) * 1000),
-            "text_ms_per_batch": float(np.median(tt) * 1000),
-            "image_calls": int(ti.size),
-            "text_calls": int(tt.size),
-            "note": notes(b) if notes else None,
-        }
-        if b == 1:
-            row["latency"] = {"image": latency_stats(ti), "text": latency_stats(tt)}
+        row = _row(label, b, ti, tt, notes(b) if notes else None)
         rows.append(row)
         if on_row:
             on_row(row)
+    return rows
+
+
+def _row(label: dict[str, Any], b: int, ti: np.ndarray, tt: np.ndarray, note: str | None) -> dict:
+    ips, tps = rate(ti, b), rate(tt, b)
+    row = {**label, "batch_size": b, "images_per_s": ips, "texts_per_s": tps,
+           "pairs_per_s": pairs_per_s(ips, tps), "image_ms_per_batch": float(np.median(ti) * 1000),
+           "text_ms_per_batch": float(np.median(tt) * 1000), "image_calls": int(ti.size),
+           "text_calls": int(tt.size), "note": note}  # fmt: skip
+    if b == 1:
+        row["latency"] = {"image": latency_stats(ti), "text": latency_stats(tt)}
+    return row
+
+
+def measure_interleaved(
+    towers: list[tuple[dict[str, Any], Tower, Tower, Callable[[int], str | None] | None]],
+    pixels: np.ndarray,
+    ids: np.ndarray,
+    batch_sizes: list[int],
+    settings: Settings,
+    *,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """``measure`` for several tower pairs at once, timed call by call in turn
+    (``time_interleaved``), so each sees the same slow and fast spells of a shared machine;
+    one list of rows (a row per batch size) per ``(label, run_image, run_text, notes)``."""
+    rows: list[list[dict[str, Any]]] = [[] for _ in towers]
+    for b in batch_sizes:
+        x, t = pixels[:b], ids[:b]
+        reps = max(settings.repeats, settings.latency_repeats) if b == 1 else settings.repeats
+        kw = dict(warmup=settings.warmup, repeats=reps, min_time=settings.min_time,
+                  max_repeats=max(reps, settings.max_repeats))  # fmt: skip
+        images = time_interleaved([lambda ri=ri, x=x, b=b: ri(x, b) for _, ri, _, _ in towers], **kw)
+        texts = time_interleaved([lambda rt=rt, t=t, b=b: rt(t, b) for _, _, rt, _ in towers], **kw)
+        for k, (label, _, _, notes) in enumerate(towers):
+            rows[k].append(_row(label, b, images[k], texts[k], notes(b) if notes else None))
+            if on_row:
+                on_row(rows[k][-1])
     return rows
 
 

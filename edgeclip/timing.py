@@ -1,6 +1,6 @@
 """The one way edgeclip times a tower: the speed probe of ``backend="auto"``, ``edgeclip bench``
-and the main job's speed line all call ``time_calls`` + ``rate`` + ``pairs_per_s``, so their
-numbers agree. TinyCLIP's method: towers timed separately on preprocessed inputs, pairs/s =
+and the main job's speed line all call ``time_calls`` (or ``time_interleaved``, the same loop
+over several towers in turn) + ``rate`` + ``pairs_per_s``, so their numbers agree. TinyCLIP's method: towers timed separately on preprocessed inputs, pairs/s =
 1 / (1/images_per_s + 1/texts_per_s)."""
 
 from __future__ import annotations
@@ -74,6 +74,37 @@ def time_calls(
         if len(times) >= repeats and time.perf_counter() - start_all >= min_time:
             break
     return np.asarray(times, dtype=np.float64)
+
+
+def time_interleaved(
+    fns: list[Callable[[], Any]],
+    *,
+    warmup: int,
+    repeats: int,
+    min_time: float = 0.0,
+    max_repeats: int | None = None,
+) -> list[np.ndarray]:
+    """Seconds per call of each of ``fns``, timed in turn call by call (A B C A B C ...).
+
+    A shared or virtual CPU has slow spells of tens of seconds (the 2-core EPYC VM: onnx-int8
+    10.3 ms a call in one, 18.6 ms in the next); timed one after the other, two towers can
+    land in different spells and their ratio then says more about the spell than about them.
+    Interleaved, every tower sees the same mix. ``min_time`` is per function, as in
+    ``time_calls``, so the whole takes about ``len(fns) * min_time``."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    cap = max(repeats, max_repeats or repeats)
+    start_all = time.perf_counter()
+    while len(times[0]) < cap:
+        for fn, got in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            got.append(time.perf_counter() - t0)
+        if len(times[0]) >= repeats and time.perf_counter() - start_all >= min_time * len(fns):
+            break
+    return [np.asarray(t, dtype=np.float64) for t in times]
 
 
 def rate(times: np.ndarray, batch: int) -> float:

@@ -105,22 +105,29 @@ def _ratio(best: dict, rows: dict, batch: int) -> str:
     return f" = {best[batch] / torch:.2f}× torch eager fp32 ({torch:.1f})"
 
 
+def _gated(path: Path, gate: dict) -> tuple[dict, dict, list[str]]:
+    """(results, pairs/s rows, gated variants): those that passed the trained model's gate, with
+    its config, and their on-device check on this host."""
+    res = _load(path / "results.json")
+    checks = path / "device_checks.json"
+    passed_here = None
+    if checks.is_file():
+        passed_here = {r["variant"] for r in _load(checks)["variants"] if r["state"] == "passed"}
+    rows = _speed_rows(res)
+    ok = [v for v in rows if v in gate and gate[v]["passed"] and _same_config(v, res, gate)
+          and (passed_here is None or v in passed_here)
+          and not v.startswith("torch")]  # the baseline is not an edgeclip variant  # fmt: skip
+    return res, rows, ok
+
+
 def speed_summary() -> str:
     """Per host: the fastest variant that passed its gate on that host, against torch eager."""
     from readme_hosts import peak_rss_mib
     gate = {v["id"]: v for v in _load(RESULTS / "variants_gate_trained.json")["variants"]}
     out = []
     for path in _host_dirs():
-        res = _load(path / "results.json")
-        checks = path / "device_checks.json"
-        passed_here = None
-        if checks.is_file():
-            passed_here = {r["variant"] for r in _load(checks)["variants"] if r["state"] == "passed"}
-        rows = _speed_rows(res)
+        res, rows, ok = _gated(path, gate)
         torch_b1 = rows.get("torch-fp32", {}).get(1)
-        ok = [v for v in rows if v in gate and gate[v]["passed"] and _same_config(v, res, gate)
-              and (passed_here is None or v in passed_here)
-              and not v.startswith("torch")]  # the baseline is not an edgeclip variant  # fmt: skip
         if not ok or not torch_b1:
             continue
         best = max(ok, key=lambda v: rows[v].get(1, 0))
@@ -138,6 +145,54 @@ def speed_summary() -> str:
             + (f" **Caveat:** {res['conditions']}." if res.get("conditions") else "")
         )
     return "\n".join(out)
+
+
+def _best_ratio(rows: dict, ok: list[str], batch: int, target: float) -> str:
+    torch = rows.get("torch-fp32", {}).get(batch)
+    have = [v for v in ok if rows[v].get(batch)]
+    if not torch or not have:
+        return "–"
+    best = max(have, key=lambda v: rows[v][batch])
+    ratio = rows[best][batch] / torch
+    return f"**{ratio:.2f}×** ({best})" if ratio >= target else f"{ratio:.2f}× ({best}), not met"
+
+
+def _int8_start(path: Path) -> tuple[str, str]:
+    """(cold start, peak RSS) cells from cold_start.json: the int8 variants served here."""
+    from readme_hosts import peak_rss_mib
+
+    cold = path / "cold_start.json"
+    rows = [r for r in (_load(cold)["rows"] if cold.is_file() else [])
+            if "int8" in r["variant"] and r.get("later_median")]  # fmt: skip
+    if not rows:
+        return "–", "–"
+    start = min(rows, key=lambda r: r["later_median"]["cold_start_s"])
+    small = min(rows, key=lambda r: peak_rss_mib(r["later_median"], 1000))
+    s, m = start["later_median"]["cold_start_s"], peak_rss_mib(small["later_median"], 1000)
+    s_cell = f"{s:.2f} s ({start['variant']})"
+    m_cell = f"{m:.1f} MiB ({small['variant']})"
+    return (f"**{s_cell}**" if s <= 0.5 else s_cell + ", not met",
+            f"**{m_cell}**" if m <= 150 else m_cell + ", not met")
+
+
+def targets_table() -> str:
+    """The speed, cold start and memory targets per host, from each host's committed files."""
+    gate = {v["id"]: v for v in _load(RESULTS / "variants_gate_trained.json")["variants"]}
+    lines = ["| host | batch 1 ≥ 3× torch | batch 32 ≥ 5× | cold start ≤ 0.5 s (int8) "
+             "| peak RSS ≤ 150 MiB (int8) | timed |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for path in _host_dirs():
+        res, rows, ok = _gated(path, gate)
+        how = ("interleaved call by call" if res["settings"].get("interleave")
+               else f"{res['settings'].get('rounds', 1)} round(s) in turn")  # fmt: skip
+        if res.get("conditions"):
+            lines.append(f"| {path.name} | not established: {res['conditions'].split(':')[0]} "
+                         "| – | – | – | – |")  # fmt: skip
+            continue
+        cold, rss = _int8_start(path)
+        lines.append(f"| {path.name} | {_best_ratio(rows, ok, 1, 3.0)} | "
+                     f"{_best_ratio(rows, ok, 32, 5.0)} | {cold} | {rss} | "
+                     f"{how}, {res['created'][:10]} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def device_checks_table() -> str:
@@ -258,6 +313,7 @@ def serve_towers() -> str:
 
 
 BLOCKS = {"backends": backends_table, "speed": speed_summary, "host-speed": host_speed,
+          "targets": targets_table,
           "device-checks": device_checks_table, "index-speed": index_speed,
           "main-job": main_job_table, "distill": distill_table, "settings": settings_table}  # fmt: skip
 #: every file with generated blocks, and its blocks

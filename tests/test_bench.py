@@ -387,3 +387,30 @@ def test_openvino_int8_configs_builds_and_times_every_search_config(micro_bundle
               "load_average": [0.0, 0.0, 0.0], "steal": 0.0,
               "configs": [{"config": n, "search_position": None, "speed": s} for n, s in speed.items()]}  # fmt: skip
     assert bench.markdown(result).count("\n| `") == len(images)
+
+
+def test_interleaved_timing_calls_each_function_in_turn():
+    from edgeclip.timing import time_interleaved
+
+    calls: list[str] = []
+    times = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")],
+                             warmup=2, repeats=3, min_time=0.0, max_repeats=3)  # fmt: skip
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3  # warm-up, then A B A B A B
+    assert [len(t) for t in times] == [3, 3] and all((t >= 0).all() for t in times)
+
+
+def test_interleave_times_every_variant_and_torch_call_by_call(micro_bundle, tmp_path):
+    out = tmp_path / "interleaved"
+    argv = [str(micro_bundle), "--quick", "--threads", "1", "--batch-sizes", "1,2", "--rounds", "2",
+            "--interleave", "--no-memory", "--no-e2e", "--no-gpu", "-o", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["interleave"] is True and res["settings"]["rounds"] == 2
+    rows = {(r["variant"], r["batch_size"]): r for r in res["throughput"]}
+    assert set(rows) == {(v, b) for v in ("onnx-fp32", "torch-fp32") for b in (1, 2)}
+    for r in rows.values():
+        assert r["rounds"] == 2 and all(x > 0 for x in r["pairs_per_s_rounds"])
+        # interleaved in turn, every tower is called as often as the others
+        assert r["image_calls"] == rows[("torch-fp32", r["batch_size"])]["image_calls"]
+    assert rows[("onnx-fp32", 1)]["vs_baseline"] == pytest.approx(
+        rows[("onnx-fp32", 1)]["pairs_per_s"] / rows[("torch-fp32", 1)]["pairs_per_s"])
