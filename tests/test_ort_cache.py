@@ -149,3 +149,49 @@ def test_a_cache_folder_this_user_cannot_read_means_uncached_not_failed(micro_bu
 
     uncached = edgeclip.load(micro_bundle, backend="onnx", precision=got["variant"].split("-", 1)[1])
     np.testing.assert_allclose(got["vec"], uncached.encode_text(["a photo of a dog"])[0], atol=1e-5)
+
+
+def _embed_text(graph: Path) -> np.ndarray:
+    from edgeclip.tokenizer import tokenize
+
+    session = get_backend("onnx").open(graph, threads=1, device="cpu", precision="fp32")
+    ids = tokenize(["a photo of a cat", "a red square"]).astype(np.int64)
+    feeds = {n: ids if "ids" in n else (ids != 0).astype(np.int64) for n in session.input_names}
+    return session.run(feeds)
+
+
+@pytest.mark.parametrize("fault", [None, "corrupt", "missing"])
+def test_the_token_embedding_is_kept_in_a_mapped_file_checked_like_the_graph(
+    micro_bundle, tmp_path, monkeypatch, fault
+):
+    """The text tower's large initializers go to the entry's own data file (ONNX Runtime maps
+    it, so unused embedding rows never become resident); a damaged or missing one is never
+    used, and the entry is rebuilt."""
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EDGECLIP_ORT_CACHE", raising=False)
+    variant = next(v for v in Bundle.open(micro_bundle).variants if v.backend == "onnx")
+    text = micro_bundle / variant.text.file
+    reference = _uncached_text(text, monkeypatch)
+    _embed_text(text)  # builds the entry
+    model, meta = _entry(text)
+    data = model.parent / meta["data"]["file"]
+    assert data.stat().st_size == meta["data"]["size"] > 1 << 20  # the token embedding
+    assert model.stat().st_size < data.stat().st_size  # the graph no longer holds it
+    if fault == "corrupt":
+        raw = bytearray(data.read_bytes())
+        raw[100:164] = bytes(b ^ 0xFF for b in raw[100:164])
+        data.write_bytes(bytes(raw))
+    elif fault == "missing":
+        data.unlink()
+    ident = ort_cache.identity(text)
+    assert (ort_cache.valid_entry(model.parent, ident) is None) == (fault is not None)
+    np.testing.assert_allclose(_embed_text(text), reference, atol=1e-6)
+    rebuilt, _ = _entry(text)
+    assert ort_cache.valid_entry(model.parent, ident) == rebuilt
+
+
+def _uncached_text(graph: Path, monkeypatch) -> np.ndarray:
+    monkeypatch.setenv("EDGECLIP_ORT_CACHE", "0")
+    out = _embed_text(graph)
+    monkeypatch.delenv("EDGECLIP_ORT_CACHE")
+    return out

@@ -9,9 +9,14 @@ ONNX Runtime, so an entry is keyed on the graph's sha256, the ONNX Runtime versi
 foreign entry is detected, never used, and rebuilt; an unwritable cache folder means no cache,
 with one warning. ``EDGECLIP_ORT_CACHE=0`` turns it off.
 
-Entries live in ``edgeclip_home()/ort-cache/<key>/``: ``model-<sha16>.onnx`` and ``meta.json``,
-which names the file. Both are written to temporary names and renamed, meta last, so a reader
-sees a complete entry or none, and two processes building at once cannot mix their files.
+Entries live in ``edgeclip_home()/ort-cache/<key>/``: ``model-<sha16>.onnx``, its initializers
+of 1 MiB and more in ``init-<uuid>.tmp.data``, and ``meta.json``, which names both with their
+sha256. ONNX Runtime maps an external initializer file instead of reading it, so the rows of the
+text tower's token embedding that no prompt uses never become resident: TinyCLIP-8M's text
+tower takes 27 MiB instead of 78 (fp32) and 23 instead of 67 (onnx-int8), same outputs (AMD
+EPYC). The data file keeps the ``.tmp`` mark of a build in progress because the graph records
+its name, so another process's cleanup spares it. Files are renamed into place, meta last, so
+a reader sees a complete entry or none, and two processes building at once cannot mix them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import json
 import os
 import threading
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +33,7 @@ from typing import Any
 
 from .. import settings
 
-SCHEMA = 1
+SCHEMA = 2  # 2: initializers in an external file
 _warned: set[str] = set()
 
 
@@ -64,11 +70,17 @@ def valid_entry(folder: Path, ident: dict[str, Any]) -> Path | None:
         model = folder / str(meta["file"])
         if meta.get("identity") != ident or model.parent != folder:
             return None
-        if model.stat().st_size != meta["size"]:
-            return None
         from ..bundle import sha256_file
 
-        return model if sha256_file(model) == meta["sha256"] else None
+        parts = [(model, meta["size"], meta["sha256"])]
+        if meta.get("data"):
+            data = folder / str(meta["data"]["file"])
+            if data.parent != folder:
+                return None
+            parts.append((data, meta["data"]["size"], meta["data"]["sha256"]))
+        if any(f.stat().st_size != size for f, size, _ in parts):
+            return None
+        return model if all(sha256_file(f) == digest for f, _, digest in parts) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -86,14 +98,17 @@ def _discard(folder: Path) -> None:
             pass
 
 
-def _publish(folder: Path, tmp: Path, ident: dict[str, Any]) -> None:
-    """Give the freshly written graph its final name, then point ``meta.json`` at it."""
+def _publish(folder: Path, tmp: Path, data: Path, ident: dict[str, Any]) -> None:
+    """Give the freshly written graph its final name, then point ``meta.json`` at it and at
+    its initializer file (when ONNX Runtime wrote one)."""
     from ..bundle import sha256_file
 
     digest = sha256_file(tmp)
     model = folder / f"model-{digest[:16]}.onnx"
     os.replace(tmp, model)
     meta = {"identity": ident, "file": model.name, "sha256": digest, "size": model.stat().st_size}
+    if data.is_file():
+        meta["data"] = {"file": data.name, "sha256": sha256_file(data), "size": data.stat().st_size}
     meta_tmp = folder / f"meta.{os.getpid()}.{threading.get_ident()}.tmp"
     meta_tmp.write_text(json.dumps(meta, indent=1))
     os.replace(meta_tmp, folder / "meta.json")
@@ -121,19 +136,25 @@ def create_session(graph: Path, make_options: Callable[[], Any], providers: list
         _discard(folder)
         tmp = folder / f"build.{os.getpid()}.{threading.get_ident()}.tmp.onnx"
         tmp.touch()
+        data = folder / f"init-{uuid.uuid4().hex}.tmp.data"
     except OSError as exc:
         _warn_once(folder, f"not writable ({exc.strerror or exc}); sessions are built uncached")
         return ort.InferenceSession(str(graph), sess_options=make_options(), providers=providers)
     opts = make_options()
     opts.optimized_model_filepath = str(tmp)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", data.name)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                  str(1 << 20))  # fmt: skip
     try:
         session = ort.InferenceSession(str(graph), sess_options=opts, providers=providers)
     except Exception:  # noqa: BLE001 - e.g. the write failed; a broken graph raises again below
         tmp.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
         return ort.InferenceSession(str(graph), sess_options=make_options(), providers=providers)
     try:
-        _publish(folder, tmp, ident)
+        _publish(folder, tmp, data, ident)
     except OSError as exc:
         _warn_once(folder, f"could not be written ({exc.strerror or exc}); not cached")
         tmp.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
     return session
