@@ -269,9 +269,14 @@ def test_edgeclip_load_matches_transformers(which, request):
     pixels = Preprocessor(manifest["preprocess"])(images)[0]
     ids = tokenize(TEXTS, context_length=manifest["tokenizer"]["context_length"])
     ref = torch_embeddings(model, pixels, ids)
-    got_i, got_t = runtime.encode_image(images), runtime.encode_text(TEXTS)
+    got_i = runtime.encode_image(images)
+    with pytest.raises(edgeclip.BatchError) as caught:  # "" has no words: refused, not embedded
+        runtime.encode_text(TEXTS)
+    assert set(caught.value.failures) == {TEXTS.index("")}
+    worded = [i for i, t in enumerate(TEXTS) if t]
+    got_t = caught.value.results[worded]
     assert (got_i * _unit(ref["image"])).sum(1).min() >= 0.9999
-    assert (got_t * _unit(ref["text"])).sum(1).min() >= 0.9999
+    assert (got_t * _unit(ref["text"][worded])).sum(1).min() >= 0.9999
 
 
 def test_command_line_writes_fixture_and_bundle(tmp_path, capsys):
