@@ -195,3 +195,18 @@ def _uncached_text(graph: Path, monkeypatch) -> np.ndarray:
     out = _embed_text(graph)
     monkeypatch.delenv("EDGECLIP_ORT_CACHE")
     return out
+
+
+def test_an_entry_of_the_older_schema_is_removed_when_its_graph_is_cached_again(graph):
+    ident = ort_cache.identity(graph)
+    old = ort_cache.entry_folder({**ident, "schema": 1})
+    other = ort_cache.entry_folder({**ident, "schema": 1, "graph_sha256": "0" * 64})
+    for folder, identity in ((old, {**ident, "schema": 1}),
+                             (other, {**ident, "schema": 1, "graph_sha256": "0" * 64})):  # fmt: skip
+        folder.mkdir(parents=True)
+        (folder / "model-x.onnx").write_bytes(b"\0" * 1024)
+        (folder / "meta.json").write_text(json.dumps({"identity": identity, "file": "model-x.onnx"}))
+    _embed(graph)  # a miss: builds the schema-2 entry
+    assert ort_cache.valid_entry(ort_cache.entry_folder(ident), ident) is not None
+    assert not old.exists()  # superseded: the same graph under the old schema
+    assert other.exists()  # another graph's entry is not this load's business

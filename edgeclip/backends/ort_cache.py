@@ -98,6 +98,22 @@ def _discard(folder: Path) -> None:
             pass
 
 
+def _drop_superseded(folder: Path, ident: dict[str, Any]) -> None:
+    """Remove the entries of this graph that an older cache schema wrote (schema 1 held the
+    weights inside the graph: about 100 MB per variant that nothing reads any more). Entries of
+    other ONNX Runtime versions stay: another environment may share this cache."""
+    import shutil
+
+    for other in folder.parent.iterdir():
+        try:
+            old = json.loads((other / "meta.json").read_text())["identity"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (other != folder and old.get("graph_sha256") == ident["graph_sha256"]
+                and old.get("schema") != SCHEMA):  # fmt: skip
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def _publish(folder: Path, tmp: Path, data: Path, ident: dict[str, Any]) -> None:
     """Give the freshly written graph its final name, then point ``meta.json`` at it and at
     its initializer file (when ONNX Runtime wrote one)."""
@@ -153,6 +169,7 @@ def create_session(graph: Path, make_options: Callable[[], Any], providers: list
         return ort.InferenceSession(str(graph), sess_options=make_options(), providers=providers)
     try:
         _publish(folder, tmp, data, ident)
+        _drop_superseded(folder, ident)
     except OSError as exc:
         _warn_once(folder, f"could not be written ({exc.strerror or exc}); not cached")
         tmp.unlink(missing_ok=True)
