@@ -174,7 +174,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         else None
     )
     for i, why in sorted(failures.items()):
-        print(f"{args.inputs[i]}: ERROR {why} (its row is NaN)", file=sys.stderr)
+        name = args.inputs[i] if args.inputs[i].strip() else repr(args.inputs[i])
+        print(f"{name}: ERROR {why} (its row is NaN)", file=sys.stderr)
     if output and out is not None:
         tmp = output.with_name(output.name + ".partial")
         try:
