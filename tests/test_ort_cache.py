@@ -172,8 +172,10 @@ def test_the_token_embedding_is_kept_in_a_mapped_file_checked_like_the_graph(
     variant = next(v for v in Bundle.open(micro_bundle).variants if v.backend == "onnx")
     text = micro_bundle / variant.text.file
     reference = _uncached_text(text, monkeypatch)
-    _embed_text(text)  # builds the entry
+    built = get_backend("onnx").open(text, threads=1, device="cpu", precision="fp32")
     model, meta = _entry(text)
+    # the load that built the entry runs on it too (its weights mapped, not held in memory)
+    assert Path(built._session._model_path) == model
     data = model.parent / meta["data"]["file"]
     assert data.stat().st_size == meta["data"]["size"] > 1 << 20  # the token embedding
     assert model.stat().st_size < data.stat().st_size  # the graph no longer holds it

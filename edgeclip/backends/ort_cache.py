@@ -130,6 +130,24 @@ def _publish(folder: Path, tmp: Path, data: Path, ident: dict[str, Any]) -> None
     os.replace(meta_tmp, folder / "meta.json")
 
 
+def _from_entry(folder: Path, ident: dict[str, Any], make_options: Callable[[], Any],
+                providers: list) -> Any:  # fmt: skip
+    """A session on the valid entry in ``folder``, or None (no entry, or one ONNX Runtime
+    cannot read: it is rebuilt)."""
+    import onnxruntime as ort
+
+    cached = valid_entry(folder, ident)  # None also when the folder cannot be read
+    if cached is None:
+        return None
+    opts = make_options()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
+    try:
+        return ort.InferenceSession(str(cached), sess_options=opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - a file ONNX Runtime cannot read is rebuilt
+        _warn_once(folder, f"cached graph unreadable ({str(exc)[:120]}); rebuilding it")
+        return None
+
+
 def create_session(graph: Path, make_options: Callable[[], Any], providers: list) -> Any:
     """An ``InferenceSession`` for ``graph``, from the cached optimised graph when there is a
     valid one, else built from ``graph`` and (best effort) cached for next time."""
@@ -139,14 +157,9 @@ def create_session(graph: Path, make_options: Callable[[], Any], providers: list
         return ort.InferenceSession(str(graph), sess_options=make_options(), providers=providers)
     ident = identity(graph)
     folder = entry_folder(ident)
-    cached = valid_entry(folder, ident)  # None also when the folder cannot be read
-    if cached is not None:
-        opts = make_options()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
-        try:
-            return ort.InferenceSession(str(cached), sess_options=opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - a file ONNX Runtime cannot read is rebuilt
-            _warn_once(folder, f"cached graph unreadable ({str(exc)[:120]}); rebuilding it")
+    session = _from_entry(folder, ident, make_options, providers)
+    if session is not None:
+        return session
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _discard(folder)
@@ -174,4 +187,7 @@ def create_session(graph: Path, make_options: Callable[[], Any], providers: list
         _warn_once(folder, f"could not be written ({exc.strerror or exc}); not cached")
         tmp.unlink(missing_ok=True)
         data.unlink(missing_ok=True)
-    return session
+        return session
+    # The session just built holds every weight in memory; the entry's maps them, so a process
+    # that built the cache (a server's first start) holds what later ones do.
+    return _from_entry(folder, ident, make_options, providers) or session
