@@ -107,7 +107,12 @@ def _ratio(best: dict, rows: dict, batch: int) -> str:
 
 def _gated(path: Path, gate: dict) -> tuple[dict, dict, list[str]]:
     """(results, pairs/s rows, gated variants): those that passed the trained model's gate, with
-    its config, and their on-device check on this host."""
+    its config, and their on-device check on this host. The trained model's gate run on this
+    host (``<host>/variants_gate_trained.json``) takes the place of the shared one: INT8
+    verdicts and kept configs differ between CPUs."""
+    own = path / "variants_gate_trained.json"
+    if own.is_file():
+        gate = {v["id"]: v for v in _load(own)["variants"]}
     res = _load(path / "results.json")
     checks = path / "device_checks.json"
     passed_here = None
