@@ -13,7 +13,7 @@ Entries live in ``edgeclip_home()/ort-cache/<key>/``: ``model-<sha16>.onnx``, it
 of 1 MiB and more in ``init-<uuid>.tmp.data``, and ``meta.json``, which names both with their
 sha256. ONNX Runtime maps an external initializer file instead of reading it, so the rows of the
 text tower's token embedding that no prompt uses never become resident: a later load of
-TinyCLIP-8M's onnx-int8 peaks at 103 MiB instead of 194, same outputs (AMD EPYC,
+TinyCLIP-8M's onnx-int8 peaks at 101 MiB instead of 194, same outputs (AMD EPYC,
 ``benchmarks/results/epyc-avx512-vnni-2core/memory_stages.md``). The data file keeps the ``.tmp`` mark of a build in progress because the graph records
 its name, so another process's cleanup spares it. Files are renamed into place, meta last, so
 a reader sees a complete entry or none, and two processes building at once cannot mix them.
