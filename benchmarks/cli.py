@@ -150,7 +150,8 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
     rounds = args.rounds
     measured: list[list[list[dict]]] = [[] for _ in towers]
     if getattr(args, "interleave", False):
-        return _interleaved(args, towers, measured, inputs, sizes, settings, add, bar, torch_model)
+        T.run_interleaved(towers, args.rounds, inputs, sizes, settings, add, bar)
+        return torch_model
     try:
         for r in range(rounds):
             for k, (label, ri, rt, note) in enumerate(towers):
@@ -171,23 +172,6 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
             for per_round in measured:
                 for row in T.combine_rounds(per_round) if per_round else []:
                     add(row)
-    return torch_model
-
-
-def _interleaved(args, towers, measured, inputs, sizes, settings, add, bar, torch_model):
-    """``--interleave``: each round times every tower call by call in turn."""
-    from . import throughput as T
-
-    try:
-        for r in range(args.rounds):
-            bar.set_description(f"throughput, all interleaved, round {r + 1}/{args.rounds}")
-            for k, rows in enumerate(T.measure_interleaved(towers, *inputs, sizes, settings)):
-                measured[k].append(rows)
-        bar.update(len(towers))
-    finally:  # on Ctrl-C too: the rounds completed
-        for per_round in measured:
-            for row in T.combine_rounds(per_round) if per_round else []:
-                add(row)
     return torch_model
 
 
@@ -235,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _macs_and_peaks(results, bundle, notes, args, bar)
         torch_model = _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar)
+        notes += T.spell_advice(results["throughput"], bool(getattr(args, "interleave", False)))
         if gpu_wanted:
             _gpu_path(bundle, variants, torch_model, inputs, add, notes, bar)
         del torch_model

@@ -149,6 +149,37 @@ def combine_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
+def spell_advice(rows: list[dict], interleaved: bool, spread: float = 1.3) -> list[str]:
+    """A note when rounds timed in turn disagree by more than ``spread``: the machine's speed
+    comes in spells, so the ratios between variants depend on which one met a slow spell."""
+    worst = max(((max(r["pairs_per_s_rounds"]) / min(r["pairs_per_s_rounds"]), r)
+                 for r in rows if len(r.get("pairs_per_s_rounds") or []) > 1
+                 and min(r["pairs_per_s_rounds"]) > 0), key=lambda x: x[0], default=None)  # fmt: skip
+    if interleaved or worst is None or worst[0] <= spread:
+        return []
+    ratio, row = worst
+    return [f"the rounds of {row['variant']} at batch {row['batch_size']} disagree by {ratio:.2f}x: "
+            "this machine's speed comes in spells (benchmarks/cpu_spells.py shows them), so the "
+            "ratios between variants depend on which met a slow one; rerun with --interleave"]
+
+
+def run_interleaved(towers: list, rounds: int, inputs: tuple, sizes: list[int], settings: Settings,
+                    add: Callable[[dict[str, Any]], None], bar: Any) -> None:  # fmt: skip
+    """``edgeclip bench --interleave``: each round times every tower call by call in turn; the
+    rows (each the median round) go to ``add``, on Ctrl-C too for the rounds completed."""
+    measured: list[list[list[dict]]] = [[] for _ in towers]
+    try:
+        for r in range(rounds):
+            bar.set_description(f"throughput, all interleaved, round {r + 1}/{rounds}")
+            for k, rows in enumerate(measure_interleaved(towers, *inputs, sizes, settings)):
+                measured[k].append(rows)
+        bar.update(len(towers))
+    finally:
+        for per_round in measured:
+            for row in combine_rounds(per_round) if per_round else []:
+                add(row)
+
+
 def chunk_note(sizes: tuple[int, ...] | None, b: int) -> str | None:
     """What a fixed-shape tower does with batch ``b`` (None when it takes ``b`` as is)."""
     if not sizes or b in sizes:

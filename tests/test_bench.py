@@ -414,3 +414,14 @@ def test_interleave_times_every_variant_and_torch_call_by_call(micro_bundle, tmp
         assert r["image_calls"] == rows[("torch-fp32", r["batch_size"])]["image_calls"]
     assert rows[("onnx-fp32", 1)]["vs_baseline"] == pytest.approx(
         rows[("onnx-fp32", 1)]["pairs_per_s"] / rows[("torch-fp32", 1)]["pairs_per_s"])
+
+
+def test_rounds_that_disagree_advise_interleaving():
+    from benchmarks.throughput import spell_advice
+
+    rows = [{"variant": "onnx-int8", "batch_size": 1, "pairs_per_s_rounds": [51.4, 89.3, 52.1]},
+            {"variant": "onnx-fp32", "batch_size": 1, "pairs_per_s_rounds": [34.0, 33.1]}]  # fmt: skip
+    (note,) = spell_advice(rows, interleaved=False)
+    assert "onnx-int8 at batch 1 disagree by 1.74x" in note and "--interleave" in note
+    assert spell_advice(rows, interleaved=True) == []  # already interleaved: nothing to advise
+    assert spell_advice(rows[1:], interleaved=False) == []  # within 30 %: a quiet machine
