@@ -425,3 +425,28 @@ def test_rounds_that_disagree_advise_interleaving():
     assert "onnx-int8 at batch 1 disagree by 1.74x" in note and "--interleave" in note
     assert spell_advice(rows, interleaved=True) == []  # already interleaved: nothing to advise
     assert spell_advice(rows[1:], interleaved=False) == []  # within 30 %: a quiet machine
+
+
+def test_onnx_int8_configs_builds_every_candidate_and_vectors_stay_close(micro_bundle, tmp_path):
+    """Each ONNX INT8 search candidate is built from onnx-fp32 alone and runs through edgeclip's
+    own tower runner; its vectors stay near fp32's (weights are random: no gate claim)."""
+    from benchmarks import onnx_int8_configs as bench
+    from converters.quantize_onnx import INT8_CANDIDATES
+    from edgeclip.bundle import Bundle
+    from edgeclip.towers import open_towers
+
+    bundle = Bundle.open(micro_bundle)
+    variants = bench.build_all(bundle, tmp_path)
+    assert [v.id for v in variants] == ["onnx-fp32", *(name for name, _, _ in INT8_CANDIDATES)]
+    size = int(bundle.preprocess["image_size"])
+    pixels = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    outs = [open_towers(tmp_path, v, 1, "cpu")[0](pixels, 2) for v in variants]
+    ref = outs[0] / np.linalg.norm(outs[0], axis=1, keepdims=True)
+    for out in outs[1:]:
+        cos = (out / np.linalg.norm(out, axis=1, keepdims=True) * ref).sum(axis=1)
+        assert cos.min() > 0.9
+    rows = [{"variant": v.id, "batch_size": 1, "images_per_s": 10.0, "texts_per_s": 100.0,
+             "pairs_per_s": 9.1, "vs_torch": 1.5, "pairs_per_s_rounds": [9.1]} for v in variants]  # fmt: skip
+    text = bench.markdown({"cpu": "x", "isa": "avx2", "threads": 1, "rounds": 1,
+                           "load_average": [0.0, 0.0, 0.0], "rows": rows})  # fmt: skip
+    assert text.count("\n| ") == len(rows) + 1  # the header and one row each
