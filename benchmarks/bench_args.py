@@ -213,3 +213,58 @@ def check_something_to_measure(args: argparse.Namespace, bundle: Any, variants: 
         f"{args.precisions} leaves no variant{skipped}, and {torch_why}. Pick a backend the "
         "bundle has (`edgeclip info BUNDLE` lists them)."
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgeclip bench`` argument parser."""
+    # the description is benchmarks/cli.py's first paragraph, as --help showed it before
+    p = argparse.ArgumentParser(prog="edgeclip bench", description=(
+        "``edgeclip bench``: measure every variant of a bundle (and torch) and write tables and "
+        "plots."))  # fmt: skip
+    p.add_argument("model", nargs="?", help="bundle dir, checkpoint dir or zoo name")
+    p.add_argument("-o", "--output", default="results", help="output folder (default: results/)")
+    p.add_argument("--backends", default="all", help="comma list (onnx,openvino,litert) or all")
+    p.add_argument("--precisions", default="all", help="comma list (fp32,int8,...) or all")
+    p.add_argument("--batch-sizes", default=None, help="comma list, default 1,8,32 (quick: 1,4)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: runtime's)"
+    )
+    p.add_argument("--device", default="cpu", help="device for the main sweep (default cpu)")
+    p.add_argument("--baseline", default="torch", choices=["torch", "none"])
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint for the torch baseline (default: the bundle's source)",
+    )
+    p.add_argument(
+        "--accuracy",
+        default=None,
+        metavar="FOLDER",
+        help="labelled folder, one subfolder per class",
+    )
+    p.add_argument("--class-map", default=None, help="JSON {folder: class name}")
+    p.add_argument(
+        "--templates",
+        default="photo",
+        help="template set (none, photo, imagenet7, imagenet80) or a template with {}",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: under a minute, unstable numbers"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="time the whole sweep N times in turn; each row is the median round (shared machines)",
+    )  # fmt: skip
+    p.add_argument(
+        "--interleave", action="store_true",
+        help="time every variant and torch call by call in turn, so all see the same slow and "
+             "fast spells of a shared or virtual CPU (the ratios to torch hold; a round is one "
+             "interleaved pass)",
+    )  # fmt: skip
+    p.add_argument("--no-memory", action="store_true", help="skip peak RSS / cold start")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end JPEG rate")
+    p.add_argument("--no-gpu", action="store_true", help="skip the GPU path even if CUDA exists")
+    p.add_argument(
+        "--merge", nargs="+", metavar="RESULTS_JSON", help="merge runs from several devices"
+    )
+    return p

@@ -22,58 +22,6 @@ from . import bench_args, report
 from .hosts import cpu_ticks, steal_share
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``edgeclip bench`` argument parser."""
-    p = argparse.ArgumentParser(prog="edgeclip bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", help="bundle dir, checkpoint dir or zoo name")
-    p.add_argument("-o", "--output", default="results", help="output folder (default: results/)")
-    p.add_argument("--backends", default="all", help="comma list (onnx,openvino,litert) or all")
-    p.add_argument("--precisions", default="all", help="comma list (fp32,int8,...) or all")
-    p.add_argument("--batch-sizes", default=None, help="comma list, default 1,8,32 (quick: 1,4)")
-    p.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (default: runtime's)"
-    )
-    p.add_argument("--device", default="cpu", help="device for the main sweep (default cpu)")
-    p.add_argument("--baseline", default="torch", choices=["torch", "none"])
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="checkpoint for the torch baseline (default: the bundle's source)",
-    )
-    p.add_argument(
-        "--accuracy",
-        default=None,
-        metavar="FOLDER",
-        help="labelled folder, one subfolder per class",
-    )
-    p.add_argument("--class-map", default=None, help="JSON {folder: class name}")
-    p.add_argument(
-        "--templates",
-        default="photo",
-        help="template set (none, photo, imagenet7, imagenet80) or a template with {}",
-    )
-    p.add_argument(
-        "--quick", action="store_true", help="smoke run: under a minute, unstable numbers"
-    )
-    p.add_argument(
-        "--rounds", type=int, default=1,
-        help="time the whole sweep N times in turn; each row is the median round (shared machines)",
-    )  # fmt: skip
-    p.add_argument(
-        "--interleave", action="store_true",
-        help="time every variant and torch call by call in turn, so all see the same slow and "
-             "fast spells of a shared or virtual CPU (the ratios to torch hold; a round is one "
-             "interleaved pass)",
-    )  # fmt: skip
-    p.add_argument("--no-memory", action="store_true", help="skip peak RSS / cold start")
-    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end JPEG rate")
-    p.add_argument("--no-gpu", action="store_true", help="skip the GPU path even if CUDA exists")
-    p.add_argument(
-        "--merge", nargs="+", metavar="RESULTS_JSON", help="merge runs from several devices"
-    )
-    return p
-
-
 def _progress(total: int):
     from edgeclip.progress import progress
 
@@ -147,11 +95,11 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
         ri, rt, _ = T.torch_towers(torch_model, args.threads)
         label = {"variant": "torch-fp32", "backend": "torch", "precision": "fp32", "device": "cpu"}
         towers.append((label, ri, rt, None))
-    rounds = args.rounds
-    measured: list[list[list[dict]]] = [[] for _ in towers]
     if getattr(args, "interleave", False):
         T.run_interleaved(towers, args.rounds, inputs, sizes, settings, add, bar)
         return torch_model
+    rounds = args.rounds
+    measured: list[list[list[dict]]] = [[] for _ in towers]
     try:
         for r in range(rounds):
             for k, (label, ri, rt, note) in enumerate(towers):
@@ -393,7 +341,7 @@ def _accuracy(bundle: Any, variants: list, args: argparse.Namespace, bar: Any) -
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edgeclip bench``; returns the exit status (2 on bad input)."""
-    args = build_parser().parse_args(argv)
+    args = bench_args.build_parser().parse_args(argv)
     try:
         return run(args)
     except EdgeclipError as exc:

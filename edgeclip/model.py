@@ -28,6 +28,12 @@ _EMPTY_TEXT = ("text {!r} has no words once cleaned (the tokenizer unescapes HTM
                "whitespace), so its vector would be the empty prompt's; give text with words.")
 
 
+def _wordless(ids: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """Which texts hold no words: start and end tokens only once cleaned ("&nbsp;"), or
+    nothing visible (a zero-width space, which the BPE still turns into tokens)."""
+    return ((ids != 0).sum(axis=1) <= 2) | np.array([is_blank(t) for t in texts])
+
+
 @lru_cache(maxsize=1)
 def template_sets() -> dict[str, list[str]]:
     """The shipped prompt-template sets (``none``, ``photo``, ``imagenet7``, ``imagenet80``)."""
@@ -241,8 +247,7 @@ class EdgeClip:
             raise InputError("encode_text got no texts.")
         ids = self.tokenizer(items)
         chunk = self._chunk(batch_size, invariant)
-        # start and end tokens only ("&nbsp;"), or nothing visible (a zero-width space)
-        empty = ((ids != 0).sum(axis=1) <= 2) | np.array([is_blank(t) for t in items])
+        empty = _wordless(ids, items)
         if not empty.any():
             return _normalise(self._text(ids, chunk))
         # The empty prompt's vector matches nothing in particular: a silent wrong answer.
@@ -281,8 +286,7 @@ class EdgeClip:
         """A label the tokenizer reduces to nothing ("&nbsp;", a zero-width space) would rank
         as the empty prompt: a silent wrong answer."""
         ids = self.tokenizer(labels)
-        wordless = ((ids != 0).sum(axis=1) <= 2) | np.array([is_blank(x) for x in labels])
-        for i in np.flatnonzero(wordless):  # start and end tokens only, or nothing visible
+        for i in np.flatnonzero(_wordless(ids, labels)):
             raise InputError(
                 f"labels[{i}] ({labels[i]!r}) has no text once cleaned (the tokenizer unescapes "
                 "HTML and drops whitespace); give a label with words in it.",

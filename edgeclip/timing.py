@@ -1,6 +1,7 @@
 """The one way edgeclip times a tower: the speed probe of ``backend="auto"``, ``edgeclip bench``
 and the main job's speed line all call ``time_calls`` (or ``time_interleaved``, the same loop
-over several towers in turn) + ``rate`` + ``pairs_per_s``, so their numbers agree. TinyCLIP's method: towers timed separately on preprocessed inputs, pairs/s =
+over several towers in turn) + ``rate`` + ``pairs_per_s``, so their numbers agree. TinyCLIP's
+method: towers timed separately on preprocessed inputs, pairs/s =
 1 / (1/images_per_s + 1/texts_per_s)."""
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def time_interleaved(
 ) -> list[np.ndarray]:
     """Seconds per call of each of ``fns``, timed in turn call by call (A B C A B C ...).
 
-    A shared or virtual CPU has slow spells of tens of seconds (the 2-core EPYC VM: onnx-int8
-    10.3 ms a call in one, 18.6 ms in the next); timed one after the other, two towers can
+    A shared or virtual CPU has slow spells of tens of seconds (the 2-core EPYC VM with AVX-512
+    VNNI: onnx-int8 10.65 ms a call in fast spells, 18.39 ms in slow ones, ``cpu_spells.md``); timed one after the other, two towers can
     land in different spells and their ratio then says more about the spell than about them.
     Interleaved, every tower sees the same mix. ``min_time`` is per function, as in
     ``time_calls``, so the whole takes about ``len(fns) * min_time``."""

@@ -13,9 +13,10 @@ Entries live in ``edgeclip_home()/ort-cache/<key>/``: ``model-<sha16>.onnx``, it
 of 1 MiB and more in ``init-<uuid>.tmp.data``, and ``meta.json``, which names both with their
 sha256. ONNX Runtime maps an external initializer file instead of reading it, so the rows of the
 text tower's token embedding that no prompt uses never become resident: a later load of
-TinyCLIP-8M's onnx-int8 peaks at 101 MiB instead of 194, same outputs (AMD EPYC,
-``benchmarks/results/epyc-avx512-vnni-2core/memory_stages.md``). The data file keeps the ``.tmp`` mark of a build in progress because the graph records
-its name, so another process's cleanup spares it. Files are renamed into place, meta last, so
+TinyCLIP-8M's onnx-int8 peaks at 101 MiB instead of 194, same outputs (AMD EPYC with AVX-512
+VNNI, ``benchmarks/results/epyc-avx512-vnni-2core/memory_stages.md``). The data file keeps the
+``.tmp`` mark of a build in progress because the graph records its name, so another process's
+cleanup spares it. Files are renamed into place, meta last, so
 a reader sees a complete entry or none, and two processes building at once cannot mix them.
 """
 
@@ -114,9 +115,9 @@ def _drop_superseded(folder: Path, ident: dict[str, Any]) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def _publish(folder: Path, tmp: Path, data: Path, ident: dict[str, Any]) -> None:
+def _publish(folder: Path, tmp: Path, data: Path, ident: dict[str, Any]) -> Path:
     """Give the freshly written graph its final name, then point ``meta.json`` at it and at
-    its initializer file (when ONNX Runtime wrote one)."""
+    its initializer file (when ONNX Runtime wrote one); returns the graph's path."""
     from ..bundle import sha256_file
 
     digest = sha256_file(tmp)
@@ -128,21 +129,27 @@ def _publish(folder: Path, tmp: Path, data: Path, ident: dict[str, Any]) -> None
     meta_tmp = folder / f"meta.{os.getpid()}.{threading.get_ident()}.tmp"
     meta_tmp.write_text(json.dumps(meta, indent=1))
     os.replace(meta_tmp, folder / "meta.json")
+    return model
 
 
 def _from_entry(folder: Path, ident: dict[str, Any], make_options: Callable[[], Any],
                 providers: list) -> Any:  # fmt: skip
     """A session on the valid entry in ``folder``, or None (no entry, or one ONNX Runtime
     cannot read: it is rebuilt)."""
+    cached = valid_entry(folder, ident)  # None also when the folder cannot be read
+    return None if cached is None else _open_cached(cached, folder, make_options, providers)
+
+
+def _open_cached(model: Path, folder: Path, make_options: Callable[[], Any],
+                 providers: list) -> Any:  # fmt: skip
+    """A session on an entry's graph (already optimised), or None if ONNX Runtime cannot
+    read it (the entry is then rebuilt)."""
     import onnxruntime as ort
 
-    cached = valid_entry(folder, ident)  # None also when the folder cannot be read
-    if cached is None:
-        return None
     opts = make_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
     try:
-        return ort.InferenceSession(str(cached), sess_options=opts, providers=providers)
+        return ort.InferenceSession(str(model), sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - a file ONNX Runtime cannot read is rebuilt
         _warn_once(folder, f"cached graph unreadable ({str(exc)[:120]}); rebuilding it")
         return None
@@ -181,7 +188,7 @@ def create_session(graph: Path, make_options: Callable[[], Any], providers: list
         data.unlink(missing_ok=True)
         return ort.InferenceSession(str(graph), sess_options=make_options(), providers=providers)
     try:
-        _publish(folder, tmp, data, ident)
+        model = _publish(folder, tmp, data, ident)
         _drop_superseded(folder, ident)
     except OSError as exc:
         _warn_once(folder, f"could not be written ({exc.strerror or exc}); not cached")
@@ -189,5 +196,6 @@ def create_session(graph: Path, make_options: Callable[[], Any], providers: list
         data.unlink(missing_ok=True)
         return session
     # The session just built holds every weight in memory; the entry's maps them, so a process
-    # that built the cache (a server's first start) holds what later ones do.
-    return _from_entry(folder, ident, make_options, providers) or session
+    # that built the cache (a server's first start) holds what later ones do. The files were
+    # hashed as they were published: no second check.
+    return _open_cached(model, folder, make_options, providers) or session

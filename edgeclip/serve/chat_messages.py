@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import APIError
-from .inputs import is_blank
+from .inputs import base64_as_data_uri, is_blank
 from .mixed import Item
 
 _IGNORED_ROLES = ("system", "developer")
@@ -90,9 +90,7 @@ def _one_item(images: list[tuple[str, str, str]], texts: list[tuple[str, str, st
                        "a list).", param=param, code="invalid_value")  # fmt: skip
     if images:
         kind, value, param = images[0]
-        if value[:5].lower() != "data:" and "://" not in value[:16]:
-            value = "data:image/*;base64," + value  # bare base64, as some clients send it
-        return kind, value, param
+        return kind, base64_as_data_uri(value), param
     if not texts:
         raise APIError(400, f"{field} holds no image and no text (blank text is not embedded); "
                        "put one in a 'user' message.", param=field, code="empty_input")  # fmt: skip

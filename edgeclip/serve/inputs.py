@@ -161,6 +161,14 @@ def string_list(
     return items
 
 
+def base64_as_data_uri(value: str) -> str:
+    """An image reference as sent: a data URI or a URL stays as it is (a URL is refused later,
+    by name); anything else is taken as bare base64, as Jina and vLLM clients send it."""
+    if value[:5].lower() == "data:" or "://" in value[:16]:
+        return value
+    return "data:image/*;base64," + value
+
+
 def empty_input(param: str, what: str = "text") -> APIError:
     """400 for an input with nothing in it: its vector would be a silent wrong answer."""
     if what == "image":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import APIError
-from .inputs import check_text_lengths
+from .inputs import base64_as_data_uri, check_text_lengths
 from .service import InputsFailed, Service
 
 Item = tuple[str, str, str]  # (kind "text" | "image", value, param naming it in the request)
@@ -88,7 +88,7 @@ def input_objects(raw: object, field: str, limit: int) -> list[Item] | None:
                                 "{\"image\": \"data:image/jpeg;base64,...\"} (all items objects, "
                                 "or all strings).", param=param, code="invalid_type")  # fmt: skip
         value = obj[keys[0]]
-        if keys[0] == "image" and value[:5].lower() != "data:" and "://" not in value[:16]:
-            value = "data:image/*;base64," + value  # Jina's bare base64
+        if keys[0] == "image":
+            value = base64_as_data_uri(value)
         items.append((keys[0], value, f"{param}.{keys[0]}"))
     return items

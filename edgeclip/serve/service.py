@@ -164,11 +164,11 @@ class Service:
         """(N, D) float32 and each text's token count; 400 naming every text with no tokens."""
         async with self.texts.expect() as submit:
             rows = await self._submit(submit, texts)
-        # The tokenizer has the last word on what is empty: "&nbsp;" passes every character
-        # check but unescapes to whitespace, i.e. the vector of "" (a silent wrong answer).
+        # The library refuses a text with no words ("&nbsp;" unescapes to whitespace: the vector
+        # of "" would be a silent wrong answer) and the worker hands it back as a NaN row.
         failed = {
             i: empty_input(item_param(param, i, single))
-            for i, (_, count) in enumerate(rows) if count <= 2 or is_blank(texts[i])
+            for i, (vector, _) in enumerate(rows) if np.isnan(vector).any()
         }  # fmt: skip
         if failed:
             good = {i: row[0] for i, row in enumerate(rows) if i not in failed}
