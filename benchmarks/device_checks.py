@@ -19,13 +19,18 @@ from pathlib import Path
 from .hosts import host_label, measured_on, write_result
 
 
-def build_fixture(work: Path, backends: str, precisions: str) -> Path:
+def build_fixture(work: Path, backends: str, precisions: str, int8_configs: str | None = None) -> Path:
+    """The TinyCLIP-8M-shaped random-weight bundle; ``int8_configs`` pins INT8 configurations
+    (``converters.int8_pins``), e.g. those a trained model's gate kept on this host: each is
+    tried first, and where random weights fail it the search goes on, so the fixture still
+    has that backend's int8 variant (for cold start and memory; its speed then does not count)."""
     from converters.bundle_writer import convert
     from converters.fixtures import write_random_checkpoint
 
     ckpt = write_random_checkpoint(work / "ckpt", arch="tinyclip-8m", fmt="hf", seed=0)
     return convert(ckpt, work / "tinyclip-8m", backends=backends, precisions=precisions,
-                   progress=False, log=print)  # fmt: skip
+                   progress=False, log=print, int8_configs=int8_configs,
+                   int8_fallback=True)  # fmt: skip
 
 
 def measure(bundle_dir: Path) -> dict:
@@ -78,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="onnx,openvino")
     ap.add_argument("--precisions", default="fp32,fp16,int8,int8-dynamic,int8-static,int8-weights")
     ap.add_argument("--work", type=Path, default=None, help="keep the built fixture here")
+    ap.add_argument("--int8-config", default=None, help="pin INT8 configs: BACKEND=CONFIG[,...]")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         bundle = args.bundle or (work / "tinyclip-8m" if (work / "tinyclip-8m").is_dir()
-                                 else build_fixture(work, args.backends, args.precisions))  # fmt: skip
+                                 else build_fixture(work, args.backends, args.precisions,
+                                                    args.int8_config))  # fmt: skip
         result = measure(bundle)
     write_result("device_checks", result, markdown(result))
     return 0

@@ -21,8 +21,19 @@ echo "host $HOST: $(grep -ow -E 'amx_tile|avx512_vnni|avx2' /proc/cpuinfo | sort
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 
+# The INT8 configurations the trained model's gate kept on this host, if it was run here: the
+# fixture then times those, not whichever its random weights let through (a one-image verdict).
+PINS=$("$PY" - "$OUT/variants_gate_trained.json" <<'PY'
+import json, os, sys
+if os.path.isfile(sys.argv[1]):
+    rows = json.load(open(sys.argv[1]))["variants"]
+    print(",".join(f"{r['id'][:-5]}={r['config']}" for r in rows
+                   if r["id"].endswith("-int8") and r["passed"] and r.get("config")))
+PY
+)
+echo "INT8 configurations pinned from $OUT/variants_gate_trained.json: ${PINS:-none (searched)}"
 step "on-device checks of the fixture in $FIXTURE (built first if missing)"
-"$PY" -m benchmarks.device_checks --work "$FIXTURE"
+"$PY" -m benchmarks.device_checks --work "$FIXTURE" ${PINS:+--int8-config "$PINS"}
 step "edgeclip bench --rounds 3 --interleave, batch 1 and 32, $THREADS threads"
 "$PY" -m edgeclip bench "$BUNDLE" --rounds 3 --interleave --batch-sizes 1,32 --threads "$THREADS" -o "$OUT"
 # The int8 variants whose conversion gate failed on this host's build are not in the bundle.

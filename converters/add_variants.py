@@ -28,6 +28,8 @@ def add_variants(
     keep_failed: bool = False,
     builder_options: dict[str, dict[str, Any]] | None = None,
     log: Callable[[str], Any] = print,
+    int8_configs: str | dict[str, str] | None = None,
+    int8_fallback: bool = False,
 ) -> dict[str, Any]:
     """Add gated variants to an existing bundle (one with ``onnx-fp32``); return the new manifest.
 
@@ -35,14 +37,17 @@ def add_variants(
     the torch fp32 reference and LiteRT's source. Without it the reference is onnx-fp32.
     The bundle is rebuilt in a sibling temporary directory and swapped in only when complete:
     an interrupted run leaves the old bundle as it was. Variants with the same id are replaced.
+    ``int8_configs``: INT8 configurations pinned per backend (``converters.int8_pins``).
     """
     import tempfile
 
     from .calibration import check_calibration_args, load_calibration
+    from .int8_pins import parse_int8_configs
 
     bundle = Path(bundle_dir).expanduser().resolve()
     manifest, fp32 = _read_bundle(bundle)
     check_requested(backends, precisions)  # before any heavy work
+    parse_int8_configs(int8_configs)
     check_calibration_args(calibration_dir, captions)
     model = _reference_model(checkpoint)
     calibration = load_calibration(
@@ -55,7 +60,8 @@ def add_variants(
         log=log,
     )
     build = dict(backends=backends, precisions=precisions, thresholds=thresholds, threads=threads,
-                 keep_failed=keep_failed, builder_options=builder_options)  # fmt: skip
+                 keep_failed=keep_failed, builder_options=builder_options,
+                 int8_configs=int8_configs, int8_fallback=int8_fallback)  # fmt: skip
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.partial-", dir=bundle.parent))
     try:
         manifest = _rebuild(bundle, staging, manifest, fp32, model, calibration, build, log)

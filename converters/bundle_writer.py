@@ -281,6 +281,8 @@ def convert(
     threads: int | None = None,
     progress: bool | None = None,
     log: Any = None,
+    int8_configs: str | dict[str, str] | None = None,
+    int8_fallback: bool = False,
 ) -> Path:
     """Convert a CLIP checkpoint into a bundle directory at ``out_dir``; return its path.
 
@@ -288,15 +290,18 @@ def convert(
     reference ``onnx-fp32`` is always there. ``config``: the open_clip JSON config when it is
     not next to the weights. The export is refused (``ParityError``, nothing written) if any
     export cosine is below ``min_cosine``. ``calibration_dir``/``captions``: images (and
-    captions) for INT8 calibration and the gate (default: procedural shapes). ``progress``: a
+    captions) for INT8 calibration and the gate (default: procedural shapes). ``int8_configs``:
+    INT8 configurations pinned per backend (``converters.int8_pins``). ``progress``: a
     tqdm bar (None: only on a terminal). ``log``: where variant messages go (default: the bar).
     """
     from .calibration import check_calibration_args
+    from .int8_pins import parse_int8_configs
     from .variants import check_requested
 
     # Every argument is checked before the checkpoint is read: a typo costs no export.
     _check_counts(n_parity_images, n_parity_texts, name)
     check_requested(backends, precisions)
+    parse_int8_configs(int8_configs)
     check_calibration_args(calibration_dir, captions)
     out = check_output(out_dir, overwrite)
     staging = staging_dir(out)
@@ -306,7 +311,8 @@ def convert(
         _write_staging(staging, steps, checkpoint_path, config, name or out.name,
             (n_parity_images, n_parity_texts, min_cosine),
             dict(backends=backends, precisions=precisions, thresholds=thresholds,
-                 threads=threads, keep_failed=keep_failed, builder_options=builder_options),
+                 threads=threads, keep_failed=keep_failed, builder_options=builder_options,
+                 int8_configs=int8_configs, int8_fallback=int8_fallback),
             dict(folder=calibration_dir, captions=captions, n_calib=n_calib, n_eval=n_eval), log,
         )  # fmt: skip
         place_bundle(staging, out, overwrite)

@@ -39,11 +39,13 @@ def run_convert(args: argparse.Namespace) -> int:
 
     from .bundle_writer import convert
     from .calibration import check_calibration_args
+    from .int8_pins import parse_int8_configs
     from .output_dir import check_output
     from .variants import check_requested
 
     # Checked before a zoo name is resolved: a typo costs no download.
     check_requested(args.backend, args.precision)
+    parse_int8_configs(args.int8_config)
     check_calibration_args(args.calibration, args.captions)
     check_output(args.output, args.overwrite)
     try:
@@ -51,6 +53,7 @@ def run_convert(args: argparse.Namespace) -> int:
             resolve_checkpoint(args.checkpoint), args.output, name=args.name, config=args.config,
             overwrite=args.overwrite, backends=args.backend, precisions=args.precision,
             calibration_dir=args.calibration, captions=args.captions, log=print,
+            int8_configs=args.int8_config, int8_fallback=args.int8_fallback,
         )  # fmt: skip
     except OSError as exc:  # `edgeclip` prints an EdgeclipError as one line, exit 2
         raise InputError(os_error_line(exc)) from exc

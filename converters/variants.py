@@ -25,6 +25,8 @@ from typing import Any
 from edgeclip.backends import catalog
 from edgeclip.errors import BackendUnavailableError, InputError
 
+from .int8_pins import candidates, parse_int8_configs
+
 #: (backend, precision) → "module:function" under ``converters``, from ``catalog.SPECS``
 REGISTRY: dict[tuple[str, str], str] = catalog.builder_registry()
 #: backends whose ``int8`` is a search over the module's ``INT8_CANDIDATES``
@@ -160,6 +162,8 @@ class _Job:
     threads: int | None
     builder_options: dict[str, dict[str, Any]]
     log: Callable[[str], Any]
+    int8_configs: dict[str, str]
+    int8_fallback: bool
 
     def build(self, backend: str, builder: Builder, options: dict[str, Any]):
         """Build and gate one variant; a build error becomes a failed variant (reason = the error)."""
@@ -194,14 +198,16 @@ class _Job:
 def search_int8(job: _Job, backend: str) -> dict[str, Any]:
     """Try the backend's INT8 candidates fastest first; keep the first that passes the gate.
 
-    The result's ``options.config`` names the configuration kept and ``options.search`` lists
+    A configuration pinned in ``job.int8_configs`` (``converters.int8_pins``) is the only one
+    tried, or the first with ``job.int8_fallback``. The result's ``options.config`` names the configuration kept and ``options.search`` lists
     every one tried with its numbers; if none passes, the last (safest) failure is returned.
     """
     module = importlib.import_module(f"converters.{SEARCH_MODULES[backend]}")
     vid = f"{backend}-int8"
     tried: list[dict[str, Any]] = []
     variant: dict[str, Any] = {}
-    for name, func, opts in module.INT8_CANDIDATES:
+    pinned = job.int8_configs.get(backend)
+    for name, func, opts in candidates(module, pinned, job.int8_fallback):
         variant = job.build(
             backend, getattr(module, func), {**opts, "id": vid, "precision": "int8"}
         )
@@ -245,6 +251,8 @@ def build_variants(
     builder_options: dict[str, dict[str, Any]] | None = None,
     reference: Any = None,
     log: Callable[[str], Any] = print,
+    int8_configs: str | dict[str, str] | None = None,
+    int8_fallback: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Build, gate and return ``(kept, rejected)`` variant dicts for every backend × precision.
 
@@ -254,6 +262,9 @@ def build_variants(
     ``calibration`` is a ``CalibrationData`` (default: the synthetic set at the model's size).
     ``builder_options`` per backend, e.g. ``{"litert": {"batch_sizes": [1, 8]}}``.
     ``reference``: the ``gate.Reference`` already computed on ``calibration`` (else computed here).
+    ``int8_configs``: INT8 configurations pinned per backend (``"openvino=ptq-mlp-only"``); a
+    pinned backend's ``int8`` builds and gates that configuration only (``int8_fallback``: that
+    one first, then the rest of the search if it fails).
     Combinations a backend does not offer (e.g. litert fp16) are skipped with a message.
     """
     root = Path(bundle_root)
@@ -261,14 +272,14 @@ def build_variants(
     precs = parse_list(precisions, PRECISIONS, "precision")
     for b in backs:
         check_convert_deps(b)
+    pins = parse_int8_configs(int8_configs)
     torch_model = model is not None and not isinstance(model, (str, Path))
     _require_torch_model(backs, torch_model)
     calibration, ref = _gate_inputs(
         root, fp32_variant, model, torch_model, calibration, reference, log
     )
-    job = _Job(
-        root, fp32_variant, model, calibration, ref, thresholds, threads, builder_options or {}, log
-    )
+    job = _Job(root, fp32_variant, model, calibration, ref, thresholds, threads,
+               builder_options or {}, log, pins, int8_fallback)  # fmt: skip
     kept, rejected = [], []
     try:
         for backend in backs:

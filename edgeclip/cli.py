@@ -313,6 +313,13 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--captions", default=None, help="text file, one caption a line, for calibration"
     )
+    p.add_argument(
+        "--int8-config", default=None, metavar="BACKEND=CONFIG[,...]",
+        help="build this INT8 configuration only instead of searching (still gated), e.g. "
+        "openvino=ptq-mlp-only; the choices are in docs/architecture.md",
+    )  # fmt: skip
+    p.add_argument("--int8-fallback", action="store_true",
+                   help="if a pinned INT8 configuration fails its gate, search the others")  # fmt: skip
     p.add_argument("--name", default=None)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert)

@@ -450,3 +450,25 @@ def test_onnx_int8_configs_builds_every_candidate_and_vectors_stay_close(micro_b
     text = bench.markdown({"cpu": "x", "isa": "avx2", "threads": 1, "rounds": 1,
                            "load_average": [0.0, 0.0, 0.0], "rows": rows})  # fmt: skip
     assert text.count("\n| ") == len(rows) + 1  # the header and one row each
+
+
+def test_openvino_int8_sensitivity_gates_every_row(micro_bundle, micro_hf_checkpoint, tmp_path):
+    """Each row is a real NNCF PTQ build gated against torch on the held-out images; the
+    module's settings (the PTQ function, the dynamic-quantization variable) are restored."""
+    import os
+    import shutil
+
+    from benchmarks import openvino_int8_sensitivity as sens
+    from converters import openvino_variants as ovv
+
+    shutil.copytree(micro_bundle, tmp_path / "bundle")
+    (tmp_path / "ckpt").symlink_to(micro_hf_checkpoint, target_is_directory=True)
+    before = ovv._ptq_tower
+    rows = sens.measure(tmp_path, n_calib=8, n_eval=12, threads=1)
+    assert [r["row"] for r in rows] == list(sens.ROWS)
+    assert all(r["n_images"] == 12 and 0 < r["image_cosine_min"] <= r["image_cosine_mean"] <= 1.0 + 1e-6
+               and 0 <= r["top1_agreement"] <= r["top1_agreement_tie_tolerant"] <= 1 for r in rows)  # fmt: skip
+    assert ovv._ptq_tower is before and "EDGECLIP_OV_DYNAMIC_QUANT" not in os.environ
+    md = sens.markdown({"cpu": "x", "isa": "avx2", "model": "micro", "n_calib": 8, "n_eval": 12,
+                        "rows": rows})  # fmt: skip
+    assert md.count("\n| ") == len(rows) + 1  # the header and one line a row

@@ -351,6 +351,7 @@ def _int8_inputs(xml: Path) -> set[str]:
     "config, int8_kinds",
     [("ptq-float-patch-embedding", {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}),
      ("ptq-float-patch-embedding-smoothquant", {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}),
+     ("ptq-float-attention-output", {"q_proj", "k_proj", "v_proj", "fc1", "fc2"}),
      ("ptq-mlp-only", {"fc1", "fc2"})],
 )  # fmt: skip
 def test_partial_ptq_keeps_what_it_names_in_float(built, eval_data, tmp_path, config, int8_kinds):
