@@ -81,7 +81,22 @@ def spinning(bundle, variant, threads: int, pixels, ids, rounds: int = 3) -> dic
             for m, rs in runs.items()}  # fmt: skip
 
 
-def fusions(graph: Path, threads: int, feed: np.ndarray, heads: int, width: int) -> dict:
+def _dynamic_int8(src: Path, dest: Path) -> Path:
+    """``src`` through ONNX Runtime's dynamic INT8 as the ``dynamic-per-tensor`` candidate,
+    with the fused ``Attention`` op quantized too (it becomes ``QAttention``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The fused graph's contrib ops defeat shape inference; their outputs are float.
+    quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, per_channel=False,
+                     reduce_range=True, op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                     extra_options={"DefaultTensorType": 1})  # fmt: skip
+    return dest
+
+
+def fusions(graph: Path, threads: int, feed: np.ndarray, heads: int, width: int,
+            int8: bool = False) -> dict:  # fmt: skip
+    """ms a call of ``graph`` as ONNX Runtime optimises it alone and with the
+    ``onnxruntime.transformers`` fusions; ``int8``: both then dynamically quantized."""
     import onnxruntime as ort
     from onnxruntime.transformers import optimizer
 
@@ -89,12 +104,15 @@ def fusions(graph: Path, threads: int, feed: np.ndarray, heads: int, width: int)
                                            hidden_size=width, opt_level=1)  # fmt: skip
     stats = {k: v for k, v in fused_model.get_fused_operator_statistics().items() if v}
     with tempfile.TemporaryDirectory() as tmp:
-        fused = Path(tmp) / "fused.onnx"
+        plain_path, fused = graph, Path(tmp) / "fused.onnx"
         fused_model.save_model_to_file(str(fused))
+        if int8:
+            plain_path = _dynamic_int8(graph, Path(tmp) / "plain-int8.onnx")
+            fused = _dynamic_int8(fused, Path(tmp) / "fused-int8.onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.log_severity_level = threads, 3
         plain, fast = (ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                       for p in (graph, fused))  # fmt: skip
+                       for p in (plain_path, fused))  # fmt: skip
         name = plain.get_inputs()[0].name
         a, b = plain.run(None, {name: feed})[0], fast.run(None, {name: feed})[0]
         cos = float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
@@ -126,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                              int(arch.get("vision_heads", 4)), int(arch.get("vision_width", 256))),
             "text": fusions(bundle.path_of(fp32.text.file), args.threads, ids,
                             int(arch.get("text_heads", 4)), int(arch.get("text_width", 256))),
+            "image-int8": fusions(bundle.path_of(fp32.image.file), args.threads, pixels,
+                                  int(arch.get("vision_heads", 4)), int(arch.get("vision_width", 256)),
+                                  int8=True),
         }  # fmt: skip
     write_result("ort_settings", result, markdown(result))
     return 0
@@ -144,7 +165,8 @@ def markdown(r: dict) -> str:
                                               "spaced_wall_ms", "spaced_cpu_ms")]  # fmt: skip
             lines.append(f"| {vid} | {mode.split('=')[1]} | " + " | ".join(map(str, cells)) + " |")
     for tower, f in (r.get("fusions") or {}).items():
-        lines += ["", f"Fusions ({tower} tower, fp32): ORT alone {f['ort_only_ms']} ms, with "
+        kind = "dynamic-per-tensor INT8 of each" if tower.endswith("int8") else "fp32"
+        lines += ["", f"Fusions ({tower.split('-')[0]} tower, {kind}): ORT alone {f['ort_only_ms']} ms, with "
                   f"`onnxruntime.transformers` fusions {f['fused_ms']} ms, cosine {f['cosine']} "
                   f"({', '.join(f'{k} {v}' for k, v in f['fused_ops'].items())})."]  # fmt: skip
     lines += ["", f"Load average at start: {', '.join(f'{x:.2f}' for x in r['load_average'])}."]

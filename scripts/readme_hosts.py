@@ -76,11 +76,14 @@ def _ort(res: dict) -> str:
                          f"{m['spinning=1']['image_ms']} → {m['spinning=0']['image_ms']} ms"
                          for vid, m in modes.items())  # fmt: skip
         line = f"ONNX Runtime threads spinning → not spinning (the default then): {spin}"
-    fus = res.get("fusions", {}).get("image")
-    if fus:
+    fusions = res.get("fusions", {})
+    for tower, kind in (("image", "fp32"), ("image-int8", "dynamic-INT8")):
+        fus = fusions.get(tower)
+        if not fus:
+            continue
         kept = ("so edgeclip leaves fusion to ONNX Runtime's own optimiser"
                 if fus["fused_ms"] >= 0.95 * fus["ort_only_ms"] else "faster: worth a converter step")
-        line += (f". `onnxruntime.transformers` fusions on the fp32 image tower: {fus['ort_only_ms']} → "
+        line += (f". `onnxruntime.transformers` fusions on the {kind} image tower: {fus['ort_only_ms']} → "
                  f"{fus['fused_ms']} ms (cosine {fus['cosine']}), {kept}")  # fmt: skip
     return line
 

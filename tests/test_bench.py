@@ -472,3 +472,20 @@ def test_openvino_int8_sensitivity_gates_every_row(micro_bundle, micro_hf_checkp
     md = sens.markdown({"cpu": "x", "isa": "avx2", "model": "micro", "n_calib": 8, "n_eval": 12,
                         "rows": rows})  # fmt: skip
     assert md.count("\n| ") == len(rows) + 1  # the header and one line a row
+
+
+def test_ort_fusions_are_timed_in_fp32_and_int8(micro_bundle):
+    """The fusion comparison builds the fused graph (Attention, SkipLayerNormalization), and for
+    int8 quantizes both graphs dynamically, running each in a real ONNX Runtime session."""
+    from benchmarks.ort_settings import _inputs, fusions
+    from edgeclip.bundle import Bundle
+
+    bundle = Bundle.open(micro_bundle)
+    arch = bundle.manifest["architecture"]
+    fp32 = next(v for v in bundle.variants if v.id == "onnx-fp32")
+    pixels, _ = _inputs(int(bundle.preprocess["image_size"]))
+    for int8 in (False, True):
+        got = fusions(bundle.path_of(fp32.image.file), 1, pixels, int(arch["vision_heads"]),
+                      int(arch["vision_width"]), int8=int8)  # fmt: skip
+        assert got["fused_ops"].get("Attention", 0) >= 1
+        assert got["ort_only_ms"] > 0 and got["fused_ms"] > 0 and -1 <= got["cosine"] <= 1 + 1e-6

@@ -159,10 +159,10 @@ def _set_spinning(opts, mode: str | None) -> None:
     """``run`` (default): threads busy-wait between a run's parallel sections, which batch 1
     is made of, and stop when it ends, so an idle session takes no CPU and the image and text
     towers' pools never spin against each other. onnx-int8 on the EPYC with AVX-512 VNNI,
-    batch 1: image 12.80 → 10.49 ms alone and image-then-text 13.36 → 10.98 ms against no
-    spinning, at 3-17 % more CPU per call when calls come 50 ms apart
+    batch 1: image 12.99 → 10.64 ms alone and image-then-text 13.68 → 11.16 ms against no
+    spinning, at up to 15 % more CPU per call when calls come 50 ms apart
     (``benchmarks/results/epyc-avx512-vnni-2core/ort_settings.md``). ``1`` keeps spinning
-    after each run (the pools then fight: image-then-text 21.05 ms); ``0`` never spins."""
+    after each run (the pools then fight: image-then-text 23.27 ms); ``0`` never spins."""
     spin = "0" if mode == "0" else "1"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
