@@ -63,7 +63,10 @@ def test_a_bad_blob_is_never_used_and_is_rebuilt(ir_graph, home, fault):
     blob.chmod(0o644)  # OpenVINO writes its blobs read-only
     blob.write_bytes(data[: len(data) // 3] if fault == "truncated" else b"\x00garbage" * 4096)
     np.testing.assert_allclose(_embed(ir_graph), reference, atol=1e-6)
-    assert blob.stat().st_size == good_size  # rewritten whole
+    # Rewritten whole: OpenVINO's blob size varies by a few dozen bytes from one compile to the
+    # next (329,794 then 329,828 bytes in one CI run), far from the third or the garbage left.
+    assert abs(blob.stat().st_size - good_size) <= 0.01 * good_size
+    assert blob.read_bytes()[:64] != (b"\x00garbage" * 8)[:64]
     np.testing.assert_allclose(_embed(ir_graph), reference, atol=1e-6)
 
 
