@@ -36,24 +36,6 @@ ROWS: dict[str, tuple[tuple[str, ...], dict[str, Any], str]] = {
 }
 
 
-def _quantizer(nncf_kwargs: dict[str, Any]):
-    """``ovv._ptq_tower`` with extra ``nncf.quantize`` arguments (SmoothQuant off, as there)."""
-
-    def ptq_tower(ov_model, samples, ignore, smooth):
-        import nncf
-
-        quantized = nncf.quantize(
-            ov_model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(samples), ignored_scope=nncf.IgnoredScope(patterns=ignore, validate=False),
-            advanced_parameters=nncf.AdvancedQuantizationParameters(
-                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)),
-            **nncf_kwargs,
-        )  # fmt: skip
-        return ovv._int8_weights(quantized, ignored_types=("MatMul", "Convolution"))
-
-    return ptq_tower
-
-
 def measure(work: Path, n_calib: int, n_eval: int, threads: int) -> list[dict[str, Any]]:
     from converters.add_variants import _reference_model
     from converters.calibration import load_calibration
@@ -66,13 +48,12 @@ def measure(work: Path, n_calib: int, n_eval: int, threads: int) -> list[dict[st
     data = load_calibration(None, manifest["preprocess"], 77, n_calib=n_calib, n_eval=n_eval,
                             log=lambda *_: None)  # fmt: skip
     ref = reference_embeddings(data, model)
-    keep, rows = ovv._ptq_tower, []
+    rows = []
     try:
         for name, (extra, nncf_kwargs, group) in ROWS.items():
             os.environ["EDGECLIP_OV_DYNAMIC_QUANT"] = group
-            ovv._ptq_tower = _quantizer(nncf_kwargs)
             opts = {"ignore": [*ovv.FLOAT_EMBEDDINGS, *extra], "ptq_towers": ["image"],
-                    "id": "openvino-int8-sensitivity", "precision": "int8"}  # fmt: skip
+                    "nncf": nncf_kwargs, "id": "openvino-int8-sensitivity", "precision": "int8"}  # fmt: skip
             built = ovv.build_int8_ptq(bundle, fp32, model, data, opts)
             parity = evaluate(bundle, built, data, ref, threads=threads)["parity"]
             rows.append({"row": name, **{k: parity.get(k) for k in (
@@ -80,7 +61,6 @@ def measure(work: Path, n_calib: int, n_eval: int, threads: int) -> list[dict[st
                 "top1_agreement_tie_tolerant", "n_images")}})  # fmt: skip
             print(rows[-1], flush=True)
     finally:
-        ovv._ptq_tower = keep
         os.environ.pop("EDGECLIP_OV_DYNAMIC_QUANT", None)
     return rows
 

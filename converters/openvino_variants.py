@@ -93,8 +93,10 @@ def _int8_weights(ov_model, ignored_types: tuple[str, ...] = ()):
     return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=scope)
 
 
-def _ptq_tower(ov_model, samples: list[dict], ignore: list[str], smooth: bool):
-    """One tower through NNCF PTQ, then its embedding tables to int8 weights.
+def _ptq_tower(ov_model, samples: list[dict], ignore: list[str], smooth: bool,
+               nncf_options: dict[str, Any] | None = None):  # fmt: skip
+    """One tower through NNCF PTQ, then its embedding tables to int8 weights. ``nncf_options``:
+    more ``nncf.quantize`` arguments (e.g. ``fast_bias_correction``), for measurements.
 
     PTQ leaves Gather tables in fp32; the text tower's token table alone is 49408 × width
     (50.6 MB at TinyCLIP-8M's 256): without this step a PTQ text tower made the variant's files
@@ -103,7 +105,7 @@ def _ptq_tower(ov_model, samples: list[dict], ignore: list[str], smooth: bool):
     """
     import nncf
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(nncf_options or {})
     if not smooth:
         # SmoothQuant off by default: it rescales weights and measured no better here.
         kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(
@@ -132,7 +134,8 @@ def build_int8_ptq(
 
     options: ``ignore`` (name regexes kept in float, default the final projections),
     ``smooth_quant`` (bool, default False: SmoothQuant alpha 0.95 for activation outliers),
-    ``ptq_towers`` (default both; the others get int8 weights only, as ``build_int8_weights``).
+    ``ptq_towers`` (default both; the others get int8 weights only, as ``build_int8_weights``),
+    ``nncf`` (more ``nncf.quantize`` arguments, recorded; for measurements).
     """
     if calibration is None:
         raise ValueError("openvino int8-static needs calibration data (converters.calibration)")
@@ -150,7 +153,8 @@ def build_int8_ptq(
             continue
         name = fp32_variant[tower]["input"]
         samples = [{name: arrays[tower][i : i + 1]} for i in range(len(arrays[tower]))]
-        _save(_ptq_tower(ov_model, samples, ignore, smooth), out, tower, fp16=False)
+        _save(_ptq_tower(ov_model, samples, ignore, smooth, options.get("nncf")), out, tower,
+              fp16=False)  # fmt: skip
     opts = {
         "method": "nncf-quantize",
         "model_type": "transformer",
@@ -159,6 +163,7 @@ def build_int8_ptq(
         "ignore": ignore,
         "smooth_quant": smooth,
         "n_calib": int(len(calibration.calib_pixels)),
+        **({"nncf": dict(options["nncf"])} if options.get("nncf") else {}),
     }
     return make_variant(
         vid,

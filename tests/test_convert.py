@@ -18,8 +18,9 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from converters.bundle_writer import _synthetic_images, convert  # noqa: E402
+from converters.bundle_writer import convert  # noqa: E402
 from converters.checkpoints import load_checkpoint, torch_embeddings  # noqa: E402
+from converters.export_check import _synthetic_images  # noqa: E402
 from converters.fixtures import ARCHS, random_model  # noqa: E402
 from converters.open_clip_keys import hf_config_from_open_clip  # noqa: E402
 from edgeclip.bundle import MANIFEST, Bundle, sha256_file  # noqa: E402
