@@ -149,13 +149,13 @@ def _check_accuracy_flags(args: argparse.Namespace) -> None:
                 raise InputError(f"{flag} {value} only applies to the zero-shot accuracy run; add "
                                  "--accuracy FOLDER or drop it.")  # fmt: skip
         return
-    from edgeclip.model import _resolve_templates
+    from edgeclip.prompts import resolve_templates
 
     from .accuracy import scan_folder
 
     scan_folder(args.accuracy, args.class_map)  # InputError naming the folder or class map
     try:
-        _resolve_templates(args.templates)
+        resolve_templates(args.templates)
     except InputError as exc:
         raise InputError(f"--templates: {exc}") from exc
 

@@ -12,9 +12,10 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     if path.exists():
         return path
     from edgeclip.hub import fetch_files
-    from edgeclip.zoo import find_source, get_model_info
+    from edgeclip.loader import zoo_info
+    from edgeclip.zoo import find_source
 
-    info = get_model_info(name_or_path)
+    info = zoo_info(name_or_path)
     source = find_source(info, "hf-checkpoint")
     if source is None:
         from edgeclip.errors import ModelNotFoundError

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import settings
 from .bundle import Bundle, Variant
+from .errors import InputError
 from .paths import edgeclip_home
 
 PRECISION_ORDER = ("int8", "int8-static", "int8-dynamic", "fp32", "fp16", "int8-weights")
@@ -163,8 +164,10 @@ def probe_rates(
             v = pending.pop(0)
             try:
                 group.append((v, towers(v) if towers else open_towers(bundle.root, v, threads, device)))
+            except InputError:  # this process's settings are wrong, not the variant
+                raise
             except Exception as exc:  # a variant that cannot run here simply loses
-                errors[v.id] = str(exc)[:200]
+                errors[v.id] = _error_text(exc)
         if all(b[0].id in calls for b in group):
             break  # only the held one is left: the rest could not open
         _time_bout(group, calls, errors, cfg, rounds, inputs)
@@ -211,8 +214,22 @@ def _time_bout(bout: list, calls: dict, errors: dict, cfg: Any, rounds: int, inp
                 # of a pair's time, and its own 0.4 s took half of a first load's probe.
                 kw.update(repeats=len(timed), min_time=0.0, max_repeats=len(timed))
                 got[1].extend(time_calls(lambda tx=text: tx(ids, 1), **kw))
+            except InputError:
+                raise
             except Exception as exc:  # noqa: BLE001 - failing mid-probe also just loses
-                errors[v.id] = str(exc)[:200]
+                errors[v.id] = _error_text(exc)
+
+
+#: errors that say nothing of the variant: a probe that met one is not cached
+_TRANSIENT = (MemoryError, InterruptedError)
+
+
+def _error_text(exc: Exception) -> str:
+    return (f"{type(exc).__name__}: " if isinstance(exc, _TRANSIENT) else "") + str(exc)[:200]
+
+
+def _transient(errors: dict[str, str]) -> bool:
+    return any(e.startswith(tuple(f"{t.__name__}:" for t in _TRANSIENT)) for e in errors.values())
 
 
 def _read_cache(path: Path) -> dict:
@@ -296,6 +313,8 @@ def _cached_or_probed(bundle: Bundle, timed: list[Variant], threads: int | None,
                                 hold=probe_hold(len(timed)))  # fmt: skip
     entry = {"pairs_per_s": rates, "errors": errors,
              "measured": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+    if _transient(errors):
+        return entry, "probed now (not cached: a variant ran out of memory or was interrupted)"
     cache.setdefault(host, {})[key] = entry
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)

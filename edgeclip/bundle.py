@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import InputError, IntegrityError
@@ -75,6 +75,47 @@ class Tower:
         return cls(d["file"], d["input"], d["output"], tuple(sizes) if sizes else None,
                    bool(d.get("dynamic_sequence", False)),
                    tuple(int(n) for n in d.get("sequence_lengths") or ()))  # fmt: skip
+
+
+def tower_files(tower: Tower) -> list[str]:
+    """The graph files of ``tower``: one, or one per fixed batch size."""
+    if tower.batch_sizes and "{batch}" in tower.file:
+        return [tower.file.format(batch=b) for b in tower.batch_sizes]
+    return [tower.file]
+
+
+def _format_version(manifest: dict[str, Any], mpath: Path) -> int:
+    try:
+        return int(manifest.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise IntegrityError(f"{mpath}: format_version {manifest.get('format_version')!r} is not a "
+                             "number; re-create the bundle.") from None  # fmt: skip
+
+
+def _outside(rel: Any) -> bool:
+    """A manifest path that is not plainly inside the bundle (absolute, or through '..')."""
+    path = PurePosixPath(str(rel).replace("\\", "/"))
+    return not isinstance(rel, str) or path.is_absolute() or ".." in path.parts or ":" in rel[:2]
+
+
+def _manifest_problems(m: dict[str, Any]) -> list[str]:
+    """What makes a manifest unusable though it parses: a path leaving the bundle, a logit
+    scale that is not a positive number, a crop size the graphs were not exported at."""
+    towers = [v.get(t) or {} for v in m.get("variants") or [] for t in ("image", "text")]
+    named = [t.get("file") for t in towers] + [(m.get("tokenizer") or {}).get("file")]
+    named += list(m.get("files") or {})
+    probe = m.get("probe") or {}
+    named += [probe.get(k) for k in ("images", "texts", "reference_image", "reference_text")]
+    problems = [f"path {rel!r} leaves the bundle" for rel in named if rel is not None and _outside(rel)]
+    scale = m.get("logit_scale", 100.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        problems.append(f"logit_scale {scale!r} is not a positive number")
+    crop = (m.get("preprocess") or {}).get("image_size")
+    exported = (m.get("architecture") or {}).get("image_size")
+    if crop is not None and exported is not None and crop != exported:
+        problems.append(f"preprocess.image_size {crop!r} differs from the graphs' "
+                        f"architecture.image_size {exported!r}")  # fmt: skip
+    return problems
 
 
 @dataclass(frozen=True)
@@ -153,11 +194,15 @@ class Bundle:
             raise InputError(
                 f"{mpath} is not an edgeclip manifest (format={manifest.get('format')!r})."
             )
-        if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        if _format_version(manifest, mpath) > FORMAT_VERSION:
             raise InputError(
                 f"{root} uses bundle format {manifest['format_version']}, newer than this edgeclip "
                 f"understands ({FORMAT_VERSION}); upgrade edgeclip."
             )
+        problems = _manifest_problems(manifest)
+        if problems:
+            raise IntegrityError(f"{mpath} is inconsistent: " + "; ".join(problems)
+                                 + ". It was edited or damaged: re-create the bundle.")  # fmt: skip
         bundle = cls(root, manifest)
         if verify:
             bundle.verify()
@@ -171,7 +216,7 @@ class Bundle:
         Contents are hashed the first time and whenever a file's size or mtime changes
         (``edgeclip.verified`` remembers the rest); ``full`` hashes all.
         """
-        problems = self._file_problems(full)  # (file, what is wrong)
+        problems = self._file_problems(full) + self._unlisted_graphs()  # (file, what is wrong)
         owners = self._variant_folders()
         damaged: dict[str, list[str]] = {}
         shared = False
@@ -197,6 +242,15 @@ class Bundle:
             for tower in (v.image, v.text):
                 users.setdefault(str(Path(tower.file).parent), set()).add(v.id)
         return {f: ids.pop() for f, ids in users.items() if len(ids) == 1 and f != "."}
+
+    def _unlisted_graphs(self) -> list[tuple[str, str]]:
+        """Graphs a variant names that the file table does not list, so no sha256 covers them."""
+        table = self.manifest.get("files")
+        if not table:
+            return []  # a bundle from before file tables: nothing to hold them to
+        return [(rel, "not in the manifest's file table, so its sha256 cannot be checked")
+                for v in self.variants for t in (v.image, v.text) for rel in tower_files(t)
+                if rel not in table]  # fmt: skip
 
     def _file_problems(self, full: bool) -> list[tuple[str, str]]:
         problems = []

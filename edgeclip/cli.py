@@ -167,7 +167,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for encode, idx in ((model.encode_image, img_idx), (model.encode_text, txt_idx)):
         if idx:
             _encode_rows(encode, [args.inputs[i] for i in idx], idx, rows, failures)
-    dim = next(r.shape[0] for r in rows if r is not None) if any(r is not None for r in rows) else 0
+    # Every input failing still gives the file its NaN rows, at the bundle's width.
+    dim = next((r.shape[0] for r in rows if r is not None), None) or model.embed_dim or 0
     out = (
         np.stack([r if r is not None else np.full(dim, np.nan, np.float32) for r in rows])
         if dim

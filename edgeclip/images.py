@@ -118,9 +118,7 @@ def _decode(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise InputError(
-            f"Cannot load image {name}: {e} Raise PIL.Image.MAX_IMAGE_PIXELS if you trust this file."
-        ) from e
+        raise InputError(f"Cannot load image {name}: {e} {_bomb_fix(max_pixels)}") from e
     except UnidentifiedImageError as e:
         raise InputError(f"Cannot load image {name}: {_not_an_image_reason(data)}") from e
     except Exception as e:  # decoders raise many types on corrupt headers
@@ -146,9 +144,23 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
     if max_pixels is not None and w * h > max_pixels:
         raise InputError(
             f"Cannot load image {name}: {w}x{h} = {w * h:,} pixels exceeds the limit of "
-            f"{max_pixels:,} (a possible decompression bomb); pass max_pixels=None or a larger "
-            "max_pixels if you trust this file, or downscale it first."
+            f"{max_pixels:,} (a possible decompression bomb). {_LIMIT_FIX}"
         )
+
+
+_LIMIT_FIX = ("If you trust this file, raise the limit (edgeclip.load(..., max_pixels=None or a "
+              "larger number); --max-pixels for `edgeclip index` and `serve`), or downscale it first.")  # fmt: skip
+
+
+def _bomb_fix(max_pixels: int | None) -> str:
+    """Pillow refuses more than twice its own ``MAX_IMAGE_PIXELS`` before edgeclip's limit is
+    asked, so both limits may need raising."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    ours = max_pixels is not None and (pillow is None or max_pixels <= 2 * pillow)
+    return ((f"It is above edgeclip's limit of {max_pixels:,} pixels too. " if ours else "")
+            + "If you trust this file, set PIL.Image.MAX_IMAGE_PIXELS = None (Pillow's limit)"
+            + (" and raise edgeclip's (edgeclip.load(..., max_pixels=None); --max-pixels for "
+               "`edgeclip index` and `serve`)" if ours else "") + ", or downscale it first.")
 
 
 def _force_load(im: Image.Image, name: str) -> None:
@@ -185,8 +197,9 @@ def _to_rgb(im: Image.Image, name: str) -> Image.Image:
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
             return _wide_gray_to_rgb(im)
         if mode in _ALPHA_MODES or im.info.get("transparency") is not None:
-            # Same as transformers' convert_to_rgb: alpha-composite on opaque white.
-            rgba = im.convert("RGBA")
+            # Same as transformers' convert_to_rgb: alpha-composite on opaque white. Pillow
+            # converts premultiplied La only to LA.
+            rgba = (im.convert("LA") if mode == "La" else im).convert("RGBA")
             background = Image.new("RGBA", rgba.size, _WHITE)
             return Image.alpha_composite(background, rgba).convert("RGB")
         return im.convert("RGB")

@@ -7,6 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from . import settings
 from .bundle import Bundle, Variant
 from .errors import BackendUnavailableError, InputError, ModelNotFoundError
 from .model import EdgeClip
@@ -71,20 +72,25 @@ def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bund
             f"{path} is neither an edgeclip bundle (manifest.json) nor a CLIP checkpoint directory "
             "(config.json + weights, or an open_clip .pt + config JSON)."
         )
+    return Bundle.open(_bundle_for_zoo(zoo_info(name_or_path)), verify=verify)
+
+
+def zoo_info(name_or_path: str | os.PathLike) -> dict:
+    """The zoo entry of a name that is no existing path; a name that looks like a path (and
+    so was one, missing) says that it does not exist rather than that no model has the name."""
     from .zoo import get_model_info
 
     try:
-        info = get_model_info(str(name_or_path))
+        return get_model_info(str(name_or_path))
     except ModelNotFoundError as exc:
         text = str(name_or_path)
         # "org/name" may be a zoo alias (a hub repo id); anything more path-like was a path
         if text.startswith((".", "~", os.sep)) or text.count(os.sep) >= 2:
             raise ModelNotFoundError(
-                f"{path} does not exist, and {text!r} is not a zoo model either "
+                f"{Path(text).expanduser()} does not exist, and {text!r} is not a zoo model either "
                 "(`edgeclip models` lists them)."
             ) from exc
         raise
-    return Bundle.open(_bundle_for_zoo(info), verify=verify)
 
 
 def _bundle_for_zoo(info: dict) -> Path:
@@ -134,6 +140,7 @@ def load(
     device: str | None = "auto",
     batch_size: int = 32,
     verify: bool = True,
+    max_pixels: int | None | str = "default",
 ) -> EdgeClip:
     """Load a CLIP for inference on whichever backend is installed.
 
@@ -145,8 +152,12 @@ def load(
     sha256 against the bundle manifest, and run the variant's probe set on this host the first
     time it is used here (``edgeclip.verify``): a variant that misses its gate on this machine
     is never picked and is refused when asked for. ``verify=False`` skips both.
+    ``max_pixels``: the most width × height an encoded image may declare before it is decoded
+    (default ``edgeclip.images.DEFAULT_MAX_PIXELS``, Pillow's 89.5 MP; ``None``: no limit, for
+    files you trust).
     """
     _check_counts(batch_size, threads)
+    settings.check_all()  # a bad EDGECLIP_* value is refused by name, before any session
     for what, value in (("backend", backend), ("precision", precision), ("device", device)):
         if value is not None and not isinstance(value, str):
             raise InputError(f"{what} must be a name such as 'auto', got {type(value).__name__} "
@@ -163,4 +174,5 @@ def load(
         backend_info=chosen.variant.backend,
         selection_reason=chosen.reason,
         verification=chosen.status,
+        max_pixels=max_pixels,
     )

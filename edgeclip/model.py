@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from os import PathLike
-from pathlib import Path
-from string import Formatter
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from .backends.base import Session
 from .bundle import Bundle, Variant
 from .errors import BatchError, InputError
+from .prompts import Labels, Templates, check_labels, resolve_templates
 from .text import is_blank
 from .towers import TowerRunner
 
 ImageLike = Any  # path, bytes, file object, PIL image or HWC array (see edgeclip.images)
-Labels = Sequence[str]
-Templates = Union[str, Sequence[str], None]
 
 _LABEL_CACHE_SIZE = 32
 _EMPTY_TEXT = ("text {!r} has no words once cleaned (the tokenizer unescapes HTML and drops "
@@ -32,14 +28,6 @@ def _wordless(ids: np.ndarray, texts: Sequence[str]) -> np.ndarray:
     """Which texts hold no words: start and end tokens only once cleaned ("&nbsp;"), or
     nothing visible (a zero-width space, which the BPE still turns into tokens)."""
     return ((ids != 0).sum(axis=1) <= 2) | np.array([is_blank(t) for t in texts])
-
-
-@lru_cache(maxsize=1)
-def template_sets() -> dict[str, list[str]]:
-    """The shipped prompt-template sets (``none``, ``photo``, ``imagenet7``, ``imagenet80``)."""
-    # A plain path, like the tokenizer's vocab: importlib.resources cost 6 ms of every start.
-    text = (Path(__file__).resolve().parent / "data" / "templates.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -59,64 +47,20 @@ def _image_items(images: ImageLike | Sequence[ImageLike]) -> tuple[list[ImageLik
     return list(images), False  # a generator, an iterator, a set or a pandas Series of images
 
 
-def _check_labels(labels: Labels) -> list[str]:
-    if isinstance(labels, str) or not isinstance(labels, Sequence):
-        raise InputError(
-            f"labels must be a list of strings, got {type(labels).__name__}; e.g. ['cat', 'dog']."
-        )
-    labels = list(labels)
-    if len(labels) < 1:
-        raise InputError("labels is empty; give at least one class name, e.g. ['cat', 'dog'].")
-    for i, label in enumerate(labels):
-        if not isinstance(label, str):
-            raise InputError(f"label {i} is a {type(label).__name__} ({label!r}), not a string.")
-        if not any(ch.isprintable() and not ch.isspace() for ch in label):
-            raise InputError(
-                f"labels[{i}] ({label!r}) is empty or only whitespace / invisible characters; "
-                "every label needs a name.",
-                param=f"labels[{i}]",
-            )
-    seen: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        if label in seen:
-            raise InputError(
-                f"label {label!r} appears twice (positions {seen[label]} and {i}); labels must be unique."
-            )
-        seen[label] = i
-    return labels
+def _raise_batch_error(what: str, failures: dict[int, str], results: Any, total: int,
+                       single: bool) -> None:  # fmt: skip
+    """A batch keeps its good rows in a ``BatchError``; one input, given alone, has none to keep:
+    its reason is an ``InputError``."""
+    if single:
+        raise InputError(failures[0])
+    raise BatchError(what, failures, results, total)
 
 
-def _resolve_templates(templates: Templates) -> tuple[str, ...]:
-    if templates is None:
-        return ("{}",)
-    if isinstance(templates, str):
-        sets = template_sets()
-        if templates in sets:
-            return tuple(sets[templates])
-        if _one_slot(templates):
-            return (templates,)
-        raise InputError(
-            f"templates {templates!r} is neither a template set ({', '.join(sets)}) nor a template "
-            "with exactly one '{}' (write a literal brace as '{{' or '}}')."
-        )
-    out = tuple(templates)
-    bad = [t for t in out if not isinstance(t, str) or not _one_slot(t)]
-    if not out or bad:
-        raise InputError(
-            "every template must be a string with exactly one '{}' (a literal brace is '{{' or "
-            f"'}}}}'); bad: {bad or 'empty list'}."
-        )
-    return out
-
-
-def _one_slot(template: str) -> bool:
-    """Whether ``template.format(label)`` puts the label in exactly once and cannot raise."""
-    try:
-        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template)
-                  if name is not None]  # fmt: skip
-    except ValueError:  # a lone '{' or '}'
-        return False
-    return fields == [("", "", None)]
+def _check_max_pixels(value: Any) -> int | None:
+    if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0):
+        return None if value is None else int(value)
+    raise InputError(f"max_pixels must be a positive whole number of pixels or None (no limit), "
+                     f"got {value!r}.")  # fmt: skip
 
 
 class EdgeClip:
@@ -132,6 +76,7 @@ class EdgeClip:
         backend_info: str = "",
         selection_reason: str = "",
         verification: Any = None,
+        max_pixels: int | None | str = "default",
     ):
         from .preprocess import Preprocessor
         from .tokenizer import Tokenizer
@@ -146,6 +91,8 @@ class EdgeClip:
         self.verification = verification
         self.logit_scale = bundle.logit_scale
         self.preprocessor = Preprocessor(bundle.preprocess or None)
+        if max_pixels != "default":
+            self.preprocessor.max_pixels = _check_max_pixels(max_pixels)
         tok = bundle.tokenizer
         vocab = bundle.path_of(tok["file"]) if tok.get("file") else None
         self.tokenizer = Tokenizer(vocab, context_length=int(tok.get("context_length", 77)))
@@ -200,7 +147,7 @@ class EdgeClip:
         ``invariant=True`` guarantees each row equals encoding that input alone (use it for
         vectors you store); it costs speed only on batch-dependent variants.
         """
-        items, _ = _image_items(images)
+        items, single = _image_items(images)
         if not items:
             raise InputError("encode_image got no images.")
         from .preprocess import WINDOW  # loaded already, with the preprocessor
@@ -216,7 +163,7 @@ class EdgeClip:
                     out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
                 out[[start + i for i in good]] = emb
         if failures:
-            raise BatchError("images", failures, out, len(items))
+            _raise_batch_error("images", failures, out, len(items), single)
         return out
 
     def encode_pixels(
@@ -245,19 +192,29 @@ class EdgeClip:
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
             raise InputError("encode_text got no texts.")
-        ids = self.tokenizer(items)
         chunk = self._chunk(batch_size, invariant)
-        empty = _wordless(ids, items)
-        if not empty.any():
+        ids, failures = self._tokens(items)
+        if not failures:
             return _normalise(self._text(ids, chunk))
-        # The empty prompt's vector matches nothing in particular: a silent wrong answer.
-        failures = {int(i): _EMPTY_TEXT.format(items[i]) for i in np.flatnonzero(empty)}
+        bad = np.isin(np.arange(len(items)), list(failures))
         out = None
-        if not empty.all():
-            emb = _normalise(self._text(ids[~empty], chunk))
+        if not bad.all():
+            emb = _normalise(self._text(ids[~bad], chunk))
             out = np.full((len(items), emb.shape[1]), np.nan, dtype=np.float32)
-            out[~empty] = emb
-        raise BatchError("texts", failures, out, len(items))
+            out[~bad] = emb
+        _raise_batch_error("texts", failures, out, len(items), isinstance(texts, str))
+
+    def _tokens(self, items: list[Any]) -> tuple[np.ndarray, dict[int, str]]:
+        """Token ids of ``items``, and why each one that cannot be embedded fails: not a str,
+        or no words once cleaned (the empty prompt's vector matches nothing in particular, a
+        silent wrong answer)."""
+        failures = {i: f"text {i} is {type(t).__name__} {str(t)[:40]!r}, not str; pass strings "
+                       "(decode bytes first)" for i, t in enumerate(items) if not isinstance(t, str)}  # fmt: skip
+        texts = [t if isinstance(t, str) else "" for t in items]
+        ids = self.tokenizer(texts)
+        for i in np.flatnonzero(_wordless(ids, texts)):
+            failures.setdefault(int(i), _EMPTY_TEXT.format(texts[i]))
+        return ids, failures
 
     # -- zero-shot ------------------------------------------------------------------------------
     def label_embeddings(self, labels: Labels, templates: Templates = None) -> np.ndarray:
@@ -266,9 +223,9 @@ class EdgeClip:
         Cached per (labels, templates), so classifying many images against one label set
         embeds the labels once.
         """
-        labels = _check_labels(labels)
+        labels = check_labels(labels)
         self._refuse_wordless(labels)
-        temps = _resolve_templates(templates)
+        temps = resolve_templates(templates)
         key = (tuple(labels), temps)
         if key in self._label_cache:
             self._label_cache.move_to_end(key)
@@ -308,12 +265,13 @@ class EdgeClip:
         Unreadable images raise ``BatchError``; ``.results`` keeps the others (None for failed).
         """
         items, single = _image_items(images)  # a generator is read once, here
-        label_list = _check_labels(labels)
-        if not isinstance(top_k, int) or top_k < 1:
+        label_list = check_labels(labels)
+        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
+        top_k = int(top_k)
         text_emb = self.label_embeddings(label_list, templates)
         try:
-            img_emb, error = self.encode_image(items), None
+            img_emb, error = self.encode_image(images if single else items), None
         except BatchError as exc:
             img_emb, error = exc.results, exc
         results: list[list[tuple[str, float]] | None] = []
@@ -334,8 +292,28 @@ class EdgeClip:
     def similarity(
         self, images: ImageLike | Sequence[ImageLike], texts: str | Sequence[str]
     ) -> np.ndarray:
-        """Cosine similarity matrix (N_images, N_texts)."""
-        return self.encode_image(images) @ self.encode_text(texts).T
+        """Cosine similarity matrix (N_images, N_texts).
+
+        Unreadable images or unusable texts raise ``BatchError`` whose ``.results`` is the
+        matrix with their rows / columns NaN. It describes the images when any failed (the
+        texts' own ``BatchError`` is then its ``__cause__``), else the texts."""
+        try:
+            image, image_error = self.encode_image(images), None
+        except BatchError as exc:
+            image, image_error = exc.results, exc
+        try:
+            text, text_error = self.encode_text(texts), None
+        except BatchError as exc:
+            text, text_error = exc.results, exc
+        if image_error is None and text_error is None:
+            return image @ text.T
+        shape = (image_error.total if image_error else len(image),
+                 text_error.total if text_error else len(text))  # fmt: skip
+        both = image is not None and text is not None
+        out = image @ text.T if both else np.full(shape, np.nan, dtype=np.float32)  # NaN stays NaN
+        first = image_error or text_error
+        raise BatchError("images" if image_error else "texts", first.failures, out,
+                         first.total) from (text_error if image_error else None)
 
     # -- info -------------------------------------------------------------------------------------
     @property

@@ -152,6 +152,7 @@ def select(bundle: Bundle, backend: str = "auto", precision: str = "auto",
            threads: int | None = None, device: str = "auto", verify: bool = True) -> Selection:  # fmt: skip
     """Pick the variant to run on this host and say why (see the module docstring)."""
     backend = canonical_name(backend) if backend != "auto" else backend
+    precision = precision.strip().lower()  # "FP32" is fp32, as "ONNX" is onnx
     found, backends = _candidates(bundle, backend, precision)
     if device != "auto":
         backends = _offering(device, [b for b in backends if any(v.backend == b for v in found)])

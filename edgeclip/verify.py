@@ -135,6 +135,8 @@ def check(variant: Variant, probe: Probe, towers: tuple[Any, Any]) -> dict[str, 
         txt = text(probe.ids, len(probe.ids))
         k = min(N_ALONE, len(probe.pixels), probe.n_texts)
         alone_i, alone_t = image(probe.pixels[:k], 1), text(probe.ids[:k], 1)
+    except InputError:  # this process's settings are wrong, not the variant: no verdict
+        raise
     except Exception as exc:  # noqa: BLE001 - a variant that cannot run here fails its gate
         return _error_result(probe, exc, start)
     n = probe.n_texts
@@ -154,8 +156,11 @@ def _error_result(probe: Probe, exc: Exception, start: float) -> dict[str, Any]:
     """A failed check for a variant whose session cannot be built or run on this host."""
     measured: dict[str, Any] = {"reference": probe.reference,
                                 "error": f"{type(exc).__name__}: {exc}"[:300]}  # fmt: skip
-    return {"parity": measured, "gate": gate.decide(measured),
-            "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    result = {"parity": measured, "gate": gate.decide(measured),
+              "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    if isinstance(exc, (MemoryError, InterruptedError)):
+        result["transient"] = True  # says nothing of the variant: fails now, is never cached
+    return result
 
 
 class CheckCache:
@@ -268,6 +273,8 @@ def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
     start = time.perf_counter()
     try:
         used: str | None = _session_device(towers, "cpu")
+    except InputError:  # this process's settings are wrong, not the variant: no verdict
+        raise
     except Exception as exc:  # noqa: BLE001 - a graph this host's runtime cannot compile fails here
         result, used = _error_result(probe, exc, start), None
     else:
@@ -275,7 +282,8 @@ def status(bundle: Bundle, variant: Variant, towers: tuple[Any, Any],
     result["device_used"] = used
     result["checked"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     identity = host_identity(variant.backend, requested_device(towers))
-    cache.put(identity, f"{bundle.digest}|{variant.id}", result)
+    if not result.get("transient"):
+        cache.put(identity, f"{bundle.digest}|{variant.id}", result)
     return _from_result(variant, result, identity, cached=False)
 
 

@@ -52,6 +52,7 @@ def test_batch_whose_inputs_outgrow_memory_is_refused(micro_bundle, tmp_path, ca
     shutil.copytree(micro_bundle, big)
     manifest = json.loads((big / "manifest.json").read_text())
     manifest["preprocess"].update(image_size=32768, resize_size=32768)
+    manifest["architecture"]["image_size"] = 32768  # a consistent manifest of a huge-input model
     (big / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "o"
     line = _refused(capsys, [str(big), *FAST[:-2], "--batch-sizes", "64", "-o", str(out)])

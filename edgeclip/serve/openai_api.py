@@ -20,7 +20,6 @@ from .inputs import (
     choice,
     parse_json_body,
     positive_int,
-    refuse_images_as_text,
     require,
     string_list,
 )
@@ -87,9 +86,8 @@ async def _embed(
         if modality == "text":
             texts = string_list(raw, "input", what="text", limit=limits.max_texts,
                                 flag="--max-texts", allow_blank=True)  # fmt: skip
-            check_text_lengths(texts, "input", limits, single)
-            refuse_images_as_text(texts, "input", single)
-            vectors, counts = await svc.embed_texts(texts, "input", single)
+            # an over-long text or a data URI fails alone, in embed_texts
+            vectors, counts = await svc.embed_texts(texts, "input", single, refuse_data_uris=True)
             return vectors, sum(counts)
         refs = string_list(raw, "input", what="image", limit=limits.max_images,
                            flag="--max-images", allow_blank=True)  # fmt: skip
@@ -150,84 +148,107 @@ async def embeddings(request: Request) -> Response:
     return await json_response(payload)
 
 
-def _template_count(templates: Any) -> int:
-    """How many prompts each label becomes; the library validates the templates themselves."""
-    if templates is None:
-        return 1
-    if isinstance(templates, str):
-        from edgeclip.model import template_sets
+def _prompts_per_label(templates: Any) -> int:
+    """How many prompts each label becomes, from the library's own check of the templates; an
+    error in them names ``templates``."""
+    if not (templates is None or isinstance(templates, str) or (
+            isinstance(templates, list) and all(isinstance(t, str) for t in templates))):  # fmt: skip
+        raise APIError(
+            422,
+            "templates must be a template-set name ('photo', 'imagenet7', 'imagenet80'), a "
+            "string with '{}', or a list of such strings.",
+            param="templates",
+            code="invalid_type",
+        )
+    return len(_check_with_library("templates", templates))
 
-        return len(template_sets().get(templates, [templates]))
-    if isinstance(templates, list) and all(isinstance(t, str) for t in templates):
-        return max(1, len(templates))
-    raise APIError(
-        422,
-        "templates must be a template-set name ('photo', 'imagenet7', 'imagenet80'), a string "
-        "with '{}', or a list of such strings.",
-        param="templates",
-        code="invalid_type",
-    )
+
+def _check_with_library(field: str, value: Any) -> Any:
+    """``value`` as the library checks it (``edgeclip.prompts``), before the model loads; its
+    error names ``field`` when it names nothing more precise (``labels[2]``)."""
+    from edgeclip.errors import InputError
+    from edgeclip.prompts import check_labels, resolve_templates
+
+    check = check_labels if field == "labels" else resolve_templates
+    try:
+        return check(value)
+    except InputError as exc:
+        raise APIError(400, str(exc), param=exc.param or field, code="invalid_input") from None
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
 
 
 def _rank(
-    image_emb: np.ndarray, label_emb: np.ndarray, labels: list[str], scale: float, top_k: int
+    image_emb: np.ndarray, indices: list[int], label_emb: np.ndarray, labels: list[str],
+    scale: float, top_k: int,
 ) -> list[dict[str, Any]]:
+    """Each image's labels best first; ``indices``: the images' places in the request."""
     cosine = image_emb @ label_emb.T
     logits = scale * cosine.astype(np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     data = []
-    for i in range(len(image_emb)):
-        order = np.argsort(-probs[i], kind="stable")[:top_k]
+    for row, index in enumerate(indices):
+        order = np.argsort(-probs[row], kind="stable")[:top_k]
         ranking = [
-            {"label": labels[j], "probability": float(probs[i, j]), "cosine": float(cosine[i, j])}
-            for j in order
-        ]
-        data.append({"object": "classification", "index": i, "ranking": ranking})
+            {"label": labels[j], "probability": float(probs[row, j]),
+             "cosine": float(cosine[row, j])} for j in order
+        ]  # fmt: skip
+        data.append({"object": "classification", "index": index, "ranking": ranking})
     return data
+
+
+def _classify_labels(body: dict[str, Any], limits: Any) -> tuple[list[str], Any, int]:
+    """The request's labels, its templates and how many prompts they make, within the limits."""
+    raw_labels = require(body, "labels")
+    labels = string_list(raw_labels, "labels", what="label", limit=limits.max_labels,
+                         flag="--max-labels")  # fmt: skip
+    check_text_lengths(labels, "labels", limits, isinstance(raw_labels, str))
+    _check_with_library("labels", labels)
+    templates = body.get("templates")
+    per_label = _prompts_per_label(templates)
+    prompts = len(labels) * per_label
+    if prompts > limits.max_prompts:
+        raise APIError(
+            413,
+            f"{_plural(len(labels), 'label')} x {_plural(per_label, 'template')} = "
+            f"{_plural(prompts, 'prompt')}; this server embeds at most {limits.max_prompts:,} "
+            "per request (--max-prompts).",
+            param="labels",
+            code="too_many_inputs",
+        )
+    return labels, templates, prompts
 
 
 async def classify(request: Request) -> Response:
     svc: Service = request.app.state.service
-    limits = svc.limits
     body = parse_json_body(await request.body(), request.headers.get("content-type"))
     model = svc.check_model(body.get("model"))
-    raw_images, raw_labels = require(body, "images"), require(body, "labels")
-    images = string_list(
-        raw_images,
-        "images",
-        what="image",
-        limit=limits.max_images,
-        flag="--max-images",
-    )
-    labels = string_list(
-        raw_labels,
-        "labels",
-        what="label",
-        limit=limits.max_labels,
-        flag="--max-labels",
-    )
-    check_text_lengths(labels, "labels", limits, isinstance(raw_labels, str))
-    templates = body.get("templates")
-    prompts = len(labels) * _template_count(templates)
-    if prompts > limits.max_prompts:
-        raise APIError(
-            413,
-            f"{len(labels)} labels x {prompts // len(labels)} templates = {prompts:,} prompts; "
-            f"this server embeds at most {limits.max_prompts:,} per request (--max-prompts).",
-            param="labels",
-            code="too_many_inputs",
-        )
+    raw_images = require(body, "images")
+    images = string_list(raw_images, "images", what="image", limit=svc.limits.max_images,
+                         flag="--max-images")  # fmt: skip
+    labels, templates, prompts = _classify_labels(body, svc.limits)
     top_k = positive_int(body, "top_k", len(labels))
     if top_k == 0:
         raise APIError(400, "top_k must be at least 1.", param="top_k", code="invalid_value")
     label_emb = await svc.label_embeddings(labels, templates)
-    image_emb, _ = await svc.embed_images(images, "images", isinstance(raw_images, str))
-    info = await svc.model_info()
+    scale = (await svc.model_info())["logit_scale"]
+    try:
+        image_emb, _ = await svc.embed_images(images, "images", isinstance(raw_images, str))
+    except InputsFailed as exc:  # the good images' rankings come back in the error
+        good = sorted(exc.vectors)
+        exc.extra["data"] = []
+        if good:
+            rows = np.stack([exc.vectors[i] for i in good])
+            exc.extra["data"] = _rank(rows, good, label_emb, labels, scale, top_k)
+            exc.message += f" error.data holds the rankings of the other {len(good)}."
+        raise
     payload = {
         "object": "list",
         "model": model,
-        "data": _rank(image_emb, label_emb, labels, info["logit_scale"], top_k),
+        "data": _rank(image_emb, list(range(len(images))), label_emb, labels, scale, top_k),
         "usage": {"images": len(images), "prompts": prompts},
     }
     return await json_response(payload)
