@@ -121,6 +121,22 @@ def test_hash_mode_skips_touched_files_and_reuses_vectors_of_copies(tree, tmp_pa
         assert ix.update([tree]).embedded == 1  # without --hash the new mtime means re-embed
 
 
+def test_the_first_hash_run_on_an_index_built_without_it_hashes_instead_of_embedding(
+    tree, tmp_path, micro_bundle
+):
+    with Index(tmp_path / "lib.db", micro_bundle) as ix:
+        ix.update([tree])
+        slots = ix.committed_slots()
+        assert not any(r.sha256 for r in ix.store.rows("ok"))
+        report = ix.update([tree], use_hash=True)
+        assert (report.embedded, report.moved, report.unchanged) == (0, 0, GOOD)
+        assert ix.committed_slots() == slots  # no vector appended: every row kept its own
+        assert all(r.sha256 for r in ix.store.rows("ok"))  # the hashes are recorded ...
+        os.utime(tree / "album" / "img001.jpg", ns=(1, 10**18))
+        touched = ix.update([tree], use_hash=True)  # ... and then recognise a touched file
+        assert (touched.embedded, touched.unchanged) == (0, GOOD) and ix.committed_slots() == slots
+
+
 def test_exact_search_equals_numpy_brute_force(tree, tmp_path, micro_bundle, monkeypatch):
     from edgeclip.index import vectors
 

@@ -3,9 +3,11 @@ was edited by hand, and a terminal that reports no size. Real files, SQLite, the
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -60,6 +62,52 @@ def test_metadata_edited_by_hand_is_reported_not_a_traceback(indexed, capsys, ke
     con = sqlite3.connect(db)  # only reported: the file is as it was
     assert con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone() == (value,)
     con.close()
+
+
+def test_a_dim_edited_by_hand_is_reported_not_a_usearch_assertion(indexed, capsys):
+    _, db = indexed
+    con = sqlite3.connect(db)
+    real = int(con.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0])
+    # half the real width: the vectors file's size still fits it, so only the model can tell
+    con.execute("UPDATE meta SET value = ? WHERE key = 'dim'", (str(real // 2),))
+    con.commit()
+    con.close()
+    capsys.readouterr()
+    for command in (["search", "a red circle"], ["search", "a red circle", "--exact"], ["dupes"]):
+        assert cli([*command, "--db", db]) == 2
+        err = capsys.readouterr().err
+        assert f"the index {Path(db)} is corrupt" in err, err
+        assert f"its dim is '{real // 2}', but its model embeds {real} values" in err, err
+        assert "Traceback" not in err and "AssertionError" not in err
+
+
+def test_an_index_with_no_model_yet_is_searched_without_loading_one(tmp_path, capsys, monkeypatch):
+    # Offline with an empty cache: loading the default model would fail at once.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    db = str(tmp_path / "lib.db")
+    assert cli(["index", "--prune", "--db", db]) == 0  # creates the index, records no model
+    capsys.readouterr()
+    assert cli(["search", "a red circle", "--db", db]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and f"holds no searchable photos yet; add some with `edgeclip index DIR --db {db}`" in err
+    assert cli(["dupes", "--db", db]) == 0
+    assert capsys.readouterr().out.startswith("no near-duplicates")
+
+
+def test_dupes_compares_stored_vectors_without_the_model(tmp_path, micro_bundle, capsys, monkeypatch):
+    bundle = tmp_path / "model"
+    shutil.copytree(micro_bundle, bundle)
+    make_tree(tmp_path / "photos", n=4)  # with a byte copy of one photo
+    db = str(tmp_path / "lib.db")
+    assert cli(["index", str(tmp_path / "photos"), "--db", db, "--model", str(bundle), "--quiet"]) == 1
+    shutil.rmtree(bundle)  # the model it was built with is gone, and nothing can be fetched
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    capsys.readouterr()
+    assert cli(["dupes", "--db", db, "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert [sorted(Path(h["path"]).name for h in g) for g in groups] == [["copy-of-img0.png", "img000.png"]]
 
 
 def test_progress_bar_draws_on_a_terminal_that_reports_no_size():

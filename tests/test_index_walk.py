@@ -80,6 +80,22 @@ def test_symlink_loop_ends_and_linked_files_are_seen_once(tmp_path):
     assert found == [os.path.join("a", "x.png"), "from-outside.png"]
 
 
+def test_a_folder_link_inside_the_roots_is_skipped_and_one_out_of_them_followed(tmp_path):
+    root, other, outside = tmp_path / "photos", tmp_path / "other", tmp_path / "outside"
+    _touch_image(root / "2024" / "x.png")
+    _touch_image(other / "y.png")
+    _touch_image(outside / "z.png")
+    os.symlink(root / "2024", root / "0-latest")  # sorts before the real folder
+    os.symlink(other, root / "0-other")  # the second root, reached through the first
+    os.symlink(outside, root / "from-outside")  # out of every root: followed
+    expected = sorted([str(root / "2024" / "x.png"), str(other / "y.png"),
+                       str(root / "from-outside" / "z.png")])  # fmt: skip
+    for roots in ([root, other], [other, root]):
+        assert sorted(e.path for e in walk([str(r) for r in roots])) == expected, roots
+    # walked alone, the first root still reaches the other folder through its link
+    assert str(root / "0-other" / "y.png") in {e.path for e in walk([str(root)])}
+
+
 def test_walk_reports_folders_it_cannot_list(tmp_path):
     _touch_image(tmp_path / "ok.png")
     errors: list[str] = []

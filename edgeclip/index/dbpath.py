@@ -15,7 +15,8 @@ from pathlib import Path
 
 from edgeclip.errors import EdgeclipError
 
-__all__ = ["IndexFileError", "check_location", "check_readable", "describe", "writable"]
+__all__ = ["IndexFileError", "check_location", "check_readable", "describe", "has_wal",
+           "unreadable_wal", "wal_in_readonly_folder", "writable"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # The files SQLite and edgeclip write next to photos.db; each must be writable by a writer.
@@ -105,6 +106,31 @@ def _vector_files(path: Path) -> list[Path]:
         return [path.parent / n for n in os.listdir(path.parent) if n.startswith(prefixes)]
     except OSError:
         return []
+
+
+def has_wal(path: Path) -> bool:
+    """Whether ``photos.db-wal`` holds anything: commits a checkpoint may not have copied into
+    ``photos.db`` yet (a writer is running, or was killed)."""
+    try:
+        return os.path.getsize(f"{path}-wal") > 0
+    except OSError:
+        return False
+
+
+def wal_in_readonly_folder(path: Path) -> bool:
+    return has_wal(path) and not writable(path.parent)
+
+
+def unreadable_wal(path: Path, e: BaseException) -> IndexFileError:
+    """A reader in a read-only folder that SQLite could not give the -wal's commits (it needs
+    the -shm beside them, and cannot create one there). The index itself is fine."""
+    return IndexFileError(
+        f"cannot read the index {path}: {path.name}-wal holds commits not yet folded into "
+        f"{path.name} (an `edgeclip index` is running on it, or was killed), and SQLite cannot "
+        f"read them from the read-only folder {path.parent} ({e}). Search it through a "
+        "writable path, or after the writer has finished, or once a run of `edgeclip index` "
+        "from a writable path has folded them in."
+    )
 
 
 def describe(path: Path, e: BaseException) -> IndexFileError:

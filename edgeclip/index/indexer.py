@@ -75,6 +75,9 @@ class _Run:
         self.done = 0
         self.counted, self.count_final = 0, False
         self._seen: list[tuple[str, int]] = []
+        # With use_hash: unchanged files indexed without --hash, to hash and record, not embed
+        # (the pipeline reads this set; triage fills it before it yields each entry).
+        self.hash_only: set[str] = set()
         # dev: which filesystems this walk reached (maintenance.unmounted)
         self.store.con.execute("DROP TABLE IF EXISTS temp.seen")
         self.store.con.execute("CREATE TEMP TABLE seen (path TEXT PRIMARY KEY, dev INTEGER)")
@@ -85,7 +88,9 @@ class _Run:
             self._mark_seen(entry)
             row = self.store.row(entry.path)
             if self.use_hash:
-                yield entry  # the worker hashes it; a known hash is not decoded (see known())
+                if row is not None and row.sha256 is None and row.slot is not None and _same_stat(row, entry):
+                    self.hash_only.add(entry.path)  # nothing to compare its hash with yet
+                yield entry  # the worker hashes it; a known hash is not decoded (see _known())
             elif row is not None and _same_stat(row, entry) and row.status != st.FAILED:
                 self._unchanged(row)
             elif row is None and self._renamed(entry):
@@ -134,12 +139,14 @@ class _Run:
         self.maybe_commit()
 
     def _known(self, out: Outcome) -> None:
-        rows = self.store.rows_with_hash(out.sha256)
-        same = next((r for r in rows if r.path == out.entry.path and r.slot is not None), None)
-        if same is not None:
-            self.ops.append(("restat", out.entry, same.slot, out.sha256))
+        own = self.store.row(out.entry.path)
+        if own is not None and own.slot is not None and (
+            own.sha256 == out.sha256 or out.entry.path in self.hash_only
+        ):
+            self.ops.append(("restat", out.entry, own.slot, out.sha256))
             self.report.unchanged += 1
         else:
+            rows = self.store.rows_with_hash(out.sha256)
             source = next((r for r in rows if r.slot is not None), None)
             if source is None:  # its twin lost its vector during this run: try again next time
                 reason = "an indexed file with the same content changed meanwhile; run again"
@@ -198,7 +205,7 @@ def run(
     t0 = time.perf_counter()
     job = _Run(index, use_hash, progress, max(1, int(commit_every)))
     if use_hash:
-        pipeline.known = known_hashes(index.store)
+        pipeline.known, pipeline.hash_only = known_hashes(index.store), job.hash_only
     stop = threading.Event()
     if roots is not None and progress is not None:
         threading.Thread(target=_count, args=(job, roots, tuple(excludes), stop), daemon=True).start()

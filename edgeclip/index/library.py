@@ -266,6 +266,10 @@ class Index:
         ``under``: only files under this folder."""
         if not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}.")
+        if len(self) == 0:
+            # Nothing to rank, so no model to load: an index that has not recorded one yet
+            # would otherwise fetch the default model only to find nothing.
+            return []
         self._check_model(writing=False)
         return self.search_vector(self.query_vector(query, add, subtract), k, exact=exact,
                                   under=under)  # fmt: skip
@@ -281,15 +285,21 @@ class Index:
     ) -> list[Hit]:  # fmt: skip
         """Search with an embedding (float32, D) of this index's model; ``under`` as in ``search``."""
         folder = None if under is None else os.path.abspath(os.fspath(under))
-        found = maintenance.search(self, np.asarray(vector, np.float32), k, exact, folder)
+        vector = np.asarray(vector, np.float32)
+        if vector.shape != (self.dim,):
+            raise InputError(
+                f"a query vector of shape {vector.shape} does not fit the index {self.path}, whose "
+                f"vectors have {self.dim} values; embed it with the index's own model."
+            )
+        found = maintenance.search(self, vector, k, exact, folder)
         return [Hit(p, s) for p, s in found]
 
     def duplicates(self, threshold: float = 0.95) -> list[list[Hit]]:
         """Groups of near-identical images (cosine >= ``threshold`` to another in the group),
-        largest first; each group's hits are scored by their best match inside it."""
+        largest first; each group's hits are scored by their best match inside it. Only the
+        stored vectors are compared, so no model is loaded."""
         if not 0.0 < threshold <= 1.0:
             raise InputError(f"threshold must be in (0, 1], got {threshold}.")
-        self._check_model(writing=False)
         return [[Hit(p, s) for p, s in g] for g in maintenance.duplicates(self, threshold)]
 
     def close(self) -> None:

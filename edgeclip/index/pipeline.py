@@ -196,6 +196,9 @@ class EmbedPipeline:
         self.max_pixels = max_pixels
         #: sha256 digests already in the index (with ``want_hash``): those files are not decoded
         self.known: set[str] = set()
+        #: paths (with ``want_hash``) whose stored vector is current but has no sha256 yet: hashed,
+        #: and reported as "known", not decoded
+        self.hash_only: set[str] = set()
 
     def _decode(self, entry: FileEntry) -> tuple[str, Any, str | None]:
         try:
@@ -205,7 +208,7 @@ class EmbedPipeline:
                     return "ok", self.model.preprocessor.one(im, max_pixels=None), None
             fmt, data = read_file(entry.path)
             digest = hashlib.sha256(data).hexdigest() if self.want_hash else None
-            if digest is not None and digest in self.known:
+            if digest is not None and (digest in self.known or entry.path in self.hash_only):
                 return "known", None, digest  # same bytes as an indexed file: no decode
             im = decode(
                 data, fmt, draft_to=self.draft_to, max_pixels=self.max_pixels, preview_to=self.preview_to

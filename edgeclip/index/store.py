@@ -20,7 +20,16 @@ from typing import Any
 
 from edgeclip.errors import EdgeclipError, InputError
 
-from .dbpath import IndexFileError, check_location, check_readable, describe, writable
+from .dbpath import (
+    IndexFileError,
+    check_location,
+    check_readable,
+    describe,
+    has_wal,
+    unreadable_wal,
+    wal_in_readonly_folder,
+    writable,
+)
 
 __all__ = [
     "FORMAT", "IndexFileError", "IndexLockedError", "ModelMismatchError", "Row", "Store",
@@ -81,29 +90,43 @@ class Store:
     """The SQLite side of one index. ``readonly`` opens without creating or writing anything."""
 
     def __init__(self, path: str | os.PathLike, readonly: bool = False) -> None:
-        self.path = Path(path).expanduser().absolute()
+        # Resolved once: SQLite follows a symlinked --db, so the vectors, the -wal and the lock
+        # must sit next to the real file too, or the link and the real path are two indexes.
+        self.path = Path(os.path.realpath(Path(path).expanduser()))
         self.readonly = readonly
         check_readable(self.path)
         if readonly and not self.path.exists():
-            raise InputError(
-                f"no index at {self.path}; build one first with `edgeclip index DIR --db {self.path}`."
-            )
+            raise self._no_index_yet("")
         if not readonly:
             check_location(self.path)
         self.con = self._connect()
         self._check_format()
 
+    def _no_index_yet(self, why: str) -> InputError:
+        return InputError(
+            f"no index at {self.path}{why}; build one first with `edgeclip index DIR --db {self.path}`."
+        )
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        uri = self.path.as_uri() + "?mode=ro"
+        if not writable(self.path.parent) and not has_wal(self.path):
+            # SQLite cannot make a -shm here; with no -wal there is nothing it would show, so
+            # the database file alone is the whole index. With a -wal, immutable would hide its
+            # commits (stale results, or "no such table" for an index not yet checkpointed).
+            uri += "&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+
     def _connect(self) -> sqlite3.Connection:
         con = None
         try:
             if self.readonly:
-                uri = self.path.as_uri() + "?mode=ro"
-                if not writable(self.path.parent):
-                    uri += "&immutable=1"  # WAL readers need the -shm file; none can be made here
-                con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+                con = self._open_readonly()
             else:
                 con = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            if self.readonly and not tables:  # a zero-byte file, or an index being created
+                con.close()
+                raise self._no_index_yet(" yet (the file holds no index)")
             # Someone else's SQLite file is refused before anything is written to it.
             if tables and not {"meta", "files"} <= tables:
                 con.close()
@@ -126,6 +149,8 @@ class Store:
         return con
 
     def corrupt(self, e: BaseException) -> IndexFileError:
+        if self.readonly and isinstance(e, sqlite3.Error) and wal_in_readonly_folder(self.path):
+            return unreadable_wal(self.path, e)
         return describe(self.path, e)
 
     def _check_format(self) -> None:
@@ -149,15 +174,23 @@ class Store:
 
     def _check_meta(self) -> None:
         """Meta values every reader parses: a damaged one is named here, not met later as a
-        ValueError deep inside search."""
-        for key, parse in (("schema", int), ("slots", int), ("dim", int), ("generation", int),
-                           ("fingerprint", json.loads), ("model", json.loads)):  # fmt: skip
+        ValueError (or a usearch assertion) deep inside search."""
+        parsed = {}
+        for key, parse in (("schema", int), ("slots", int), ("dim", _positive_int),
+                           ("generation", int), ("fingerprint", json.loads),
+                           ("model", json.loads)):  # fmt: skip
             value = self.get_meta(key)
             try:
-                if value is not None:
-                    parse(value)
+                parsed[key] = None if value is None else parse(value)
             except ValueError as e:
                 raise self.corrupt(ValueError(f"its {key} is {value[:40]!r}")) from e
+        # The vectors are read dim values a row: a dim that is not the model's reads garbage.
+        fingerprint, dim = parsed["fingerprint"], parsed["dim"]
+        model_dim = fingerprint.get("embed_dim") if isinstance(fingerprint, dict) else None
+        if dim is not None and isinstance(model_dim, int) and dim != model_dim:
+            raise self.corrupt(ValueError(
+                f"its dim is {self.get_meta('dim')!r}, but its model embeds {model_dim} values"
+            ))  # fmt: skip
 
     def _is_empty(self) -> bool:
         return self.con.execute("SELECT count(*) FROM files").fetchone()[0] == 0
@@ -260,6 +293,13 @@ class Store:
 
     def integrity(self) -> str:
         return self.con.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value!r} is not a positive whole number")
+    return number
 
 
 class _Transaction:

@@ -3,7 +3,9 @@
 Images are recognised by their first bytes, never by their extension. Hidden and system
 folders (``.git``, ``@eaDir``, ``node_modules``, ...) and the user's ``--exclude`` globs are
 skipped. Symlinks are followed, but every real directory and every real file is visited once,
-so a link loop (``a/b -> a``) ends and a linked duplicate of a file is not indexed twice.
+so a link loop (``a/b -> a``) ends and a linked duplicate of a file is not indexed twice. A
+link to a file or folder inside a walked root is skipped (the walk reaches it under its own
+path); a link out of every root is followed, and what it holds is stored under the link's path.
 """
 
 from __future__ import annotations
@@ -197,6 +199,11 @@ def _classify(
     except OSError:
         return None  # a dangling symlink, or a file gone since the listing
     if stat.S_ISDIR(st.st_mode):
+        # A link to a folder inside a walked root is skipped like a link to a file: the walk
+        # reaches that folder under its own path. Followed, it would be stored under the
+        # link's name, and the real folder then skipped as already seen.
+        if entry.is_symlink() and inside(os.path.realpath(entry.path), roots):
+            return None
         return entry.path
     if not stat.S_ISREG(st.st_mode):
         return None
