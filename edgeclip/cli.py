@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import BatchError, EdgeclipError, InputError
@@ -331,22 +332,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _FORWARDED:
         target, _, prefix = _FORWARDED[argv[0]]
-        try:
-            return _forward(target, prefix + argv[1:])
-        except EdgeclipError as exc:
-            print(f"edgeclip: error: {exc}", file=sys.stderr)
-            return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        return _exit_status(lambda: _forward(target, prefix + argv[1:]))
+    args = build_parser().parse_args(argv)
+    return _exit_status(lambda: args.func(args))
+
+
+def _exit_status(command: Callable[[], int | None]) -> int:
+    """Run ``command``; an edgeclip error is one line and exit 2, Ctrl-C exit 130, and a reader
+    that went away (`edgeclip search ... --paths | head`) ends it quietly."""
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except EdgeclipError as exc:
         print(f"edgeclip: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeclip: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `edgeclip models | head`
+    except BrokenPipeError:
+        # Python's own flush at exit would raise again on the closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

@@ -157,6 +157,25 @@ def test_rows_match_transformers_up_to_padding(tok, hf_tokenizer):
     np.testing.assert_array_equal(tok(comparable), theirs)
 
 
+def _long_texts() -> list[str]:
+    """Long unbroken words (where merging rescans cost quadratic time before) and a 1 MiB text."""
+    rng = random.Random(11)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n)) for n in (300, 2000, 16384)]
+    words += ["ab" * 3000, "a" * 5001, "".join(rng.choice("éàüß日本語abc") for _ in range(3000))]
+    return words + [" ".join(words[:2]) * 400]
+
+
+def test_long_words_and_texts_match_transformers(tok, hf_tokenizer):
+    texts = _long_texts()
+    theirs = hf_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert [tok.encode(t) for t in texts[:-1]] == theirs[:-1]  # whole words, no truncation
+    enc = hf_tokenizer(texts, padding="max_length", truncation=True, max_length=77)
+    rows = np.array(enc["input_ids"], dtype=np.int64)
+    for row in rows:
+        row[row.tolist().index(EOT_ID) + 1 :] = 0
+    np.testing.assert_array_equal(tok(texts), rows)  # rows stop encoding at the context
+
+
 # --- shapes, padding, truncation, batches, errors
 
 
