@@ -24,16 +24,20 @@ def template_sets() -> dict[str, list[str]]:
 
 
 def check_labels(labels: Labels) -> list[str]:
+    """``labels`` as a list of unique, visible strings; else ``InputError`` naming the label."""
     if isinstance(labels, str) or not isinstance(labels, Sequence):
         raise InputError(
-            f"labels must be a list of strings, got {type(labels).__name__}; e.g. ['cat', 'dog']."
+            f"labels must be a list of strings, got {type(labels).__name__}; e.g. ['cat', 'dog'].",
+            param="labels",
         )
     labels = list(labels)
     if len(labels) < 1:
-        raise InputError("labels is empty; give at least one class name, e.g. ['cat', 'dog'].")
+        raise InputError("labels is empty; give at least one class name, e.g. ['cat', 'dog'].",
+                         param="labels")  # fmt: skip
     for i, label in enumerate(labels):
         if not isinstance(label, str):
-            raise InputError(f"label {i} is a {type(label).__name__} ({label!r}), not a string.")
+            raise InputError(f"label {i} is a {type(label).__name__} ({label!r}), not a string.",
+                             param=f"labels[{i}]")  # fmt: skip
         if not any(ch.isprintable() and not ch.isspace() for ch in label):
             raise InputError(
                 f"labels[{i}] ({label!r}) is empty or only whitespace / invisible characters; "
@@ -44,13 +48,16 @@ def check_labels(labels: Labels) -> list[str]:
     for i, label in enumerate(labels):
         if label in seen:
             raise InputError(
-                f"label {label!r} appears twice (positions {seen[label]} and {i}); labels must be unique."
+                f"label {label!r} appears twice (positions {seen[label]} and {i}); labels must be unique.",
+                param=f"labels[{i}]",
             )
         seen[label] = i
     return labels
 
 
 def resolve_templates(templates: Templates) -> tuple[str, ...]:
+    """The prompt templates ``templates`` stands for (None: the label alone; a set name; one
+    template; a list of them), each with exactly one '{}'."""
     if templates is None:
         return ("{}",)
     if isinstance(templates, str):
@@ -61,7 +68,7 @@ def resolve_templates(templates: Templates) -> tuple[str, ...]:
             return (templates,)
         raise InputError(
             f"templates {templates!r} is neither a template set ({', '.join(sets)}) nor a template "
-            "with exactly one '{}' (write a literal brace as '{{' or '}}')."
+            "with exactly one '{}' (write a literal brace as '{{' or '}}').", param="templates"
         )
     if isinstance(templates, (bytes, bytearray)) or not hasattr(templates, "__iter__"):
         raise InputError(f"templates must be None, a template set name ({', '.join(template_sets())}) "
@@ -72,7 +79,7 @@ def resolve_templates(templates: Templates) -> tuple[str, ...]:
     if not out or bad:
         raise InputError(
             "every template must be a string with exactly one '{}' (a literal brace is '{{' or "
-            f"'}}}}'); bad: {bad or 'empty list'}."
+            f"'}}}}'); bad: {bad or 'empty list'}.", param="templates"
         )
     return out
 
