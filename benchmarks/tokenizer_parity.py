@@ -7,8 +7,10 @@ out of an unpacked open_clip_torch wheel (nothing is installed)::
     python benchmarks/tokenizer_parity.py --reference /tmp/oc/open_clip/tokenizer.py --write-golden
 
 Without ``--reference`` it checks edgeclip against the stored golden ids. It then times
-edgeclip (and the reference, when given) on the corpus and prints one JSON line. The reference
-module imports torch, so run this in the dev/convert environment.
+edgeclip (and the reference, when given) on the corpus and on long unbroken words (what one
+pasted blob costs a server's model thread), prints one JSON line, and with ``--out`` writes it
+(``benchmarks/results/<host>/tokenizer.json``). The reference module imports torch, so run
+this in the dev/convert environment.
 """
 
 from __future__ import annotations
@@ -83,10 +85,31 @@ def time_it(fn, texts: list[str], repeat: int = 3) -> float:
     return len(texts) / best
 
 
+def time_long_inputs(tok) -> dict:
+    """Seconds to tokenize one unbroken word of n random letters, and a 900 kB text of words:
+    cost that must stay near-linear, because one such request holds a model thread."""
+    import random
+    import string
+
+    rng = random.Random(0)
+    out = {}
+    for n in (1024, 4096, 16384):
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+        t0 = time.perf_counter()
+        tok([word])
+        out[f"word_{n}_letters_s"] = round(time.perf_counter() - t0, 4)
+    text = " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(8)) for _ in range(100_000))
+    t0 = time.perf_counter()
+    tok([text])
+    out["text_900kB_s"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, help="open_clip/tokenizer.py from an unpacked wheel")
     ap.add_argument("--write-golden", action="store_true", help="(re)write the golden ids")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args()
 
     texts = json.loads(CORPUS.read_text(encoding="utf-8"))["texts"]
@@ -139,7 +162,13 @@ def main() -> None:
             ref([t])
         result["reference_cold_strings_per_s"] = round(len(prompts) / (time.perf_counter() - t0))
         result["reference_warm_strings_per_s"] = round(time_it(lambda t: ref([t]), prompts))
+    result["long_inputs"] = time_long_inputs(tok)
     print(json.dumps(result))
+    if args.out:
+        from benchmarks.hosts import host_label, measured_on
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"host": host_label(), **measured_on(), **result}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ def check_all() -> None:
 
 
 def markdown_table() -> str:
-    rows = ["| variable | default | what it does |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | {f'`{s.default}`' if s.default else '–'} | {s.help} |"
+    rows = ["| variable | default | values (others are refused by name) | what it does |",
+            "|---|---|---|---|"]  # fmt: skip
+    rows += [f"| `{s.name}` | {f'`{s.default}`' if s.default else '–'} | "
+             f"{', '.join(f'`{c}`' for c in s.choices) if s.choices else '–'} | {s.help} |"
              for s in SETTINGS.values()]  # fmt: skip
     return "\n".join(rows)
