@@ -169,7 +169,7 @@ BAD_INPUTS = [
     ("empty list", {"json": {"input": []}}, 400, "input is empty", "input"),
     ("empty string", {"json": {"input": ""}}, 400, "empty", "input"),
     ("10,000 texts", {"json": {"input": ["a cat"] * 10_000}}, 413, "10,000 texts", "input"),
-    ("token ids", {"json": {"input": [[1, 2, 3]]}}, 422, "not a string", "input[0]"),
+    ("token ids", {"json": {"input": [[1, 2, 3]]}}, 422, "token ids are not accepted", "input[0]"),
     ("bad modality", {"json": {"input": "x", "modality": "audio"}}, 400, "modality='audio'", "modality"),
     ("bad encoding", {"json": {"input": "x", "encoding_format": "hex"}}, 400, "encoding_format", "encoding_format"),
     ("too many dimensions", {"json": {"input": "x", "dimensions": 4097}}, 400, "exceeds", "dimensions"),

@@ -10,6 +10,7 @@ names it knows, so serve under one of those names with ``--alias`` (docs/serve.m
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
@@ -97,7 +98,8 @@ async def _read_form(request: Request, svc: Service) -> FormData:
 
 def _check_complete(body: bytes, content_type: str) -> None:
     """A form cut off in transit parses as one with its last part missing, which would be
-    answered "Either image or text must be provided": say what really happened."""
+    answered "Either image or text must be provided": say what really happened. Likewise for a
+    body written with another boundary than the header's (a Content-Type set by hand)."""
     from email.message import Message
 
     header = Message()
@@ -105,11 +107,32 @@ def _check_complete(body: bytes, content_type: str) -> None:
     boundary = header.get_param("boundary")
     if not isinstance(boundary, str) or not boundary:
         return  # the form parser names a missing boundary
+    delimiter = rb"(?:\A|\n)--" + re.escape(boundary.encode()) + rb"(?:--|[ \t]*\r?\n)"
+    if not re.search(delimiter, body):
+        raise _boundary_mismatch(body, boundary)
     if f"--{boundary}--".encode() not in body[-(len(boundary) + 64):]:
         raise APIError(400, f"the multipart body ({len(body):,} bytes) ends before its closing "
                             f"boundary '--{boundary}--': it was cut off on the way (a dropped "
                             "connection, a proxy's size limit). Nothing was embedded; send it again whole.",
                        code="truncated_form")  # fmt: skip
+
+
+# RFC 2046: a delimiter line is "--" and 1 to 70 characters, at the start of the body or a line
+_DELIMITER = re.compile(rb"(?:\A|\r?\n)--([0-9A-Za-z'()+_,./:=? -]{1,70}?)[ \t]*\r?\n")
+
+
+def _boundary_mismatch(body: bytes, boundary: str) -> APIError:
+    """400 for a body none of whose lines is the header's ``--boundary``."""
+    found = _DELIMITER.search(body[:4096])
+    if found:
+        why = (f"the multipart body's boundary is {found.group(1).decode()!r} but the "
+               f"Content-Type header's is {boundary!r}; they must be the same.")  # fmt: skip
+    else:
+        why = (f"the multipart body ({len(body):,} bytes) holds no line '--{boundary}', the "
+               "Content-Type header's boundary, so it is not a form written with it.")  # fmt: skip
+    return APIError(400, f"{why} Let the HTTP library write the Content-Type header with the "
+                         "form (curl -F, requests' files=) instead of setting it by hand.",
+                    code="boundary_mismatch")  # fmt: skip
 
 
 def _one(form: FormData, field: str) -> Any:

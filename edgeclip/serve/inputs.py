@@ -149,7 +149,7 @@ def string_list(
         )
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            hint = " (token ids are not accepted; send the text)" if isinstance(item, int) else ""
+            hint = " (token ids are not accepted; send the text)" if _token_ids(item) else ""
             raise APIError(
                 422,
                 f"{field}[{i}] is a JSON {_json_kind(item)}, not a string{hint}.",
@@ -159,6 +159,12 @@ def string_list(
         if not allow_blank and is_blank(item):
             raise empty_input(item_param(field, i, isinstance(value, str)), what)
     return items
+
+
+def _token_ids(item: Any) -> bool:
+    """An integer, or a list of them: what OpenAI's API takes as pre-tokenised input."""
+    ids = item if isinstance(item, list) and item else [item]
+    return all(isinstance(x, int) and not isinstance(x, bool) for x in ids)
 
 
 def base64_as_data_uri(value: str) -> str:
@@ -181,35 +187,44 @@ def empty_input(param: str, what: str = "text") -> APIError:
     return APIError(400, f"{param} is {why}.", param=param, code="empty_input")
 
 
-def refuse_images_as_text(texts: list[str], field: str, single: bool) -> None:
-    """A data URI sent as text is an image without ``modality: "image"`` (the OpenAI client
-    needs ``extra_body`` for it): embedding its base64 as words would be a silent wrong answer."""
-    for i, text in enumerate(texts):
-        head = text[:128].lower()
-        if head.startswith("data:") and ";base64," in head:
-            where = item_param(field, i, single)
-            raise APIError(
-                400,
-                f"{where} is a base64 data URI, but modality is 'text' (the default), so it "
-                'would be embedded as words. Send "modality": "image" (with the openai '
-                'client: extra_body={"modality": "image"}).',
-                param=where,
-                code="image_as_text",
-            )
+def _visible_start(text: str, scan: int = 1024) -> str:
+    """``text`` from its first visible character: leading whitespace and invisible characters
+    (a BOM, a zero-width space) do not make a data URI any less of one."""
+    for i, ch in enumerate(text[:scan]):
+        if ch.isprintable() and not ch.isspace():
+            return text[i:]
+    return ""
+
+
+def image_as_text(text: str, where: str) -> APIError | None:
+    """400 for a data URI sent as text: an image without ``modality: "image"`` (the OpenAI
+    client needs ``extra_body`` for it), whose base64 would be embedded as words."""
+    head = _visible_start(text)[:128].lower()
+    if not (head.startswith("data:") and ";base64," in head):
+        return None
+    return APIError(400, f"{where} is a base64 data URI, but modality is 'text' (the default), "
+                         'so it would be embedded as words. Send "modality": "image" (with the '
+                         'openai client: extra_body={"modality": "image"}).',
+                    param=where, code="image_as_text")  # fmt: skip
+
+
+def text_too_long(text: str, where: str, limits: Limits) -> APIError | None:
+    """413 for a text over ``--max-text-chars``; None for one within it."""
+    if len(text) <= limits.max_text_chars:
+        return None
+    return APIError(413, f"{where} has {len(text):,} characters; this server takes at most "
+                         f"{limits.max_text_chars:,} (--max-text-chars). Text past the model's "
+                         "context (77 tokens) is truncated anyway, so send its start.",
+                    param=where, code="text_too_long")  # fmt: skip
 
 
 def check_text_lengths(texts: list[str], field: str, limits: Limits, single: bool = False) -> None:
+    """Raise the first text's ``text_too_long``: for inputs that are all needed at once (labels,
+    search terms). Embedding requests refuse each text alone (``Service.embed_texts``)."""
     for i, text in enumerate(texts):
-        if len(text) > limits.max_text_chars:
-            where = item_param(field, i, single)
-            raise APIError(
-                413,
-                f"{where} has {len(text):,} characters; this server takes at most "
-                f"{limits.max_text_chars:,} (--max-text-chars). Text past the model's context "
-                "(77 tokens) is truncated anyway, so send its start.",
-                param=where,
-                code="text_too_long",
-            )
+        error = text_too_long(text, item_param(field, i, single), limits)
+        if error is not None:
+            raise error
 
 
 # -- images ------------------------------------------------------------------------------------

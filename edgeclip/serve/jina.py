@@ -51,9 +51,8 @@ def _content(doc: Any, param: str) -> Item:
     return "image", value, f"{param}.{key}"
 
 
-def _failed(failures: list[dict], total: int, docs: list[dict]) -> APIError:
-    message = failure_message(failures, total, "error.failed lists each; error.data holds the "
-                                               "docs with what was computed.")  # fmt: skip
+def _failed(failures: list[dict], total: int, docs: list[dict], where: str) -> APIError:
+    message = failure_message(failures, total, f"error.failed lists each; error.data holds {where}.")
     return APIError(400, message, param=failures[0]["param"], code="invalid_input",
                     extra={"failed": failures, "data": docs})  # fmt: skip
 
@@ -64,7 +63,7 @@ async def _encode(svc: Service, docs: list[Any]) -> list[dict]:
     out = [{**doc, **({"embedding": v.tolist()} if v is not None else {})}
            for doc, v in zip(docs, vectors)]  # fmt: skip
     if failures:
-        raise _failed(failures, len(items), out)
+        raise _failed(failures, len(items), out, "the docs, each good one with its embedding")
     return out
 
 
@@ -101,10 +100,18 @@ async def _rank(svc: Service, docs: list[Any]) -> list[dict]:
         raise _invalid("data", f"{len(items):,} docs and matches; this server embeds at most "
                                f"{svc.limits.max_prompts:,} per request (--max-prompts).", 413)  # fmt: skip
     vectors, failures = await embed_items(svc, items)
-    if failures:
-        raise _failed(failures, len(items), list(docs))
     scale = (await svc.model_info())["logit_scale"]
-    return [_scored(doc, vectors[q], vectors[m : m + n], scale) for doc, (q, m, n) in zip(docs, spans)]
+    # A doc is ranked when it and all its matches were embedded: without one of them the
+    # softmax over the rest would be a different answer. Other docs come back as sent.
+    out = [
+        _scored(doc, vectors[q], vectors[m : m + n], scale)
+        if all(v is not None for v in vectors[q : m + n]) else doc
+        for doc, (q, m, n) in zip(docs, spans)
+    ]  # fmt: skip
+    if failures:
+        raise _failed(failures, len(items), out, "the docs, each one whose inputs all worked "
+                                                 "with its matches ranked")  # fmt: skip
+    return out
 
 
 async def post(request: Request) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import APIError
-from .inputs import base64_as_data_uri, check_text_lengths
+from .inputs import base64_as_data_uri
 from .service import InputsFailed, Service
 
 Item = tuple[str, str, str]  # (kind "text" | "image", value, param naming it in the request)
@@ -45,9 +45,7 @@ async def embed_items(
                                 f"most {svc.limits.max_images:,} (--max-images).",
                            code="too_many_inputs")  # fmt: skip
         try:
-            if kind == "text":
-                for i in local:  # named as sent: data[3].text
-                    check_text_lengths([items[i][1]], items[i][2], svc.limits, single=True)
+            if kind == "text":  # an over-long text fails alone, named as sent (data[3].text)
                 rows, tokens = await svc.embed_texts(values, kind)
                 got = dict(enumerate(rows))
                 for i, n in zip(local, tokens):

@@ -17,7 +17,15 @@ import numpy as np
 
 from .batcher import Batcher, QueueFull
 from .errors import APIError
-from .inputs import empty_input, image_bytes, image_size, is_blank, item_param
+from .inputs import (
+    empty_input,
+    image_as_text,
+    image_bytes,
+    image_size,
+    is_blank,
+    item_param,
+    text_too_long,
+)
 from .lifecycle import ModelHost
 from .limits import Limits
 from .metrics import Metrics
@@ -159,21 +167,49 @@ class Service:
             raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": "1"}) from None
 
     async def embed_texts(
-        self, texts: list[str], param: str = "input", single: bool = False
+        self, texts: list[str], param: str = "input", single: bool = False,
+        *, refuse_data_uris: bool = False,
     ) -> tuple[np.ndarray, list[int]]:
-        """(N, D) float32 and each text's token count; 400 naming every text with no tokens."""
-        async with self.texts.expect() as submit:
-            rows = await self._submit(submit, texts)
-        # The library refuses a text with no words ("&nbsp;" unescapes to whitespace: the vector
-        # of "" would be a silent wrong answer) and the worker hands it back as a NaN row.
-        failed = {
-            i: empty_input(item_param(param, i, single))
-            for i, (vector, _) in enumerate(rows) if np.isnan(vector).any()
-        }  # fmt: skip
+        """(N, D) float32 and each text's token count.
+
+        A text over ``--max-text-chars`` (413), a data URI when ``refuse_data_uris`` (the
+        request could have sent it as an image), or a text with no tokens fails alone: the
+        others are embedded anyway and ``InputsFailed`` names each failure and keeps their
+        vectors, as ``embed_images`` does for images.
+        """
+        failed = self._refuse_texts(texts, param, single, refuse_data_uris)
+        sent = [i for i in range(len(texts)) if i not in failed]
+        rows: list[Any] = []
+        if sent:
+            async with self.texts.expect() as submit:
+                rows = await self._submit(submit, [texts[i] for i in sent])
+        vectors, counts = {}, {}
+        for i, (vector, count) in zip(sent, rows):
+            # The library refuses a text with no words ("&nbsp;" unescapes to whitespace: the
+            # vector of "" would be a silent wrong answer); the worker hands it back as NaN.
+            if np.isnan(vector).any():
+                failed[i] = empty_input(item_param(param, i, single))
+            else:
+                vectors[i], counts[i] = vector, count
         if failed:
-            good = {i: row[0] for i, row in enumerate(rows) if i not in failed}
-            raise InputsFailed(failed, good, len(texts), "texts")
-        return np.stack([r[0] for r in rows]), [r[1] for r in rows]
+            raise InputsFailed(failed, vectors, len(texts), "texts")
+        return np.stack([vectors[i] for i in sent]), [counts[i] for i in sent]
+
+    def _refuse_texts(
+        self, texts: list[str], param: str, single: bool, refuse_data_uris: bool
+    ) -> dict[int, APIError]:
+        """The refusal of each text that is not sent to the model, by index."""
+        refused = {}
+        for i, text in enumerate(texts):
+            where = item_param(param, i, single)
+            # a data URI first: a real image is longer than the text limit, and "send its
+            # start" would be the wrong fix for it
+            error = (image_as_text(text, where) if refuse_data_uris else None) or text_too_long(
+                text, where, self.limits
+            )
+            if error is not None:
+                refused[i] = error
+        return refused
 
     async def embed_images(
         self, refs: Sequence[Any], param: str, single: bool = False

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import APIError
-from .inputs import check_text_lengths, is_blank, parse_json_body, string_list
+from .inputs import is_blank, parse_json_body, string_list
 from .mixed import failure_message
 from .openai_api import json_response
 from .service import InputsFailed, Service
@@ -39,16 +39,14 @@ async def meta(request: Request) -> Response:
 
 
 def _inputs(body: dict[str, Any], field: str, svc: Service) -> list[str]:
-    """``texts`` or ``images``: absent, null or [] is none; else a list of strings (a blank one
-    fails alone, in ``_vectors``)."""
+    """``texts`` or ``images``: absent, null or [] is none; else a list of strings (a blank or
+    bad one fails alone, in ``_vectors``)."""
     value = body.get(field)
     if value is None or value == []:
         return []
     if field == "texts":
-        texts = string_list(value, field, what="text", limit=svc.limits.max_texts,
-                            flag="--max-texts", allow_blank=True)  # fmt: skip
-        check_text_lengths(texts, field, svc.limits)
-        return texts
+        return string_list(value, field, what="text", limit=svc.limits.max_texts,
+                           flag="--max-texts", allow_blank=True)  # fmt: skip
     images = string_list(value, field, what="image", limit=svc.limits.max_images,
                          flag="--max-images", allow_blank=True)  # fmt: skip
     # Weaviate sends the blob's bare base64; a data URI is taken as it is, and a blank one is
