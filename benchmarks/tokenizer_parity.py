@@ -105,6 +105,29 @@ def time_long_inputs(tok) -> dict:
     return out
 
 
+def time_corpus(tok, prompts: list[str]) -> dict:
+    """Strings/s on unique texts with cold BPE/text caches, then the same texts again (warm)."""
+    out: dict = {}
+    v = tok._v
+    v.bpe.cache_clear()
+    v.encode_cached.cache_clear()
+    t0 = time.perf_counter()
+    for t in prompts:
+        tok([t])
+    out["edgeclip_cold_strings_per_s"] = round(len(prompts) / (time.perf_counter() - t0))
+    out["edgeclip_warm_strings_per_s"] = round(time_it(lambda t: tok([t]), prompts))
+    v.encode_cached.cache_clear()  # BPE cache warm, text cache cold: the steady state on new text
+    t0 = time.perf_counter()
+    for t in prompts:
+        tok([t])
+    out["edgeclip_new_text_strings_per_s"] = round(len(prompts) / (time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    tok(prompts)
+    out["edgeclip_batch_call_s"] = round(time.perf_counter() - t0, 4)
+    out["n_timed"] = len(prompts)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, help="open_clip/tokenizer.py from an unpacked wheel")
@@ -134,25 +157,8 @@ def main() -> None:
         "machine": platform.machine(),
     }
 
-    # Speed on unique texts with cold BPE/text caches, then the same texts again (warm caches).
     prompts = [f"a photo of a {w}." for w in texts[:200]] + texts
-    v = tok._v
-    v.bpe.cache_clear()
-    v.encode_cached.cache_clear()
-    t0 = time.perf_counter()
-    for t in prompts:
-        tok([t])
-    result["edgeclip_cold_strings_per_s"] = round(len(prompts) / (time.perf_counter() - t0))
-    result["edgeclip_warm_strings_per_s"] = round(time_it(lambda t: tok([t]), prompts))
-    v.encode_cached.cache_clear()  # BPE cache warm, text cache cold: the steady state on new text
-    t0 = time.perf_counter()
-    for t in prompts:
-        tok([t])
-    result["edgeclip_new_text_strings_per_s"] = round(len(prompts) / (time.perf_counter() - t0))
-    t0 = time.perf_counter()
-    tok(prompts)
-    result["edgeclip_batch_call_s"] = round(time.perf_counter() - t0, 4)
-    result["n_timed"] = len(prompts)
+    result.update(time_corpus(tok, prompts))
     if ref_mod is not None:
         ref = ref_mod.SimpleTokenizer()
         ref_rows = rows_up_to_eot(ref(texts, context_length=77).numpy())

@@ -114,6 +114,16 @@ def _litert_lengths(res: dict) -> str:
             f"{res['measured_on']['load_average'][0]:.2f} when measured)")
 
 
+def _tokenizer(res: dict) -> str:
+    long = res["long_inputs"]
+    return (f"tokenizer (`benchmarks/tokenizer_parity.py`): {res['golden_match']} / {res['corpus']} "
+            f"strings match OpenAI's ids; {res['edgeclip_cold_strings_per_s']:,} strings/s with cold "
+            f"caches, {res['edgeclip_warm_strings_per_s']:,} warm; one unbroken word of 1,024 / "
+            f"4,096 / 16,384 letters {long['word_1024_letters_s']} / {long['word_4096_letters_s']} / "
+            f"{long['word_16384_letters_s']} s, a 900 kB text {long['text_900kB_s']} s (the rows "
+            "stop encoding at the context)")
+
+
 def host_speed() -> str:
     """One bullet list per host that committed any of these result files."""
     out = []
@@ -121,7 +131,8 @@ def host_speed() -> str:
         bench = _load(host / "results.json") or {}
         items = [(_cold, _load(host / "cold_start.json")), (_ort, _load(host / "ort_settings.json")),
                  (_probe, _load(host / "probe_stability.json")),
-                 (_litert_lengths, _load(host / "litert_text_lengths.json"))]  # fmt: skip
+                 (_litert_lengths, _load(host / "litert_text_lengths.json")),
+                 (_tokenizer, _load(host / "tokenizer.json"))]  # fmt: skip
         lines = [make(res) + (f" (load average {res['load_average'][0]:.2f} when measured)"
                               if res.get("load_average") else "") for make, res in items if res]  # fmt: skip
         roof = _roofline(bench)
