@@ -94,6 +94,23 @@ def tinyclip8m_bundle(fixture_root, tinyclip8m_hf_checkpoint) -> Path:
 
 
 @pytest.fixture(scope="module")
+def micro_model(micro_bundle):
+    """The micro bundle loaded in this process: what a served answer is compared with."""
+    import edgeclip
+
+    return edgeclip.load(str(micro_bundle))
+
+
+@pytest.fixture(scope="module")
+def micro_server(micro_bundle, tmp_path_factory):
+    """``edgeclip serve`` on the micro bundle, on 127.0.0.1, for one test module."""
+    from test_serve_helpers import ServeProcess
+
+    with ServeProcess(micro_bundle, "--idle-ttl", "0", log_dir=tmp_path_factory.mktemp("logs")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one thread for a module: tiny models gain nothing from a second one on 2 cores."""
     import torch

@@ -74,13 +74,6 @@ def server(micro_bundle, page_port, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(micro_bundle):
-    import edgeclip
-
-    return edgeclip.load(str(micro_bundle))
-
-
-@pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
 
@@ -97,11 +90,11 @@ def _blob(data: bytes) -> tuple[str, bytes, str]:
 # -- Immich ---------------------------------------------------------------------------------------
 
 
-def test_immich_image_errors_name_the_field_immich_sent(server, model):
+def test_immich_image_errors_name_the_field_immich_sent(server, micro_model):
     r = _predict(server, entries=(None, VISUAL), image=_blob(GOOD[1]))
     assert r.status_code == 200, r.text
     got = np.array(json.loads(r.json()["clip"]))
-    assert np.abs(got - model.encode_image([GOOD[1]])[0]).max() <= 1e-6
+    assert np.abs(got - micro_model.encode_image([GOOD[1]])[0]).max() <= 1e-6
     for data, status, fragment in [(b"not an image", 400, "not an image file"),
                                    (png_header(30000, 30000), 413, "--max-pixels")]:  # fmt: skip
         r = _predict(server, entries=(None, VISUAL), image=_blob(data))
@@ -172,7 +165,7 @@ def test_immich_form_cut_off_in_transit_says_so(server):
 # -- the OpenAI client -----------------------------------------------------------------------------
 
 
-def test_openai_client_empty_text_fails_naming_it_and_keeps_the_others(client, model):
+def test_openai_client_empty_text_fails_naming_it_and_keeps_the_others(client, micro_model):
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="micro", input="  ")
     assert caught.value.body["param"] == "input" and caught.value.body["code"] == "empty_input"
@@ -184,7 +177,7 @@ def test_openai_client_empty_text_fails_naming_it_and_keeps_the_others(client, m
     assert [(f["index"], f["param"]) for f in body["failed"]] == [(1, "input[1]")]
     assert [d["index"] for d in body["data"]] == [0, 2]
     got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body["data"]])
-    assert np.abs(got - model.encode_text(["a cat", "a dog"])).max() <= 1e-6
+    assert np.abs(got - micro_model.encode_text(["a cat", "a dog"])).max() <= 1e-6
     # a plain blank string fails alone too: before, it cost the whole request its vectors
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="micro", input=["a cat", "   ", "a dog", ""],
@@ -194,10 +187,10 @@ def test_openai_client_empty_text_fails_naming_it_and_keeps_the_others(client, m
     assert [(f["index"], f["code"]) for f in body["failed"]] == [(1, "empty_input"), (3, "empty_input")]
     assert [d["index"] for d in body["data"]] == [0, 2]
     got = np.array([d["embedding"] for d in body["data"]])
-    assert np.abs(got - model.encode_text(["a cat", "a dog"])).max() <= 1e-6
+    assert np.abs(got - micro_model.encode_text(["a cat", "a dog"])).max() <= 1e-6
 
 
-def test_a_blank_image_in_a_batch_fails_alone(client, model):
+def test_a_blank_image_in_a_batch_fails_alone(client, micro_model):
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="micro", input=[data_uri(GOOD[0]), " ", data_uri(GOOD[1])],
                                  encoding_format="float", extra_body={"modality": "image"})  # fmt: skip
@@ -206,10 +199,10 @@ def test_a_blank_image_in_a_batch_fails_alone(client, model):
     assert [(f["index"], f["code"]) for f in body["failed"]] == [(1, "empty_input")]
     assert [d["index"] for d in body["data"]] == [0, 2]
     got = np.array([d["embedding"] for d in body["data"]])
-    assert np.abs(got - model.encode_image(GOOD[:2])).max() <= 1e-6
+    assert np.abs(got - micro_model.encode_image(GOOD[:2])).max() <= 1e-6
 
 
-def test_a_bad_image_in_a_batch_names_each_failure_and_keeps_the_good_vectors(client, model):
+def test_a_bad_image_in_a_batch_names_each_failure_and_keeps_the_good_vectors(client, micro_model):
     inputs = [data_uri(GOOD[0]), data_uri(b"GIF89a-broken"), data_uri(GOOD[1]),
               "http://127.0.0.1:9/cat.jpg"]  # fmt: skip
     with pytest.raises(openai.BadRequestError) as caught:
@@ -225,7 +218,7 @@ def test_a_bad_image_in_a_batch_names_each_failure_and_keeps_the_good_vectors(cl
         (3, "url_not_allowed"),
     ]
     assert [d["index"] for d in body["data"]] == [0, 2]
-    want = model.encode_image(GOOD)[:, :16]
+    want = micro_model.encode_image(GOOD)[:, :16]
     want /= np.linalg.norm(want, axis=1, keepdims=True)  # as `dimensions` asked
     assert np.abs(np.array([d["embedding"] for d in body["data"]]) - want).max() <= 1e-6
 
@@ -238,7 +231,7 @@ def test_an_image_sent_without_modality_is_not_embedded_as_words(client):
     assert "extra_body" in caught.value.body["message"]
 
 
-def test_base64_as_common_encoders_write_it(server, model):
+def test_base64_as_common_encoders_write_it(server, micro_model):
     raw = GOOD[1] * 1  # a JPEG: long enough to wrap, and its base64 has '+' and '/'
     b64 = base64.b64encode(raw).decode()
     assert "+" in b64 or "/" in b64
@@ -252,7 +245,7 @@ def test_base64_as_common_encoders_write_it(server, model):
             "modality": "image", "input": "data:image/jpeg;base64," + payload})  # fmt: skip
         assert r.status_code == 200, (name, r.text)
         got = np.array(r.json()["data"][0]["embedding"])
-        assert np.abs(got - model.encode_image([raw])[0]).max() <= 1e-6, name
+        assert np.abs(got - micro_model.encode_image([raw])[0]).max() <= 1e-6, name
     mixed = b64.replace("+", "-", 1) if "+" in b64 else b64.replace("/", "_", 1) + "+"
     r = server.client.post("/v1/embeddings", json={
         "modality": "image", "input": "data:image/jpeg;base64," + mixed})  # fmt: skip
@@ -319,7 +312,7 @@ _FETCH = """(async () => {
 })()"""
 
 
-def test_a_browser_page_on_an_allowed_origin_calls_the_api(server, page_port, model, tmp_path):
+def test_a_browser_page_on_an_allowed_origin_calls_the_api(server, page_port, micro_model, tmp_path):
     browser = Chromium(tmp_path / "profile")
     try:
         results = {}
@@ -334,7 +327,7 @@ def test_a_browser_page_on_an_allowed_origin_calls_the_api(server, page_port, mo
     allowed = results["127.0.0.1"]
     assert allowed["status"] == 200, allowed
     got = np.array(allowed["data"][0]["embedding"])
-    assert np.abs(got - model.encode_text(["a cat"])[0]).max() <= 1e-6
+    assert np.abs(got - micro_model.encode_text(["a cat"])[0]).max() <= 1e-6
     assert results["localhost"] == {"blocked": "TypeError"}  # the browser refused it: CORS
 
 

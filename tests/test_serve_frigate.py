@@ -14,28 +14,15 @@ import pytest
 pytest.importorskip("uvicorn", reason="the serve extra is needed: pip install -e '.[serve]'")
 openai = pytest.importorskip("openai", reason="the dev extra brings the openai client")
 from openai.types import CreateEmbeddingResponse  # noqa: E402
-from test_serve_helpers import ServeProcess, data_uri, jpeg_bytes, png_bytes  # noqa: E402
+from test_serve_helpers import data_uri, jpeg_bytes, png_bytes  # noqa: E402
 
 GOOD = [png_bytes((30, 160, 40)), jpeg_bytes(7)]
 FRIGATE_WIDTH = 768  # Frigate's sqlite-vec column
 
 
 @pytest.fixture(scope="module")
-def server(micro_bundle, tmp_path_factory):
-    with ServeProcess(micro_bundle, "--idle-ttl", "0", log_dir=tmp_path_factory.mktemp("logs")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(micro_bundle):
-    import edgeclip
-
-    return edgeclip.load(str(micro_bundle))
+def client(micro_server):
+    return openai.OpenAI(base_url=micro_server.url + "/v1", api_key="EMPTY", max_retries=0)
 
 
 def _frigate_messages(text: str | None = None, image: bytes | None = None) -> list[dict]:
@@ -65,39 +52,39 @@ def _padded(vector: np.ndarray) -> np.ndarray:
     return np.pad(vector, (0, FRIGATE_WIDTH - vector.shape[0]))
 
 
-def test_frigate_image_and_text_equal_the_library_zero_padded_to_768(client, model):
+def test_frigate_image_and_text_equal_the_library_zero_padded_to_768(client, micro_model):
     for image in GOOD:
         got = _frigate_embed(client, _frigate_messages(image=image))
         assert got.shape == (FRIGATE_WIDTH,)
-        assert np.abs(got - _padded(model.encode_image([image])[0])).max() <= 1e-6
+        assert np.abs(got - _padded(micro_model.encode_image([image])[0])).max() <= 1e-6
     got = _frigate_embed(client, _frigate_messages(text="a person walking a dog"))
-    assert np.abs(got - _padded(model.encode_text(["a person walking a dog"])[0])).max() <= 1e-6
+    assert np.abs(got - _padded(micro_model.encode_text(["a person walking a dog"])[0])).max() <= 1e-6
     # padding changes no similarity: text-to-image cosine as in process
     image = _frigate_embed(client, _frigate_messages(image=GOOD[0]))
-    want = float(model.encode_text(["a person walking a dog"])[0] @ model.encode_image(GOOD[:1])[0])
+    want = float(micro_model.encode_text(["a person walking a dog"])[0] @ micro_model.encode_image(GOOD[:1])[0])
     assert abs(float(got @ image) - want) <= 1e-6
 
 
-def test_plain_string_content_and_joined_text_parts(server, model):
-    r = server.client.post("/v1/embeddings", json={"messages": [
+def test_plain_string_content_and_joined_text_parts(micro_server, micro_model):
+    r = micro_server.client.post("/v1/embeddings", json={"messages": [
         {"role": "user", "content": [{"type": "text", "text": "a red"}, {"type": "text", "text": "car"}]},
     ]})  # fmt: skip
     assert r.status_code == 200, r.text
     got = np.array(r.json()["data"][0]["embedding"])
-    assert np.abs(got - model.encode_text(["a red car"])[0]).max() <= 1e-6
-    plain = server.client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": "a red car"}]})
+    assert np.abs(got - micro_model.encode_text(["a red car"])[0]).max() <= 1e-6
+    plain = micro_server.client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": "a red car"}]})
     assert np.abs(np.array(plain.json()["data"][0]["embedding"]) - got).max() <= 1e-6
 
 
-def test_dimensions_pad_truncate_and_refuse(server, model):
-    want = model.encode_text(["a cat"])[0]
+def test_dimensions_pad_truncate_and_refuse(micro_server, micro_model):
+    want = micro_model.encode_text(["a cat"])[0]
     full = want.shape[0]
     for dims, check in ((full + 5, lambda v: np.allclose(v, np.pad(want, (0, 5)), atol=1e-6)),
                         (4096, lambda v: v.shape == (4096,) and np.allclose(v[:full], want, atol=1e-6))):  # fmt: skip
-        r = server.client.post("/v1/embeddings", json={"input": "a cat", "dimensions": dims})
+        r = micro_server.client.post("/v1/embeddings", json={"input": "a cat", "dimensions": dims})
         assert r.status_code == 200, r.text
         assert check(np.array(r.json()["data"][0]["embedding"]))
-    r = server.client.post("/v1/embeddings", json={"input": "a cat", "dimensions": 4097})
+    r = micro_server.client.post("/v1/embeddings", json={"input": "a cat", "dimensions": 4097})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
     assert "4096" in r.json()["error"]["message"]
 
@@ -131,36 +118,36 @@ BAD_MESSAGES = [
 
 
 @pytest.mark.parametrize("case", BAD_MESSAGES, ids=[c[0] for c in BAD_MESSAGES])
-def test_bad_messages_are_refused_naming_the_part(server, case):
+def test_bad_messages_are_refused_naming_the_part(micro_server, case):
     _, messages, status, fragment, param = case
-    r = server.client.post("/v1/embeddings", json={"model": "micro", "messages": messages})
+    r = micro_server.client.post("/v1/embeddings", json={"model": "micro", "messages": messages})
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert fragment in error["message"], error
     assert error["param"] == param, error
 
 
-def test_input_and_messages_together_are_refused(server):
-    r = server.client.post("/v1/embeddings", json={"input": "a cat", "messages": [
+def test_input_and_messages_together_are_refused(micro_server):
+    r = micro_server.client.post("/v1/embeddings", json={"input": "a cat", "messages": [
         {"role": "user", "content": "a dog"}]})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
 
-def test_frigate_clip_as_service_client_spells_exec_endpoint_its_way(server, model):
+def test_frigate_clip_as_service_client_spells_exec_endpoint_its_way(micro_server, micro_model):
     """Frigate's ``clip_as_service`` provider posts ``exec_endpoint`` and reads ``embedding``."""
-    texts = server.client.post("/post", json={"data": [{"text": "a car"}, {"text": "a person"}],
+    texts = micro_server.client.post("/post", json={"data": [{"text": "a car"}, {"text": "a person"}],
                                               "exec_endpoint": "/"})  # fmt: skip
     assert texts.status_code == 200, texts.text
     got = np.array([d["embedding"] for d in texts.json()["data"]])
-    np.testing.assert_allclose(got, model.encode_text(["a car", "a person"], invariant=True), atol=1e-5)
+    np.testing.assert_allclose(got, micro_model.encode_text(["a car", "a person"], invariant=True), atol=1e-5)
     blobs = [{"blob": base64.b64encode(g).decode()} for g in GOOD]
-    images = server.client.post("/post", json={"data": blobs, "exec_endpoint": "/"})
+    images = micro_server.client.post("/post", json={"data": blobs, "exec_endpoint": "/"})
     got = np.array([d["embedding"] for d in images.json()["data"]])
-    np.testing.assert_allclose(got, model.encode_image(GOOD, invariant=True), atol=1e-5)
+    np.testing.assert_allclose(got, micro_model.encode_image(GOOD, invariant=True), atol=1e-5)
     # the snake-case spelling is honoured, not ignored: /rank ranks
-    ranked = server.client.post("/post", json={"exec_endpoint": "/rank", "data": [
+    ranked = micro_server.client.post("/post", json={"exec_endpoint": "/rank", "data": [
         {"blob": blobs[0]["blob"], "matches": [{"text": "a car"}, {"text": "a person"}]}]})  # fmt: skip
     assert "clip_score" in ranked.json()["data"][0]["matches"][0]["scores"]
-    clash = server.client.post("/post", json={"data": [{"text": "a"}], "exec_endpoint": "/rank",
+    clash = micro_server.client.post("/post", json={"data": [{"text": "a"}], "exec_endpoint": "/rank",
                                               "execEndpoint": "/"})  # fmt: skip
     assert clash.status_code == 400 and "disagree" in clash.json()["error"]["message"]

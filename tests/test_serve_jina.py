@@ -12,49 +12,36 @@ import pytest
 
 pytest.importorskip("uvicorn", reason="the serve extra is needed: pip install -e '.[serve]'")
 
-from test_serve_helpers import ServeProcess, data_uri, jpeg_bytes, png_bytes  # noqa: E402
+from test_serve_helpers import data_uri, jpeg_bytes, png_bytes  # noqa: E402
 
 GOOD = [png_bytes((200, 30, 30)), jpeg_bytes(7)]
 LABELS = ["a red square", "a blue circle", "a photo of a dog"]
 
 
-@pytest.fixture(scope="module")
-def server(micro_bundle, tmp_path_factory):
-    with ServeProcess(micro_bundle, "--idle-ttl", "0", log_dir=tmp_path_factory.mktemp("logs")) as s:
-        yield s
+def _post(micro_server, data, endpoint="/"):
+    return micro_server.client.post("/post", json={"data": data, "execEndpoint": endpoint})
 
 
-@pytest.fixture(scope="module")
-def model(micro_bundle):
-    import edgeclip
-
-    return edgeclip.load(str(micro_bundle))
-
-
-def _post(server, data, endpoint="/"):
-    return server.client.post("/post", json={"data": data, "execEndpoint": endpoint})
-
-
-def test_encode_mixes_texts_and_images_in_order(server, model):
+def test_encode_mixes_texts_and_images_in_order(micro_server, micro_model):
     docs = [{"text": "a dog", "id": "t0"}, {"uri": data_uri(GOOD[0])},
             {"blob": base64.b64encode(GOOD[1]).decode()}, {"text": "a cat"}]  # fmt: skip
-    r = _post(server, docs)
+    r = _post(micro_server, docs)
     assert r.status_code == 200, r.text
     out = r.json()["data"]
     assert out[0]["id"] == "t0" and out[0]["text"] == "a dog"  # the doc comes back, plus embedding
-    texts = model.encode_text(["a dog", "a cat"], invariant=True)
-    images = model.encode_image(GOOD, invariant=True)
+    texts = micro_model.encode_text(["a dog", "a cat"], invariant=True)
+    images = micro_model.encode_image(GOOD, invariant=True)
     for got, want in zip([out[0], out[3], out[1], out[2]], [*texts, *images]):
         np.testing.assert_allclose(got["embedding"], want, atol=1e-5)
 
 
-def test_rank_sorts_matches_as_classify_does(server, model):
+def test_rank_sorts_matches_as_classify_does(micro_server, micro_model):
     docs = [{"uri": data_uri(g), "matches": [{"text": t} for t in LABELS]} for g in GOOD]
-    r = _post(server, docs, "/rank")
+    r = _post(micro_server, docs, "/rank")
     assert r.status_code == 200, r.text
     for doc, image in zip(r.json()["data"], GOOD):
         ranked = [(m["text"], m["scores"]["clip_score"]["value"]) for m in doc["matches"]]
-        want = model.classify(image, LABELS, top_k=len(LABELS))
+        want = micro_model.classify(image, LABELS, top_k=len(LABELS))
         assert [t for t, _ in ranked] == [label for label, _ in want]
         np.testing.assert_allclose([p for _, p in ranked], [p for _, p in want], atol=1e-4)
         assert abs(sum(p for _, p in ranked) - 1) < 1e-6
@@ -62,25 +49,25 @@ def test_rank_sorts_matches_as_classify_does(server, model):
         assert cosines == sorted(cosines, reverse=True)
 
 
-def test_a_text_ranked_against_images(server, model):
-    r = _post(server, [{"text": "a red square", "matches": [{"uri": data_uri(g)} for g in GOOD]}], "/rank")
+def test_a_text_ranked_against_images(micro_server, micro_model):
+    r = _post(micro_server, [{"text": "a red square", "matches": [{"uri": data_uri(g)} for g in GOOD]}], "/rank")
     assert r.status_code == 200, r.text
     cos = [m["scores"]["clip_score_cosine"]["value"] for m in r.json()["data"][0]["matches"]]
-    want = sorted(model.encode_image(GOOD, invariant=True) @ model.encode_text("a red square")[0], reverse=True)
+    want = sorted(micro_model.encode_image(GOOD, invariant=True) @ micro_model.encode_text("a red square")[0], reverse=True)
     np.testing.assert_allclose(cos, want, atol=1e-5)
 
 
-def test_a_bad_image_is_named_and_the_good_embeddings_are_kept(server, model):
+def test_a_bad_image_is_named_and_the_good_embeddings_are_kept(micro_server, micro_model):
     docs = [{"text": "a dog"}, {"uri": data_uri(b"not an image")}, {"uri": data_uri(GOOD[0])}]
-    r = _post(server, docs)
+    r = _post(micro_server, docs)
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == "data[1].uri" and "data[1].uri" in err["message"]
     assert [f["param"] for f in err["failed"]] == ["data[1].uri"]
     kept = err["data"]
     assert "embedding" not in kept[1]
-    np.testing.assert_allclose(kept[2]["embedding"], model.encode_image(GOOD[:1], invariant=True)[0], atol=1e-5)
-    np.testing.assert_allclose(kept[0]["embedding"], model.encode_text("a dog")[0], atol=1e-5)
+    np.testing.assert_allclose(kept[2]["embedding"], micro_model.encode_image(GOOD[:1], invariant=True)[0], atol=1e-5)
+    np.testing.assert_allclose(kept[0]["embedding"], micro_model.encode_text("a dog")[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("body, param", [
@@ -92,35 +79,35 @@ def test_a_bad_image_is_named_and_the_good_embeddings_are_kept(server, model):
     ({"data": [{"text": "a"}], "execEndpoint": "/index"}, "execEndpoint"),
     ({"data": [{"uri": "data:image/png;base64,AAAA"}], "execEndpoint": "/rank"}, "data[0].matches"),
 ])  # fmt: skip
-def test_bad_requests_name_the_field(server, body, param):
-    r = server.client.post("/post", json=body)
+def test_bad_requests_name_the_field(micro_server, body, param):
+    r = micro_server.client.post("/post", json=body)
     assert 400 <= r.status_code < 500, r.text
     err = r.json()["error"]
     assert err["param"] == param and param in err["message"], err
 
 
-def test_embeddings_take_jina_style_objects_of_both_modalities(server, model):
+def test_embeddings_take_jina_style_objects_of_both_modalities(micro_server, micro_model):
     inputs = [{"text": "a dog"}, {"image": base64.b64encode(GOOD[0]).decode()},
               {"image": data_uri(GOOD[1])}, {"text": "a cat"}]  # fmt: skip
-    r = server.client.post("/v1/embeddings", json={"input": inputs})
+    r = micro_server.client.post("/v1/embeddings", json={"input": inputs})
     assert r.status_code == 200, r.text
     body = r.json()
     assert [d["index"] for d in body["data"]] == [0, 1, 2, 3]
-    want = [*model.encode_text(["a dog"]), *model.encode_image(GOOD, invariant=True),
-            *model.encode_text(["a cat"])]  # fmt: skip
+    want = [*micro_model.encode_text(["a dog"]), *micro_model.encode_image(GOOD, invariant=True),
+            *micro_model.encode_text(["a cat"])]  # fmt: skip
     for d, w in zip(body["data"], want):
         np.testing.assert_allclose(d["embedding"], w, atol=1e-5)
-    tokens = len(model.tokenizer.encode("a dog")) + len(model.tokenizer.encode("a cat")) + 4 + 2
+    tokens = len(micro_model.tokenizer.encode("a dog")) + len(micro_model.tokenizer.encode("a cat")) + 4 + 2
     assert body["usage"]["prompt_tokens"] == tokens  # each text with its start and end, 1 an image
 
 
-def test_jina_style_objects_name_the_bad_one_and_keep_the_others(server, model):
+def test_jina_style_objects_name_the_bad_one_and_keep_the_others(micro_server, micro_model):
     inputs = [{"text": "a dog"}, {"image": data_uri(b"not an image")}, {"image": data_uri(GOOD[0])}]
-    r = server.client.post("/v1/embeddings", json={"input": inputs})
+    r = micro_server.client.post("/v1/embeddings", json={"input": inputs})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == "input[1].image" and [f["param"] for f in err["failed"]] == ["input[1].image"]
     assert [d["index"] for d in err["data"]] == [0, 2]
-    np.testing.assert_allclose(err["data"][1]["embedding"], model.encode_image(GOOD[:1], invariant=True)[0], atol=1e-5)
-    two = server.client.post("/v1/embeddings", json={"input": [{"text": "a", "image": "b"}]})
+    np.testing.assert_allclose(err["data"][1]["embedding"], micro_model.encode_image(GOOD[:1], invariant=True)[0], atol=1e-5)
+    two = micro_server.client.post("/v1/embeddings", json={"input": [{"text": "a", "image": "b"}]})
     assert two.status_code == 422 and two.json()["error"]["param"] == "input[0]"
