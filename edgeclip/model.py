@@ -262,7 +262,8 @@ class EdgeClip:
         One image in → one list; a list of images in → a list of lists. Probabilities are the
         softmax of the model's logit scale × cosine. ``templates``: None, a set name
         ('photo', 'imagenet7', 'imagenet80') or your own list of strings with '{}'.
-        Unreadable images raise ``BatchError``; ``.results`` keeps the others (None for failed).
+        Unreadable images raise ``BatchError``; ``.results`` keeps the others (None for failed);
+        one image given alone that cannot be read raises ``InputError``.
         """
         items, single = _image_items(images)  # a generator is read once, here
         label_list = check_labels(labels)
@@ -286,7 +287,7 @@ class EdgeClip:
             order = np.argsort(-probs)[:top_k]
             results.append([(label_list[j], float(probs[j])) for j in order])
         if error is not None:
-            raise BatchError("images", error.failures, results[0] if single else results, n)
+            raise BatchError("images", error.failures, results, n)  # a lone image raised InputError
         return results[0] if single else results
 
     def similarity(

@@ -10,6 +10,7 @@ from string import Formatter
 from typing import Union
 
 from .errors import InputError
+from .text import is_blank
 
 Labels = Sequence[str]
 Templates = Union[str, Sequence[str], None]
@@ -38,7 +39,7 @@ def check_labels(labels: Labels) -> list[str]:
         if not isinstance(label, str):
             raise InputError(f"label {i} is a {type(label).__name__} ({label!r}), not a string.",
                              param=f"labels[{i}]")  # fmt: skip
-        if not any(ch.isprintable() and not ch.isspace() for ch in label):
+        if is_blank(label):
             raise InputError(
                 f"labels[{i}] ({label!r}) is empty or only whitespace / invisible characters; "
                 "every label needs a name.",

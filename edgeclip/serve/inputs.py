@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeclip.text import is_blank
+from edgeclip.text import is_blank, visible_start
 
 from .errors import APIError
 from .limits import Limits
@@ -187,19 +187,11 @@ def empty_input(param: str, what: str = "text") -> APIError:
     return APIError(400, f"{param} is {why}.", param=param, code="empty_input")
 
 
-def _visible_start(text: str, scan: int = 1024) -> str:
-    """``text`` from its first visible character: leading whitespace and invisible characters
-    (a BOM, a zero-width space) do not make a data URI any less of one."""
-    for i, ch in enumerate(text[:scan]):
-        if ch.isprintable() and not ch.isspace():
-            return text[i:]
-    return ""
-
-
 def image_as_text(text: str, where: str) -> APIError | None:
     """400 for a data URI sent as text: an image without ``modality: "image"`` (the OpenAI
     client needs ``extra_body`` for it), whose base64 would be embedded as words."""
-    head = _visible_start(text)[:128].lower()
+    # Leading whitespace or a BOM does not make a data URI any less of one.
+    head = visible_start(text)[:128].lower()
     if not (head.startswith("data:") and ";base64," in head):
         return None
     return APIError(400, f"{where} is a base64 data URI, but modality is 'text' (the default), "
