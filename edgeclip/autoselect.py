@@ -279,7 +279,7 @@ def choose(
         )) if firsts else None  # fmt: skip
     timed = [v for v in variants if v.backend in backends and may_run(v)]
     if len(timed) == 1 and usable(timed[0]):
-        return timed[0], "the only gated variant on an installed backend"
+        return timed[0], "the only variant not known to fail here"
     if len(timed) < 2:
         return None
     entry, how = _cached_or_probed(bundle, timed, threads, device, towers, release)

@@ -174,7 +174,7 @@ def select(bundle: Bundle, backend: str = "auto", precision: str = "auto",
     variant, reason = picked
     if backend != "auto":
         reason = f"requested backend {backend}; {reason}"
-    return ver.done(variant, reason + _verified_note(ver, variant))
+    return ver.done(variant, reason + _verified_note(ver, variant) + _left_out(ver, found, variant))
 
 
 def _verified_note(ver: _Verifier, v: Variant) -> str:
@@ -182,6 +182,24 @@ def _verified_note(ver: _Verifier, v: Variant) -> str:
     if st is None:
         return "; on-device check skipped (verify=False)" if not ver.verify else ""
     return f"; {st.reason}" + (" (cached)" if st.cached else "")
+
+
+def _left_out(ver: _Verifier, found: list[Variant], chosen: Variant) -> str:
+    """The variants not served because they are known not to be usable here, by state, so
+    a reason like "the only variant ..." says what became of the others (``edgeclip info``
+    has each one's own reason)."""
+    by_state: dict[str, list[Status]] = {}
+    for v in found:
+        st = ver.statuses.get(v.id)
+        if v.id != chosen.id and st is not None and not st.usable:
+            by_state.setdefault(st.state, []).append(st)
+    parts = []
+    for state, sts in by_state.items():
+        reasons = {st.reason for st in sts}
+        why = sts[0].reason if len(reasons) == 1 and state == "unverified" else (
+            "`edgeclip info BUNDLE` says why")  # fmt: skip
+        parts.append(f"{state}: {', '.join(st.variant.id for st in sts)} ({why})")
+    return f"; left out, {'; '.join(parts)}" if parts else ""
 
 
 def status_from_conversion(v: Variant) -> Status:

@@ -171,7 +171,8 @@ def test_batch_invariant_embeddings(int8_bundle, home):
         assert np.abs(tb - ta).max() <= 1e-5, precision
 
 
-def test_bundle_without_probe_loads_but_only_its_reference(int8_bundle, home, tmp_path):
+def test_bundle_without_probe_loads_but_only_its_reference(int8_bundle, home, tmp_path,
+                                                           monkeypatch):
     old = tmp_path / "old"
     shutil.copytree(int8_bundle, old)
     shutil.rmtree(old / "probe")
@@ -180,6 +181,13 @@ def test_bundle_without_probe_loads_but_only_its_reference(int8_bundle, home, tm
     write_manifest(old, manifest)
     model = edgeclip.load(old)
     assert model.variant.id == "onnx-fp32"
+    monkeypatch.delenv("EDGECLIP_PROBE")  # the probing path says what became of the others
+    reason = edgeclip.load(old).selection_reason
+    assert reason.startswith("the only variant not known to fail here"), reason
+    installed = set(edgeclip.backends.available_backends())
+    others = [v.id for v in Bundle.open(old).variants if v.id != "onnx-fp32" and v.backend in installed]
+    assert others and all(vid in reason.split("left out, ")[1] for vid in others), reason
+    assert "the bundle has no probe set" in reason or "unverified" not in reason
     with pytest.raises(edgeclip.errors.InputError, match="not verified on this host"):
         edgeclip.load(old, backend="onnx", precision="int8-dynamic")
     assert edgeclip.load(old, backend="onnx", precision="int8-dynamic", verify=False)
