@@ -58,6 +58,20 @@ def test_a_root_reached_through_a_link_in_another_is_stored_under_its_own_path(
         assert (swapped.embedded, swapped.unchanged, swapped.missing) == (0, 4, 0)
 
 
+def test_a_root_given_through_a_symlink_is_stored_the_same_in_either_order(
+    tmp_path, micro_bundle
+):
+    album = _photos(tmp_path / "photos" / "2024", 2)
+    os.symlink(tmp_path / "photos" / "2024", tmp_path / "latest")  # a link outside the roots
+    for roots in ([tmp_path / "latest", tmp_path / "photos"], [tmp_path / "photos", tmp_path / "latest"]):
+        db = tmp_path / f"{roots[0].name}.db"
+        with Index(db, micro_bundle) as ix:
+            assert ix.update(roots).embedded == 2
+            assert sorted(r.path for r in ix.store.rows()) == sorted(map(str, album)), roots
+            again = ix.update(roots[::-1])
+            assert (again.embedded, again.unchanged, again.missing) == (0, 2, 0)
+
+
 def test_search_on_a_zero_byte_db_says_there_is_no_index_yet(tmp_path, micro_bundle, capsys):
     db = tmp_path / "lib.db"
     db.touch()

@@ -145,12 +145,17 @@ def walk(
     roots: Iterable[str], excludes: Iterable[str] = (), errors: list[str] | None = None,
     unlisted: list[str] | None = None,
 ) -> Iterator[FileEntry]:
-    """Every regular file under ``roots`` (absolute), depth first, in sorted order per folder.
+    """Every regular file under ``roots`` (absolute), depth first, in sorted order per folder
+    and the roots in order of their real paths.
 
     ``errors`` collects a message per folder that could not be listed and per name the index
     cannot store; ``unlisted`` those folders' paths (the walk goes on without them).
     """
-    excludes, roots = tuple(excludes), list(roots)
+    # Roots in the order of their real paths, so a folder reachable from two roots (one of
+    # them given through a symlink) is always stored under the same path, whatever order
+    # they were given in: an enclosing folder sorts before everything inside it.
+    excludes = tuple(excludes)
+    roots = sorted(roots, key=lambda r: (os.path.realpath(r), r))
     real_roots = tuple(os.path.realpath(r) for r in roots)
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
