@@ -38,7 +38,15 @@ from typing import Any
 
 from . import settings
 from .errors import InputError, IntegrityError, ModelNotFoundError
-from .hub_errors import http_status, refused
+from .hub_errors import (
+    DEFAULT_ENDPOINT,
+    bad_token,
+    cache_setting,
+    check_endpoint,
+    check_folder,
+    http_status,
+    refused,
+)
 from .verified import is_verified, remember
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -86,7 +94,7 @@ def is_offline() -> bool:
 
 
 def _endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    return check_endpoint(os.environ.get("HF_ENDPOINT"))
 
 
 def _repo_folder(cache: Path, repo: str) -> Path:
@@ -193,7 +201,7 @@ def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
         raise IntegrityError(
             f"{ctx.model}: {ctx.where(spec['path'])} failed verification against {against}: "
             f"expected {expected}, got sha256 {actual}. {fate} Fetch again{_needs_network()}; if "
-            f"it recurs, a proxy or mirror (HF_ENDPOINT={_endpoint()}) is serving altered bytes."
+            f"it recurs, a proxy or mirror (HF_ENDPOINT={os.environ.get('HF_ENDPOINT') or DEFAULT_ENDPOINT}) is serving altered bytes."
         )
     remember(marker, stat, sha256)
 
@@ -239,6 +247,7 @@ def _not_found(ctx: _Ctx, path: str, exc: BaseException) -> ModelNotFoundError:
 
 def _probe(ctx: _Ctx, path: str, timeout: float) -> None:
     """One HEAD with a timeout and no retries, so an unreachable hub fails in seconds, clearly."""
+    _endpoint()  # a malformed HF_ENDPOINT is refused before huggingface_hub reads it
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(ctx.repo, path, revision=ctx.revision, endpoint=_endpoint())
@@ -246,6 +255,10 @@ def _probe(ctx: _Ctx, path: str, timeout: float) -> None:
         get_hf_file_metadata(url, timeout=timeout, endpoint=_endpoint())
     except _not_found_errors() as exc:
         raise _not_found(ctx, path, exc) from exc
+    except UnicodeEncodeError as exc:
+        if (answer := bad_token(ctx.model, exc)) is None:
+            raise
+        raise answer from exc
     except _net_errors() as exc:
         answer = refused(ctx, path, exc, timeout, _endpoint())
         if answer is not None:
@@ -296,6 +309,7 @@ def fetch_files(
     ctx = _Ctx(repo, revision or "main", hub_cache_dir(cache_dir), model_name)
     specs = _normalise(files)
     timeout = hub_timeout(timeout)
+    check_folder(ctx.cache, cache_setting(cache_dir))
     offline, pinned, probed = is_offline(), bool(_COMMIT.fullmatch(ctx.revision)), False
     result: dict[str, Path] = {}
     missing: list[str] = []
@@ -354,6 +368,10 @@ def _download(ctx: _Ctx, path: str, timeout: float) -> Path:
             )
     except _not_found_errors() as exc:
         raise _not_found(ctx, path, exc) from exc
+    except UnicodeEncodeError as exc:
+        if (answer := bad_token(ctx.model, exc)) is None:
+            raise
+        raise answer from exc
     except _net_errors() as exc:
         answer = refused(ctx, path, exc, timeout, _endpoint())
         if answer is not None:

@@ -5,10 +5,12 @@ this module reads the exception chain huggingface_hub raised and words the answe
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .errors import ModelNotFoundError
+from .errors import InputError, ModelNotFoundError
 
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -86,3 +88,77 @@ def cache_write_message(model: str, what: str, folder: Path, err: int, exc: Base
         f"({detail}). Make it writable, or set HF_HUB_CACHE / HF_HOME (downloads) or "
         "EDGECLIP_CACHE (built bundles) to a writable folder, then try again."
     )
+
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def check_endpoint(raw: str | None) -> str:
+    """``HF_ENDPOINT`` (unset or empty: the public hub) without a trailing slash; ``InputError``
+    naming it when it is no http(s) URL. huggingface_hub would raise a bare ValueError at import
+    for a stray space, and a missing scheme read as an unreachable hub."""
+    if not raw:
+        return DEFAULT_ENDPOINT
+    parts = urlsplit(raw.rstrip("/"))
+    if any(c.isspace() for c in raw):
+        problem = "has a space or line break in it"
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = "is not an http:// or https:// URL with a host name"
+    else:
+        try:
+            parts.port  # noqa: B018 - only to see whether it parses
+            problem = None
+        except ValueError:
+            problem = "has a port that is not a number"
+    if problem is not None:
+        raise InputError(
+            f"HF_ENDPOINT={raw!r} {problem}: it is the address of the Hugging Face hub or of a "
+            f"mirror. Set it to a URL such as {DEFAULT_ENDPOINT} (the default) or "
+            "http://mirror.example:8080, or unset it."
+        )
+    return raw.rstrip("/")
+
+
+def bad_token(model: str, exc: UnicodeEncodeError) -> InputError | None:
+    """The error for an access token that cannot go into an HTTP header; None if ``exc`` is
+    about another header."""
+    if "authorization" not in str(exc).lower():
+        return None
+    var = next((v for v in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if os.environ.get(v)), None)
+    if var is None:
+        from huggingface_hub import constants
+
+        source = f"the token file {constants.HF_TOKEN_PATH} (written by `hf auth login`)"
+    else:
+        source = var
+    bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else "?"  # not the token
+    return InputError(
+        f"model {model!r}: the Hugging Face access token in {source} has characters an HTTP "
+        f"header cannot carry (only ASCII can, not {bad!r}), often a quote pasted with it. "
+        f"{f'Set {var} to' if var else 'Run `hf auth login` again with'} the token exactly as "
+        "the hub shows it (hf_...), or remove it: public models need no token."
+    )
+
+
+def check_folder(folder: Path, setting: str) -> None:
+    """``InputError`` naming ``setting`` when ``folder``, or the nearest thing above it that
+    exists, is a file: no cache can be made there (permission and space are found on write)."""
+    near = folder
+    while not near.exists() and near != near.parent:
+        near = near.parent
+    if near.exists() and not near.is_dir():
+        where = "is a file" if near == folder else f"cannot be made: {near} is a file"
+        raise InputError(
+            f"the cache folder {folder} {where}. Set {setting} to a folder (or unset it for "
+            "the default), then try again."
+        )
+
+
+def cache_setting(cache_dir: object) -> str:
+    """The setting that chose the hub cache (``hub.hub_cache_dir``'s order), for messages."""
+    if cache_dir is not None:
+        return "cache_dir"
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        if os.environ.get(var):
+            return var
+    return "HF_HUB_CACHE"
