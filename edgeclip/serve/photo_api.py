@@ -56,6 +56,31 @@ def _whole(value: Any, field: str, low: int, high: int, default: int) -> int:
     return value
 
 
+_GET_PARAMS = ("q", "like", "k", "under", "add", "subtract", "model")
+_POST_FIELDS = ("query", "like", "image", "k", "under", "add", "subtract", "model")
+_COUNT_NAMES = ("top_k", "topk", "limit", "n", "count", "num_results")
+_PAGING_NAMES = ("offset", "page", "skip", "start", "cursor", "after", "page_size")
+
+
+def _check_names(names: Any, known: tuple[str, ...], query_field: str) -> None:
+    """400 for a parameter /v1/search does not take: ignored, ``top_k=5`` or ``offset=20`` would
+    answer as if it were not there (20 results, the first page), a silently wrong answer."""
+    for name in names:
+        if name in known:
+            continue
+        if name in _COUNT_NAMES:
+            hint = "the number of results is k, e.g. k=5 (1 to 1000)"
+        elif name in _PAGING_NAMES:
+            hint = (f"/v1/search has no paging: ask for more results at once with k (up to "
+                    f"{MAX_K}) and skip the ones already shown")  # fmt: skip
+        elif name in ("q", "query", "text", "prompt"):
+            hint = f"the words go in {query_field}"
+        else:
+            hint = "it takes " + ", ".join(known)
+        raise APIError(400, f"/v1/search does not take {name!r}; {hint}.", param=name,
+                       code="unknown_parameter")  # fmt: skip
+
+
 def _terms(value: Any, field: str) -> list[str]:
     """``add`` / ``subtract``: absent, one text, or a list of texts; each must hold words."""
     items = [] if value is None else [value] if isinstance(value, str) else value
@@ -148,6 +173,7 @@ async def search(request: Request) -> Response:
     lib = _library(request)
     if request.method == "GET":
         params = request.query_params
+        _check_names(params.keys(), _GET_PARAMS, "q")
         like = _one_query(params.get("q"), params.get("like"), "q")
         terms = {"q": ([] if like is not None else [_query(params["q"], "q")], True),
                  "add": (_terms(params.getlist("add"), "add"), False),
@@ -156,6 +182,7 @@ async def search(request: Request) -> Response:
         return await _search(svc, lib, terms, k, _under(params.get("under")), params.get("model"),
                              None if like is None else ("like", like))  # fmt: skip
     body = parse_json_body(await request.body(), request.headers.get("content-type"))
+    _check_names(body.keys(), _POST_FIELDS, "query")
     base = _post_base(body)
     # without like/image, a missing query is a 422 naming it, as elsewhere in the JSON API
     terms = {"query": ([] if base is not None else [_query(require(body, "query"), "query")], True)}
