@@ -33,8 +33,8 @@ from typing import Any
 
 from .errors import BackendUnavailableError, EdgeclipError, InputError
 from .hub import fetch_files
-from .hub_errors import DISK_FULL, NOT_WRITABLE, cache_write_message
-from .preprocess import DEFAULT_CONFIG, hf_to_cfg
+from .hub_errors import DISK_FULL, NOT_WRITABLE, cache_write_message, check_folder
+from .preprocess import DEFAULT_CONFIG, Preprocessor, hf_to_cfg
 from .tokenizer import EOT_ID, SOT_ID
 
 VOCAB = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
@@ -199,16 +199,59 @@ def default_cache_root() -> Path:
     return bundles_dir()
 
 
+def _layout_error(model_name: str, source: dict, file: str, why: str) -> InputError:
+    """A hub repository whose files are not what a ``hub-onnx`` source needs."""
+    return InputError(
+        f"zoo model {model_name!r}: {source['repo']}@{source.get('revision') or 'main'}/{file} "
+        f"{why}. A hub-onnx source must name a combined transformers CLIPModel ONNX export (role "
+        "'model') and its config.json and preprocessor_config.json: check the zoo entry's repo, "
+        "revision and files, or load a local bundle with edgeclip.load('/path/to/bundle')."
+    )
+
+
+def _read_json(model_name: str, source: dict, roles: dict, paths: dict, role: str) -> dict:
+    """The JSON object of the file with ``role`` ({} when the source lists none)."""
+    if role not in roles:
+        return {}
+    try:
+        data = json.loads(paths[roles[role]].read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _layout_error(model_name, source, roles[role], f"is not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        why = f"holds a JSON {type(data).__name__}, not an object {{...}}"
+        raise _layout_error(model_name, source, roles[role], why)
+    return data
+
+
+def _load_combined(onnx: Any, model_name: str, source: dict, roles: dict, model_path: Path):
+    try:
+        return onnx.load(str(model_path))  # external data, if any, resolved beside the file
+    except MemoryError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError, a missing external-data file, ...
+        with open(model_path, "rb") as fh:
+            lfs = fh.read(40).startswith(b"version https://git-lfs")
+        why = ("is a Git LFS pointer, not the file: the hub or mirror serves pointers" if lfs
+               else f"is not an ONNX model ({type(exc).__name__}: {exc})")  # fmt: skip
+        raise _layout_error(model_name, source, roles["model"], why) from exc
+
+
 def _write_towers(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict,
                   model_path: Path, config: dict, pp: dict, tmp: Path) -> dict[str, Any]:  # fmt: skip
     """Split the combined graph into ``tmp/onnx-fp32``, copy the vocab; return the manifest."""
-    model = onnx.load(str(model_path))  # external data, if any, resolved beside the file
+    try:
+        preprocess = {**DEFAULT_CONFIG, **hf_to_cfg(pp)}  # the one HF mapping (strict)
+        Preprocessor(preprocess, threads=1)  # checked now, not after the split
+    except (InputError, TypeError, ValueError) as exc:  # a string where numbers go, ...
+        file = roles.get("preprocessor", "preprocessor_config.json")
+        why = f"is not usable ({str(exc).rstrip('.')})"
+        raise _layout_error(model_name, source, file, why) from exc
+    model = _load_combined(onnx, model_name, source, roles, model_path)
     inputs = _split(onnx, model, model_path, tmp / "onnx-fp32")
     arch = architecture_from_config(config, entry.get("architecture") or {})
     scale, scale_source = read_logit_scale(model, model_path, config, arch)
     del model
     shutil.copyfile(VOCAB, tmp / "tokenizer" / VOCAB.name)
-    preprocess = {**DEFAULT_CONFIG, **hf_to_cfg(pp)}  # the one HF mapping (strict)
     return {
         "name": model_name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -269,6 +312,12 @@ def bundle_from_hub_onnx(
     final = root / f"{model_name}@{revision}"
     if (final / "manifest.json").is_file():
         return final
+    by_home = os.environ.get("EDGECLIP_HOME") and not os.environ.get("EDGECLIP_CACHE")
+    check_folder(root, "EDGECLIP_HOME" if by_home else "EDGECLIP_CACHE")
+    # No manifest: a half-deleted or damaged leftover (a build appears whole, by a rename that
+    # fails onto a leftover, hence this order of checks), so it goes.
+    if os.path.lexists(final) and not (final / "manifest.json").is_file():
+        discard_bundle(final)
     roles = {f.get("role"): f["path"] for f in source["files"] if isinstance(f, dict)}
     if "model" not in roles:
         raise InputError(
@@ -283,8 +332,8 @@ def bundle_from_hub_onnx(
         model_name=model_name,
     )
     model_path = paths[roles["model"]]
-    config = json.loads(paths[roles["config"]].read_text()) if "config" in roles else {}
-    pp = json.loads(paths[roles["preprocessor"]].read_text()) if "preprocessor" in roles else {}
+    config = _read_json(model_name, source, roles, paths, "config")
+    pp = _read_json(model_name, source, roles, paths, "preprocessor")
 
     try:
         _build(onnx, model_name, entry, source, roles, model_path, config, pp, root, final)
@@ -297,7 +346,21 @@ def bundle_from_hub_onnx(
     return final
 
 
-#: a bundle folder that cannot be written: no permission, read-only, or no space
+def discard_bundle(path: Path) -> None:
+    """Delete a damaged bundle folder edgeclip built, so it can be built again: renamed aside
+    first, so no build racing this one sees it half deleted; one already gone is fine."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".damaged", dir=path.parent))
+    try:
+        os.replace(path, aside / "old")
+    except FileNotFoundError:
+        pass  # another process discarded it first
+    except OSError as exc:
+        shutil.rmtree(aside, ignore_errors=True)
+        raise EdgeclipError(
+            f"{path} is damaged and could not be moved aside to rebuild it ({exc}): delete it "
+            "and load the model again (it is rebuilt from the downloaded files)."
+        ) from exc
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _build(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict, model_path: Path,
@@ -336,6 +399,7 @@ def _edgeclip_version() -> str:
 
 __all__ = [
     "bundle_from_hub_onnx",
+    "discard_bundle",
     "default_cache_root",
     "graph_inputs_needed",
 ]

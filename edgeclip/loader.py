@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 from . import settings
 from .bundle import Bundle, Variant
-from .errors import BackendUnavailableError, InputError, ModelNotFoundError
+from .errors import BackendUnavailableError, InputError, IntegrityError, ModelNotFoundError
 from .model import EdgeClip
 from .paths import converted_dir
 from .selection import select
@@ -62,6 +63,10 @@ def _is_checkpoint_dir(path: Path) -> bool:
 
 def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bundle:
     """Find (building once if needed) the bundle behind a zoo name, bundle dir or checkpoint dir."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
+        # "" would be Path("."): the current folder, loaded as if it had been named
+        raise InputError(f"the model name or path is {name_or_path!r}: name a zoo model such as "
+                         "'tinyclip-8m' (`edgeclip models` lists them) or a directory.")  # fmt: skip
     path = Path(os.fspath(name_or_path)).expanduser()
     if path.exists():
         if Bundle.is_bundle(path):
@@ -72,7 +77,24 @@ def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bund
             f"{path} is neither an edgeclip bundle (manifest.json) nor a CLIP checkpoint directory "
             "(config.json + weights, or an open_clip .pt + config JSON)."
         )
-    return Bundle.open(_bundle_for_zoo(zoo_info(name_or_path)), verify=verify)
+    return _open_zoo_bundle(zoo_info(name_or_path), verify)
+
+
+def _open_zoo_bundle(info: dict, verify: bool) -> Bundle:
+    """A zoo model's bundle is edgeclip's own cache, built from files kept in the HF cache: one
+    found damaged (a file altered, truncated or deleted) is rebuilt once, not refused for ever."""
+    path = _bundle_for_zoo(info)
+    try:
+        return Bundle.open(path, verify=verify)
+    except IntegrityError as exc:
+        from .hub_bundle import discard_bundle
+
+        lines = str(exc).splitlines()
+        why = "; ".join(x.strip() for x in lines[1:] if x.startswith(" ")) or lines[0]
+        warnings.warn(f"the bundle {path} is damaged ({why}): it is rebuilt from the downloaded "
+                      "files.", RuntimeWarning, stacklevel=4)  # fmt: skip
+        discard_bundle(path)
+    return Bundle.open(_bundle_for_zoo(info), verify=verify)
 
 
 def zoo_info(name_or_path: str | os.PathLike) -> dict:
