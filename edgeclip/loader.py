@@ -108,9 +108,14 @@ def zoo_info(name_or_path: str | os.PathLike) -> dict:
         text = str(name_or_path)
         # "org/name" may be a zoo alias (a hub repo id); anything more path-like was a path
         if text.startswith((".", "~", os.sep)) or text.count(os.sep) >= 2:
+            where = Path(text).expanduser().absolute()
+            try:  # "./tinyclip-8m" for the zoo model: say how it is named
+                name = get_model_info(Path(text).name)["name"]
+                hint = f" The zoo model {name!r} is named without a path: load({name!r})."
+            except (ModelNotFoundError, InputError):
+                hint = " `edgeclip models` lists the zoo."
             raise ModelNotFoundError(
-                f"{Path(text).expanduser()} does not exist, and {text!r} is not a zoo model either "
-                "(`edgeclip models` lists them)."
+                f"{text!r} is no zoo model, and as a path ({where}) it does not exist.{hint}"
             ) from exc
         raise
 

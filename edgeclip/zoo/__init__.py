@@ -145,9 +145,14 @@ def _zoo() -> dict[str, dict[str, Any]]:
 
 
 def _lookup() -> dict[str, str]:
-    """Lower-cased canonical names and aliases -> canonical name (names win over aliases)."""
+    """Lower-cased canonical names, aliases and the hub repo ids of the entries' sources ->
+    canonical name (names win over aliases, aliases over repo ids)."""
     table: dict[str, str] = {}
     zoo = _zoo()
+    for name, entry in zoo.items():  # a user copying the repo id off the hub page gets the model
+        for src in entry.get("sources", []):
+            if src.get("kind") in HUB_KINDS:
+                table.setdefault(src["repo"].lower(), name)
     for name, entry in zoo.items():
         for alias in entry.get("aliases", []):
             table[alias.lower()] = name
@@ -170,7 +175,7 @@ def resolve_name(name: str) -> str:
     if found is not None:
         return found
     close = difflib.get_close_matches(name.strip().lower(), list(table), n=3, cutoff=0.6)
-    hint = ", ".join(sorted({table[c] for c in close}))
+    hint = ", ".join(dict.fromkeys(table[c] for c in close))  # closest first, as difflib ranks
     raise ModelNotFoundError(
         f"unknown model {name!r}."
         + (f" Did you mean: {hint}?" if hint else "")
