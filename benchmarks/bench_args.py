@@ -98,12 +98,13 @@ def _available_bytes() -> int | None:
     return int(psutil.virtual_memory().available)
 
 
-def check_output(output: str | os.PathLike) -> Path:
-    """``-o``: a folder (existing or not) whose nearest existing ancestor is a writable folder."""
+def check_output(output: str | os.PathLike, names: tuple[str, ...] = RESULT_FILES) -> Path:
+    """``-o``: a folder (existing or not) whose nearest existing ancestor is a writable folder,
+    with no folder where one of ``names`` (the files to write) goes."""
     from edgeclip.paths import check_output_folder
 
     out = check_output_folder(output, "-o", "results/")
-    taken = [name for name in RESULT_FILES if (out / name).is_dir()]
+    taken = [name for name in names if (out / name).is_dir()]
     if taken:
         raise InputError(f"-o {output}: {out / taken[0]} is a folder, so the result file of that "
                          "name cannot be written; move it or pick another -o.")  # fmt: skip
@@ -137,6 +138,18 @@ def previous_run(output: str | os.PathLike) -> str | None:
     when = f", created {created}" if created else ""
     return (f"-o {output} already holds a run's results ({', '.join(found)}{when}); "
             "this run replaces them (pass another -o to keep them).")  # fmt: skip
+
+
+def check_merge_only(args: argparse.Namespace) -> None:
+    """``--merge`` combines earlier runs and measures nothing: a model or a measuring flag
+    beside it would be ignored without a word, so it is refused."""
+    defaults = vars(build_parser().parse_args([]))
+    given = [k for k, v in vars(args).items() if k not in ("merge", "output") and v != defaults.get(k)]
+    if given:
+        flags = ", ".join("MODEL" if k == "model" else "--" + k.replace("_", "-") for k in given)
+        raise InputError(f"--merge combines earlier runs' results and measures nothing, so {flags} "
+                         f"would do nothing; drop {'it' if len(given) == 1 else 'them'}, or run `edgeclip bench MODEL ...` without "
+                         "--merge first.")  # fmt: skip
 
 
 def _check_accuracy_flags(args: argparse.Namespace) -> None:

@@ -50,12 +50,19 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
             # belongs to them as much as to the CPU
             "edgeclip": _runtime_settings(),
         },  # fmt: skip
-        "baseline": "torch-fp32" if args.baseline == "torch" else None,
+        "baseline": baseline_id(variants) if args.baseline == "torch" else None,
         "macs": None, "roofline": None, "throughput": [], "memory": [], "e2e": [], "accuracy": None,
         "notes": notes, "interrupted": False,
         # which INT8 search configuration each timed variant is: a speed belongs to a config
         "variant_configs": {v.id: v.options.get("config") for v in variants},
     }  # fmt: skip
+
+
+def baseline_id(variants: list) -> str:
+    """The torch eager baseline's row label: ``torch-fp32``, unless a measured bundle variant
+    (a ``torch.export`` one) has that id; then ``torch-eager-fp32``, so that rows, ratios and
+    the CSV's memory join never mix the two up."""
+    return "torch-eager-fp32" if any(v.id == "torch-fp32" for v in variants) else "torch-fp32"
 
 
 def _runtime_settings() -> dict[str, Any]:
@@ -93,7 +100,8 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
     if ckpt is not None:
         torch_model = V.load_torch(ckpt)
         ri, rt, _ = T.torch_towers(torch_model, args.threads)
-        label = {"variant": "torch-fp32", "backend": "torch", "precision": "fp32", "device": "cpu"}
+        label = {"variant": baseline_id(variants), "backend": "torch", "precision": "fp32",
+                 "device": "cpu"}  # fmt: skip
         towers.append((label, ri, rt, None))
     if getattr(args, "interleave", False):
         T.run_interleaved(towers, args.rounds, inputs, sizes, settings, add, bar)
@@ -213,11 +221,17 @@ def _write(results: dict, output: str) -> dict[str, Path]:
 
 def _run_merge(args: argparse.Namespace) -> int:
     """``--merge``: combine the given results into ``--output`` and print the comparison."""
-    from .merge import merge
+    from .merge import MERGE_FILES, merge, read_runs
 
-    bench_args.check_output(args.output)
+    bench_args.check_merge_only(args)
+    bench_args.check_output(args.output, MERGE_FILES)
+    read_runs(args.merge)  # an unusable input is refused before -o is made
     bench_args.make_output(args.output)
-    paths = merge(args.merge, args.output)
+    try:
+        paths = merge(args.merge, args.output)
+    except OSError as exc:
+        raise InputError(f"-o {args.output}: cannot write the comparison there ({exc.strerror or exc}"
+                         f": {exc.filename}); free space or pick another -o.") from exc  # fmt: skip
     print((Path(args.output) / "comparison.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -318,7 +332,7 @@ def _memory(
             if Path(ckpt).is_dir()
             else Path(ckpt).stat().st_size
         )
-        results["memory"].append({"variant": "torch-fp32", "size_mb": size / 1e6, **row})
+        results["memory"].append({"variant": baseline_id(variants), "size_mb": size / 1e6, **row})
         bar.update(1)
 
 

@@ -8,14 +8,16 @@ from pathlib import Path
 
 from edgeclip.errors import InputError
 
-from .report import SCHEMA, _bar_plot, _table, csv_text
+from .report import SCHEMA, _bar_plot, _table, csv_text, write_text
 
 MERGE_SCHEMA = "edgeclip-bench-merge/1"
+#: what ``merge`` writes into ``-o``
+MERGE_FILES = ("merged.json", "merged.csv", "comparison.md", "comparison.png")
 
 
 def merge(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Combine several runs' results.json (different devices) into one table, CSV and plot."""
-    runs = _read_runs(paths)
+    runs = read_runs(paths)
     labels = _label_runs(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -27,28 +29,23 @@ def merge(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict[st
         )
     )
     md = _comparison_md(runs, labels, keys)
-    paths_out = {
-        "json": out / "merged.json",
-        "csv": out / "merged.csv",
-        "md": out / "comparison.md",
-        "png": out / "comparison.png",
-    }
-    paths_out["json"].write_text(
-        json.dumps({"schema": MERGE_SCHEMA, "runs": runs}, indent=1, default=str) + "\n"
-    )
-    paths_out["csv"].write_text(csv_text(runs))
-    paths_out["md"].write_text("\n".join(md) + "\n")
+    paths_out = {k: out / name for k, name in zip(("json", "csv", "md", "png"), MERGE_FILES)}
+    # atomically, as a run's results are: a Ctrl-C or a full disk leaves the old file or the new
+    write_text(paths_out["json"],
+               json.dumps({"schema": MERGE_SCHEMA, "runs": runs}, indent=1, default=str) + "\n")  # fmt: skip
+    write_text(paths_out["csv"], csv_text(runs))
+    write_text(paths_out["md"], "\n".join(md) + "\n")
     groups = [f"{k[0]} b{k[2]}" + ("" if k[1] == "cpu" else f" [{k[1]}]") for k in keys]
     series = {lab: [_pairs_per_s(run, k) for k in keys] for lab, run in zip(labels, runs)}
     try:
         _bar_plot(paths_out["png"], groups, series, "pairs/s", "pairs/s by device")
     except ImportError:  # matplotlib is optional: the table and CSV are written anyway
-        del paths_out["png"]
+        paths_out.pop("png").unlink(missing_ok=True)  # an earlier merge's plot is not this one
         print("note: plot skipped: `pip install matplotlib` to get comparison.png")
     return paths_out
 
 
-def _read_runs(paths: list[str | os.PathLike]) -> list[dict]:
+def read_runs(paths: list[str | os.PathLike]) -> list[dict]:
     """Each path's results.json (a directory means the one inside); ``InputError`` if unusable."""
     runs = []
     for p in paths:
@@ -57,18 +54,34 @@ def _read_runs(paths: list[str | os.PathLike]) -> list[dict]:
             path = path / "results.json"
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(
                 f"cannot read bench results {path} ({exc}); pass results.json files."
             ) from exc
-        if data.get("schema") != SCHEMA:
-            raise InputError(
-                f"{path} is not an edgeclip bench result (schema {data.get('schema')!r})."
-            )
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            what = (f"schema {data.get('schema')!r}" if isinstance(data, dict)
+                    else f"a JSON {type(data).__name__}, not an object")  # fmt: skip
+            raise InputError(f"{path} is not an edgeclip bench result ({what}); pass the "
+                             "results.json that `edgeclip bench -o DIR` wrote.")  # fmt: skip
+        _check_rows(path, data)
         runs.append(data)
     if len(runs) < 1:
         raise InputError("--merge needs at least one results.json.")
     return runs
+
+
+def _check_rows(path: Path, data: dict) -> None:
+    """``InputError`` naming the first throughput row that lacks what the comparison reads."""
+    rows = data.get("throughput") or []
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: 'throughput' is not a list of rows; the file was edited or "
+                         "damaged: rerun edgeclip bench.")  # fmt: skip
+    for i, r in enumerate(rows):
+        lacks = [k for k in ("variant", "batch_size", "pairs_per_s")
+                 if not isinstance(r, dict) or k not in r]  # fmt: skip
+        if lacks:
+            raise InputError(f"{path}: throughput row {i + 1} has no {', '.join(lacks)}; the file "
+                             "was edited or damaged: rerun edgeclip bench.")  # fmt: skip
 
 
 def _label_runs(runs: list[dict]) -> list[str]:
@@ -105,7 +118,8 @@ def _comparison_md(runs: list[dict], labels: list[str], keys: list[tuple]) -> li
         "",
     ]
     md += [
-        f"- {r['device_label']}: {r.get('model', {}).get('name')}, threads {r.get('settings', {}).get('threads')}, "
+        f"- {r['device_label']}: {r.get('model', {}).get('name')}, "
+        f"threads {r.get('settings', {}).get('threads') or 'runtime default'}, "
         f"created {r.get('created')}"
         for r in runs
     ]

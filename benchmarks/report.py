@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "edgeclip-bench/1"
+#: the plots ``write_all`` may write (latency.png needs batch-1 rows)
+PLOT_FILES = ("pairs_per_s.png", "latency.png")
 
 
 def _f(x: Any, nd: int = 1) -> str:
@@ -302,6 +304,9 @@ def write_all(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, 
             paths[p.stem] = p
     except ImportError:  # matplotlib is optional on small devices: tables still get written
         print("note: plots skipped: `pip install matplotlib` to get the PNGs")
+    for name in PLOT_FILES:  # an earlier run's plot (say latency.png) must not outlive its run
+        if out / name not in paths.values():
+            (out / name).unlink(missing_ok=True)
     return paths
 
 

@@ -44,22 +44,27 @@ def select(
             if b != "torch":
                 get_backend(b)  # BackendUnavailableError naming the pip extra
     have = ", ".join(f"{v.id} ({v.backend}/{v.precision})" for v in bundle.variants) or "none"
+    # Bundle.open left these out (their files fail the manifest): name them, never drop silently
+    damaged = _damaged(bundle, want_b, want_p)
+    also = "".join(f" Left out, its files damaged: {vid} ({why})." for vid, why in damaged.items())
     chosen = [v for v in bundle.variants if want_b is None or v.backend in want_b]
     if want_b and not chosen and want_b != ["torch"]:
         raise InputError(
-            f"bundle {bundle.root} has no variant for backend(s) {', '.join(want_b)}; it has: {have}. "
-            "Add one with `edgeclip convert CHECKPOINT --backend ... -o BUNDLE`."
+            f"bundle {bundle.root} has no variant for backend(s) {', '.join(want_b)}; it has: {have}."
+            f"{also} Add one with `edgeclip convert CHECKPOINT --backend ... -o BUNDLE`."
         )
     if want_p is not None:
         missing = [p for p in want_p if not any(_precision_matches(p, v.precision) for v in chosen)]
         if missing:
             raise InputError(
                 f"bundle {bundle.root} has no {', '.join(missing)} variant"
-                f"{' for ' + ', '.join(want_b) if want_b else ''}; it has: {have}. "
+                f"{' for ' + ', '.join(want_b) if want_b else ''}; it has: {have}.{also} "
                 "Pick one of those precisions or re-convert with `--precision`."
             )
         chosen = [v for v in chosen if any(_precision_matches(p, v.precision) for p in want_p)]
-    notes, runnable = [], []
+    notes = [f"skipped {vid}: its files are damaged ({why}); re-download or re-convert the bundle"
+             for vid, why in damaged.items()]  # fmt: skip
+    runnable = []
     for v in chosen:
         try:
             get_backend(v.backend)
@@ -72,6 +77,19 @@ def select(
             )
         runnable.append(v)
     return runnable, notes
+
+
+def _damaged(bundle: Bundle, want_b: list[str] | None, want_p: list[str] | None) -> dict[str, str]:
+    """id -> what is wrong, for each variant the filters pick that ``Bundle.verify`` left out
+    of ``bundle.variants`` because its files fail the manifest."""
+    out = {}
+    for d in bundle.manifest.get("variants", []):
+        why = getattr(bundle, "damaged", {}).get(d.get("id"))
+        if not why or (want_b is not None and d.get("backend") not in want_b):
+            continue
+        if want_p is None or any(_precision_matches(p, str(d.get("precision"))) for p in want_p):
+            out[d["id"]] = "; ".join(why)
+    return out
 
 
 def open_towers(bundle: Bundle, variant: Variant, threads: int | None, device: str = "cpu"):

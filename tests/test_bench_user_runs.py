@@ -1,0 +1,123 @@
+"""``edgeclip bench`` as a user runs it: damaged variants, a bundle's own torch variant, a rerun
+into the same ``-o``, and ``--merge`` given files it cannot use. Real bundles, real sessions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import cli
+
+# the cheapest real run: one batch size, no memory children, no JPEG pass, no torch
+FAST = ["--quick", "--threads", "1", "--no-memory", "--no-e2e", "--no-gpu"]
+
+
+@pytest.fixture(scope="module")
+def two_variant_bundle(micro_bundle, micro_hf_checkpoint, tmp_path_factory):
+    """The micro bundle plus a gated ``onnx-int8-dynamic`` and a ``torch-fp32`` (torch.export)."""
+    from converters.add_variants import add_variants
+
+    bundle = tmp_path_factory.mktemp("bench-user") / "micro"
+    shutil.copytree(micro_bundle, bundle)
+    add_variants(bundle, micro_hf_checkpoint, backends="onnx,torch", precisions="int8-dynamic,fp32",
+                 n_calib=8, n_eval=16, keep_failed=True, log=lambda _: None)  # fmt: skip
+    return bundle
+
+
+def _damaged_copy(bundle, tmp_path):
+    copy_ = tmp_path / "damaged"
+    shutil.copytree(bundle, copy_)
+    graph = copy_ / "onnx-int8-dynamic" / "image.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF  # same size, other bytes: a bad download
+    graph.write_bytes(bytes(data))
+    return copy_
+
+
+def test_a_damaged_variant_is_named_not_silently_dropped(two_variant_bundle, tmp_path, capsys):
+    bundle = _damaged_copy(two_variant_bundle, tmp_path)
+    out = tmp_path / "o"
+    argv = [str(bundle), *FAST, "--batch-sizes", "1", "--baseline", "none", "--backends", "onnx"]
+    assert cli.main([*argv, "-o", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in res["throughput"]} == {"onnx-fp32"}
+    note = ("skipped onnx-int8-dynamic: its files are damaged (onnx-int8-dynamic/image.onnx: "
+            "sha256 differs from the manifest); re-download or re-convert the bundle")  # fmt: skip
+    assert note in res["notes"]
+    assert "note: " + note in capsys.readouterr().out
+    assert note in (out / "results.md").read_text()
+    # asked for by precision, the only match being the damaged one: said so, not "has no int8"
+    assert cli.main([*argv, "--precisions", "int8", "-o", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "has no int8 variant" in err and "Left out, its files damaged: onnx-int8-dynamic" in err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_the_bundles_torch_variant_and_the_torch_baseline_are_two_rows(
+    two_variant_bundle, micro_hf_checkpoint, tmp_path
+):
+    out = tmp_path / "o"
+    argv = [str(two_variant_bundle), *FAST, "--batch-sizes", "1", "--backends", "onnx,torch",
+            "--precisions", "fp32", "--checkpoint", str(micro_hf_checkpoint), "-o", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    ids = [r["variant"] for r in res["throughput"]]
+    assert sorted(ids) == ["onnx-fp32", "torch-eager-fp32", "torch-fp32"]  # each label once
+    assert res["baseline"] == "torch-eager-fp32"
+    rows = {r["variant"]: r for r in res["throughput"]}
+    assert rows["torch-eager-fp32"]["vs_baseline"] == pytest.approx(1.0)
+    assert rows["torch-fp32"]["vs_baseline"] == pytest.approx(
+        rows["torch-fp32"]["pairs_per_s"] / rows["torch-eager-fp32"]["pairs_per_s"]
+    )
+    assert "| × torch-eager-fp32 |" in (out / "results.md").read_text()
+
+
+def test_a_rerun_leaves_no_plot_of_the_earlier_run(micro_bundle, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = [str(micro_bundle), *FAST, "--baseline", "none", "-o", str(out)]
+    assert cli.main([*base, "--batch-sizes", "1"]) == 0
+    assert (out / "latency.png").is_file()  # batch 1 was timed: a latency plot
+    assert cli.main([*base, "--batch-sizes", "2"]) == 0  # no batch 1: no latency rows
+    stdout = capsys.readouterr().out
+    assert not (out / "latency.png").exists(), "the first run's latency.png outlived it"
+    assert "latency.png" not in stdout.splitlines()[-1]  # the "wrote ..." line
+    res = json.loads((out / "results.json").read_text())
+    assert [r["batch_size"] for r in res["throughput"]] == [2]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "pairs_per_s.png", "results.csv", "results.json", "results.md"]  # fmt: skip
+
+
+def _bench(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks.cli", *argv], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parent.parent)  # fmt: skip
+
+
+def test_merge_refuses_what_it_cannot_use_in_one_line(micro_bundle, tmp_path):
+    good = tmp_path / "run"
+    assert cli.main([str(micro_bundle), *FAST, "--batch-sizes", "1", "--baseline", "none",
+                     "-o", str(good)]) == 0  # fmt: skip
+    (tmp_path / "list.json").write_text("[1, 2]\n")
+    (tmp_path / "row.json").write_text(json.dumps(
+        {"schema": "edgeclip-bench/1", "throughput": [{"variant": "onnx-fp32"}]}))  # fmt: skip
+    blocked = tmp_path / "blocked"
+    (blocked / "comparison.md").mkdir(parents=True)
+    cases = [
+        (["--merge", str(tmp_path / "list.json")], "(a JSON list, not an object)"),
+        (["--merge", str(tmp_path / "row.json")], "throughput row 1 has no batch_size, pairs_per_s"),
+        (["--merge", str(good), "-o", str(blocked)], f"{blocked / 'comparison.md'} is a folder"),
+        ([str(micro_bundle), "--quick", "--merge", str(good)], "so MODEL, --quick would do nothing"),
+    ]
+    for argv, message in cases:
+        if "-o" not in argv:
+            argv = [*argv, "-o", str(tmp_path / "cmp")]
+        done = _bench(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (argv, done.stderr)
+    assert not (tmp_path / "cmp").exists() and list(blocked.iterdir()) == [blocked / "comparison.md"]
+    done = _bench("--merge", str(good), "-o", str(tmp_path / "cmp"))  # the good one still merges
+    assert done.returncode == 0 and "threads 1," in done.stdout, done.stderr
