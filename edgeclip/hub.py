@@ -8,7 +8,8 @@ What this module adds on top:
 - Settings are read from the environment at call time (``HF_ENDPOINT``, ``HF_HOME``,
   ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``): ``huggingface_hub.constants`` reads them only once, at
   import, so a variable set later would otherwise be ignored.
-- With a 40-hex revision a cached file is returned without any request.
+- With a 40-hex revision a cached file is returned without any request. A branch is asked
+  for each time; if the hub gives no answer, the copy it last resolved to is used (a warning).
 - Integrity: after a download the file's sha256 is checked against the zoo's pin, else against
   the hub's LFS etag (the sha256 of an LFS file), else against the git blob sha1 (the etag of
   a small, non-LFS file). A mismatch deletes the blob and its snapshot link and raises
@@ -32,6 +33,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,9 @@ from .hub_errors import (
     check_endpoint,
     check_folder,
     http_status,
+    offline_error,
     refused,
+    unanswered,
 )
 from .verified import is_verified, remember
 
@@ -210,19 +214,6 @@ def _needs_network() -> str:
     return " (that needs the network: unset HF_HUB_OFFLINE)" if is_offline() else ""
 
 
-def _offline_error(ctx: _Ctx, missing: list[str], reason: str) -> ModelNotFoundError:
-    snap = ctx.folder / "snapshots" / ctx.revision
-    return ModelNotFoundError(
-        f"model {ctx.model!r}: {', '.join(missing)} of {ctx.where()} not found in the Hugging Face "
-        f"cache ({snap}) and {reason}. Supply the files in one of these ways: "
-        f"(1) point edgeclip at a local copy: edgeclip.load('/path/to/dir') with a bundle or a "
-        f"checkpoint directory; (2) copy a cache that has them into {ctx.cache} (for example from "
-        f"a machine with network: `hf download {ctx.repo} --revision {ctx.revision}`), or set "
-        "HF_HOME / HF_HUB_CACHE to where they are; (3) unset HF_HUB_OFFLINE and connect to the "
-        "network once: the files are then cached and later loads need no network."
-    )
-
-
 def _not_found_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import (
         RemoteEntryNotFoundError,
@@ -263,11 +254,8 @@ def _probe(ctx: _Ctx, path: str, timeout: float) -> None:
         answer = refused(ctx, path, exc, timeout, _endpoint())
         if answer is not None:
             raise answer from exc
-        raise _offline_error(
-            ctx,
-            [path],
-            f"the hub at {_endpoint()} could not be reached ({type(exc).__name__}: {exc})",
-        ) from exc
+        why = f"the hub at {_endpoint()} could not be reached ({type(exc).__name__}: {exc})"
+        raise offline_error(ctx, [path], why) from exc
 
 
 def _cached_pointer(ctx: _Ctx, path: str, use_refs: bool) -> Path | None:
@@ -316,20 +304,44 @@ def fetch_files(
     for spec in specs:
         path = spec["path"]
         pointer = _cached_pointer(ctx, path, pinned or offline)
+        if pointer is None and offline:
+            missing.append(path)
+            continue
         if pointer is None:
-            if offline:
-                missing.append(path)
-                continue
-            else:
-                if not probed:
+            if not probed:
+                try:
                     _probe(ctx, path, timeout)
-                    probed = True
-                pointer = _download(ctx, path, timeout)
+                except ModelNotFoundError as exc:
+                    if pinned or not unanswered(exc):
+                        raise
+                    return _cached_at_ref(ctx, specs, exc)
+                probed = True
+            pointer = _download(ctx, path, timeout)
         _verify(ctx, spec, pointer)
         result[path] = pointer
     if missing:
-        raise _offline_error(ctx, missing, "HF_HUB_OFFLINE is set, so nothing may be downloaded")
+        raise offline_error(ctx, missing, "HF_HUB_OFFLINE is set, so nothing may be downloaded")
     return result
+
+
+def _cached_at_ref(ctx: _Ctx, specs: list[dict[str, Any]], exc: ModelNotFoundError) -> dict:
+    """An unpinned revision, a hub that gave no answer: the files the branch pointed at when last
+    fetched (huggingface_hub does the same), not no model at all; else ``exc`` is raised."""
+    found = {spec["path"]: _cached_pointer(ctx, spec["path"], use_refs=True) for spec in specs}
+    if None in found.values():
+        raise exc
+    commit = (ctx.folder / "refs" / ctx.revision).read_text().strip()
+    status = http_status(exc)
+    warnings.warn(
+        f"model {ctx.model!r}: the hub at {_endpoint()} gave no answer for {ctx.where()} "
+        f"({f'HTTP {status}' if status else type(exc.__cause__).__name__}); using the copy cached "
+        f"at commit {commit}, which may be older than {ctx.revision} is now.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    for spec in specs:
+        _verify(ctx, spec, found[spec["path"]])
+    return found
 
 
 @contextlib.contextmanager

@@ -162,3 +162,25 @@ def cache_setting(cache_dir: object) -> str:
         if os.environ.get(var):
             return var
     return "HF_HUB_CACHE"
+
+
+def unanswered(exc: BaseException) -> bool:
+    """True for a fetch that failed because the hub gave no usable answer (unreachable, silent,
+    rate-limiting, failing on its side) rather than one saying no (404, 401/403)."""
+    status = http_status(exc)
+    return status is None or status == 429 or status >= 500
+
+
+def offline_error(ctx: Any, missing: list[str], reason: str) -> ModelNotFoundError:
+    """Files not in the cache and not to be had from the hub now, with the ways to get them."""
+    pinned = len(ctx.revision) == 40  # a branch lives in refs/<branch>, not snapshots/<branch>
+    snap = ctx.folder / "snapshots" / (ctx.revision if pinned else "")
+    return ModelNotFoundError(
+        f"model {ctx.model!r}: {', '.join(missing)} of {ctx.where()} not found in the Hugging Face "
+        f"cache ({snap}) and {reason}. Supply the files in one of these ways: "
+        f"(1) point edgeclip at a local copy: edgeclip.load('/path/to/dir') with a bundle or a "
+        f"checkpoint directory; (2) copy a cache that has them into {ctx.cache} (for example from "
+        f"a machine with network: `hf download {ctx.repo} --revision {ctx.revision}`), or set "
+        "HF_HOME / HF_HUB_CACHE to where they are; (3) unset HF_HUB_OFFLINE and connect to the "
+        "network once: the files are then cached and later loads need no network."
+    )
