@@ -49,7 +49,8 @@ def library(tmp_path_factory, micro_bundle) -> SimpleNamespace:
         im.save(tmp / "tree" / f"shape {i}.png")
     with Index(tmp / "photos.db", str(micro_bundle)) as ix:
         assert not ix.update([tmp / "tree"]).failures
-    return SimpleNamespace(db=tmp / "photos.db", tmp=tmp)
+    (tmp / "tree" / "shape 5.png").unlink()  # indexed, then deleted: its row still says ok
+    return SimpleNamespace(db=tmp / "photos.db", tmp=tmp, gone=tmp / "tree" / "shape 5.png")
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,20 @@ def test_a_drop_of_several_files_says_which_one_was_ranked(server, files, browse
     browser.evaluate("""document.getElementById('drop').dispatchEvent(
         new DragEvent('drop', {dataTransfer: new DataTransfer()}))""")
     assert "not a file" in browser.evaluate(STATUS)
+
+
+def test_the_large_view_of_a_deleted_photo_says_why_it_is_empty(server, library, browser):
+    _open(browser, server.url + "/photos")
+    _search(browser, "a shape", k=6)
+    assert browser.wait_until(STATE) == "done"
+    gone = json.dumps(str(library.gone))
+    fig = f"[...document.querySelectorAll('#results .photo')].find((f) => f.dataset.path === {gone})"
+    card = browser.wait_until(f"({fig}).dataset.error")
+    browser.evaluate(f"({fig}).click()")
+    # Before: the large view opened dark and empty, with no word of why.
+    shown = browser.wait_until("document.getElementById('viewer').classList.contains('open') &&"
+                               " document.getElementById('bigerr').textContent")  # fmt: skip
+    assert shown == card and str(library.gone) in shown and "--prune" in shown, shown
 
 
 # -- a second request before the first answers ------------------------------------------------------
