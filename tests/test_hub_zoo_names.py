@@ -3,9 +3,11 @@ written as a path. The zoo is the shipped models.json (no network: names only)."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from edgeclip.errors import ModelNotFoundError
+from edgeclip.errors import InputError, ModelNotFoundError
 from edgeclip.loader import zoo_info
 from edgeclip.zoo import find_source, get_model_info, list_models, resolve_name
 
@@ -54,3 +56,23 @@ def test_a_zoo_name_written_as_a_missing_path_says_how_to_name_it(tmp_path, monk
     assert "load('tinyclip-8m')" in msg
     with pytest.raises(ModelNotFoundError, match="`edgeclip models` lists the zoo"):
         zoo_info("./not-a-model")
+
+
+@pytest.mark.parametrize("bad", ["", "/config.json", "onnx//model.onnx", "../config.json",
+                                 "./config.json", "onnx\\model.onnx", "onnx/"])  # fmt: skip
+@pytest.mark.parametrize("form", ["string", "object"])
+def test_a_zoo_file_path_outside_the_repo_or_malformed_is_refused_by_key(tmp_path, monkeypatch, bad, form):  # fmt: skip
+    # before: "" was an IsADirectoryError traceback, "../x" could resolve outside the snapshot
+    # once cached, the rest went to the hub as they were and came back "has no ..."
+    entry = get_model_info("tinyclip-8m")
+    spec = bad if form == "string" else {"path": bad}
+    entry["sources"] = [{"kind": "hub-onnx", "repo": "org/name", "revision": None, "files": [spec]}]
+    for key in ("name", "zoo_file"):
+        entry.pop(key)
+    zoo = tmp_path / "zoo.json"
+    zoo.write_text(json.dumps({"models": {"mine": entry}}))
+    monkeypatch.setenv("EDGECLIP_ZOO", str(zoo))
+    with pytest.raises(InputError) as err:
+        resolve_name("mine")
+    msg = str(err.value)
+    assert str(zoo) in msg and "models.mine.sources[0].files[0]" in msg

@@ -43,12 +43,19 @@ def _bad(file: Path, key: str, why: str) -> InputError:
 
 
 def _validate_file_spec(file: Path, key: str, spec: Any) -> None:
-    if isinstance(spec, str):
-        return
-    if not isinstance(spec, dict) or not isinstance(spec.get("path"), str) or not spec["path"]:
+    path = spec if isinstance(spec, str) else spec.get("path") if isinstance(spec, dict) else None
+    if not isinstance(path, str) or not path:
         raise _bad(
             file, key, "each file must be a path string or an object with a non-empty 'path'"
         )
+    # a file in the repo as the hub names it: "a/b.onnx"; "", "/x", "a//b", "../x" or "a\\b"
+    # would be refused by the hub, or, cached, resolve outside the snapshot folder
+    if "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
+        raise _bad(file, f"{key}.path" if isinstance(spec, dict) else key,
+                   f"{path!r} is not a file path inside the repo such as 'onnx/model.onnx' "
+                   "(no leading or doubled '/', no '.' or '..', '/' between folders)")  # fmt: skip
+    if isinstance(spec, str):
+        return
     sha = spec.get("sha256")
     if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
         raise _bad(file, f"{key}.sha256", f"{sha!r} is not 64 lower-case hex digits (or null)")
