@@ -171,6 +171,24 @@ def test_the_large_view_of_a_deleted_photo_says_why_it_is_empty(server, library,
     assert shown == card and str(library.gone) in shown and "--prune" in shown, shown
 
 
+@pytest.mark.parametrize("value", ["0", "-3", "2.5"])
+def test_an_odd_count_is_refused_not_replaced(server, files, browser, value):
+    # Before: Top k 0 ranked 5 labels, and Results 0 with "similar" searched for 24 photos.
+    _open(browser, server.url + "/")
+    browser.evaluate(f"document.getElementById('topk').value = '{value}'")
+    _pick(browser, "#file", files.dir / "red.png")
+    assert browser.wait_until(STATE) == "error"
+    assert browser.evaluate(STATUS) == f'Top k is "{value}"; give a whole number, 1 or more ' \
+        "(or leave it empty for 5)."  # fmt: skip
+    _open(browser, server.url + "/photos")
+    _search(browser, "a shape", k=3)
+    assert browser.wait_until(STATE) == "done"
+    browser.evaluate(f"document.getElementById('k').value = '{value}'")
+    browser.evaluate("document.querySelector('#results .photo button.like').click()")
+    assert browser.wait_until(STATE) == "error"
+    assert browser.evaluate(STATUS).startswith(f'Results is "{value}"; give a whole number from 1')
+
+
 # -- a second request before the first answers ------------------------------------------------------
 
 
