@@ -58,20 +58,22 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRUE = {"1", "true", "yes", "on"}
 MARKER_DIR = ".edgeclip-verified"
 _DOWNLOAD_TIMEOUT_LOCK = threading.Lock()
+MAX_HUB_TIMEOUT = 86400
 
 
 def hub_timeout(value: float | str | None = None) -> float:
-    """Seconds the hub may stay silent: ``value``, else ``EDGECLIP_HUB_TIMEOUT``; a number > 0."""
+    """Seconds the hub may stay silent: ``value``, else ``EDGECLIP_HUB_TIMEOUT``; 0 < s <= a day."""
     name = "timeout" if value is not None else "EDGECLIP_HUB_TIMEOUT"
     raw = value if value is not None else settings.get("EDGECLIP_HUB_TIMEOUT")
     try:
         seconds = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
+    if not (0 < seconds <= MAX_HUB_TIMEOUT):  # above: an OverflowError deep in the socket wait
         raise InputError(
-            f"{name}={raw!r} is not a number of seconds above 0: it is how long the Hugging Face "
-            f"hub may stay silent before a request is abandoned. Set {name} to a number such as "
+            f"{name}={raw!r} is not a number of seconds above 0 and at most {MAX_HUB_TIMEOUT} (a "
+            "day): how long the Hugging Face hub may stay silent before a request is abandoned. "
+            f"Set {name} to a number such as "
             f"{settings.SETTINGS['EDGECLIP_HUB_TIMEOUT'].default} (the default), or unset it."
         )
     return seconds

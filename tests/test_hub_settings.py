@@ -95,3 +95,17 @@ def test_a_hub_cache_that_is_a_file_is_named_with_the_setting(hub, monkeypatch, 
     msg = str(err.value)
     assert f"Set {var} to a folder" in msg and f"{a_file} is a file" in msg
     assert hub.requests == []
+
+
+@pytest.mark.parametrize("value", ["1e12", "1e308", "86401"])
+def test_a_timeout_too_long_to_wait_is_refused_not_an_overflow(hub, monkeypatch, value):
+    monkeypatch.setenv("EDGECLIP_HUB_TIMEOUT", value)  # before: OverflowError (time_t) traceback
+    with pytest.raises(InputError) as err:
+        _fetch()
+    assert f"EDGECLIP_HUB_TIMEOUT={value!r}" in str(err.value) and "86400" in str(err.value)
+    assert hub.requests == []
+
+
+def test_the_longest_timeout_allowed_downloads(hub, monkeypatch):
+    monkeypatch.setenv("EDGECLIP_HUB_TIMEOUT", "86400")
+    assert _fetch()["onnx/model.onnx"].read_bytes() == TINY_BIG
