@@ -80,8 +80,8 @@ def _step_count(args: argparse.Namespace, n_variants: int, ckpt: Any, gpu_wanted
             + n_variants * bool(args.accuracy))  # fmt: skip
 
 
-def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar):
-    """Time every variant, then torch eager (if its checkpoint is here); returns the torch model.
+def _throughputs(args, bundle, variants, torch_model, inputs, sizes, settings, add, bar):
+    """Time every variant, then torch eager (``torch_model``, if its checkpoint is here).
 
     With ``--rounds N`` all towers stay open and the whole sweep runs N times in turn, so a
     slow spell of a shared machine lands on every variant alike; each row is the median round.
@@ -96,16 +96,14 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
         ri, rt = V.open_towers(bundle, v, args.threads, args.device)
         note = lambda b, v=v: T.chunk_note(v.image.batch_sizes, b)  # noqa: E731
         towers.append(({**V.describe(v), "device": device}, ri, rt, note))
-    torch_model = None
-    if ckpt is not None:
-        torch_model = V.load_torch(ckpt)
+    if torch_model is not None:
         ri, rt, _ = T.torch_towers(torch_model, args.threads)
         label = {"variant": baseline_id(variants), "backend": "torch", "precision": "fp32",
                  "device": "cpu"}  # fmt: skip
         towers.append((label, ri, rt, None))
     if getattr(args, "interleave", False):
         T.run_interleaved(towers, args.rounds, inputs, sizes, settings, add, bar)
-        return torch_model
+        return
     rounds = args.rounds
     measured: list[list[list[dict]]] = [[] for _ in towers]
     try:
@@ -128,11 +126,11 @@ def _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar
             for per_round in measured:
                 for row in T.combine_rounds(per_round) if per_round else []:
                     add(row)
-    return torch_model
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Any, list, list[str], list[int], Any]:
-    """Check every argument, then open the bundle: (bundle, variants, notes, sizes, checkpoint).
+def _prepare(args: argparse.Namespace) -> tuple[Any, list, list[str], list[int], Any, Any]:
+    """Check every argument, then open the bundle: (bundle, variants, notes, sizes, checkpoint,
+    its torch model).
 
     Nothing is loaded or timed before a bad argument is refused (``InputError``)."""
     from edgeclip.loader import resolve_bundle
@@ -145,12 +143,14 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, list, list[str], list[int],
     variants = bench_args.for_device(variants, args.device, notes)
     ckpt = V.checkpoint_path(bundle, args.checkpoint) if args.baseline == "torch" else None
     bench_args.check_something_to_measure(args, bundle, variants, ckpt, notes)
+    flag = f"--checkpoint {ckpt}" if args.checkpoint else f"the bundle's source checkpoint {ckpt}"
+    torch_model = V.load_baseline(ckpt, bundle, flag) if ckpt is not None else None
     bench_args.check_input_memory(sizes, int(bundle.preprocess.get("image_size", 224)))
     bench_args.make_output(args.output)
     replacing = bench_args.previous_run(args.output)
     if replacing:
         print("edgeclip bench: note: " + replacing, file=sys.stderr)
-    return bundle, variants, notes, sizes, ckpt
+    return bundle, variants, notes, sizes, ckpt, torch_model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.merge:
         return _run_merge(args)
-    bundle, variants, notes, sizes, ckpt = _prepare(args)
+    bundle, variants, notes, sizes, ckpt, torch_model = _prepare(args)
     settings = T.Settings.quick() if args.quick else T.Settings()
     results = _new_results(args, bundle, variants, notes, settings, sizes)
     if args.baseline == "torch" and ckpt is None:
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     ticks = cpu_ticks()
     try:
         _macs_and_peaks(results, bundle, notes, args, bar)
-        torch_model = _throughputs(args, bundle, variants, ckpt, inputs, sizes, settings, add, bar)
+        _throughputs(args, bundle, variants, torch_model, inputs, sizes, settings, add, bar)
         notes += T.spell_advice(results["throughput"], bool(getattr(args, "interleave", False)))
         if gpu_wanted:
             _gpu_path(bundle, variants, torch_model, inputs, add, notes, bar)

@@ -170,6 +170,24 @@ def load_torch(path: Path):
     return model.float().eval()
 
 
+def load_baseline(path: Path, bundle: Bundle, flag: str):
+    """``load_torch(path)``, refused (``InputError``) when its architecture is not the bundle's:
+    another model's rate would make every × torch ratio wrong, or fail after the timing."""
+    model = load_torch(path)
+    try:
+        from converters.checkpoints import architecture_of
+    except ImportError:  # the runtime-only install: nothing to compare with
+        return model
+    want, have = bundle.manifest.get("architecture") or {}, architecture_of(model)
+    diff = [f"{k} {have[k]} (the bundle's: {want[k]})" for k in want
+            if k in have and have[k] != want[k]]  # fmt: skip
+    if diff:
+        raise InputError(f"{flag} is not the model of bundle {bundle.root}: {', '.join(diff[:4])}. "
+                         "Pass the checkpoint the bundle was converted from with --checkpoint "
+                         "DIR, or --baseline none.")  # fmt: skip
+    return model
+
+
 def describe(variant: Variant) -> dict[str, Any]:
     """The label copied into each measured row."""
     return {"variant": variant.id, "backend": variant.backend, "precision": variant.precision}

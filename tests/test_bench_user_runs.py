@@ -121,3 +121,14 @@ def test_merge_refuses_what_it_cannot_use_in_one_line(micro_bundle, tmp_path):
     assert not (tmp_path / "cmp").exists() and list(blocked.iterdir()) == [blocked / "comparison.md"]
     done = _bench("--merge", str(good), "-o", str(tmp_path / "cmp"))  # the good one still merges
     assert done.returncode == 0 and "threads 1," in done.stdout, done.stderr
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_the_timing(
+    micro_bundle, odd_hf_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "o"
+    argv = [str(micro_bundle), *FAST, "--batch-sizes", "1", "--checkpoint", str(odd_hf_checkpoint)]
+    assert cli.main([*argv, "-o", str(out)]) == 2  # not a torch traceback after the timing
+    err = capsys.readouterr().err
+    assert f"--checkpoint {odd_hf_checkpoint} is not the model of bundle {micro_bundle}:" in err
+    assert "--baseline none" in err and not out.exists()
