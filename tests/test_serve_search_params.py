@@ -7,6 +7,7 @@ deleted after indexing. Answers are compared with ``Index.search`` in this proce
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,8 @@ def library(tmp_path_factory, micro_bundle):
     with Index(db, str(micro_bundle)) as ix:
         assert not ix.update([tmp / "tree"]).failures
     paths[5].unlink()  # indexed, then deleted: its row still says ok
+    paths[6].unlink()
+    os.mkfifo(paths[6])  # indexed, then replaced by a FIFO, which blocks whoever opens it
     return SimpleNamespace(root=tmp / "tree", db=db, paths=paths, tmp=tmp)
 
 
@@ -140,8 +143,8 @@ def test_unicode_folders_are_searched_and_served_as_they_are_on_disk(server, lib
         want = reference.search("a photo of a shape", k=20, under=under)
         assert _paths(got) == [h.path for h in want] and len(want) == 4
         for hit in got.json()["data"]:
-            if hit["path"] == str(library.paths[5]):
-                continue  # deleted: see the next test
+            if hit["path"] in (str(library.paths[5]), str(library.paths[6])):
+                continue  # deleted or a FIFO: see the next tests
             r = server.client.get(hit["photo"], params={"size": 64})
             assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text
             assert Image.open(Path(hit["path"])).size == (96, 72)
@@ -153,6 +156,18 @@ def test_a_deleted_photo_still_indexed_is_404_naming_it_and_the_fix(server, libr
     photo = next(h["photo"] for h in hits if h["path"] == gone)
     message = _error(server.client.get(photo), 404, "id", "photo_missing")
     assert gone in message and "--prune" in message, message
+
+
+def test_a_photo_replaced_by_a_fifo_is_refused_not_waited_for(server, library):
+    fifo = str(library.paths[6])
+    hits = server.client.get("/v1/search", params={"q": "a shape", "k": 20}).json()["data"]
+    photo = next(h["photo"] for h in hits if h["path"] == fifo)
+    # Before: the thumbnail thread blocked in open() for good, and the request never ended.
+    r = server.client.get(photo, timeout=30)
+    message = _error(r, 404, "id", "photo_missing")
+    assert fifo in message and "no longer a regular file" in message, message
+    ok = next(h["photo"] for h in hits if h["path"] == str(library.paths[0]))
+    assert server.client.get(ok, timeout=30).status_code == 200
 
 
 @pytest.mark.parametrize("raw", ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", "-1", "0x1", "%D9%A1",
@@ -174,7 +189,7 @@ def test_only_indexed_rows_are_served_by_id(server, library):
 
 
 def test_six_clients_at_once_each_get_their_own_answers(server, reference, library):
-    gone = str(library.paths[5])
+    gone = (str(library.paths[5]), str(library.paths[6]))
     queries = ["a red circle", "a blue square", "a green triangle", "a yellow star",
                "a photo", "a dark picture"]  # fmt: skip
     want = {q: [h.path for h in reference.search(q, k=5)] for q in queries}
@@ -189,7 +204,7 @@ def test_six_clients_at_once_each_get_their_own_answers(server, reference, libra
                 assert c.get("/v1/search", params={"like": like, "k": 1}).json()["data"][0][
                     "path"] == data[0]["path"]  # fmt: skip
                 shown = c.get(data[0]["photo"], params={"size": 32}).status_code
-                assert shown == (404 if data[0]["path"] == gone else 200)
+                assert shown == (404 if data[0]["path"] in gone else 200)
             return answers
 
     with ThreadPoolExecutor(6) as pool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -262,6 +263,11 @@ async def photo(request: Request) -> Response:
         raise APIError(404, f"photo {raw} ({path}) is in the index but cannot be found "
                        f"({exc.strerror}); index again (--prune drops vanished files).",
                        param="id", code="photo_missing") from None  # fmt: skip
+    if not stat.S_ISREG(st.st_mode):
+        # a FIFO put where the photo was would block the decoding thread forever on open()
+        raise APIError(404, f"photo {raw} ({path}) is in the index but is no longer a regular "
+                       "file; index again (--prune drops vanished files).", param="id",
+                       code="photo_missing")  # fmt: skip
     # The file's identity and version: an edited or replaced file gets a new tag.
     key = f"{raw}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\0{size}".encode()
     tag = f'"{hashlib.sha1(key).hexdigest()[:20]}"'
