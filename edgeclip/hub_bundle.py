@@ -22,7 +22,6 @@ Logit scale, in order of preference:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -34,7 +33,7 @@ from typing import Any
 from .errors import BackendUnavailableError, EdgeclipError, InputError
 from .hub import fetch_files
 from .hub_errors import DISK_FULL, NOT_WRITABLE, cache_write_message, check_folder
-from .preprocess import DEFAULT_CONFIG, Preprocessor, hf_to_cfg
+from .hub_layout import layout_error, load_combined, preprocess_config, read_json
 from .tokenizer import EOT_ID, SOT_ID
 
 VOCAB = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
@@ -199,58 +198,21 @@ def default_cache_root() -> Path:
     return bundles_dir()
 
 
-def _layout_error(model_name: str, source: dict, file: str, why: str) -> InputError:
-    """A hub repository whose files are not what a ``hub-onnx`` source needs."""
-    return InputError(
-        f"zoo model {model_name!r}: {source['repo']}@{source.get('revision') or 'main'}/{file} "
-        f"{why}. A hub-onnx source must name a combined transformers CLIPModel ONNX export (role "
-        "'model') and its config.json and preprocessor_config.json: check the zoo entry's repo, "
-        "revision and files, or load a local bundle with edgeclip.load('/path/to/bundle')."
-    )
-
-
-def _read_json(model_name: str, source: dict, roles: dict, paths: dict, role: str) -> dict:
-    """The JSON object of the file with ``role`` ({} when the source lists none)."""
-    if role not in roles:
-        return {}
-    try:
-        data = json.loads(paths[roles[role]].read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _layout_error(model_name, source, roles[role], f"is not JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        why = f"holds a JSON {type(data).__name__}, not an object {{...}}"
-        raise _layout_error(model_name, source, roles[role], why)
-    return data
-
-
-def _load_combined(onnx: Any, model_name: str, source: dict, roles: dict, model_path: Path):
-    try:
-        return onnx.load(str(model_path))  # external data, if any, resolved beside the file
-    except MemoryError:
-        raise
-    except Exception as exc:  # protobuf's DecodeError, a missing external-data file, ...
-        with open(model_path, "rb") as fh:
-            lfs = fh.read(40).startswith(b"version https://git-lfs")
-        why = ("is a Git LFS pointer, not the file: the hub or mirror serves pointers" if lfs
-               else f"is not an ONNX model ({type(exc).__name__}: {exc})")  # fmt: skip
-        raise _layout_error(model_name, source, roles["model"], why) from exc
-
-
 def _write_towers(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict,
-                  model_path: Path, config: dict, pp: dict, tmp: Path) -> dict[str, Any]:  # fmt: skip
+                  paths: dict, config: dict, preprocess: dict, tmp: Path) -> dict[str, Any]:  # fmt: skip
     """Split the combined graph into ``tmp/onnx-fp32``, copy the vocab; return the manifest."""
-    try:
-        preprocess = {**DEFAULT_CONFIG, **hf_to_cfg(pp)}  # the one HF mapping (strict)
-        Preprocessor(preprocess, threads=1)  # checked now, not after the split
-    except (InputError, TypeError, ValueError) as exc:  # a string where numbers go, ...
-        file = roles.get("preprocessor", "preprocessor_config.json")
-        why = f"is not usable ({str(exc).rstrip('.')})"
-        raise _layout_error(model_name, source, file, why) from exc
-    model = _load_combined(onnx, model_name, source, roles, model_path)
+    model_path = paths[roles["model"]]
+    model = load_combined(onnx, model_name, source, roles, paths)
     inputs = _split(onnx, model, model_path, tmp / "onnx-fp32")
-    arch = architecture_from_config(config, entry.get("architecture") or {})
+    fallback = dict(entry.get("architecture") or {})
+    fallback["image_size"] = fallback.get("image_size") or preprocess["image_size"]
+    arch = architecture_from_config(config, fallback)
+    if arch["image_size"] != preprocess["image_size"]:  # else a bundle no load would accept
+        why = (f"has vision_config.image_size {arch['image_size']} but the preprocessor crops to "
+               f"{preprocess['image_size']}")  # fmt: skip
+        raise layout_error(model_name, source, roles.get("config", "config.json"), why)
     scale, scale_source = read_logit_scale(model, model_path, config, arch)
-    del model
+    del model  # the probe set below runs the towers: not both in memory
     shutil.copyfile(VOCAB, tmp / "tokenizer" / VOCAB.name)
     return {
         "name": model_name,
@@ -331,12 +293,11 @@ def bundle_from_hub_onnx(
         cache_dir=cache_dir,
         model_name=model_name,
     )
-    model_path = paths[roles["model"]]
-    config = _read_json(model_name, source, roles, paths, "config")
-    pp = _read_json(model_name, source, roles, paths, "preprocessor")
-
+    config = read_json(model_name, source, roles, paths, "config")
+    pp = read_json(model_name, source, roles, paths, "preprocessor")
+    preprocess = preprocess_config(model_name, source, roles, pp)  # before the long part
     try:
-        _build(onnx, model_name, entry, source, roles, model_path, config, pp, root, final)
+        _build(onnx, model_name, entry, source, roles, paths, config, preprocess, root, final)
     except OSError as exc:
         if exc.errno not in NOT_WRITABLE | DISK_FULL:
             raise
@@ -363,15 +324,16 @@ def discard_bundle(path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _build(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict, model_path: Path,
-           config: dict, pp: dict, root: Path, final: Path) -> None:  # fmt: skip
+def _build(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict, paths: dict,
+           config: dict, preprocess: dict, root: Path, final: Path) -> None:  # fmt: skip
     """Write the bundle in a temporary folder beside ``final``, then rename it into place."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
         (tmp / "onnx-fp32").mkdir()
         (tmp / "tokenizer").mkdir()
-        manifest = _write_towers(onnx, model_name, entry, source, roles, model_path, config, pp, tmp)
+        manifest = _write_towers(onnx, model_name, entry, source, roles, paths, config,
+                                 preprocess, tmp)  # fmt: skip
         from .bundle import write_manifest
         from .probeset import reference_probe
 

@@ -180,3 +180,64 @@ def test_an_empty_model_name_is_refused_not_read_as_the_current_folder(zoo, monk
     monkeypatch.chdir(zoo / f"toy@{TINY_REV}")  # a bundle: "" used to load it silently
     with pytest.raises(InputError, match="the model name or path is .*tinyclip-8m"):
         edgeclip.load(name)
+
+
+def _external(location: str = "model.onnx_data") -> tuple[bytes, bytes]:
+    """MODEL saved as a graph plus an external data file (as exports too big for one file are)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = Path(tmp) / "model.onnx"
+        model = onnx.load_from_string(MODEL)
+        onnx.save(model, str(graph), save_as_external_data=True, location="model.onnx_data",
+                  size_threshold=0)  # fmt: skip
+        data = (Path(tmp) / "model.onnx_data").read_bytes()
+        model = onnx.load(str(graph), load_external_data=False)
+        for init in model.graph.initializer:  # point them wherever the test says
+            for entry in init.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        return model.SerializeToString(), data
+
+
+def _zoo_files(zoo_path, extra):
+    entry = json.loads(zoo_path.read_text())
+    entry["models"]["toy"]["sources"][0]["files"] += extra
+    zoo_path.write_text(json.dumps(entry))
+
+
+def test_an_export_with_external_data_loads_from_the_hf_cache(zoo, monkeypatch, tmp_path):
+    # before: onnx refused the data file because the HF cache holds it as a symlink
+    # ("should be stored in .../model.onnx_data, but it is a symbolic link"), a traceback
+    with _serve(monkeypatch, tmp_path, GOOD):
+        reference = edgeclip.load("toy").encode_text(["a red car"])
+    graph, data = _external()
+    _zoo_files(tmp_path / "zoo.json", [{"path": "onnx/model.onnx_data"}])
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "home2"))
+    files = {**GOOD, "onnx/model.onnx": graph, "onnx/model.onnx_data": data}
+    with _serve(monkeypatch, tmp_path / "second", files):
+        model = edgeclip.load("toy")
+    np.testing.assert_allclose(model.encode_text(["a red car"]), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("location", ["model.onnx_data", "../../../../etc/passwd"])
+def test_external_data_the_zoo_does_not_list_is_named_not_read(zoo, monkeypatch, tmp_path, location):  # fmt: skip
+    graph, data = _external(location)
+    files = {**GOOD, "onnx/model.onnx": graph, "onnx/model.onnx_data": data}
+    with _serve(monkeypatch, tmp_path, files):
+        with pytest.raises(InputError) as err:
+            edgeclip.load("toy")
+    msg = str(err.value)
+    assert f"{TINY_REPO}@{TINY_REV}/onnx/model.onnx keeps the weights of" in msg
+    assert "which the zoo entry does not list: add {\"path\": " in msg
+
+
+def test_a_config_whose_image_size_is_not_the_crop_is_named(zoo, monkeypatch, tmp_path):
+    # before: the bundle was written, then refused on every load as "edited or damaged"
+    config = json.dumps({"vision_config": {"image_size": 224}}).encode()
+    with _serve(monkeypatch, tmp_path, {**GOOD, "config.json": config}):
+        with pytest.raises(InputError, match="config.json has vision_config.image_size 224 but "
+                                             "the preprocessor crops to 32"):  # fmt: skip
+            edgeclip.load("toy")
+    assert not zoo.exists() or list(zoo.iterdir()) == []
