@@ -310,18 +310,21 @@ def bundle_from_hub_onnx(
 def discard_bundle(path: Path) -> None:
     """Delete a damaged bundle folder edgeclip built, so it can be built again: renamed aside
     first, so no build racing this one sees it half deleted; one already gone is fine."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".damaged", dir=path.parent))
+    aside = None
     try:
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".damaged", dir=path.parent))
         os.replace(path, aside / "old")
     except FileNotFoundError:
         pass  # another process discarded it first
-    except OSError as exc:
-        shutil.rmtree(aside, ignore_errors=True)
+    except OSError as exc:  # a read-only bundle folder, too
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
         raise EdgeclipError(
             f"{path} is damaged and could not be moved aside to rebuild it ({exc}): delete it "
             "and load the model again (it is rebuilt from the downloaded files)."
         ) from exc
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _build(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict, paths: dict,

@@ -9,10 +9,12 @@ outputs of a transformers CLIPModel export, run for real by ONNX Runtime.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from hubserver import TINY_REPO, TINY_REV, hub_env
+from test_index_crash import shared_dir, unprivileged  # noqa: F401  (shared_dir: a fixture)
 
 import edgeclip
 from edgeclip.errors import InputError
@@ -241,3 +243,20 @@ def test_a_config_whose_image_size_is_not_the_crop_is_named(zoo, monkeypatch, tm
                                              "the preprocessor crops to 32"):  # fmt: skip
             edgeclip.load("toy")
     assert not zoo.exists() or list(zoo.iterdir()) == []
+
+
+def test_a_damaged_bundle_in_a_read_only_folder_is_named_not_a_permission_traceback(
+    zoo, monkeypatch, tmp_path, shared_dir  # noqa: F811
+):
+    from edgeclip.errors import EdgeclipError
+    from edgeclip.hub_bundle import discard_bundle
+
+    with _serve(monkeypatch, tmp_path, GOOD):
+        edgeclip.load("toy")
+    folder = shared_dir / "bundles" / f"toy@{TINY_REV}"
+    shutil.copytree(zoo / folder.name, folder)  # root's 0755 folders: read-only for nobody
+    with unprivileged():
+        with pytest.raises(EdgeclipError) as err:
+            discard_bundle(folder)
+    assert str(folder) in str(err.value) and "delete it and load the model again" in str(err.value)
+    assert (folder / "manifest.json").is_file()  # left as it was
