@@ -24,7 +24,8 @@ Fault switches: ``fail`` (``{(repo, path): (status, n)}``) answers the next ``n`
 that file's resolve URL (HEAD or GET) with ``status`` and no ``X-Error-Code`` (-1: always);
 ``stall`` (a set of ``(repo, path)``, or ``ANY``) accepts those requests and never answers;
 ``hold`` (``{(repo, path): bytes}``) sends that many bytes of the body and then waits until
-``release()`` (or ``stop()``). Stalled and held handlers all end at ``stop()``.
+``release()`` (or ``stop()``). Stalled and held handlers all end at ``stop()``. ``moved``
+(``{old_repo: new_repo}``) answers a renamed repo's resolve URLs with a relative 307, as the hub does.
 
 ``hub_env(monkeypatch, tmp_path, repos)`` starts a server and points huggingface_hub at it:
 it sets ``HF_ENDPOINT`` and a temporary ``HF_HOME`` in the environment (edgeclip reads them at
@@ -72,6 +73,7 @@ class FakeHub:
         self.fail: dict[tuple[str, str], tuple[int, int]] = {}
         self.stall: set[tuple[str, str]] = set()
         self.hold: dict[tuple[str, str], int] = {}
+        self.moved: dict[str, str] = {}
         self._released = threading.Event()
         self.requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
@@ -198,6 +200,12 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) < 5 or parts[2] != "resolve":
             return self._error(404, "RepoNotFound")
         repo, revision, fpath = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+        if repo in fake.moved:  # a renamed repo: the hub answers with a relative 307
+            self.send_response(307)
+            self.send_header("Location", "/" + "/".join([fake.moved[repo], *parts[2:]]))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if (repo, fpath) in fake.stall:
             return fake.wait_released()
         status = fake.take_fail(repo, fpath)

@@ -1,7 +1,8 @@
 """An unpinned revision (a branch: zoo entries with ``revision: null``) fetched once, then the
 hub gives no answer: the cached copy is used with a warning, as huggingface_hub itself does,
 instead of "not found in the cache" for files that are in it. A hub that says no (404, 401)
-is still an error. Against the loopback hub (tests/hubserver.py)."""
+is still an error. A renamed repo (the hub's 307) is followed. Against the loopback hub
+(tests/hubserver.py)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,11 @@ def test_a_branch_never_fetched_names_the_cache_folder_it_looked_in(hub, tmp_pat
     assert "could not be reached" in msg and BIG in msg
     snapshots = tmp_path / "hf_home" / "hub" / "models--org--tiny-clip" / "snapshots"
     assert f"({snapshots})" in msg  # before: .../snapshots/main, a folder that never exists
+
+
+@pytest.mark.parametrize("revision", [TINY_REV, None])
+def test_a_renamed_repo_is_followed_and_cached_under_the_name_asked_for(hub, revision):
+    hub.moved["old-org/old-name"] = TINY_REPO  # the hub's relative 307 for a renamed repo
+    paths = fetch_files("old-org/old-name", revision, TINY_FILES, model_name="tiny")
+    assert paths[BIG].read_bytes() == TINY_BIG and "models--old-org--old-name" in str(paths[BIG])
+    assert ("HEAD", f"/{TINY_REPO}/resolve/{revision or 'main'}/{BIG}", None) in hub.requests
