@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         results["cpu_steal_share"] = steal_share(ticks)  # a shared VM's slow spell shows here
         # an early Ctrl-C must not replace an earlier run's results with an empty one
         keep = results["interrupted"] and not _measured(results)
+        _mark_text_tokens(results["throughput"], variants, inputs[1])
         paths = None if keep else _write(results, args.output)
     if paths is None:
         print(f"edgeclip bench: interrupted before anything was measured; nothing written to "
@@ -203,6 +204,17 @@ def run(args: argparse.Namespace) -> int:
         print("note: " + n)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 130 if results["interrupted"] else 0
+
+
+def _mark_text_tokens(rows: list[dict], variants: list, ids: Any) -> None:
+    """Each CPU row's ``text_tokens``: the length its text tower ran, which its MACs (the
+    roofline) are counted at, rather than the full context."""
+    from .roofline import text_tokens
+
+    towers = {v.id: v.text for v in variants}
+    for r in rows:
+        if r.get("device", "cpu") == "cpu" and (r["variant"] in towers or r["backend"] == "torch"):
+            r["text_tokens"] = text_tokens(towers.get(r["variant"]), ids, r["batch_size"])
 
 
 def _measured(results: dict) -> bool:

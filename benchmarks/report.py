@@ -123,11 +123,13 @@ def _roofline(results: dict[str, Any]) -> list[str]:
         return []
     pk = results["roofline"]["peaks"]
     title = (f"## Against the roofline (GEMM peak {pk['fp32_gmac_s']} GMAC/s fp32, "
-             f"{pk['int8_gmac_s']} GMAC/s int8; {pk['kernels']}, {pk['threads']} threads)")
-    head = ["variant", "batch", "bound by", "achieved GMAC/s", "peak GMAC/s", "fraction",
-            "roofline pairs/s"]  # fmt: skip
-    body = [[r["variant"], r["batch_size"], r["peak"], r["achieved_gmac_s"], r["peak_gmac_s"],
-             r["fraction"], r["roofline_pairs_per_s"]] for r in rows]  # fmt: skip
+             f"{pk['int8_gmac_s']} GMAC/s int8; {pk['kernels']}, "
+             f"{pk['threads'] or 'default'} threads; MACs at each row's text length)")
+    head = ["variant", "batch", "text tokens", "bound by", "achieved GMAC/s", "peak GMAC/s",
+            "fraction", "roofline pairs/s"]  # fmt: skip
+    body = [[r["variant"], r["batch_size"], r.get("text_tokens") or "–", r["peak"],
+             r["achieved_gmac_s"], r["peak_gmac_s"], r["fraction"], r["roofline_pairs_per_s"]]
+            for r in rows]  # fmt: skip
     return ["", title, "", _table(head, body)]
 
 

@@ -9,7 +9,9 @@ square GEMM big enough to be compute-bound, with the bench's thread count:
   ``VPMADDUBSW`` otherwise).
 
 A variant's achieved rate is ``pairs/s × MACs per pair``; its fraction of the roofline is that
-over the peak at the precision its matrix products run in: fp32 and fp16 variants and weight-only
+over the peak at the precision its matrix products run in (MACs per pair counted at the text
+length the row's text tower ran: TowerRunner cuts prompts after their last end token, so a
+10-token prompt does not run 77 positions; counted at 77 the fractions came out 3-4x too high): fp32 and fp16 variants and weight-only
 INT8 (weights are decompressed to float) against the fp32 peak, activation-quantised INT8
 against the int8 peak. A fraction above 1 means the backend used faster kernels than the
 measured peak (OpenVINO runs fp16 graphs in bf16 on CPUs with AVX512-BF16 or AMX).
@@ -85,6 +87,38 @@ def peak_kind(precision: str, config: str | None) -> str:
     return "fp32"
 
 
+def text_tokens(tower: Any | None, ids: np.ndarray, batch: int) -> int:
+    """Tokens per text the text tower runs at ``batch``, as TowerRunner feeds it (cut after the
+    last end token, or padded to a length bucket); ``tower`` None: the torch baseline, which is
+    fed padding="longest" (the same cut)."""
+    from edgeclip.towers import pad_to_length_bucket, trim_to_last_eot
+
+    chunk = ids[:batch]
+    if tower is None or tower.dynamic_sequence:
+        return int(trim_to_last_eot(chunk).shape[1])
+    if tower.sequence_lengths:
+        return int(pad_to_length_bucket(chunk, tower.sequence_lengths).shape[1])
+    return int(chunk.shape[1])
+
+
+def pair_macs_at(macs: dict[str, Any], arch: dict[str, Any] | None, tokens: int | None) -> float:
+    """MACs of one image and one text of ``tokens`` tokens: the counted text MACs scaled by the
+    analytic count at that length over the one at the full context (exact: linear and
+    attention terms both); the full-context count without ``tokens`` or an architecture."""
+    from edgeclip.errors import InputError
+
+    from .macs import analytic_macs
+
+    if not tokens or not arch:
+        return macs["pair_macs"]
+    try:
+        full = analytic_macs(arch)["text_macs"]
+        at = analytic_macs({**arch, "context_length": int(tokens)})["text_macs"]
+    except (InputError, KeyError, ValueError, TypeError):
+        return macs["pair_macs"]
+    return macs["image_macs"] + macs["text_macs"] * at / full
+
+
 def fractions(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per variant and batch size: achieved GMAC/s, its peak, the fraction, and the
     roofline pairs/s (peak / MACs per pair)."""
@@ -93,14 +127,17 @@ def fractions(results: dict[str, Any]) -> list[dict[str, Any]]:
     if not roof.get("peaks") or not pair:
         return []
     configs = results.get("variant_configs") or {}
+    arch = (results.get("model") or {}).get("architecture")
     rows = []
     for r in results.get("throughput", []):
         if r.get("device") not in (None, "cpu") or not r.get("pairs_per_s"):
             continue
         kind = "fp32" if r["backend"] == "torch" else peak_kind(r["precision"], configs.get(r["variant"]))
         peak = roof["peaks"][f"{kind}_gmac_s"]
+        pair = pair_macs_at(macs, arch, r.get("text_tokens"))
         achieved = r["pairs_per_s"] * pair / 1e9
         rows.append({"variant": r["variant"], "batch_size": r["batch_size"], "peak": kind,
+                     "text_tokens": r.get("text_tokens"), "pair_macs": round(pair),
                      "achieved_gmac_s": round(achieved, 1), "peak_gmac_s": peak,
                      "fraction": round(achieved / peak, 3) if peak else None,
                      "roofline_pairs_per_s": round(peak * 1e9 / pair, 1)})  # fmt: skip

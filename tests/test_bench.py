@@ -155,9 +155,15 @@ def test_quick_run_writes_sane_json_csv_md_png_and_merges(micro_bundle, tmp_path
     assert peaks["fp32_gmac_s"] > 0 and peaks["int8_gmac_s"] > 0 and peaks["threads"] == 1
     roof = {(r["variant"], r["batch_size"]): r for r in res["roofline"]["rows"]}
     assert set(roof) == set(rows)
+    from benchmarks.macs import analytic_macs
+
     for key, r in roof.items():
         assert r["peak"] == "fp32"  # fp32 variants and torch are bound by the fp32 peak
-        achieved = rows[key]["pairs_per_s"] * m["pair_macs"] / 1e9
+        # MACs at the text length the tower ran (prompts cut after their end token), not 77
+        assert r["text_tokens"] == rows[key]["text_tokens"] < res["model"]["architecture"]["context_length"]
+        short = analytic_macs({**res["model"]["architecture"], "context_length": r["text_tokens"]})
+        assert r["pair_macs"] == pytest.approx(short["pair_macs"], rel=1e-6) and r["pair_macs"] < m["pair_macs"]
+        achieved = rows[key]["pairs_per_s"] * r["pair_macs"] / 1e9
         assert r["achieved_gmac_s"] == pytest.approx(achieved, abs=0.06)
         assert r["fraction"] == pytest.approx(r["achieved_gmac_s"] / peaks["fp32_gmac_s"], abs=2e-3)
     assert "Against the roofline" in (out / "results.md").read_text()

@@ -132,3 +132,24 @@ def test_a_checkpoint_of_another_model_is_refused_before_the_timing(
     err = capsys.readouterr().err
     assert f"--checkpoint {odd_hf_checkpoint} is not the model of bundle {micro_bundle}:" in err
     assert "--baseline none" in err and not out.exists()
+
+
+def test_the_roofline_counts_the_text_length_each_tower_runs():
+    from benchmarks.roofline import pair_macs_at, text_tokens
+    from edgeclip.bundle import Tower
+    from edgeclip.timing import sample_inputs
+
+    _, ids = sample_inputs(8, 32)  # "a photo of a cat." ... "a photo of a mountain lake at dawn."
+    tower = {"file": "t.onnx", "input": "input_ids", "output": "text_embeds", "batch_sizes": None}
+    cut, buckets = Tower.from_dict({**tower, "dynamic_sequence": True}), Tower.from_dict(
+        {**tower, "sequence_lengths": [16, 77]})  # fmt: skip
+    assert text_tokens(cut, ids, 1) == 8 and text_tokens(cut, ids, 8) == 11  # after the end token
+    assert text_tokens(None, ids, 8) == 11  # torch, padding="longest"
+    assert text_tokens(buckets, ids, 8) == 16 and text_tokens(Tower.from_dict(tower), ids, 8) == 77
+    from benchmarks.macs import analytic_macs
+
+    arch = {"image_size": 32, "patch_size": 8, "vision_width": 64, "vision_layers": 2,
+            "text_width": 64, "text_layers": 2, "embed_dim": 32, "context_length": 77}  # fmt: skip
+    full = analytic_macs(arch)
+    assert pair_macs_at(full, arch, 77) == full["pair_macs"] == pair_macs_at(full, arch, None)
+    assert pair_macs_at(full, arch, 11) == analytic_macs({**arch, "context_length": 11})["pair_macs"]
