@@ -153,3 +153,15 @@ def test_the_roofline_counts_the_text_length_each_tower_runs():
     full = analytic_macs(arch)
     assert pair_macs_at(full, arch, 77) == full["pair_macs"] == pair_macs_at(full, arch, None)
     assert pair_macs_at(full, arch, 11) == analytic_macs({**arch, "context_length": 11})["pair_macs"]
+
+
+def test_quick_end_to_end_is_shown_beside_a_measured_model_rate(micro_bundle, tmp_path):
+    out = tmp_path / "o"
+    argv = [str(micro_bundle), "--quick", "--threads", "1", "--no-memory", "--no-gpu",
+            "--baseline", "none", "--batch-sizes", "1,12", "-o", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    (row,) = res["e2e"]
+    timed = {r["batch_size"]: r["images_per_s"] for r in res["throughput"]}
+    assert row["batch_size"] == 12 and row["n_images"] >= 12  # was batch 8: no model rate to show
+    assert row["model_images_per_s"] == timed[12]
