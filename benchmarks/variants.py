@@ -10,13 +10,18 @@ from edgeclip.bundle import Bundle, Variant
 from edgeclip.errors import BackendUnavailableError, InputError, ModelNotFoundError
 
 
-def _split(spec: str | list[str] | None) -> list[str] | None:
-    """'all' / None → None (no filter); 'a,b' → ['a', 'b']."""
+def _split(spec: str | list[str] | None, flag: str = "--backends") -> list[str] | None:
+    """'all' / None → None (no filter); 'a,b' → ['a', 'b']; ``InputError`` for a spec that
+    names nothing (``''``, ``','``): taking it for 'all' would measure what was not asked for."""
     if spec is None:
         return None
     items = spec if isinstance(spec, list) else str(spec).split(",")
     items = [s.strip().lower() for s in items if s.strip()]
-    return None if not items or items == ["all"] else items
+    if not items:
+        example = "onnx,openvino" if flag == "--backends" else "fp32,int8"
+        raise InputError(f"{flag} {spec!r} names nothing; give a comma list such as {example}, "
+                         "or all (the default).")  # fmt: skip
+    return None if items == ["all"] else items
 
 
 def _precision_matches(wanted: str, have: str) -> bool:
@@ -36,8 +41,8 @@ def select(
     """
     from edgeclip.backends import canonical_name, get_backend
 
-    want_b = _split(backends)
-    want_p = _split(precisions)
+    want_b = _split(backends, "--backends")
+    want_p = _split(precisions, "--precisions")
     if want_b is not None:
         want_b = [canonical_name(b) for b in want_b]  # InputError on unknown names
         for b in want_b:

@@ -165,3 +165,10 @@ def test_quick_end_to_end_is_shown_beside_a_measured_model_rate(micro_bundle, tm
     timed = {r["batch_size"]: r["images_per_s"] for r in res["throughput"]}
     assert row["batch_size"] == 12 and row["n_images"] >= 12  # was batch 8: no model rate to show
     assert row["model_images_per_s"] == timed[12]
+
+
+@pytest.mark.parametrize("flag", ["--backends", "--precisions"])
+def test_a_filter_that_names_nothing_is_refused_not_taken_for_all(micro_bundle, tmp_path, capsys, flag):
+    out = tmp_path / "o"
+    assert cli.main([str(micro_bundle), *FAST, flag, ",", "-o", str(out)]) == 2  # was: all
+    assert f"{flag} ',' names nothing" in capsys.readouterr().err and not out.exists()
