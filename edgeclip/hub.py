@@ -108,11 +108,7 @@ def _repo_folder(cache: Path, repo: str) -> Path:
 
 
 def _normalise(files: Iterable[Any]) -> list[dict[str, Any]]:
-    out = []
-    for spec in files:
-        spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-        out.append(spec)
-    return out
+    return [{"path": spec} if isinstance(spec, str) else dict(spec) for spec in files]
 
 
 def _net_errors() -> tuple[type[BaseException], ...]:
@@ -217,16 +213,17 @@ def _needs_network() -> str:
 
 
 def _not_found_errors() -> tuple[type[BaseException], ...]:
-    from huggingface_hub.errors import (
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub import errors
 
-    return (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError)
+    # huggingface_hub < 1.0 (what transformers 4 needs) has no RemoteEntryNotFoundError
+    entry = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
+    return (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, entry)
 
 
 def _not_found(ctx: _Ctx, path: str, exc: BaseException) -> ModelNotFoundError:
+    if type(exc).__name__ == "LocalEntryNotFoundError":  # < 1.0: no answer, nothing cached
+        why = f"the hub at {_endpoint()} could not be reached ({type(exc).__name__}: {exc})"
+        return offline_error(ctx, [path], why)
     token = ""
     if http_status(exc) in (401, 403):  # the hub's answer to a private or gated repo, too
         token = (" If the repository is private or gated, it needs a token: run `hf auth "
