@@ -36,7 +36,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("EDGECLIP_HUB_TIMEOUT", "30", "seconds the Hugging Face hub may stay silent before a "
             "request is abandoned: each metadata request, and each read of a download's body (a "
             "stalled download is resumed up to 5 times, then fails with a message naming this "
-            "variable); a number above 0"),
+            "variable); a number above 0, at most 86400 (a day)"),
     Setting("EDGECLIP_ORT_LOG_LEVEL", "3", "ONNX Runtime log severity (0 verbose … 4 fatal)",
             ("0", "1", "2", "3", "4")),
     Setting("EDGECLIP_ORT_SPINNING", "run", "how ONNX Runtime's threads wait for work: `run` "
