@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -330,11 +331,23 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edgeclip`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _warning_line
     if argv and argv[0] in _FORWARDED:
         target, _, prefix = _FORWARDED[argv[0]]
         return _exit_status(lambda: _forward(target, prefix + argv[1:]))
     args = build_parser().parse_args(argv)
     return _exit_status(lambda: args.func(args))
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """edgeclip's own warnings as one line for people ("edgeclip: warning: ..."), not Python's
+    "path/cli.py:21: RuntimeWarning:" and a source line; others keep Python's format."""
+    if not str(filename).startswith(os.path.dirname(__file__)):
+        return _python_showwarning(message, category, filename, lineno, file, line)
+    print(f"edgeclip: warning: {message}", file=file or sys.stderr)
 
 
 def _exit_status(command: Callable[[], int | None]) -> int:

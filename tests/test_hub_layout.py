@@ -9,7 +9,10 @@ outputs of a transformers CLIPModel export, run for real by ONNX Runtime.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -151,6 +154,20 @@ def test_a_damaged_zoo_bundle_is_rebuilt_offline_from_the_download(zoo, monkeypa
         assert hub.requests == []  # rebuilt from the HF cache, no network
     np.testing.assert_allclose(model.encode_text(["a dog"]), before, atol=1e-6)
     assert [p.name for p in zoo.iterdir()] == [folder.name]  # nothing left aside
+
+
+def test_the_command_prints_a_warning_as_one_line_for_people(zoo, monkeypatch, tmp_path):
+    with _serve(monkeypatch, tmp_path, GOOD):
+        edgeclip.load("toy")
+    (zoo / f"toy@{TINY_REV}" / "manifest.json").write_text("{")
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "embed", "--text", "a dog", "-m", "toy",
+                          "-o", str(tmp_path / "v.npy")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    # before: ".../edgeclip/loader.py:94: RuntimeWarning: the bundle ..." and a line of source
+    assert run.stderr.startswith("edgeclip: warning: the bundle "), run.stderr
+    assert "RuntimeWarning" not in run.stderr and "warnings.warn" not in run.stderr
+    assert np.load(tmp_path / "v.npy").shape == (1, 16)
 
 
 def test_a_bundle_folder_left_without_its_manifest_is_rebuilt(zoo, monkeypatch, tmp_path):
