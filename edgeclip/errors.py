@@ -28,6 +28,10 @@ class IntegrityError(EdgeclipError):
     """A file whose sha256 or size differs from the one recorded for it."""
 
 
+class GraphOpenError(EdgeclipError, RuntimeError):
+    """A graph file its backend cannot open here: damaged, or built for another runtime."""
+
+
 class BackendUnavailableError(EdgeclipError, ImportError):
     """A backend that is not installed; the message names the pip extra that installs it."""
 

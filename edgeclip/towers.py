@@ -9,6 +9,7 @@ import numpy as np
 
 from .backends.base import Session
 from .bundle import Tower, Variant
+from .errors import EdgeclipError, GraphOpenError
 
 
 def text_feeds(ids: np.ndarray, input_names: list[str], id_input: str) -> dict[str, np.ndarray]:
@@ -130,9 +131,19 @@ def variant_opener(
     backend = get_backend(variant.backend)
 
     def opener(rel: str) -> Session:
-        return backend.open(
-            Path(root) / rel, threads=threads, device=device, precision=variant.precision
-        )
+        path = Path(root) / rel
+        try:
+            return backend.open(path, threads=threads, device=device, precision=variant.precision)
+        except (EdgeclipError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the runtime's own error, a traceback to users
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300].rstrip(".")
+            raise GraphOpenError(
+                f"{variant.backend} cannot open {path} (variant {variant.id}): {first}. If the "
+                "file is damaged, loading with verification on (the default; verify=False or "
+                "--no-verify skips its sha256 check) says so: re-download or re-convert the "
+                "bundle; else this runtime's version may not read it (see `edgeclip info`)."
+            ) from exc
 
     opener.device = device  # type: ignore[attr-defined]
     return opener

@@ -182,3 +182,27 @@ def test_a_missing_path_is_called_missing_not_an_unknown_model(tmp_path):
 
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         zoo_info(str(tmp_path / "nope"))
+
+
+def test_a_damaged_graph_loaded_without_verification_is_named_not_a_runtime_traceback(
+    micro_bundle, tmp_path
+):
+    copy = tmp_path / "damaged"
+    shutil.copytree(micro_bundle, copy)
+    graph = copy / "onnx-fp32" / "image.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    with pytest.raises(IntegrityError):  # verified: the sha256 check names the file
+        edgeclip.load(copy, backend="onnx", precision="fp32")
+    model = edgeclip.load(copy, backend="onnx", precision="fp32", verify=False)
+    assert model.encode_text(["a red circle"]).shape[0] == 1  # the text graph is whole
+    # before: onnxruntime's InvalidProtobuf traceback
+    with pytest.raises(edgeclip.GraphOpenError, match="onnx cannot open .*image.onnx .*onnx-fp32") as err:
+        model.encode_image([_picture()])
+    assert "verification on" in str(err.value) and "re-convert" in str(err.value)
+    png = tmp_path / "red.png"
+    _picture().save(png)
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "embed", "--image", str(png), "-m", str(copy),
+                          "--no-verify", "-b", "onnx", "-p", "fp32"], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 2 and run.stderr.startswith("edgeclip: error: onnx cannot open"), run.stderr
+    assert "Traceback" not in run.stderr
