@@ -22,10 +22,12 @@ Logit scale, in order of preference:
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import shutil
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -327,10 +329,29 @@ def discard_bundle(path: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+#: a build or discard folder untouched this long is a killed process's leftover, not a live one
+LEFTOVER_AGE_S = 3600
+
+
+def _sweep_leftovers(root: Path, name: str) -> None:
+    """Delete the temporary folders a killed build (or discard) of ``name`` left in ``root``:
+    nothing else ever would. A folder changed within the hour may be another process's build
+    in progress, so it is left alone."""
+    now = time.time()
+    for leftover in root.glob(f".{glob.escape(name)}.*"):
+        try:
+            stale = leftover.suffix in (".tmp", ".damaged") and now - leftover.stat().st_mtime > LEFTOVER_AGE_S
+        except OSError:
+            continue
+        if stale and leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _build(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict, paths: dict,
            config: dict, preprocess: dict, root: Path, final: Path) -> None:  # fmt: skip
     """Write the bundle in a temporary folder beside ``final``, then rename it into place."""
     root.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(root, final.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
         (tmp / "onnx-fp32").mkdir()

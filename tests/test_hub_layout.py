@@ -170,6 +170,20 @@ def test_the_command_prints_a_warning_as_one_line_for_people(zoo, monkeypatch, t
     assert np.load(tmp_path / "v.npy").shape == (1, 16)
 
 
+def test_a_killed_builds_leftover_folders_are_swept_but_a_live_one_is_kept(zoo, monkeypatch, tmp_path):
+    # before: each killed build left a .toy@REV.*.tmp folder (a whole bundle) for ever
+    name = f"toy@{TINY_REV}"
+    zoo.mkdir(parents=True)
+    old, live, other = zoo / f".{name}.k1ll3d.tmp", zoo / f".{name}.l1ve.tmp", zoo / ".other.x.tmp"
+    for folder in (old, live, other):
+        (folder / "onnx-fp32").mkdir(parents=True)
+    for folder in (old, other):
+        os.utime(folder, (1e9, 1e9))  # untouched since 2001
+    with _serve(monkeypatch, tmp_path, GOOD):
+        edgeclip.load("toy")
+    assert sorted(p.name for p in zoo.iterdir()) == sorted([name, live.name, other.name])
+
+
 def test_a_bundle_folder_left_without_its_manifest_is_rebuilt(zoo, monkeypatch, tmp_path):
     # before: OSError "Directory not empty" from os.replace, a traceback on every load
     with _serve(monkeypatch, tmp_path, GOOD):
