@@ -60,7 +60,28 @@ def scan_folder(
         raise InputError(
             f"accuracy folder {root} has {len(classes)} class folders but no image files in them."
         )
+    if len(classes) < 2:  # one label: every image is "right", a 100 % that measures nothing
+        raise InputError(f"accuracy folder {root} has one class folder ({classes[0].name}); "
+                         "zero-shot accuracy needs two or more, one per class.")  # fmt: skip
     return paths, np.asarray(labels), names
+
+
+def check_readable(folder: str | os.PathLike, paths: list[Path]) -> None:
+    """``InputError`` unless at least one of ``paths`` decodes as an image: found now, before
+    the timing, not when the accuracy pass reaches it (paths are tried in order, so a usable
+    folder costs one decode)."""
+    from edgeclip.errors import EdgeclipError
+    from edgeclip.images import load_image
+
+    first = None
+    for path in paths:
+        try:
+            load_image(path)
+            return
+        except (EdgeclipError, OSError, ValueError) as exc:
+            first = first or f"{path}: {str(exc).rstrip('.')}"
+    raise InputError(f"none of the {len(paths)} files under accuracy folder {folder} can be read "
+                     f"as an image (first: {first}); point --accuracy at a folder of images.")  # fmt: skip
 
 
 def _embed_images(model: Any, paths: list[Path], batch: int) -> tuple[np.ndarray, dict[int, str]]:
@@ -120,7 +141,8 @@ def evaluate(
             {
                 "variant": vid,
                 "top1": topk_accuracy(logits, labels[ok], 1),
-                "top5": topk_accuracy(logits, labels[ok], 5),
+                # with 5 classes or fewer every image is in its top 5: no number to show
+                "top5": topk_accuracy(logits, labels[ok], 5) if len(names) > 5 else None,
                 "n_images": int(ok.sum()),
             }
         )

@@ -164,9 +164,10 @@ def _check_accuracy_flags(args: argparse.Namespace) -> None:
         return
     from edgeclip.prompts import resolve_templates
 
-    from .accuracy import scan_folder
+    from .accuracy import check_readable, scan_folder
 
-    scan_folder(args.accuracy, args.class_map)  # InputError naming the folder or class map
+    paths, _, _ = scan_folder(args.accuracy, args.class_map)  # InputError naming folder or map
+    check_readable(args.accuracy, paths)
     try:
         resolve_templates(args.templates)
     except InputError as exc:

@@ -80,8 +80,9 @@ def _step_count(args: argparse.Namespace, n_variants: int, ckpt: Any, gpu_wanted
             + n_variants * bool(args.accuracy))  # fmt: skip
 
 
-def _throughputs(args, bundle, variants, torch_model, inputs, sizes, settings, add, bar):
-    """Time every variant, then torch eager (``torch_model``, if its checkpoint is here).
+def _throughputs(args, opened, torch_model, base_id, inputs, sizes, settings, add, bar):
+    """Time every opened variant (``variants.open_all``), then torch eager (``torch_model``, if its
+    checkpoint is here, in rows labelled ``base_id``).
 
     With ``--rounds N`` all towers stay open and the whole sweep runs N times in turn, so a
     slow spell of a shared machine lands on every variant alike; each row is the median round.
@@ -92,13 +93,12 @@ def _throughputs(args, bundle, variants, torch_model, inputs, sizes, settings, a
     pixels, ids = inputs
     device = "cpu" if args.device == "cpu" else args.device
     towers = []
-    for v in variants:
-        ri, rt = V.open_towers(bundle, v, args.threads, args.device)
+    for v, ri, rt in opened:
         note = lambda b, v=v: T.chunk_note(v.image.batch_sizes, b)  # noqa: E731
         towers.append(({**V.describe(v), "device": device}, ri, rt, note))
     if torch_model is not None:
         ri, rt, _ = T.torch_towers(torch_model, args.threads)
-        label = {"variant": baseline_id(variants), "backend": "torch", "precision": "fp32",
+        label = {"variant": base_id, "backend": "torch", "precision": "fp32",
                  "device": "cpu"}  # fmt: skip
         towers.append((label, ri, rt, None))
     if getattr(args, "interleave", False):
@@ -156,6 +156,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, list, list[str], list[int],
 def run(args: argparse.Namespace) -> int:
     """Measure, write results, print the table; 130 when interrupted (results still written)."""
     from . import throughput as T
+    from . import variants as V
 
     if args.merge:
         return _run_merge(args)
@@ -174,7 +175,13 @@ def run(args: argparse.Namespace) -> int:
     ticks = cpu_ticks()
     try:
         _macs_and_peaks(results, bundle, notes, args, bar)
-        _throughputs(args, bundle, variants, torch_model, inputs, sizes, settings, add, bar)
+        opened = V.open_all(bundle, variants, args.threads, args.device, notes)
+        if variants and not opened and torch_model is None:
+            raise InputError(f"no variant of {bundle.root} to measure opens here: "
+                             + "; ".join(n for n in notes if "do not open" in n))  # fmt: skip
+        base_id = baseline_id(variants)
+        variants = [v for v, *_ in opened]  # the later stages measure the ones that open
+        _throughputs(args, opened, torch_model, base_id, inputs, sizes, settings, add, bar)
         notes += T.spell_advice(results["throughput"], bool(getattr(args, "interleave", False)))
         if gpu_wanted:
             _gpu_path(bundle, variants, torch_model, inputs, add, notes, bar)
@@ -188,13 +195,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         results["interrupted"] = True
         notes.append("interrupted by Ctrl-C: partial results")
-    finally:
-        bar.close()
-        results["cpu_steal_share"] = steal_share(ticks)  # a shared VM's slow spell shows here
-        # an early Ctrl-C must not replace an earlier run's results with an empty one
-        keep = results["interrupted"] and not _measured(results)
-        _mark_text_tokens(results["throughput"], variants, inputs[1])
-        paths = None if keep else _write(results, args.output)
+    except Exception as exc:  # a failure midway: keep what was measured, marked as partial
+        results["interrupted"] = True
+        notes.append(f"stopped by an error ({type(exc).__name__}: {exc}): partial results")
+        if _finish(results, variants, inputs[1], args.output, ticks, bar):
+            print(f"edgeclip bench: the results measured before the error are in -o {args.output}",
+                  file=sys.stderr)  # fmt: skip
+        raise
+    paths = _finish(results, variants, inputs[1], args.output, ticks, bar)
     if paths is None:
         print(f"edgeclip bench: interrupted before anything was measured; nothing written to "
               f"-o {args.output}", file=sys.stderr)  # fmt: skip
@@ -206,15 +214,18 @@ def run(args: argparse.Namespace) -> int:
     return 130 if results["interrupted"] else 0
 
 
-def _mark_text_tokens(rows: list[dict], variants: list, ids: Any) -> None:
-    """Each CPU row's ``text_tokens``: the length its text tower ran, which its MACs (the
-    roofline) are counted at, rather than the full context."""
-    from .roofline import text_tokens
+def _finish(results: dict, variants: list, ids: Any, output: str, ticks: Any,
+            bar: Any) -> dict[str, Path] | None:  # fmt: skip
+    """Close the bar and write the results; None (nothing written) when a run stopped early
+    before anything was measured: it must not replace an earlier run's results with nothing."""
+    bar.close()
+    results["cpu_steal_share"] = steal_share(ticks)  # a shared VM's slow spell shows here
+    if results["interrupted"] and not _measured(results):
+        return None
+    from .roofline import mark_text_tokens
 
-    towers = {v.id: v.text for v in variants}
-    for r in rows:
-        if r.get("device", "cpu") == "cpu" and (r["variant"] in towers or r["backend"] == "torch"):
-            r["text_tokens"] = text_tokens(towers.get(r["variant"]), ids, r["batch_size"])
+    mark_text_tokens(results["throughput"], variants, ids)
+    return _write(results, output)
 
 
 def _measured(results: dict) -> bool:

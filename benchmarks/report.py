@@ -139,7 +139,7 @@ def _accuracy(results: dict[str, Any]) -> list[str]:
         return []
 
     def pct(x):
-        return f"{100 * x:.2f} %"
+        return f"{100 * x:.2f} %" if x is not None else "–"
 
     rows = [[r["variant"], pct(r["top1"]), pct(r["top5"]),
              pct(r["top1_agreement"]) if r.get("top1_agreement") is not None else "–",

@@ -101,6 +101,15 @@ def text_tokens(tower: Any | None, ids: np.ndarray, batch: int) -> int:
     return int(chunk.shape[1])
 
 
+def mark_text_tokens(rows: list[dict[str, Any]], variants: list, ids: np.ndarray) -> None:
+    """Set each CPU row's ``text_tokens``: the length its text tower ran (the torch baseline's
+    rows: its padding="longest" length), which ``fractions`` counts its MACs at."""
+    towers = {v.id: v.text for v in variants}
+    for r in rows:
+        if r.get("device", "cpu") == "cpu" and (r["variant"] in towers or r["backend"] == "torch"):
+            r["text_tokens"] = text_tokens(towers.get(r["variant"]), ids, r["batch_size"])
+
+
 def pair_macs_at(macs: dict[str, Any], arch: dict[str, Any] | None, tokens: int | None) -> float:
     """MACs of one image and one text of ``tokens`` tokens: the counted text MACs scaled by the
     analytic count at that length over the one at the full context (exact: linear and

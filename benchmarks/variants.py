@@ -123,6 +123,20 @@ def open_towers(bundle: Bundle, variant: Variant, threads: int | None, device: s
     return (lambda x, b: image(x, b)), (lambda t, b: text(t, b))
 
 
+def open_all(bundle: Bundle, variants: list[Variant], threads: int | None, device: str,
+             notes: list[str]) -> list[tuple]:  # fmt: skip
+    """(variant, run_image, run_text) of each variant whose graphs open here; one that does not
+    (a graph its runtime rejects) is skipped with a note in ``notes``, not the end of the run."""
+    opened = []
+    for v in variants:
+        try:
+            opened.append((v, *open_towers(bundle, v, threads, device)))
+        except Exception as exc:  # noqa: BLE001 - any runtime's load error, named in the note
+            notes.append(f"skipped {v.id}: its graphs do not open here ({type(exc).__name__}: "
+                         f"{str(exc).strip()[:300]}); `edgeclip verify {bundle.root}` checks it")  # fmt: skip
+    return opened
+
+
 def variant_size_mb(bundle: Bundle, variant: Variant) -> dict[str, float]:
     """On-disk size of the variant's image and text files, in MB (10^6 bytes)."""
     out = {}

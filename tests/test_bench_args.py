@@ -97,8 +97,9 @@ def test_accuracy_arguments_are_checked_before_the_timing(micro_bundle, tmp_path
     assert f"accuracy folder {missing} does not exist" in _refused(
         capsys, [*base, "--accuracy", str(missing)]
     )
-    (tmp_path / "acc" / "cat").mkdir(parents=True)
-    Image.new("RGB", (40, 30)).save(tmp_path / "acc" / "cat" / "a.jpg")
+    for name in ("cat", "dog"):  # two classes: one is refused (every image would be right)
+        (tmp_path / "acc" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 30)).save(tmp_path / "acc" / name / "a.jpg")
     line = _refused(capsys, [*base, "--accuracy", str(tmp_path / "acc"), "--templates", "a photo"])
     assert "--templates: templates 'a photo' is neither a template set" in line
     assert not out.exists()

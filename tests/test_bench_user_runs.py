@@ -172,3 +172,59 @@ def test_a_filter_that_names_nothing_is_refused_not_taken_for_all(micro_bundle, 
     out = tmp_path / "o"
     assert cli.main([str(micro_bundle), *FAST, flag, ",", "-o", str(out)]) == 2  # was: all
     assert f"{flag} ',' names nothing" in capsys.readouterr().err and not out.exists()
+
+
+def test_accuracy_folders_that_measure_nothing_are_refused_before_the_timing(micro_bundle, tmp_path, capsys):
+    from PIL import Image
+
+    one, unreadable = tmp_path / "one", tmp_path / "unreadable"
+    (one / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(one / "cat" / "a.jpg")
+    for name in ("cat", "dog"):
+        (unreadable / name).mkdir(parents=True)
+        (unreadable / name / "x.jpg").write_text("not a jpeg")
+    for folder, message in ((one, "has one class folder (cat); zero-shot accuracy needs two"),
+                            (unreadable, "none of the 2 files under accuracy folder")):  # fmt: skip
+        out = tmp_path / f"o-{folder.name}"
+        assert cli.main([str(micro_bundle), *FAST, "--baseline", "none", "--accuracy", str(folder),
+                         "-o", str(out)]) == 2  # fmt: skip
+        assert message in capsys.readouterr().err and not out.exists()
+
+
+def _old_style_copy(bundle, tmp_path, keep):
+    """``bundle`` as a bundle from before file tables (nothing to hold the graphs to), with the
+    variants ``keep`` and the int8 image graph damaged: it passes Bundle.open, fails to load."""
+    copy_ = tmp_path / "old-style"
+    shutil.copytree(bundle, copy_)
+    manifest = json.loads((copy_ / "manifest.json").read_text())
+    manifest.pop("files")
+    manifest["variants"] = [v for v in manifest["variants"] if v["id"] in keep]
+    (copy_ / "manifest.json").write_text(json.dumps(manifest))
+    graph = copy_ / "onnx-int8-dynamic" / "image.onnx"
+    graph.write_bytes(b"\0" * 64 + graph.read_bytes()[64:])
+    return copy_
+
+
+def test_a_variant_that_does_not_open_is_skipped_with_a_note(two_variant_bundle, tmp_path, capsys):
+    bundle = _old_style_copy(two_variant_bundle, tmp_path, ("onnx-fp32", "onnx-int8-dynamic"))
+    out = tmp_path / "o"
+    assert cli.main([str(bundle), *FAST, "--batch-sizes", "1", "--baseline", "none",
+                     "-o", str(out)]) == 0  # was: an onnxruntime traceback, nothing measured  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in res["throughput"]} == {"onnx-fp32"}
+    (note,) = [n for n in res["notes"] if n.startswith("skipped onnx-int8-dynamic")]
+    assert "its graphs do not open here (" in note and "edgeclip verify" in note
+    capsys.readouterr()
+
+
+def test_a_run_that_fails_before_any_row_keeps_the_earlier_results(two_variant_bundle, micro_bundle,
+                                                                   tmp_path, capsys):  # fmt: skip
+    out = tmp_path / "o"
+    assert cli.main([str(micro_bundle), *FAST, "--batch-sizes", "1", "--baseline", "none",
+                     "-o", str(out)]) == 0  # fmt: skip
+    before = (out / "results.json").read_text()
+    bundle = _old_style_copy(two_variant_bundle, tmp_path, ("onnx-int8-dynamic",))
+    assert cli.main([str(bundle), *FAST, "--batch-sizes", "1", "--baseline", "none",
+                     "-o", str(out)]) == 2  # fmt: skip
+    assert "no variant of" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before  # not an empty run written over it
