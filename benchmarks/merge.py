@@ -121,6 +121,11 @@ def _comparison_md(runs: list[dict], labels: list[str], keys: list[tuple]) -> li
         f"- {r['device_label']}: {r.get('model', {}).get('name')}, "
         f"threads {r.get('settings', {}).get('threads') or 'runtime default'}, "
         f"created {r.get('created')}"
+        + (" **(interrupted: partial results)**" if r.get("interrupted") else "")
         for r in runs
     ]
+    models = list(dict.fromkeys(str((r.get("model") or {}).get("name")) for r in runs))
+    if len(models) > 1:  # a row then sets one model's rate beside another's under one name
+        md += ["", f"**Note: these runs measured different models ({', '.join(models)}): a row "
+               "compares devices only where its columns come from the same model.**"]  # fmt: skip
     return md

@@ -228,3 +228,17 @@ def test_a_run_that_fails_before_any_row_keeps_the_earlier_results(two_variant_b
                      "-o", str(out)]) == 2  # fmt: skip
     assert "no variant of" in capsys.readouterr().err
     assert (out / "results.json").read_text() == before  # not an empty run written over it
+
+
+def test_merge_says_when_runs_measured_different_models_or_were_cut_short(micro_bundle, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main([str(micro_bundle), *FAST, "--batch-sizes", "1", "--baseline", "none",
+                     "-o", str(run)]) == 0  # fmt: skip
+    other = json.loads((run / "results.json").read_text())
+    other.update(model={**other["model"], "name": "tinyclip-39m"}, interrupted=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps(other))
+    assert cli.main(["--merge", str(run), str(tmp_path / "other"), "-o", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "these runs measured different models (micro, tinyclip-39m)" in md
+    assert md.count("(interrupted: partial results)") == 1
