@@ -27,7 +27,6 @@ What this module adds on top:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import re
@@ -41,7 +40,6 @@ from typing import Any
 from . import settings
 from .errors import InputError, IntegrityError, ModelNotFoundError
 from .hub_errors import (
-    DEFAULT_ENDPOINT,
     bad_token,
     cache_setting,
     check_endpoint,
@@ -51,12 +49,10 @@ from .hub_errors import (
     refused,
     unanswered,
 )
-from .verified import is_verified, remember
+from .hub_integrity import verify_cached
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRUE = {"1", "true", "yes", "on"}
-MARKER_DIR = ".edgeclip-verified"
 _DOWNLOAD_TIMEOUT_LOCK = threading.Lock()
 MAX_HUB_TIMEOUT = 86400
 
@@ -127,21 +123,6 @@ def _net_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _hash_file(path: Path, want_git_sha1: bool) -> tuple[str, str | None]:
-    """sha256 of the file and, if asked, its git blob sha1 (the etag of a non-LFS hub file)."""
-    sha256 = hashlib.sha256()
-    sha1 = None
-    if want_git_sha1:
-        sha1 = hashlib.sha1()
-        sha1.update(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha256.update(block)
-            if sha1 is not None:
-                sha1.update(block)
-    return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
-
-
 class _Ctx:
     """What every message about one fetch names: the model, repo@revision, the cache folder."""
 
@@ -154,62 +135,25 @@ class _Ctx:
         return f"{self.repo}@{self.revision}" + (f"/{path}" if path else "")
 
 
-def _discard(ctx: _Ctx, pointer: Path, blob: Path, marker: Path) -> str:
-    """Delete a bad cached file (its snapshot link, blob, marker); say what became of it."""
-    for p in (pointer, blob, marker):
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            return (
-                f"It could not be deleted ({exc.strerror}: {p}): delete {blob} and {pointer} "
-                "yourself, or set HF_HUB_CACHE to a writable folder, then fetch again."
-            )
-    return f"The file was deleted from {ctx.folder}."
-
-
-def _verify(ctx: _Ctx, spec: dict[str, Any], pointer: Path) -> None:
-    """Check size always, content once (then a marker remembers it); delete and raise on mismatch."""
-    blob = pointer.resolve()
-    marker = ctx.folder / MARKER_DIR / blob.name
-    stat = blob.stat()
-    size = stat.st_size
-    want_size, want_sha = spec.get("size"), spec.get("sha256")
-    if want_size is not None and size != want_size:
-        fate = _discard(ctx, pointer, blob, marker)
-        raise IntegrityError(
-            f"{ctx.model}: {ctx.where(spec['path'])} in the cache has {size} bytes but the zoo "
-            f"expects {want_size}. {fate} Fetch again to re-download it{_needs_network()}."
-        )
-    if is_verified(marker, stat, want_sha):
-        return
-    # The blob's name is the hub's etag: sha256 for LFS files, git sha1 for small ones.
-    etag = blob.name if blob.parent.name == "blobs" else None
-    git_etag = etag if etag and _COMMIT.fullmatch(etag) else None
-    sha256, actual_sha1 = _hash_file(blob, want_git_sha1=want_sha is None and git_etag is not None)
-    actual = sha256
-    if want_sha is not None:
-        expected, against, ok = want_sha, "the sha256 pinned in the zoo", actual == want_sha
-    elif etag and _SHA256.fullmatch(etag):
-        expected, against, ok = etag, "the hub's LFS etag", actual == etag
-    elif git_etag is not None:
-        expected, against, ok = git_etag, "the hub's git blob sha1 (etag)", actual_sha1 == git_etag
-        actual = f"{sha256} (git sha1 {actual_sha1})"
-    else:
-        expected, against, ok = None, "nothing (no pin, no etag)", True
-    if not ok:
-        fate = _discard(ctx, pointer, blob, marker)
-        raise IntegrityError(
-            f"{ctx.model}: {ctx.where(spec['path'])} failed verification against {against}: "
-            f"expected {expected}, got sha256 {actual}. {fate} Fetch again{_needs_network()}; if "
-            f"it recurs, a proxy or mirror (HF_ENDPOINT={os.environ.get('HF_ENDPOINT') or DEFAULT_ENDPOINT}) is serving altered bytes."
-        )
-    remember(marker, stat, sha256)
-
-
-def _needs_network() -> str:
-    return " (that needs the network: unset HF_HUB_OFFLINE)" if is_offline() else ""
+def _verified(ctx: _Ctx, spec: dict[str, Any], pointer: Path, timeout: float, refetch: bool) -> Path:
+    """``pointer`` once verified; a cached copy damaged since it was fetched (a disk error, a
+    hand edit) is deleted and ``refetch``ed once, with a warning, instead of failing the load."""
+    try:
+        verify_cached(ctx, spec, pointer)
+        return pointer
+    except IntegrityError as exc:
+        if not refetch or os.path.lexists(pointer):  # offline, fresh, or it could not be deleted
+            raise
+        damaged = exc
+    try:
+        pointer = _download(ctx, spec["path"], timeout)
+    except ModelNotFoundError as exc:
+        raise damaged from exc
+    why = str(damaged).split(". ")[0].split(": ", 1)[-1]
+    warnings.warn(f"{ctx.model}: the cached copy was damaged since it was fetched ({why}); it was "
+                  "downloaded again.", RuntimeWarning, stacklevel=4)  # fmt: skip
+    verify_cached(ctx, spec, pointer)
+    return pointer
 
 
 def _not_found_errors() -> tuple[type[BaseException], ...]:
@@ -315,9 +259,10 @@ def fetch_files(
                         raise
                     return _cached_at_ref(ctx, specs, exc)
                 probed = True
-            pointer = _download(ctx, path, timeout)
-        _verify(ctx, spec, pointer)
-        result[path] = pointer
+            fresh, pointer = True, _download(ctx, path, timeout)
+        else:
+            fresh = False
+        result[path] = _verified(ctx, spec, pointer, timeout, refetch=not (fresh or offline))
     if missing:
         raise offline_error(ctx, missing, "HF_HUB_OFFLINE is set, so nothing may be downloaded")
     return result
@@ -339,7 +284,7 @@ def _cached_at_ref(ctx: _Ctx, specs: list[dict[str, Any]], exc: ModelNotFoundErr
         stacklevel=3,
     )
     for spec in specs:
-        _verify(ctx, spec, found[spec["path"]])
+        verify_cached(ctx, spec, found[spec["path"]])
     return found
 
 
