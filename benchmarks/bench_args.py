@@ -45,10 +45,23 @@ def check_threads(threads: int | None) -> None:
     if threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}; leave --threads out for the "
                          "runtime's default (one per core).")  # fmt: skip
-    cores = os.cpu_count() or 1
-    if threads > cores:
-        raise InputError(f"--threads {threads} is more than this machine's {cores} logical cores; "
-                         f"pass 1 to {cores}, or leave --threads out for the runtime's default.")  # fmt: skip
+    cores, usable = os.cpu_count() or 1, usable_cores()
+    if threads > usable:
+        where = (f"this machine's {cores} logical cores" if usable == cores else
+                 f"the {usable} of this machine's {cores} cores this process may run on (its CPU "
+                 "affinity: taskset, a container's cpuset)")  # fmt: skip
+        pick = "1" if usable == 1 else f"1 to {usable}"
+        raise InputError(f"--threads {threads} is more than {where}; pass {pick}, or leave "
+                         "--threads out for the runtime's default.")  # fmt: skip
+
+
+def usable_cores() -> int:
+    """The logical cores this process may run on: its CPU affinity where the OS has one (a
+    pinned process or a container's cpuset sees fewer than ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def batch_sizes(text: str | None, quick: bool) -> list[int]:

@@ -4,6 +4,7 @@ into the same ``-o``, and ``--merge`` given files it cannot use. Real bundles, r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -242,3 +243,17 @@ def test_merge_says_when_runs_measured_different_models_or_were_cut_short(micro_
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "these runs measured different models (micro, tinyclip-39m)" in md
     assert md.count("(interrupted: partial results)") == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_threads_above_the_cores_this_process_may_use_is_refused(micro_bundle, tmp_path):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores to pin the run to one")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cli", str(micro_bundle), "--quick",
+                           "--threads", "2", "-o", str(tmp_path / "o")],
+                          preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert done.returncode == 2, done.stderr  # was: 2 threads timed on 1 core, no word
+    assert "--threads 2 is more than the 1 of this machine's" in done.stderr
+    assert "may run on (its CPU affinity" in done.stderr and "pass 1," in done.stderr
