@@ -91,9 +91,8 @@ def _throughputs(args, opened, torch_model, base_id, inputs, sizes, settings, ad
     from . import variants as V
 
     pixels, ids = inputs
-    device = "cpu" if args.device == "cpu" else args.device
     towers = []
-    for v, ri, rt in opened:
+    for v, ri, rt, device in opened:  # device: what the session runs on, not what was asked
         note = lambda b, v=v: T.chunk_note(v.image.batch_sizes, b)  # noqa: E731
         towers.append(({**V.describe(v), "device": device}, ri, rt, note))
     if torch_model is not None:

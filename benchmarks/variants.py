@@ -97,8 +97,17 @@ def _damaged(bundle: Bundle, want_b: list[str] | None, want_p: list[str] | None)
     return out
 
 
+def ran_on(session: Any) -> str:
+    """The device a session runs on, as a row names it: ``CPUExecutionProvider`` and OpenVINO's
+    ``CPU`` are ``cpu``, ``CUDAExecutionProvider`` is ``cuda``."""
+    name = str(getattr(session, "device", "cpu") or "cpu").lower()
+    return name.removesuffix("executionprovider") or "cpu"
+
+
 def open_towers(bundle: Bundle, variant: Variant, threads: int | None, device: str = "cpu"):
-    """(run_image, run_text) for a variant, through the runtime's backend and TowerRunner.
+    """(run_image, run_text, device) for a variant, through the runtime's backend and
+    TowerRunner; ``device`` is what the image session really runs on (``--device auto``, or a
+    device that fell back to ``auto``, is labelled by it, not by what was asked).
 
     TowerRunner chunks and pads for fixed-shape graphs exactly as the runtime does, so the
     measured rate of a batch a LiteRT graph cannot take is the rate users get.
@@ -120,13 +129,15 @@ def open_towers(bundle: Bundle, variant: Variant, threads: int | None, device: s
     text = TowerRunner(variant.text, opener, is_text=True)
     image.warm()
     text.warm()
-    return (lambda x, b: image(x, b)), (lambda t, b: text(t, b))
+    first = min(variant.image.batch_sizes) if variant.image.batch_sizes else None
+    return (lambda x, b: image(x, b)), (lambda t, b: text(t, b)), ran_on(image.session(first))
 
 
 def open_all(bundle: Bundle, variants: list[Variant], threads: int | None, device: str,
              notes: list[str]) -> list[tuple]:  # fmt: skip
-    """(variant, run_image, run_text) of each variant whose graphs open here; one that does not
-    (a graph its runtime rejects) is skipped with a note in ``notes``, not the end of the run."""
+    """(variant, run_image, run_text, device) of each variant whose graphs open here; one that
+    does not (a graph its runtime rejects) is skipped with a note in ``notes``, not the end of
+    the run."""
     opened = []
     for v in variants:
         try:

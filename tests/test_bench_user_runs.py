@@ -257,3 +257,18 @@ def test_threads_above_the_cores_this_process_may_use_is_refused(micro_bundle, t
     assert done.returncode == 2, done.stderr  # was: 2 threads timed on 1 core, no word
     assert "--threads 2 is more than the 1 of this machine's" in done.stderr
     assert "may run on (its CPU affinity" in done.stderr and "pass 1," in done.stderr
+
+
+def test_device_auto_rows_name_the_device_that_ran_them(micro_bundle, tmp_path):
+    from benchmarks.variants import ran_on
+    from edgeclip.backends import get_backend
+
+    out = tmp_path / "o"
+    assert cli.main([str(micro_bundle), *FAST, "--batch-sizes", "1", "--baseline", "none",
+                     "--device", "auto", "-o", str(out)]) == 0  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    session = get_backend("onnx").open(micro_bundle / "onnx-fp32" / "image.onnx", threads=1, device="auto")
+    (row,) = res["throughput"]
+    assert row["device"] == ran_on(session) != "auto"  # was "auto": no such device
+    if row["device"] == "cpu":  # a CPU row is set against the CPU's GEMM peak (was left out)
+        assert [r["variant"] for r in res["roofline"]["rows"]] == ["onnx-fp32"]
