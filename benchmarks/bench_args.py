@@ -7,6 +7,7 @@ Every refusal is an ``InputError`` that names the flag, the value and what to pa
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import tempfile
@@ -202,6 +203,26 @@ def _check_baseline_flags(args: argparse.Namespace) -> None:
         checkpoint_layout(args.checkpoint)
     except InputError as exc:
         raise InputError(f"--checkpoint {args.checkpoint} is not a CLIP checkpoint: {exc}") from exc
+
+
+def check_torch_installed(args: argparse.Namespace, ckpt: Any, notes: list[str]) -> Any:
+    """``ckpt``, or None with a note when torch or transformers is missing here (a runtime-only
+    install: the baseline cannot run, and loading it was a ModuleNotFoundError traceback);
+    an explicit ``--checkpoint`` is then refused."""
+    if ckpt is None:
+        return None
+    for module in ("torch", "transformers"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            if args.checkpoint:
+                raise InputError(f"--checkpoint {args.checkpoint}: the torch baseline needs "
+                                 f"{module}, which is not installed here; pip install torch "
+                                 "transformers, or pass --baseline none.") from None  # fmt: skip
+            notes.append(f"torch baseline skipped: {module} is not installed here (pip install "
+                         "torch transformers to time it)")  # fmt: skip
+            return None
+    return ckpt
 
 
 def for_device(variants: list, device: str, notes: list[str]) -> list:

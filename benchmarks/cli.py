@@ -141,6 +141,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, list, list[str], list[int],
     variants, notes = V.select(bundle, args.backends, args.precisions)
     variants = bench_args.for_device(variants, args.device, notes)
     ckpt = V.checkpoint_path(bundle, args.checkpoint) if args.baseline == "torch" else None
+    ckpt = bench_args.check_torch_installed(args, ckpt, notes)
+    if args.baseline == "torch" and ckpt is None and not any(
+            n.startswith("torch baseline skipped") for n in notes):  # fmt: skip
+        notes.append("torch baseline skipped: the bundle's source checkpoint is not on this "
+                     "machine (pass --checkpoint DIR)")  # fmt: skip
     bench_args.check_something_to_measure(args, bundle, variants, ckpt, notes)
     flag = f"--checkpoint {ckpt}" if args.checkpoint else f"the bundle's source checkpoint {ckpt}"
     torch_model = V.load_baseline(ckpt, bundle, flag) if ckpt is not None else None
@@ -162,9 +167,7 @@ def run(args: argparse.Namespace) -> int:
     bundle, variants, notes, sizes, ckpt, torch_model = _prepare(args)
     settings = T.Settings.quick() if args.quick else T.Settings()
     results = _new_results(args, bundle, variants, notes, settings, sizes)
-    if args.baseline == "torch" and ckpt is None:
-        notes.append("torch baseline skipped: the bundle's source checkpoint is not on this "
-                     "machine (pass --checkpoint DIR)")  # fmt: skip
+    if ckpt is None:
         results["baseline"] = None
     gpu_wanted = not args.no_gpu and not args.quick
     bar = _progress(_step_count(args, len(variants), ckpt, gpu_wanted))

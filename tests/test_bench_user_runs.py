@@ -272,3 +272,42 @@ def test_device_auto_rows_name_the_device_that_ran_them(micro_bundle, tmp_path):
     assert row["device"] == ran_on(session) != "auto"  # was "auto": no such device
     if row["device"] == "cpu":  # a CPU row is set against the CPU's GEMM peak (was left out)
         assert [r["variant"] for r in res["roofline"]["rows"]] == ["onnx-fp32"]
+
+
+def _site_without_torch(tmp_path) -> Path:
+    """A site-packages of links to this venv's packages but torch and transformers: a
+    runtime-only install (pip install "edgeclip[onnx]"), for ``python -S`` to import from."""
+    import site
+
+    site_dir = tmp_path / "site-without-torch"
+    site_dir.mkdir()
+    for src in Path(site.getsitepackages()[0]).iterdir():
+        top = src.name.split("-")[0].split(".")[0].lower()
+        if top not in ("torch", "transformers", "functorch", "torchgen") and src.suffix != ".pth":
+            (site_dir / src.name).symlink_to(src)
+    return site_dir
+
+
+def test_without_torch_the_baseline_is_skipped_or_refused_not_a_traceback(
+    micro_bundle, micro_hf_checkpoint, tmp_path
+):
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{_site_without_torch(tmp_path)}"}
+
+    def bench(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-S", "-m", "benchmarks.cli", str(micro_bundle),
+                               *FAST, "--batch-sizes", "1", *argv], capture_output=True,
+                              text=True, timeout=120, cwd=root, env=env)  # fmt: skip
+
+    probe = subprocess.run([sys.executable, "-S", "-c", "import onnxruntime, torch"], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "No module named 'torch'" in probe.stderr, probe.stderr  # the install is torch-free
+    out = tmp_path / "o"
+    done = bench("-o", str(out))  # the bundle's source checkpoint is here, torch is not
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "note: torch baseline skipped: torch is not installed here" in done.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["baseline"] is None and [r["variant"] for r in res["throughput"]] == ["onnx-fp32"]
+    done = bench("--checkpoint", str(micro_hf_checkpoint), "-o", str(tmp_path / "o2"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "the torch baseline needs torch, which is not installed here" in done.stderr
