@@ -43,6 +43,12 @@ def scan_folder(
             raise InputError(f"class map {path} cannot be read as JSON ({exc}).") from exc
         if not isinstance(mapping, dict):
             raise InputError(f"class map {path} must be a JSON object {{folder: class name}}.")
+    if mapping and not any(d.name in mapping for d in classes):
+        # a map for another layout (WordNet ids for named folders): every name would silently
+        # fall back to its folder's
+        raise InputError(f"class map keys ({_few(sorted(mapping))}) name none of the class "
+                         f"folders of {root} ({_few([d.name for d in classes])}); key the map by "
+                         "folder name.")  # fmt: skip
     names = [str(mapping.get(d.name, d.name.replace("_", " "))) for d in classes]
     paths: list[Path] = []
     labels: list[int] = []
@@ -64,6 +70,10 @@ def scan_folder(
         raise InputError(f"accuracy folder {root} has one class folder ({classes[0].name}); "
                          "zero-shot accuracy needs two or more, one per class.")  # fmt: skip
     return paths, np.asarray(labels), names
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def check_readable(folder: str | os.PathLike, paths: list[Path]) -> None:

@@ -311,3 +311,20 @@ def test_without_torch_the_baseline_is_skipped_or_refused_not_a_traceback(
     done = bench("--checkpoint", str(micro_hf_checkpoint), "-o", str(tmp_path / "o2"))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "the torch baseline needs torch, which is not installed here" in done.stderr
+
+
+def test_a_class_map_that_names_no_folder_is_refused(micro_bundle, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "acc"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        Image.new("RGB", (40, 30), "blue").save(folder / name / "a.jpg")
+    wnids = tmp_path / "wnids.json"  # keyed for another layout: every name fell back silently
+    wnids.write_text(json.dumps({"n02123045": "tabby cat", "n02085620": "chihuahua"}))
+    out = tmp_path / "o"
+    assert cli.main([str(micro_bundle), *FAST, "--baseline", "none", "--accuracy", str(folder),
+                     "--class-map", str(wnids), "-o", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "class map keys (n02085620, n02123045) name none of the class folders" in err
+    assert f"of {folder} (cat, dog); key the map by folder name" in err and not out.exists()
