@@ -11,7 +11,8 @@ square GEMM big enough to be compute-bound, with the bench's thread count:
 A variant's achieved rate is ``pairs/s × MACs per pair``; its fraction of the roofline is that
 over the peak at the precision its matrix products run in (MACs per pair counted at the text
 length the row's text tower ran: TowerRunner cuts prompts after their last end token, so a
-10-token prompt does not run 77 positions; counted at 77 the fractions came out 3-4x too high): fp32 and fp16 variants and weight-only
+10-token prompt does not run 77 positions; counted at 77 the fractions came out 3-4x too high
+on a small trained bundle, 11 % at most for TinyCLIP-8M): fp32 and fp16 variants and weight-only
 INT8 (weights are decompressed to float) against the fp32 peak, activation-quantised INT8
 against the int8 peak. A fraction above 1 means the backend used faster kernels than the
 measured peak (OpenVINO runs fp16 graphs in bf16 on CPUs with AVX512-BF16 or AMX).
