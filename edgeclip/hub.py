@@ -40,6 +40,7 @@ from typing import Any
 from . import settings
 from .errors import InputError, IntegrityError, ModelNotFoundError
 from .hub_errors import (
+    LOCAL_COPY,
     bad_token,
     cache_setting,
     check_endpoint,
@@ -175,7 +176,7 @@ def _not_found(ctx: _Ctx, path: str, exc: BaseException) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"model {ctx.model!r}: the hub at {_endpoint()} has no {ctx.where(path)} "
         f"({type(exc).__name__}). Check the zoo entry's repo, revision and file names, or "
-        f"load a local directory with edgeclip.load('/path/to/dir').{token}"
+        f"{LOCAL_COPY}.{token}"
     )
 
 
@@ -337,7 +338,7 @@ def _download(ctx: _Ctx, path: str, timeout: float) -> Path:
         raise ModelNotFoundError(
             f"model {ctx.model!r}: downloading {ctx.where(path)} from {_endpoint()} failed "
             f"({type(exc).__name__}: {exc}). The partial download is never used; try again, "
-            "or load a local directory with edgeclip.load('/path/to/dir')."
+            f"or {LOCAL_COPY}."
         ) from exc
 
 

@@ -16,6 +16,11 @@ NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
+#: the way round the hub that every download error offers, for the API and the commands alike
+LOCAL_COPY = ("give a local bundle or checkpoint directory in place of the model name "
+              "(edgeclip.load('/path/to/dir'), or that path on the command line)")
+
+
 def causes(exc: BaseException) -> list[BaseException]:
     """``exc`` and what it was raised from (huggingface_hub wraps transport errors)."""
     chain: list[BaseException] = []
@@ -51,7 +56,7 @@ def refused(ctx: Any, path: str, exc: BaseException, timeout: float, hub: str) -
     """The error for a hub that answered with an error status, went silent, or a cache that
     cannot be written; None for anything else."""
     where, code = ctx.where(path), http_status(exc)
-    local = "or load a local directory with edgeclip.load('/path/to/dir')."
+    local = "or " + LOCAL_COPY + "."
     if (err := fs_errno(exc)) is not None:
         return ModelNotFoundError(cache_write_message(ctx.model, where, ctx.cache, err, exc))
     if code in (401, 403):
@@ -178,8 +183,7 @@ def offline_error(ctx: Any, missing: list[str], reason: str) -> ModelNotFoundErr
     return ModelNotFoundError(
         f"model {ctx.model!r}: {', '.join(missing)} of {ctx.where()} not found in the Hugging Face "
         f"cache ({snap}) and {reason}. Supply the files in one of these ways: "
-        f"(1) point edgeclip at a local copy: edgeclip.load('/path/to/dir') with a bundle or a "
-        f"checkpoint directory; (2) copy a cache that has them into {ctx.cache} (for example from "
+        f"(1) {LOCAL_COPY}; (2) copy a cache that has them into {ctx.cache} (for example from "
         f"a machine with network: `hf download {ctx.repo} --revision {ctx.revision}`), or set "
         "HF_HOME / HF_HUB_CACHE to where they are; (3) unset HF_HUB_OFFLINE and connect to the "
         "network once: the files are then cached and later loads need no network."
