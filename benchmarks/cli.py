@@ -20,6 +20,7 @@ from edgeclip.errors import EdgeclipError, InputError
 
 from . import bench_args, report
 from .hosts import cpu_ticks, steal_share
+from .variants import baseline_id
 
 
 def _progress(total: int):
@@ -56,13 +57,6 @@ def _new_results(args: argparse.Namespace, bundle: Any, variants: list, notes: l
         # which INT8 search configuration each timed variant is: a speed belongs to a config
         "variant_configs": {v.id: v.options.get("config") for v in variants},
     }  # fmt: skip
-
-
-def baseline_id(variants: list) -> str:
-    """The torch eager baseline's row label: ``torch-fp32``, unless a measured bundle variant
-    (a ``torch.export`` one) has that id; then ``torch-eager-fp32``, so that rows, ratios and
-    the CSV's memory join never mix the two up."""
-    return "torch-eager-fp32" if any(v.id == "torch-fp32" for v in variants) else "torch-fp32"
 
 
 def _runtime_settings() -> dict[str, Any]:

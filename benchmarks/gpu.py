@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .throughput import Settings, measure, torch_towers
+from .variants import baseline_id
 
 ANCHOR_PAIRS_PER_S = 4150.0
 
@@ -88,7 +89,8 @@ def run_gpu(
                     f"GPU {label['variant']} via {provider} failed: {type(exc).__name__}: {exc}"
                 )
     if status["torch_cuda"] and torch_model is not None:
-        for amp, vid in ((False, "torch-fp32"), (True, "torch-amp-fp16")):
+        # the CPU baseline's label, so a bundle's own torch-fp32 variant is never mixed up with it
+        for amp, vid in ((False, baseline_id(variants)), (True, "torch-amp-fp16")):
             try:
                 ri, rt, sync = torch_towers(torch_model, None, device="cuda", amp=amp)
                 label = {

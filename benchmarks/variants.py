@@ -221,3 +221,10 @@ def load_baseline(path: Path, bundle: Bundle, flag: str):
 def describe(variant: Variant) -> dict[str, Any]:
     """The label copied into each measured row."""
     return {"variant": variant.id, "backend": variant.backend, "precision": variant.precision}
+
+
+def baseline_id(variants: list) -> str:
+    """The torch eager baseline's row label: ``torch-fp32``, unless a measured bundle variant
+    (a ``torch.export`` one) has that id; then ``torch-eager-fp32``, so that rows, ratios and
+    the CSV's memory join never mix the two up."""
+    return "torch-eager-fp32" if any(v.id == "torch-fp32" for v in variants) else "torch-fp32"
