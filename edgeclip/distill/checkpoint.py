@@ -77,3 +77,25 @@ def load(path: Path, want_identity: dict) -> dict:
             "Resume with the same settings, or use a new output folder."
         )
     return state
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the records after ``step`` from a run's ``train_log.jsonl``.
+
+    A run killed after its last checkpoint logged steps that the resumed run logs again; without
+    this the log held those steps twice (and a torn last line when killed mid-write).
+    """
+    if not path.is_file():
+        path.write_text("")
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # the torn line of a process killed while writing it
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)

@@ -192,7 +192,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
     start = _resume(loop, stream) if cfg.resume else 0
     if rank == 0:
         loop.out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
+        if cfg.resume:
+            ckpt.trim_log(loop.out / "train_log.jsonl", start)
+        else:
             (loop.out / "train_log.jsonl").write_text("")
     done = _loop(loop, stream, start)
     result = {"out": str(loop.out), "steps": done, "elapsed_s": time.perf_counter() - loop.t0,
