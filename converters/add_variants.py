@@ -10,6 +10,7 @@ from typing import Any
 from edgeclip.errors import InputError
 
 from .bundle_writer import place_bundle
+from .output_dir import staging_dir
 from .variants import build_variants, check_requested
 
 
@@ -39,8 +40,6 @@ def add_variants(
     an interrupted run leaves the old bundle as it was. Variants with the same id are replaced.
     ``int8_configs``: INT8 configurations pinned per backend (``converters.int8_pins``).
     """
-    import tempfile
-
     from .calibration import check_calibration_args, load_calibration
     from .int8_pins import parse_int8_configs
 
@@ -62,7 +61,7 @@ def add_variants(
     build = dict(backends=backends, precisions=precisions, thresholds=thresholds, threads=threads,
                  keep_failed=keep_failed, builder_options=builder_options,
                  int8_configs=int8_configs, int8_fallback=int8_fallback)  # fmt: skip
-    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.partial-", dir=bundle.parent))
+    staging = staging_dir(bundle)  # also clears what killed runs left beside the bundle
     try:
         manifest = _rebuild(bundle, staging, manifest, fp32, model, calibration, build, log)
         place_bundle(staging, bundle, overwrite=True)

@@ -13,6 +13,7 @@ stands in; it needs nothing but PIL and numpy.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +138,8 @@ def _folder_source(
     folder: str | Path, captions: str | Path | None, seed: int, labels: list[str] | None
 ) -> _Source:
     """Every image under ``folder`` (recursive), in a seeded shuffle, with its caption if any."""
-    root = Path(folder)
+    # Absolute, as image_files lists them: a relative --calibration must not fail relative_to.
+    root = Path(os.path.abspath(folder))
     check_calibration_args(root, captions)
     files = sorted(Path(p) for p in image_files(root))  # the files edgeclip index would read
     if not files:

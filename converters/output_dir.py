@@ -7,16 +7,19 @@ nothing else: pointed at a photo folder, a checkpoint, a web project with its ow
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 from edgeclip.bundle import FORMAT, MANIFEST
 from edgeclip.errors import InputError
 
-__all__ = ["check_output", "place_bundle", "staging_dir"]
+__all__ = ["check_output", "place_bundle", "staging_dir", "sweep_stale"]
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -55,6 +58,8 @@ def check_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     if not str(out_dir).strip():
         raise InputError("the output folder is an empty string; give a path (-o BUNDLE_DIR).")
     out = Path(out_dir).expanduser().resolve()
+    if out.parent.is_dir():
+        sweep_stale(out)  # first: a bundle a killed swap moved aside is back before the checks
     _refuse_non_bundle(out)
     if out.exists() and not _is_empty_dir(out) and not overwrite:
         raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
@@ -68,10 +73,54 @@ def check_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def staging_dir(out: Path) -> Path:
-    """A hidden sibling of ``out`` to build in (``InputError`` if the folder is not writable)."""
+def _owner() -> str:
+    """``HOST-PID`` of this process, in the hidden folders' names, so a later run can tell the
+    leftovers of a killed conversion from the folders of one still running."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _stale(folder: Path, kind: str, out_name: str) -> bool:
+    """A ``.OUT.KIND-HOST-PID-xxxx`` folder whose process (on this host) is gone."""
+    rest = folder.name[len(f".{out_name}.{kind}-"):]
+    host, pid = _owner().split("-")[0], rest.split("-")
+    return len(pid) == 3 and pid[0] == host and pid[1].isdigit() and not _alive(int(pid[1]))
+
+
+def sweep_stale(out: Path) -> None:
+    """Remove what killed runs left beside ``out`` (a half-built ``.partial-`` folder; a swap's
+    ``.old-`` folder, whose previous bundle goes back in place when ``out`` is gone)."""
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there
+        return
+    for kind in ("partial", "old"):
+        for folder in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            if not folder.is_dir() or not _stale(folder, kind, out.name):
+                continue
+            previous = folder / "old"
+            try:
+                if kind == "old" and not out.exists() and (previous / MANIFEST).is_file():
+                    os.replace(previous, out)  # killed mid-swap: the previous bundle comes back
+            except OSError:
+                continue  # best effort: a folder we cannot change is left as it is
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def staging_dir(out: Path) -> Path:
+    """A hidden sibling of ``out`` to build in (``InputError`` if the folder is not writable);
+    what killed conversions left beside ``out`` is removed first."""
+    try:
+        sweep_stale(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{_owner()}-", dir=out.parent))
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be shared
     except OSError as exc:
         raise InputError(
@@ -89,7 +138,7 @@ def place_bundle(staging: Path, out: Path, overwrite: bool) -> None:
     _refuse_non_bundle(out)  # checked again: the folder may have changed during the conversion
     if not overwrite:
         raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{_owner()}-", dir=out.parent))
     os.replace(out, trash / "old")
     try:
         os.replace(staging, out)
