@@ -98,9 +98,61 @@ def _outside(rel: Any) -> bool:
     return not isinstance(rel, str) or path.is_absolute() or ".." in path.parts or ":" in rel[:2]
 
 
+def _bad_name(x: Any) -> bool:
+    return not isinstance(x, str) or not x
+
+
+def _counts(x: Any) -> bool:
+    """A list of positive integers (batch sizes, sequence lengths)."""
+    return isinstance(x, list) and all(type(n) is int and n > 0 for n in x)
+
+
+def _tower_problems(vid: str, name: str, t: Any) -> list[str]:
+    if not isinstance(t, dict):
+        return [f"variant {vid!r} has no {name} tower"]
+    out = [f"variant {vid!r} {name}.{k} is {t.get(k)!r}, not a name"
+           for k in ("file", "input", "output") if _bad_name(t.get(k))]  # fmt: skip
+    return out + [f"variant {vid!r} {name}.{k} is {t[k]!r}, not a list of positive integers"
+                  for k in ("batch_sizes", "sequence_lengths")
+                  if t.get(k) is not None and not _counts(t[k])]  # fmt: skip
+
+
+def _shape_problems(m: dict[str, Any]) -> list[str]:
+    """Fields of the wrong type or missing, which would otherwise fail deep in a load."""
+    problems = [f"{k} is not an object" for k in ("tokenizer", "preprocess", "architecture", "probe")
+                if m.get(k) is not None and not isinstance(m[k], dict)]  # fmt: skip
+    variants = m.get("variants", [])
+    if not isinstance(variants, list):
+        return [*problems, "variants is not a list"]
+    for i, v in enumerate(variants):
+        if not isinstance(v, dict):
+            problems.append(f"variants[{i}] is not an object")
+            continue
+        vid = v.get("id") if isinstance(v.get("id"), str) else f"variants[{i}]"
+        problems += [f"variant {vid!r} {k} is {v.get(k)!r}, not a name"
+                     for k in ("id", "backend", "precision") if _bad_name(v.get(k))]  # fmt: skip
+        problems += [f"variant {vid!r} {k} is not an object" for k in ("parity", "gate", "options")
+                     if v.get(k) is not None and not isinstance(v[k], dict)]  # fmt: skip
+        problems += _tower_problems(vid, "image", v.get("image"))
+        problems += _tower_problems(vid, "text", v.get("text"))
+    files = m.get("files", {})
+    if not isinstance(files, dict):
+        return [*problems, "files is not an object"]
+    problems += [f"files[{rel!r}] has no sha256 and size" for rel, meta in files.items()
+                 if not isinstance(meta, dict) or _bad_name(meta.get("sha256"))
+                 or type(meta.get("size")) is not int]  # fmt: skip
+    probe = m.get("probe") if isinstance(m.get("probe"), dict) else {}
+    return problems + [f"probe.{k} is {probe[k]!r}, not a count" for k in ("n_images", "n_texts")
+                       if k in probe and type(probe[k]) is not int]  # fmt: skip
+
+
 def _manifest_problems(m: dict[str, Any]) -> list[str]:
-    """What makes a manifest unusable though it parses: a path leaving the bundle, a logit
-    scale that is not a positive number, a crop size the graphs were not exported at."""
+    """What makes a manifest unusable though it parses: a field of the wrong type, a path
+    leaving the bundle, a logit scale that is not a positive number, a crop size the graphs
+    were not exported at."""
+    shape = _shape_problems(m)
+    if shape:
+        return shape
     towers = [v.get(t) or {} for v in m.get("variants") or [] for t in ("image", "text")]
     named = [t.get("file") for t in towers] + [(m.get("tokenizer") or {}).get("file")]
     named += list(m.get("files") or {})
@@ -190,10 +242,9 @@ class Bundle:
             manifest = json.loads(mpath.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise IntegrityError(f"{mpath} cannot be read ({exc}); re-create the bundle.") from exc
-        if manifest.get("format") != FORMAT:
-            raise InputError(
-                f"{mpath} is not an edgeclip manifest (format={manifest.get('format')!r})."
-            )
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise InputError(f"{mpath} is not an edgeclip manifest (format={found!r}).")
         if _format_version(manifest, mpath) > FORMAT_VERSION:
             raise InputError(
                 f"{root} uses bundle format {manifest['format_version']}, newer than this edgeclip "

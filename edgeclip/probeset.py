@@ -18,13 +18,14 @@ The procedural shapes below are the default probe and calibration pictures: they
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import IntegrityError
+from .errors import InputError, IntegrityError
 
 PROBE_DIR = "probe"
 N_IMAGES = 8  # + 3 run alone for batch drift: the check stays under a second on 2 cores
@@ -216,6 +217,18 @@ def refresh(bundle: Any) -> Any:
     if bundle.manifest.get("probe"):
         return bundle
     manifest = dict(bundle.manifest)
-    manifest["probe"] = reference_probe(bundle.root, manifest, "reference variant")
-    write_manifest(bundle.root, manifest)
+    folder = Path(bundle.root) / PROBE_DIR
+    existed = folder.exists()
+    try:
+        manifest["probe"] = reference_probe(bundle.root, manifest, "reference variant")
+        write_manifest(bundle.root, manifest)
+    except OSError as exc:  # read-only copy, full disk: the bundle stays as it was
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise InputError(
+            f"bundle {bundle.root}: cannot write its probe set ({exc.strerror or exc}: "
+            f"{exc.filename or bundle.root}). Copy the bundle to a writable folder and run "
+            "`edgeclip verify COPY --refresh` there, or leave out --refresh: until it has a "
+            "probe set, only its reference variant is used."
+        ) from exc
     return Bundle.open(bundle.root)
