@@ -246,8 +246,10 @@ def _watch(args: argparse.Namespace, ix: Any, first: Any) -> int:
     from .watch import watch
 
     def update() -> Any:
+        # A watched folder may vanish (a USB disk pulled, a folder renamed): a later pass
+        # keeps watching the others, and this one once it is back.
         return ix.update(args.dirs, exclude=args.exclude, prune=args.prune, use_hash=args.hash,
-                         commit_every=args.commit_every)  # fmt: skip
+                         commit_every=args.commit_every, roots_may_vanish=True)  # fmt: skip
 
     try:
         return watch(update, args.watch, searchable=lambda: len(ix), first=first, as_json=args.json)

@@ -25,7 +25,7 @@ from edgeclip.images import DEFAULT_MAX_PIXELS
 
 from . import indexer, maintenance, vectors
 from .store import MISSING, OK, IndexFileError, ModelMismatchError, Store, WriterLock
-from .walk import FileEntry, check_roots, not_storable, storable, walk
+from .walk import FileEntry, check_roots, not_storable, printable, storable, walk
 
 __all__ = ["Hit", "Index"]
 
@@ -175,14 +175,23 @@ class Index:
         use_hash: bool = False,
         progress: indexer.Progress | None = None,
         commit_every: int = indexer.CHUNK_FILES,
+        roots_may_vanish: bool = False,
     ) -> indexer.Report:
         """Walk ``dirs``, embed new and changed images, mark vanished ones missing (or ``prune``).
 
         ``exclude``: globs matched against names and paths. ``use_hash``: compare sha256 of the
         content instead of size + mtime. ``progress(done, counted, count_final)`` is called per
         file. Rows are committed every ``commit_every`` files: a crash loses at most that many.
+        ``roots_may_vanish`` (a watcher's later passes): a folder of ``dirs`` that no longer
+        exists is not an error; its photos count as not found (kept if its drive is unmounted)
+        and ``walk_errors`` says so.
         """
-        roots = check_roots(dirs)
+        def vanished(d: str | os.PathLike) -> bool:
+            return roots_may_vanish and not os.path.exists(os.path.expanduser(os.fspath(d)))
+
+        gone = [d for d in dirs if vanished(d)]
+        roots = check_roots([d for d in dirs if d not in gone])
+        gone_roots = [os.path.abspath(os.path.expanduser(os.fspath(d))) for d in gone]
         with WriterLock(self.path, self.wait):
             self._check_model(writing=True)
             maintenance.recover(self)
@@ -190,10 +199,10 @@ class Index:
             unlisted: list[str] = []  # filled by the walk, read once it is done
             report = indexer.run(
                 self, walk(roots, exclude, errors, unlisted), self._pipeline(use_hash),
-                roots=roots, excludes=exclude, prune=prune, use_hash=use_hash, progress=progress,
-                commit_every=commit_every, unlisted=unlisted,
+                roots=roots + gone_roots, excludes=exclude, prune=prune, use_hash=use_hash,
+                progress=progress, commit_every=commit_every, unlisted=unlisted,
             )  # fmt: skip
-            report.walk_errors[:0] = errors
+            report.walk_errors[:0] = errors + [_gone_message(g) for g in gone_roots]
             maintenance.after_write(self)
         return report
 
@@ -319,6 +328,11 @@ def _terms(value: Any) -> list[Any]:
     if isinstance(value, (str, bytes, os.PathLike)) or not hasattr(value, "__iter__"):
         return [value]
     return list(value)
+
+
+def _gone_message(folder: str) -> str:
+    return (f"{printable(folder)}: the folder is gone (deleted, renamed, or its drive unmounted); "
+            "its photos count as missing until it is back")  # fmt: skip
 
 
 def _entry(path: str) -> FileEntry:

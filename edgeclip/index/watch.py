@@ -7,7 +7,9 @@ during a pass and released between passes, so ``--forget`` or a search from anot
 waits long, and ``edgeclip serve --index`` sees each pass's photos once they are committed.
 
 Output is a line per pass that changed something (a JSON line each with ``--json``); a file that
-fails is retried every pass (it may have been half-copied) but reported once. Stopped between
+fails is retried every pass (it may have been half-copied) but reported once. A pass that finds another writer
+holding the index is skipped, and a watched folder that vanishes (deleted, renamed, its drive
+pulled) is said once while the others are still watched. Stopped between
 passes (Ctrl-C, SIGTERM from ``systemctl stop``) it exits 0: nothing was in flight. Stopped in a
 pass it ends as any interrupted run does, with what was committed.
 """
@@ -32,13 +34,15 @@ def watch(update: Callable[[], Any], interval: float, *, searchable: Callable[[]
     missing, passes, embedded = first.missing, 0, 0
     print(f"edgeclip index: watching; a pass every {interval:g} s (Ctrl-C to stop)",
           file=sys.stderr, flush=True)  # fmt: skip
-    busy = False
+    busy, locked = False, []
     try:
         while True:
             time.sleep(interval)
             busy = True
-            report = update()
+            report = _pass(update, interval, locked)
             busy = False
+            if report is None:
+                continue
             passes, embedded = passes + 1, embedded + report.embedded
             news = [(k, p, why) for k, p, why in _problems(report) if (k, p, why) not in seen]
             seen.update(news)
@@ -51,6 +55,23 @@ def watch(update: Callable[[], Any], interval: float, *, searchable: Callable[[]
         print(f"edgeclip index: stopped watching after {passes} more passes ({embedded} "
               "photos embedded by them)", file=sys.stderr)  # fmt: skip
         return 0
+
+
+def _pass(update: Callable[[], Any], interval: float, locked: list[str]) -> Any:
+    """One pass, or None when another writer (a one-off ``edgeclip index``, ``--forget``)
+    holds the index: this pass is skipped rather than ending the watch, said once per hold."""
+    from .store import IndexLockedError
+
+    try:
+        report = update()
+    except IndexLockedError as exc:
+        if str(exc) not in locked:  # the message last said: a long hold is said once
+            locked[:] = [str(exc)]
+            print(f"edgeclip index: {exc} Skipping this pass; the next one in {interval:g} s.",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    locked.clear()
+    return report
 
 
 def _problems(report: Any) -> list[tuple[str, str, str]]:
