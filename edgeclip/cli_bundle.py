@@ -54,17 +54,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .selection import verify_all
 
     bundle = resolve_bundle(args.bundle)
-    if args.json:
-        print(json.dumps(bundle.manifest, indent=2))
-        return 0
-    _header(bundle)
-    _host_table(verify_all(bundle, args.threads), bundle.manifest.get("files", {}))
+    statuses = verify_all(bundle, args.threads)
     try:
         chosen, why = select_variant(bundle, threads=args.threads)
-        print(f"\nauto on this host: {chosen.id} ({why})")
+        auto = {"variant": chosen.id, "reason": why}
     except EdgeclipError as exc:
-        print(f"\nauto on this host: none ({exc})")
+        auto = {"variant": None, "reason": str(exc)}
+    if args.json:
+        # The manifest as written, plus what the table shows: a variant the manifest ships may
+        # be damaged, not installed or failed here, and scripts must see that too.
+        print(json.dumps({**bundle.manifest, "on_this_host": _host_json(statuses, auto)}, indent=2))
+        return 0
+    _header(bundle)
+    _host_table(statuses, bundle.manifest.get("files", {}))
+    print(f"\nauto on this host: {auto['variant'] or 'none'} ({auto['reason']})")
     return 0
+
+
+def _host_json(statuses: list, auto: dict[str, Any]) -> dict[str, Any]:
+    from .verify import cpu_identity, summarise, widest_isa
+
+    host = cpu_identity()
+    return {"cpu": host["cpu"], "isa": widest_isa(host["isa"]), "variants": summarise(statuses),
+            "auto": auto}  # fmt: skip
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -94,7 +106,8 @@ def add_parsers(sub: Any) -> None:
     """Register ``info`` and ``verify`` on the top-level sub-parsers."""
     p = sub.add_parser("info", help="describe a bundle: variants, gates, status on this host")
     p.add_argument("bundle")
-    p.add_argument("--json", action="store_true", help="print the manifest")
+    p.add_argument("--json", action="store_true",
+                   help="print the manifest, with each variant's status here under on_this_host")  # fmt: skip
     p.add_argument("--threads", "-t", type=int, default=None)
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("verify", help="run every variant's probe set on this host; print a table")
