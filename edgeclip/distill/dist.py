@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -32,9 +34,6 @@ def world_info() -> tuple[int, int, int]:
     )
 
 
-_WAIT_GROUP = None  # a gloo group for long waits (rank 0 evaluating), whatever the backend
-
-
 def process_group_options(device: torch.device, timeout_s: float) -> tuple[str, dict, dict]:
     """``(backend, init_process_group kwargs, environment to set)`` for a run on ``device``.
 
@@ -54,7 +53,6 @@ def init(timeout_s: float = 120.0) -> tuple[int, int, torch.device]:
 
     The timeout bounds every collective, so a dead peer makes the others fail, not hang.
     """
-    global _WAIT_GROUP
     rank, world, local = world_info()
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -64,7 +62,6 @@ def init(timeout_s: float = 120.0) -> tuple[int, int, torch.device]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, **kwargs)
-        _WAIT_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else None
     return rank, world, device
 
 
@@ -90,10 +87,28 @@ def final_wait_s(base_s: float, eval_images: int, samples_per_s: float, n_params
     return base_s + 3.0 * (eval_images / rate + 30.0 + 4.0 * n_params / 20e6)
 
 
+@contextmanager
+def rank0_alone(timeout_s: float) -> Iterator[None]:
+    """Every process enters; rank 0 works alone inside; the others wait at the exit up to ``timeout_s``.
+
+    gloo's ``monitored_barrier`` applies its ``timeout`` on rank 0 only: the other processes wait
+    with their group's timeout. So the wait gets a gloo group of its own, made here with the
+    sized timeout (whatever the backend). Before, the others waited in a group with the
+    ``--dist-timeout`` and gave up after it, however long rank 0's evaluation and export needed.
+    """
+    if not active():
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    yield  # rank 0's work raising skips the barrier: the others see it stop and fail fast
+    dist.monitored_barrier(group=group, timeout=timedelta(seconds=timeout_s))
+    dist.destroy_process_group(group)
+
+
 def wait_for_rank0(timeout_s: float) -> None:
-    """Barrier with its own timeout (gloo's ``monitored_barrier``), for the end of a run."""
-    if active():
-        dist.monitored_barrier(group=_WAIT_GROUP, timeout=timedelta(seconds=timeout_s))
+    """Wait until every process, rank 0 included, is here (up to ``timeout_s``)."""
+    with rank0_alone(timeout_s):
+        pass
 
 
 def active() -> bool:

@@ -7,7 +7,8 @@ import torch
 
 from edgeclip.tokenizer import tokenize
 
-from .procedural import SHAPES, class_prompts, eval_set
+from . import dist
+from .procedural import COLOURS, HELD_OUT, SHAPES, class_prompts, eval_set
 from .students import encode_image, encode_text
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -74,3 +75,24 @@ def zero_shot(
         "held_out_shape": acc(ho, pred_shape, ev["shape"]),
         "held_out_colour_right": acc(ho, pred // len(SHAPES), ev["colour"]),
     }
+
+
+def eval_images(cfg) -> int:
+    """How many images rank 0 embeds per evaluation of run ``cfg`` (known to every process)."""
+    if not (cfg.eval_every or cfg.data == "procedural"):
+        return 0
+    n_pairs = len(SHAPES) * len(COLOURS)
+    return len(HELD_OUT) * cfg.eval_held_out + (n_pairs - len(HELD_OUT)) * cfg.eval_seen
+
+
+def rank0_eval_set(cfg, rank: int, image_size: int) -> dict | None:
+    """The evaluation images, drawn on rank 0 only (``None`` elsewhere or when none is needed).
+
+    The other processes wait for it with a timeout sized to it: with a large ``--eval-held-out``
+    drawing takes longer than ``--dist-timeout``, and they gave up in the first step's gather.
+    """
+    n = eval_images(cfg)
+    with dist.rank0_alone(dist.final_wait_s(cfg.dist_timeout, n, 0.0, 0)):
+        if rank == 0 and n:
+            return eval_set(cfg.eval_held_out, cfg.eval_seen, image_size=image_size)
+    return None

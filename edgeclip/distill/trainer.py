@@ -27,9 +27,8 @@ from . import checkpoint as ckpt
 from . import dist
 from . import runstate as rs
 from .datasets import IndexedStream, open_stream
-from .evaluate import to_pixels, zero_shot
+from .evaluate import eval_images, rank0_eval_set, to_pixels, zero_shot
 from .export import save_clip_dir
-from .procedural import COLOURS, HELD_OUT, SHAPES, eval_set
 from .progress import Progress
 from .students import logit_scale as scale_of
 from .teacher_cache import TeacherFeatures, store_key
@@ -186,8 +185,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
         cfg=cfg, run=run, rank=rank, world=world, arch=arch, ident=ckpt.identity(info),
         out=Path(cfg.out), tok=_Tokens(arch["context_length"]), amp=dist.autocast_dtype(device),
         tfeat=_teacher_features(cfg, run, stream, arch, info["teacher_digest"], teacher_cache),
-        ev=eval_set(cfg.eval_held_out, cfg.eval_seen, image_size=arch["image_size"])
-        if rank == 0 and (cfg.eval_every or cfg.data == "procedural") else None,
+        ev=rank0_eval_set(cfg, rank, arch["image_size"]),
     )  # fmt: skip
     start = _resume(loop, stream) if cfg.resume else 0
     if rank == 0:
@@ -246,8 +244,9 @@ def _loop(loop: _Loop, stream, start: int) -> int:
             total, parts, gnorm, extra = _train_step(loop, step, imgs, caps, idx)
             done = step + 1
             loop.seen += cfg.batch_size
-            if loop.rank == 0:
-                _log_step(loop, done, total, parts, gnorm, extra, bar)
+            with _eval_wait(loop, done):
+                if loop.rank == 0:
+                    _log_step(loop, done, total, parts, gnorm, extra, bar)
             stopping = cfg.stop_after is not None and done >= cfg.stop_after
             _maybe_checkpoint(
                 loop, done, stopping or (cfg.checkpoint_every > 0 and done == prune_at)
@@ -314,18 +313,18 @@ def _mfd_noise(loop: _Loop, step: int, pixels) -> torch.Tensor:
     ]
 
 
-def _eval_images(cfg: TrainConfig) -> int:
-    """How many images rank 0 embeds per evaluation (known to every process)."""
-    if not (cfg.eval_every or cfg.data == "procedural"):
-        return 0
-    n_pairs = len(SHAPES) * len(COLOURS)
-    return len(HELD_OUT) * cfg.eval_held_out + (n_pairs - len(HELD_OUT)) * cfg.eval_seen
-
-
 def _rate(loop: _Loop) -> float:
     """Training samples per second on this process so far."""
     elapsed = time.perf_counter() - loop.t0
     return loop.seen / loop.world / elapsed if elapsed > 0 and loop.seen else 0.0
+
+
+def _eval_wait(loop: _Loop, done: int):
+    """While rank 0 evaluates mid-run, the others wait for it with a timeout sized to that."""
+    cfg = loop.cfg
+    if not (cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps)):
+        return nullcontext()
+    return dist.rank0_alone(dist.final_wait_s(cfg.dist_timeout, eval_images(cfg), _rate(loop), 0))
 
 
 def _log_step(loop: _Loop, done: int, total, parts, gnorm, extra: dict, bar) -> None:
@@ -365,25 +364,26 @@ def _maybe_checkpoint(loop: _Loop, done: int, force: bool) -> None:
 def _finish(loop: _Loop, info: dict, result: dict) -> dict:
     """Rank 0 evaluates and exports while the others wait (with a timeout sized to it)."""
     cfg, run = loop.cfg, loop.run
-    model = run.model
-    if loop.rank == 0:
-        if loop.evals and loop.evals[-1]["step"] == cfg.steps:
-            result["eval"] = {k: v for k, v in loop.evals[-1].items() if k != "step"}
-        elif loop.ev is not None:
-            result["eval"] = zero_shot(model, loop.ev, run.device)
-        if run.teacher is not None and loop.ev is not None:
-            result["teacher_eval"] = zero_shot(run.teacher, loop.ev, run.device)
-        if run.prune_report is not None:
-            result["pruning"] = run.prune_report
-        extra = {
-            "config": {k: v for k, v in info.items() if k != "extra"},
-            "result": result,
-            **cfg.extra,
-        }
-        save_clip_dir(model.float().cpu(), loop.out, extra)
-        if loop.tfeat is not None:
-            loop.tfeat.save()
-    n_eval = _eval_images(cfg) * (2 if run.teacher is not None else 1)
-    n_params = sum(p.numel() for p in model.parameters())
-    dist.wait_for_rank0(dist.final_wait_s(cfg.dist_timeout, n_eval, _rate(loop), n_params))
+    n_eval = eval_images(cfg) * (2 if run.teacher is not None else 1)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    with dist.rank0_alone(dist.final_wait_s(cfg.dist_timeout, n_eval, _rate(loop), n_params)):
+        if loop.rank == 0:
+            _evaluate_and_export(loop, info, result)
     return result
+
+
+def _evaluate_and_export(loop: _Loop, info: dict, result: dict) -> None:
+    cfg, run = loop.cfg, loop.run
+    model = run.model
+    if loop.evals and loop.evals[-1]["step"] == cfg.steps:
+        result["eval"] = {k: v for k, v in loop.evals[-1].items() if k != "step"}
+    elif loop.ev is not None:
+        result["eval"] = zero_shot(model, loop.ev, run.device)
+    if run.teacher is not None and loop.ev is not None:
+        result["teacher_eval"] = zero_shot(run.teacher, loop.ev, run.device)
+    if run.prune_report is not None:
+        result["pruning"] = run.prune_report
+    extra = {"config": {k: v for k, v in info.items() if k != "extra"}, "result": result, **cfg.extra}
+    save_clip_dir(model.float().cpu(), loop.out, extra)
+    if loop.tfeat is not None:
+        loop.tfeat.save()
