@@ -5,7 +5,7 @@
     edgeclip index --forget PATH --db PATH        # drop a file or a folder from the index
     edgeclip index DIR... --watch [SECONDS]        # then a pass every SECONDS until stopped
     edgeclip search "text" --db PATH [-k 20] [--json]
-    edgeclip search --image IMG --db PATH
+    edgeclip search --image IMG --db PATH [--paths | --null | --preview]
     edgeclip dupes --db PATH [--threshold T] [--json]
 
 Exit status: 0 ok, 1 some files could not be read (the rest are indexed), 2 an error, 130
@@ -89,6 +89,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                        help="only photos under this folder")
         p.add_argument("--paths", action="store_true",
                        help="print the paths alone, one per line (for xargs, feh, ...)")
+        p.add_argument("--null", action="store_true",
+                       help="the paths alone, each ended by a NUL byte (for xargs -0): names "
+                            "holding a newline stay whole")  # fmt: skip
         p.add_argument("--preview", nargs="?", const="auto", default=None,
                        choices=("auto", "kitty", "iterm"),
                        help="draw each hit's thumbnail in the terminal (kitty, Ghostty, WezTerm, "
@@ -291,8 +294,10 @@ def _print_report(args: argparse.Namespace, report: Any) -> None:
     problems = report.failures + [(e, "") for e in report.walk_errors]
     if problems:
         print(f"{len(problems)} files or folders could not be read:", file=sys.stderr)
+        from .walk import printable
+
         for path, reason in problems[:_REPORT_LINES]:
-            print(f"  {path}: {reason}" if reason else f"  {path}", file=sys.stderr)
+            print(f"  {printable(path)}: {reason}" if reason else f"  {path}", file=sys.stderr)
         if len(problems) > _REPORT_LINES:
             print(f"  ... and {len(problems) - _REPORT_LINES} more (--json lists all)", file=sys.stderr)
 
@@ -311,7 +316,10 @@ def _search(args: argparse.Namespace) -> int:
     if args.preview is not None:
         from .terminal_images import choose_protocol
 
-        protocol = choose_protocol(args.preview, "--json" if args.json else "--paths" if args.paths else None)
+        lone = "--null" if args.null else "--paths" if args.paths else None
+        protocol = choose_protocol(args.preview, "--json" if args.json else lone)
+    if args.null and args.json:
+        raise _usage("--null prints paths alone; it does not go with --json (which keeps any name whole).")
     with _open(args, True, max_pixels=_max_pixels(args)) as ix:
         query = Path(args.image) if args.image is not None else args.text
         hits = ix.search(query, k=args.k, exact=args.exact, add=add, subtract=subtract,
@@ -324,8 +332,9 @@ def _search(args: argparse.Namespace) -> int:
 
         print_previews(hits, protocol, _max_pixels(args))
     else:
-        for h in hits:
-            print(h.path if args.paths else f"{h.score:.4f}  {h.path}")
+        from .output import print_hits
+
+        print_hits(hits, paths=args.paths, null=args.null)
     if not hits:  # said on stderr: stdout stays a clean (empty) result list
         print(_no_hits(args, searchable), file=sys.stderr)
     return 0
@@ -356,6 +365,8 @@ def _no_hits(args: argparse.Namespace, searchable: int) -> str:
 
 
 def _dupes(args: argparse.Namespace) -> int:
+    from .walk import printable
+
     with _open(args, True) as ix:
         groups = ix.duplicates(args.threshold)
     if args.json:
@@ -364,7 +375,7 @@ def _dupes(args: argparse.Namespace) -> int:
     for n, group in enumerate(groups, 1):
         print(f"group {n} ({len(group)} images):")
         for h in group:
-            print(f"  {h.score:.4f}  {h.path}")
+            print(f"  {h.score:.4f}  {printable(h.path)}")
     if not groups:
         print(f"no near-duplicates at cosine >= {args.threshold}")
     return 0

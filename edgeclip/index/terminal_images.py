@@ -45,9 +45,10 @@ def choose_protocol(asked: str, conflicting_flag: str | None) -> str:
 def print_previews(hits: list[Any], protocol: str, max_pixels: int) -> None:
     """Each hit's score and path, then its thumbnail; a photo that cannot be read says why."""
     from .thumbnails import render_thumbnail
+    from .walk import printable
 
     for hit in hits:
-        print(f"{hit.score:.4f}  {hit.path}", flush=True)
+        print(f"{hit.score:.4f}  {printable(hit.path)}", flush=True)
         try:
             image = render_thumbnail(hit.path, PREVIEW_PX, max_pixels, "PNG" if protocol == "kitty" else "JPEG")
         except (OSError, EdgeclipError) as exc:  # gone or changed since it was indexed

@@ -233,9 +233,16 @@ def storable(path: str) -> bool:
     return True
 
 
+# Control characters in a name, shown as escapes: raw, a newline splits one name over two lines
+# and an ESC sequence in a name would drive the terminal it is printed to.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+
+
 def printable(path: str) -> str:
-    """``path`` with the bytes of a non-UTF-8 name shown as escapes, safe to print anywhere."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """``path`` with the bytes of a non-UTF-8 name and control characters (newline, tab, ESC)
+    shown as escapes, safe to print anywhere."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROLS)
 
 
 _NOT_UTF8 = ("the name is not valid UTF-8, so the index cannot store it; rename it (for "

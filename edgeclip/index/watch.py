@@ -84,5 +84,7 @@ def _say(report: Any, news: list[tuple[str, str, str]], searchable: int, as_json
         print(json.dumps({"time": stamp, **report.to_dict(), "searchable": searchable}), file=out, flush=True)
         return
     print(f"{stamp} {report.summary()}; {searchable} photos searchable", file=out, flush=True)
+    from .walk import printable
+
     for kind, path, why in news:
-        print(f"  {path}: {why}" if kind == "file" else f"  {path}", file=sys.stderr, flush=True)
+        print(f"  {printable(path)}: {why}" if kind == "file" else f"  {path}", file=sys.stderr, flush=True)
