@@ -49,10 +49,21 @@ def _host_table(statuses: list, files: dict[str, Any]) -> None:
             print(f"{'':<22}   {st.reason}")
 
 
+def _check_threads(threads: int | None) -> None:
+    """Refused before any check runs: a session that cannot open under a bad thread count
+    would otherwise leave a failed verdict in this host's cache for every later load."""
+    from .errors import InputError
+
+    if threads is not None and threads < 0:
+        raise InputError(f"--threads {threads}: give a positive number of threads, or 0 (or "
+                         "leave it out) for the runtime's default, one per core.")  # fmt: skip
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .loader import resolve_bundle, select_variant
     from .selection import verify_all
 
+    _check_threads(args.threads)
     bundle = resolve_bundle(args.bundle)
     statuses = verify_all(bundle, args.threads)
     try:
@@ -86,6 +97,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .selection import verify_all
     from .verify import cpu_identity, summarise, widest_isa
 
+    _check_threads(args.threads)
     bundle = resolve_bundle(args.bundle)
     if args.refresh:
         bundle = refresh(bundle)

@@ -165,6 +165,11 @@ class Backend:
         precision: str | None = None,
     ) -> LiteRtSession:
         self.check_device(device)
+        if threads is not None and (type(threads) is not int or threads < 0):
+            # An InputError: this call's setting is wrong, not the graph, so the on-device check
+            # records no failed verdict for the variant (LiteRT refuses num_threads < 1).
+            raise InputError(f"LiteRT threads={threads!r}: give a positive number of threads, "
+                             "or 0 / None for the runtime's default.")  # fmt: skip
         interpreter_cls, package = _interpreter_class()
         it = interpreter_cls(model_path=str(path), num_threads=int(threads) if threads else None)
         if package == "tflite-runtime" and is_dynamic_range(it):  # pragma: no cover
