@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeclip.errors import BatchError, InputError
+from edgeclip.errors import BatchError, InputError, ModelNotFoundError
 from edgeclip.images import DEFAULT_MAX_PIXELS
 
 from . import indexer, maintenance, vectors
@@ -99,7 +99,19 @@ class Index:
         same = arg is None or recorded.get("name") in (os.path.abspath(name), _model_name(name))
         backend = self._backend or (recorded.get("backend") if same else None) or "auto"
         precision = self._precision or (recorded.get("precision") if same else None) or "auto"
-        return edgeclip.load(name, backend=backend, precision=precision, threads=self._threads)
+        try:
+            return edgeclip.load(name, backend=backend, precision=precision, threads=self._threads)
+        except ModelNotFoundError as e:
+            if arg is not None or "name" not in recorded:
+                raise
+            # The model was not asked for but read from the index: say so, and how to go on
+            # (a bundle folder moved or deleted since the index was built).
+            raise ModelNotFoundError(
+                f"the index {self.path} was built with the model {name}, which cannot be loaded "
+                f"now ({e}) Give the same model where it is now with --model (an `edgeclip "
+                "index` run with it records the new place), or rebuild with another: `edgeclip index DIR --db "
+                f"{self.path} --model M --reindex`."
+            ) from e
 
     def _check_model(self, writing: bool) -> None:
         """Refuse vectors from another model; record the model on an index's first write."""
@@ -113,6 +125,12 @@ class Index:
         if writing and (recorded is None or rebuild):
             maintenance.reset(self, fp, _model_record(self.model, self._model_arg))
             self._reindex = False
+        elif writing and self._model_arg is not None:
+            # The same model given from elsewhere (its bundle moved): remember where it is now,
+            # so a search without --model finds it.
+            record = _model_record(self.model, self._model_arg)
+            if record != self.store.get_json("model"):
+                self.store.set_meta({"model": record})
         self._checked = True
 
     # -- storage -------------------------------------------------------------------------------
