@@ -13,6 +13,7 @@ import csv
 import io
 import os
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,22 @@ _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 def to_square(image: Image.Image, size: int) -> np.ndarray:
-    """CLIP-style: shortest side → ``size`` (bicubic), centre crop; (size, size, 3) uint8."""
-    image = image.convert("RGB")
-    w, h = image.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    image = image.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    """CLIP-style: shortest side → ``size`` (bicubic), centre crop; (size, size, 3) uint8.
+
+    edgeclip's own preprocessing (transformers' arithmetic) with the config ``export`` writes,
+    so a student trains on the pixels its bundle gives it. Before, the long side was rounded
+    where transformers truncates: a pixel off on some aspect ratios (cos 0.98 on noise images).
+    """
+    return np.asarray(_resizer(size).resize_crop(image.convert("RGB")), dtype=np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _resizer(size: int):
+    from edgeclip.preprocess import Preprocessor
+
+    from .export import preprocessor_config
+
+    return Preprocessor.from_hf(preprocessor_config(size), threads=1)
 
 
 def decode_image(data: bytes | str | Path, size: int) -> np.ndarray:

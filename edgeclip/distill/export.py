@@ -35,6 +35,17 @@ def write_tokenizer_files(out: Path, context_length: int) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
 
+def preprocessor_config(size: int) -> dict:
+    """The exported ``preprocessor_config.json``: CLIP's resize, centre crop and normalisation."""
+    return {
+        "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
+        "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": size, "width": size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": list(MEAN), "image_std": list(STD), "do_convert_rgb": True,
+    }  # fmt: skip
+
+
 def save_clip_dir(model, out: str | Path, extra: dict | None = None) -> Path:
     """Save ``model`` (a transformers CLIPModel) with preprocessor and tokenizer files.
 
@@ -52,14 +63,7 @@ def save_clip_dir(model, out: str | Path, extra: dict | None = None) -> Path:
     with quiet_transformers():
         model.save_pretrained(str(stage), safe_serialization=True)
     arch = arch_of(model)
-    size = arch["image_size"]
-    pre = {
-        "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
-        "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
-        "do_center_crop": True, "crop_size": {"height": size, "width": size},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": list(MEAN), "image_std": list(STD), "do_convert_rgb": True,
-    }  # fmt: skip
+    pre = preprocessor_config(arch["image_size"])
     (stage / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     write_tokenizer_files(stage, arch["context_length"])
     if extra is not None:
