@@ -185,10 +185,26 @@ def search(
 
 
 def _under(folder: str | None) -> Any:
+    """Whether a stored path lies under ``folder``, as named or through symlinks: a library
+    indexed as ``~/Pictures`` (a link to ``/data/pics``) is also under ``/data/pics/2024``,
+    and the other way round. Folders are resolved once each, not once per hit."""
     if folder is None:
         return lambda path: True
     prefix = folder.rstrip(os.sep) + os.sep
-    return lambda path: path == folder or path.startswith(prefix)
+    real = os.path.realpath(folder)
+    real_prefix = real.rstrip(os.sep) + os.sep
+    resolved: dict[str, str] = {}
+
+    def keep(path: str) -> bool:
+        if path == folder or path.startswith(prefix):
+            return True
+        parent = os.path.dirname(path)
+        if parent not in resolved:
+            resolved[parent] = os.path.realpath(parent)
+        whole = os.path.join(resolved[parent], os.path.basename(path))
+        return whole == real or whole.startswith(real_prefix)
+
+    return keep
 
 
 def _search_once(
