@@ -1,9 +1,11 @@
-"""Can this student learn from this teacher? Same tokenizer, context length, image size.
+"""Can this student learn from this teacher? Same tokenizer, context length, image size, pixels.
 
 Both models read the same token ids and pixels (the trainer tokenises each caption once, with
 edgeclip's CLIP BPE, at the student's context length), so a teacher whose tokenizer or context
-length differs would see ids it was not trained on, or captions truncated elsewhere. Those
-pairings are refused with both values named.
+length differs would see ids it was not trained on, or captions truncated elsewhere. Pixels
+are normalised with CLIP's mean and std, so a teacher whose ``preprocessor_config.json`` names
+another normalisation would see other pixels than it was trained on. Those pairings are refused
+with both values named.
 """
 
 from __future__ import annotations
@@ -85,4 +87,28 @@ def check_pairing(teacher_arch: dict, student_arch: dict, teacher_dir: str | Pat
         raise InputError(
             f"teacher image size {t_img} != student image size {s_img}: both see the same pixels, "
             f"so pick a student with image_size {t_img}"
+        )
+    if teacher_dir is not None:
+        check_teacher_pixels(teacher_dir)
+
+
+def check_teacher_pixels(teacher_dir: str | Path) -> None:
+    """Refuse a teacher whose saved image normalisation is not CLIP's (the pixels both models get)."""
+    from .evaluate import MEAN, STD
+
+    path = Path(teacher_dir) / "preprocessor_config.json"
+    if not path.is_file():
+        return  # nothing saved: CLIP's is the only one known
+    try:
+        pre = json.loads(path.read_text(encoding="utf-8"))
+        mean, std = pre.get("image_mean", MEAN), pre.get("image_std", STD)
+        ok = all(abs(float(a) - b) < 1e-4 for a, b in zip(mean, MEAN)) and len(mean) == 3
+        ok = ok and all(abs(float(a) - b) < 1e-4 for a, b in zip(std, STD)) and len(std) == 3
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+        raise InputError(f"teacher preprocessor config {path} is not readable: {e}") from None
+    if not ok:
+        raise InputError(
+            f"teacher {path} normalises pixels with image_mean {mean} and image_std {std}, not CLIP's "
+            f"{list(MEAN)} and {list(STD)} that distillation feeds both models: the teacher would see "
+            "other pixels than it was trained on; use a teacher trained with CLIP's normalisation"
         )
