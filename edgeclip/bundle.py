@@ -31,24 +31,32 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def file_table(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file under ``directory`` except the manifest, by relative path."""
+def file_table(directory: str | os.PathLike,
+               only: list[str] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """sha256 and size of every file under ``directory`` (or just the relative paths ``only``)
+    except the manifest and its temporary copies, by relative path."""
     root = Path(directory)
+    paths = [root / rel for rel in only] if only is not None else root.rglob("*")
     table = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in paths if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST:
+        if rel == MANIFEST or rel.startswith(MANIFEST + "."):  # a killed write's .tmp is no part
             continue
         table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return table
 
 
-def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write ``manifest.json`` into ``directory``, filling in the format fields and the file table."""
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any],
+                   add: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write ``manifest.json`` into ``directory``, filling in the format fields and the file
+    table: of every file there, or (``add``) the manifest's table as it is plus these files."""
     manifest = dict(manifest)
     manifest.setdefault("format", FORMAT)
     manifest.setdefault("format_version", FORMAT_VERSION)
-    manifest["files"] = file_table(directory)
+    if add is None:
+        manifest["files"] = file_table(directory)
+    else:  # listed files keep their recorded sha256: an altered one stays refused
+        manifest["files"] = {**(manifest.get("files") or {}), **file_table(directory, add)}
     path = Path(directory) / MANIFEST
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

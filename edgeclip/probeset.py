@@ -221,7 +221,11 @@ def refresh(bundle: Any) -> Any:
     existed = folder.exists()
     try:
         manifest["probe"] = reference_probe(bundle.root, manifest, "reference variant")
-        write_manifest(bundle.root, manifest)
+        # The files listed before as they were, plus the probe's: not whatever else lies in
+        # the folder now (a .DS_Store listed would refuse the bundle once deleted; an altered
+        # graph re-hashed would pass). A bundle from before file tables gets one of every file.
+        probe = [manifest["probe"][k] for k in ("images", "texts", "reference_image", "reference_text")]
+        write_manifest(bundle.root, manifest, add=probe if manifest.get("files") else None)
     except OSError as exc:  # read-only copy, full disk: the bundle stays as it was
         if not existed:
             shutil.rmtree(folder, ignore_errors=True)

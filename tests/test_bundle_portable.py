@@ -146,3 +146,31 @@ def test_info_on_a_manifest_of_the_wrong_shape_is_one_line(micro_bundle, tmp_pat
     done = _cli("info", str(bundle), home=tmp_path / "home")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{bundle / MANIFEST} is not an edgeclip manifest" in done.stderr
+
+
+def test_refresh_lists_the_probe_only_and_keeps_an_altered_variant_refused(micro_bundle, tmp_path):
+    old = _without_probe(micro_bundle, tmp_path / "old")
+    manifest = json.loads((old / MANIFEST).read_text())
+    extra = json.loads(json.dumps(manifest["variants"][0]).replace("onnx-fp32/", "onnx-copy/"))
+    extra.update(id="onnx-copy", precision="fp16", options={})
+    manifest["variants"].append(extra)
+    shutil.copytree(old / "onnx-fp32", old / "onnx-copy")
+    listed = set(write_manifest(old, manifest)["files"])
+    with open(old / "onnx-copy" / "text.onnx", "ab") as fh:
+        fh.write(b"\0")  # altered after the manifest recorded it
+    (old / "manifest.json.tmp").write_text('{"half')  # what a killed manifest write leaves
+    (old / ".DS_Store").write_bytes(b"Finder")
+    done = _cli("verify", str(old), "--refresh", "--json", home=tmp_path / "home")
+    # Before: the refresh re-hashed every file in the folder: the altered graph was trusted
+    # again, and the stray files were listed (manifest.json.tmp, consumed by the write itself,
+    # was then "missing" and the whole bundle refused).
+    assert done.returncode == 1, done.stderr
+    rows = {r["variant"]: r for r in json.loads(done.stdout)["variants"]}
+    assert rows["onnx-fp32"]["state"] == "passed"
+    assert rows["onnx-copy"]["state"] == "failed"
+    assert "onnx-copy/text.onnx" in rows["onnx-copy"]["reason"]
+    files = json.loads((old / MANIFEST).read_text())["files"]
+    probe = {f"probe/{n}.npy" for n in ("images", "texts", "reference_image", "reference_text")}
+    assert set(files) == listed | probe  # no .DS_Store, no manifest.json.tmp
+    (old / ".DS_Store").unlink()
+    assert _cli("verify", str(old), home=tmp_path / "home").returncode == 1  # still only onnx-copy
