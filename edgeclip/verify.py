@@ -154,8 +154,10 @@ def check(variant: Variant, probe: Probe, towers: tuple[Any, Any]) -> dict[str, 
 
 def _error_result(probe: Probe, exc: Exception, start: float) -> dict[str, Any]:
     """A failed check for a variant whose session cannot be built or run on this host."""
+    # Capped for the cache file, but wide enough to keep the runtime's own reason: a
+    # GraphOpenError puts the (long) graph path and variant first.
     measured: dict[str, Any] = {"reference": probe.reference,
-                                "error": f"{type(exc).__name__}: {exc}"[:300]}  # fmt: skip
+                                "error": f"{type(exc).__name__}: {exc}"[:1200]}  # fmt: skip
     result = {"parity": measured, "gate": gate.decide(measured),
               "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
     if isinstance(exc, (MemoryError, InterruptedError)):
