@@ -47,3 +47,21 @@ def test_under_matches_a_folder_by_its_real_name_and_by_a_link(micro_bundle, tmp
     assert _paths(by_name, str(link / "2024"))[0] == [str(real / "2024" / n) for n in ("a.png", "b.png")]
     found, said = _paths(by_name, str(real / "2024-o"))  # a prefix of a name is not a folder
     assert found == [] and "none of the 3 photos" in said
+
+
+def test_forget_matches_a_folder_by_its_real_name_and_by_a_link(micro_bundle, tmp_path):
+    from edgeclip.index import Index
+
+    real, link = tmp_path / "data" / "pics", tmp_path / "Pictures"
+    (real / "2024").mkdir(parents=True)
+    (real / "2024-old").mkdir()
+    for shot, rel in zip(_shapes(3), ("2024/a.png", "2024/b.png", "2024-old/c.png")):
+        shot.save(real / rel)
+    link.symlink_to(real, target_is_directory=True)
+    for root, other in ((link, real), (real, link)):
+        with Index(tmp_path / f"{root.name}.db", micro_bundle) as ix:
+            assert ix.update([root]).embedded == 3
+            # before: 0 dropped, the photos kept, through the other name of the folder
+            assert ix.remove([other / "2024"]) == 2
+            assert [r.path for r in ix.store.rows()] == [str(root / "2024-old" / "c.png")]
+            assert ix.remove([other / "2024-o"]) == 0  # a prefix of a name is not a folder

@@ -251,7 +251,8 @@ class Index:
     def remove(self, paths: list[str | os.PathLike]) -> int:
         """Drop these files, or everything under these folders, from the index; returns the count."""
         with WriterLock(self.path, self.wait):
-            return maintenance.remove(self, [os.path.abspath(os.fspath(p)) for p in paths])
+            return maintenance.remove(self, [os.path.abspath(os.fspath(p)) for p in paths],
+                                      through_links=True)  # fmt: skip
 
     # -- reading -------------------------------------------------------------------------------
     def embed_query(self, query: Any) -> np.ndarray:

@@ -108,17 +108,25 @@ def compact(index: Any) -> None:
     _remove_stale_files(index)
 
 
-def remove(index: Any, paths: list[str]) -> int:
-    """Delete the rows of these files, or of every file under these folders."""
+def remove(index: Any, paths: list[str], through_links: bool = False) -> int:
+    """Delete the rows of these files, or of every file under these folders; with
+    ``through_links``, a name that matches no stored path as written also matches the photos
+    under it once symlinks are resolved (``--forget /data/pics`` for a library indexed as
+    ``~/Pictures``, a link to it), as ``search --under`` does."""
     from .store import under_folder
 
     with index.store.transaction():
         n = 0
         for p in paths:
             clause, bounds = under_folder(p)
-            n += index.store.con.execute(
+            hit = index.store.con.execute(
                 f"DELETE FROM files WHERE path = ? OR {clause}", (p, *bounds)
             ).rowcount
+            if not hit and through_links:
+                keep = _under(p)
+                linked = [(r.path,) for r in index.store.rows() if keep(r.path)]
+                hit = index.store.con.executemany("DELETE FROM files WHERE path = ?", linked).rowcount
+            n += hit
     return n
 
 
