@@ -24,8 +24,10 @@ def _header(bundle: Any) -> None:
     print("arch      " + ", ".join(f"{k}={v}" for k, v in (m.get("architecture") or {}).items()))
     print(f"logit     scale {bundle.logit_scale:.4g};  preprocess {bundle.preprocess}")
     probe = m.get("probe")
-    print(f"probe     {probe['n_images']} images, {probe['n_texts']} texts, "
-          f"{len(probe['labels'])} labels; reference {probe['reference']}" if probe
+    # .get: the check needs only the probe's files, so a manifest without these still works
+    print(f"probe     {probe.get('n_images', '?')} images, {probe.get('n_texts', '?')} texts, "
+          f"{len(probe.get('labels') or [])} labels; reference {probe.get('reference', '?')}"
+          if probe
           else "probe     none (older bundle): `edgeclip verify BUNDLE --refresh` adds one")  # fmt: skip
 
 

@@ -71,3 +71,15 @@ def test_info_json_and_table_agree_on_a_damaged_variant(micro_bundle, tmp_path):
     table = _info(bundle, home).stdout
     assert _table_states(table, list(states)) == states
     assert f"auto on this host: {host['auto']['variant']} (" in table
+
+
+def test_info_on_a_probe_entry_without_its_counts_prints_the_table(micro_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(micro_bundle, bundle)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    for key in ("n_images", "labels"):  # the on-device check reads only the probe's files
+        manifest["probe"].pop(key)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    done = _info(bundle, tmp_path / "home")  # before: KeyError 'n_images' traceback, exit 1
+    assert "probe     ? images, 16 texts, 0 labels; reference torch-fp32" in done.stdout
+    assert _table_states(done.stdout, ["onnx-fp32"]) == {"onnx-fp32": "passed"}
