@@ -255,7 +255,8 @@ def _interrupted(args) -> int:
     state = Path(args.out) / "train_state.pt"
     kept = (f"the last checkpoint is {str(state)!r}: run the same command with --resume to continue"
             if state.is_file() else "no checkpoint was written (--checkpoint-every N keeps one)")  # fmt: skip
-    print(f"edgeclip {args.command}: interrupted; {kept}", file=sys.stderr)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process is interrupted: one line
+        print(f"edgeclip {args.command}: interrupted; {kept}", file=sys.stderr)
     return 130  # 128 + SIGINT, as shells report
 
 
