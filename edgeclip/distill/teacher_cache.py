@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,20 @@ class TeacherFeatures:
 
 
 def _load(path: Path | None, n_items: int, dim: int) -> dict | None:
+    """The store saved at ``path``; ``None`` when there is none, or (with a warning) when it is
+    damaged or of another shape: it is only a cache, so the embeddings are computed again and the
+    file is rewritten at the end of the run. Before, a damaged file was torch's traceback."""
     if path is None or not path.is_file():
         return None
-    store = torch.load(path, map_location="cpu", weights_only=True)
-    ok = tuple(store.get("img", torch.empty(0)).shape) == (n_items, dim) and store[
-        "have"
-    ].shape == (n_items,)
-    return store if ok else None
+    try:
+        store = torch.load(path, map_location="cpu", weights_only=True)
+        ok = (isinstance(store, dict) and tuple(store["img"].shape) == (n_items, dim)
+              and tuple(store["txt"].shape) == (n_items, dim) and tuple(store["have"].shape) == (n_items,))  # fmt: skip
+        why = "" if ok else f"it does not hold {n_items} items of {dim} dims"
+    except Exception as e:  # noqa: BLE001 - whatever torch raises for a damaged file
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if why:
+        warnings.warn(f"teacher cache file {path} is not usable ({why}); the teacher's embeddings are "
+                      "computed again and the file rewritten", RuntimeWarning, stacklevel=2)  # fmt: skip
+        return None
+    return store
