@@ -119,14 +119,15 @@ class Probe:
             ids = np.load(bundle.path_of(meta["texts"]), allow_pickle=False).astype(np.int64)
             ref_i = np.load(bundle.path_of(meta["reference_image"]), allow_pickle=False)
             ref_t = np.load(bundle.path_of(meta["reference_text"]), allow_pickle=False)
-        except (OSError, ValueError, KeyError) as exc:
+            n_texts, reference = int(meta["n_texts"]), str(meta["reference"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(
-                f"bundle {bundle.root}: its probe set cannot be read ({exc}); re-convert it or "
-                "run `edgeclip verify BUNDLE --refresh`."
+                f"bundle {bundle.root}: its probe set cannot be read ({type(exc).__name__}: "
+                f"{exc}); re-convert it or run `edgeclip verify BUNDLE --refresh`."
             ) from exc
         pixels = Preprocessor(bundle.preprocess or None).normalise(crops)
-        return cls(pixels, ids, int(meta["n_texts"]), list(meta.get("labels") or []),
-                   ref_i.astype(np.float32), ref_t.astype(np.float32), str(meta["reference"]))  # fmt: skip
+        return cls(pixels, ids, n_texts, list(meta.get("labels") or []),
+                   ref_i.astype(np.float32), ref_t.astype(np.float32), reference)  # fmt: skip
 
 
 def crops_from_pixels(pixels: np.ndarray, preprocess: dict[str, Any] | None) -> np.ndarray:
@@ -210,12 +211,17 @@ def reference_probe(root: Path, manifest: dict[str, Any], name: str) -> dict[str
 
 
 def refresh(bundle: Any) -> Any:
-    """Give an older bundle (no probe set) one, from its reference variant on this host; the
-    manifest is rewritten atomically with the new files' sha256. Returns the reopened bundle."""
+    """Give an older bundle (no probe set, or one that cannot be read) one, from its reference
+    variant on this host; the manifest is rewritten atomically with the new files' sha256.
+    Returns the reopened bundle."""
     from .bundle import Bundle, write_manifest
 
     if bundle.manifest.get("probe"):
-        return bundle
+        try:
+            Probe.load(bundle)
+            return bundle
+        except IntegrityError:
+            pass  # unreadable: made anew below, as the error that names it advises
     manifest = dict(bundle.manifest)
     folder = Path(bundle.root) / PROBE_DIR
     existed = folder.exists()

@@ -174,3 +174,24 @@ def test_refresh_lists_the_probe_only_and_keeps_an_altered_variant_refused(micro
     assert set(files) == listed | probe  # no .DS_Store, no manifest.json.tmp
     (old / ".DS_Store").unlink()
     assert _cli("verify", str(old), home=tmp_path / "home").returncode == 1  # still only onnx-copy
+
+
+@pytest.mark.parametrize("key", ["reference_text", "n_texts"])
+def test_an_unreadable_probe_entry_is_named_and_refresh_repairs_it(micro_bundle, tmp_path, key):
+    bundle = tmp_path / "b"
+    shutil.copytree(micro_bundle, bundle)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["probe"].pop(key)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    home = tmp_path / "home"
+    done = _cli("verify", str(bundle), home=home)
+    # Before: n_texts missing was a KeyError traceback; either way the advice it gave
+    # (`verify --refresh`) did nothing, since refresh skipped any bundle with a probe entry.
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"bundle {bundle}: its probe set cannot be read (KeyError: '{key}')" in done.stderr
+    assert "`edgeclip verify BUNDLE --refresh`" in done.stderr
+    done = _cli("verify", str(bundle), "--refresh", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    assert [r["state"] for r in json.loads(done.stdout)["variants"]] == ["passed"]
+    probe = Bundle.open(bundle).manifest["probe"]
+    assert key in probe and probe["reference"].startswith("reference variant on ")
