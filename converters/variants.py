@@ -115,12 +115,24 @@ def check_requested(backends: str | Iterable[str], precisions: str | Iterable[st
     backs = parse_list(backends, BACKENDS, "backend", _ALIASES)
     if not backs:
         raise InputError(f"--backend {backends!r} names no backend; choose from: {', '.join(BACKENDS)}.")
-    if not parse_list(precisions, PRECISIONS, "precision"):
+    precs = parse_list(precisions, PRECISIONS, "precision")
+    if not precs:
         raise InputError(
             f"--precision {precisions!r} names no precision; choose from: {', '.join(PRECISIONS)}."
         )
+    if not any(_offered(b, p) for b in backs for p in precs):
+        # Not one variant could be built: refused now, not after an export that ships none.
+        offers = "; ".join(f"{b}: {', '.join(p for p in PRECISIONS if _offered(b, p))}" for b in backs)
+        raise InputError(f"--backend {backends!r} --precision {precisions!r}: no backend "
+                         f"offers any of these precisions ({offers}); pick one of those.")  # fmt: skip
     for b in backs:
         check_convert_deps(b)
+
+
+def _offered(backend: str, precision: str) -> bool:
+    """Whether ``backend`` builds ``precision`` (the reference onnx-fp32 is always built)."""
+    return ((backend, precision) == ("onnx", "fp32") or (backend, precision) in REGISTRY
+            or (precision == "int8" and backend in SEARCH_MODULES))  # fmt: skip
 
 
 def get_builder(backend: str, precision: str) -> Builder:
