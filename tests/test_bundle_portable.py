@@ -41,7 +41,8 @@ def read_only(folder: Path):
             for p in paths:
                 p.chmod(p.stat().st_mode | 0o200)
         return
-    flag = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    flag = bool(shutil.which("chattr")) and subprocess.run(
+        ["chattr", "+i", str(folder)], capture_output=True).returncode == 0
     if not flag:
         subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
         subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
