@@ -83,3 +83,14 @@ def test_a_long_evaluation_on_rank0_does_not_fail_the_run(tmp_path, teacher_dir)
     for rc, _, err in _two(argv, timeout=240):
         assert rc == 0, err[-2000:]
     assert (out / "model.safetensors").is_file()
+
+
+def test_a_process_whose_peers_never_join_stops_with_one_line(tmp_path, teacher_dir):
+    # rank 0 of 2 started alone (before: torch's DistStoreError traceback)
+    argv = [sys.executable, "-m", "edgeclip.distill", "distill", "--teacher", str(teacher_dir), "--student",
+            "micro", "--steps", "2", "--batch-size", "8", "--procedural-size", "16", "--dist-timeout", "3",
+            "--no-progress", "-o", str(tmp_path / "s")]  # fmt: skip
+    p = subprocess.run(argv, cwd=REPO, env=_env(0, _free_port()), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "error: process 0 of 2: the processes did not all join at 127.0.0.1:" in p.stderr
+    assert "within --dist-timeout 3 s" in p.stderr and "torchrun --nproc_per_node 2" in p.stderr

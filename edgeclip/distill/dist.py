@@ -61,7 +61,16 @@ def init(timeout_s: float = 120.0) -> tuple[int, int, torch.device]:
             os.environ.setdefault(k, v)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend, **kwargs)
+        try:
+            dist.init_process_group(backend, **kwargs)
+        except (RuntimeError, ConnectionError, ValueError) as e:  # before: torch's traceback
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise DistributedError(
+                f"process {rank} of {world}: the processes did not all join at {where} within "
+                f"--dist-timeout {timeout_s:g} s ({reason}); start all {world} together "
+                f"(torchrun --nproc_per_node {world} ...)"
+            ) from None
     return rank, world, device
 
 
