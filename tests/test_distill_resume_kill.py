@@ -61,3 +61,22 @@ def test_a_killed_run_resumes_to_the_uninterrupted_run_and_log(tmp_path, teacher
 
     wa, wb = (load_file(tmp_path / d / "model.safetensors") for d in ("a", "b"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_an_unfinished_run_in_an_earlier_runs_folder_does_not_look_finished(tmp_path, teacher_dir):
+    from edgeclip.distill.trainer import TrainConfig, train
+
+    def cfg(**kw):
+        return TrainConfig(student="micro", out=str(tmp_path / "s"), teacher=str(teacher_dir), steps=4,
+                           batch_size=8, procedural_size=16, eval_held_out=1, eval_seen=1, progress=False, **kw)  # fmt: skip
+
+    train(cfg(lr=1e-3))
+    assert (tmp_path / "s" / "config.json").is_file()
+    train(cfg(lr=2e-3, stop_after=2))  # stopped (or killed) before its export
+    # before: the first run's config.json and edgeclip_distill.json stayed beside the second
+    # run's checkpoint, so `edgeclip convert` took the folder for a finished model (the old one)
+    assert not (tmp_path / "s" / "config.json").exists()
+    assert not (tmp_path / "s" / "edgeclip_distill.json").exists()
+    train(cfg(lr=2e-3, resume=True))
+    meta = json.loads((tmp_path / "s" / "edgeclip_distill.json").read_text())
+    assert meta["config"]["lr"] == 2e-3 and (tmp_path / "s" / "config.json").is_file()

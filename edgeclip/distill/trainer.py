@@ -190,6 +190,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
     start = _resume(loop, stream) if cfg.resume else 0
     if rank == 0:
         loop.out.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "edgeclip_distill.json"):  # an earlier run's export: the
+            (loop.out / name).unlink(missing_ok=True)  # folder is not a finished model until ours
         if cfg.resume:
             ckpt.trim_log(loop.out / "train_log.jsonl", start)
         else:
