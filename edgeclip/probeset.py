@@ -214,7 +214,7 @@ def refresh(bundle: Any) -> Any:
     """Give an older bundle (no probe set, or one that cannot be read) one, from its reference
     variant on this host; the manifest is rewritten atomically with the new files' sha256.
     Returns the reopened bundle."""
-    from .bundle import Bundle, write_manifest
+    from .bundle import Bundle, Variant, write_manifest
 
     if bundle.manifest.get("probe"):
         try:
@@ -222,6 +222,14 @@ def refresh(bundle: Any) -> Any:
             return bundle
         except IntegrityError:
             pass  # unreadable: made anew below, as the error that names it advises
+    variants = map(Variant.from_dict, bundle.manifest.get("variants") or [])
+    ref = next((v.id for v in variants if v.is_reference), None)
+    if ref in bundle.damaged:  # the probe's reference would come from files failing their sha256
+        raise IntegrityError(
+            f"bundle {bundle.root}: its reference variant {ref} is damaged "
+            f"({'; '.join(bundle.damaged[ref])}), so no probe set can be made from it; "
+            "re-download or re-convert the bundle."
+        )
     manifest = dict(bundle.manifest)
     folder = Path(bundle.root) / PROBE_DIR
     existed = folder.exists()

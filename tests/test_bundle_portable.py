@@ -149,14 +149,19 @@ def test_info_on_a_manifest_of_the_wrong_shape_is_one_line(micro_bundle, tmp_pat
     assert f"{bundle / MANIFEST} is not an edgeclip manifest" in done.stderr
 
 
-def test_refresh_lists_the_probe_only_and_keeps_an_altered_variant_refused(micro_bundle, tmp_path):
-    old = _without_probe(micro_bundle, tmp_path / "old")
+def _with_a_copy_variant(old: Path) -> set[str]:
+    """Add ``onnx-copy`` (the reference's graphs copied) to ``old``; its file table's paths."""
     manifest = json.loads((old / MANIFEST).read_text())
     extra = json.loads(json.dumps(manifest["variants"][0]).replace("onnx-fp32/", "onnx-copy/"))
     extra.update(id="onnx-copy", precision="fp16", options={})
     manifest["variants"].append(extra)
     shutil.copytree(old / "onnx-fp32", old / "onnx-copy")
-    listed = set(write_manifest(old, manifest)["files"])
+    return set(write_manifest(old, manifest)["files"])
+
+
+def test_refresh_lists_the_probe_only_and_keeps_an_altered_variant_refused(micro_bundle, tmp_path):
+    old = _without_probe(micro_bundle, tmp_path / "old")
+    listed = _with_a_copy_variant(old)
     with open(old / "onnx-copy" / "text.onnx", "ab") as fh:
         fh.write(b"\0")  # altered after the manifest recorded it
     (old / "manifest.json.tmp").write_text('{"half')  # what a killed manifest write leaves
@@ -196,3 +201,18 @@ def test_an_unreadable_probe_entry_is_named_and_refresh_repairs_it(micro_bundle,
     assert [r["state"] for r in json.loads(done.stdout)["variants"]] == ["passed"]
     probe = Bundle.open(bundle).manifest["probe"]
     assert key in probe and probe["reference"].startswith("reference variant on ")
+
+
+def test_refresh_refuses_to_make_a_probe_from_a_damaged_reference(micro_bundle, tmp_path):
+    old = _without_probe(micro_bundle, tmp_path / "old")
+    _with_a_copy_variant(old)
+    with open(old / "onnx-fp32" / "image.onnx", "ab") as fh:
+        fh.write(b"\0")  # the reference altered; onnx-copy intact, so the bundle still opens
+    manifest = (old / MANIFEST).read_bytes()
+    done = _cli("verify", str(old), "--refresh", home=tmp_path / "home")
+    # Before: the probe's reference embeddings were computed from the altered graph, and every
+    # other variant was then judged against them.
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"bundle {old}: its reference variant onnx-fp32 is damaged (onnx-fp32/image.onnx: " in done.stderr
+    assert "re-download or re-convert the bundle" in done.stderr
+    assert (old / MANIFEST).read_bytes() == manifest and not (old / "probe").exists()
