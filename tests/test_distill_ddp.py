@@ -148,3 +148,32 @@ def test_a_dying_process_stops_the_others(tmp_path, teacher_dir):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_unreadable_images_are_counted_over_every_process(tmp_path, teacher_dir):
+    from PIL import Image
+
+    rows = ["image,caption"]
+    for k in range(8):
+        Image.new("RGB", (40, 40), (25 * k, 100, 0)).save(tmp_path / f"{k}.png")
+        rows.append(f"{k}.png,picture {k}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows + ["missing1.png,gone", "missing2.png,gone"]) + "\n")
+
+    def argv(out):
+        return ["distill", "--teacher", teacher_dir, "--student", "micro", "--data", str(tmp_path / "pairs.csv"),
+                "--steps", "3", "--batch-size", "4", "--eval-held-out", "1", "--no-progress", "-o", str(out)]  # fmt: skip
+
+    procs = _launch(argv(tmp_path / "one"), 1) + _launch(argv(tmp_path / "two"), 2)
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    # before: 2 processes reported rank 0's count alone (1: the other bad row was rank 1's)
+    assert json.loads(outs[0])["skipped"] == json.loads(outs[1])["skipped"] == 2
+    assert [json.loads(x)["skipped"] for x in open(tmp_path / "two" / "train_log.jsonl")][-1] == 2

@@ -172,6 +172,15 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         off += n
 
 
+def total(n: int, device: torch.device) -> int:
+    """``n`` summed over the processes (``n`` itself on one process)."""
+    if not active():
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def all_gather_object(obj):
     if not active():
         return [obj]

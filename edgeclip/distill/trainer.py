@@ -167,6 +167,7 @@ class _Loop:
     stream_state: dict = field(default_factory=dict)
     evals: list = field(default_factory=list)
     seen: int = 0
+    skipped: int = 0  # unreadable items, all processes together
     t0: float = 0.0
 
 
@@ -198,7 +199,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
             (loop.out / "train_log.jsonl").write_text("")
     done = _loop(loop, stream, start)
     result = {"out": str(loop.out), "steps": done, "elapsed_s": time.perf_counter() - loop.t0,
-              "skipped": loop.stream_state["skipped"]}  # fmt: skip
+              "skipped": loop.skipped}  # fmt: skip
     if loop.run.teacher is not None:  # teacher forwards this run needed (0 with a warm cache)
         result["teacher_items_computed"] = loop.tfeat.computed if loop.tfeat else 0
     if done < cfg.steps:  # stopped early: the checkpoint is the output
@@ -237,12 +238,14 @@ def _loop(loop: _Loop, stream, start: int) -> int:
         bar = Progress(cfg.steps, start, "distill" if loop.tfeat is not None else "train")
     batches = _prefetch(stream)
     loop.t0, loop.stream_state = time.perf_counter(), stream.state()
+    loop.skipped = dist.total(loop.stream_state["skipped"], run.device)
     done = start
     try:
         for step in range(start, cfg.steps):
             if run.phase == "masked" and step == prune_at:
                 rs.prune_now(run)
             imgs, caps, idx, loop.stream_state = next(batches)
+            loop.skipped = dist.total(loop.stream_state["skipped"], run.device)  # every process's
             total, parts, gnorm, extra = _train_step(loop, step, imgs, caps, idx)
             done = step + 1
             loop.seen += cfg.batch_size
@@ -334,7 +337,7 @@ def _log_step(loop: _Loop, done: int, total, parts, gnorm, extra: dict, bar) -> 
     rec = {
         "step": done, "loss": total.item(), "parts": {k: v.item() for k, v in parts.items()},
         "lr": run.sched.get_last_lr()[0], "logit_scale": scale_of(run.model).item(), "grad_norm": gnorm.item(),
-        "samples_per_s": loop.seen / (time.perf_counter() - loop.t0), "skipped": loop.stream_state["skipped"],
+        "samples_per_s": loop.seen / (time.perf_counter() - loop.t0), "skipped": loop.skipped,
         "phase": run.phase, **extra,
     }  # fmt: skip
     if loop.ev is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
