@@ -92,9 +92,9 @@ def _alive(pid: int) -> bool:
 
 def _stale(folder: Path, kind: str, out_name: str) -> bool:
     """A ``.OUT.KIND-HOST-PID-xxxx`` folder whose process (on this host) is gone."""
-    rest = folder.name[len(f".{out_name}.{kind}-"):]
-    host, pid = _owner().split("-")[0], rest.split("-")
-    return len(pid) == 3 and pid[0] == host and pid[1].isdigit() and not _alive(int(pid[1]))
+    parts = folder.name[len(f".{out_name}.{kind}-"):].split("-")  # HOST, PID, mkdtemp's random
+    ours = _owner().split("-")[0]
+    return len(parts) == 3 and parts[0] == ours and parts[1].isdigit() and not _alive(int(parts[1]))
 
 
 def sweep_stale(out: Path) -> None:
