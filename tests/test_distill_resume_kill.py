@@ -80,3 +80,27 @@ def test_an_unfinished_run_in_an_earlier_runs_folder_does_not_look_finished(tmp_
     train(cfg(lr=2e-3, resume=True))
     meta = json.loads((tmp_path / "s" / "edgeclip_distill.json").read_text())
     assert meta["config"]["lr"] == 2e-3 and (tmp_path / "s" / "config.json").is_file()
+
+
+def test_a_resumed_run_counts_unreadable_images_as_the_uninterrupted_run(tmp_path, teacher_dir):
+    from PIL import Image
+
+    from edgeclip.distill.trainer import TrainConfig, train
+
+    rows = ["image,caption"]
+    for k in range(8):
+        Image.new("RGB", (40, 40), (25 * k, 100, 0)).save(tmp_path / f"{k}.png")
+        rows.append(f"{k}.png,picture {k}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows + ["missing1.png,gone", "missing2.png,gone"]) + "\n")
+
+    def cfg(out, **kw):  # 8 steps of 4 over 10 rows: the missing rows come round again
+        return TrainConfig(student="micro", out=str(tmp_path / out), teacher=str(teacher_dir), steps=8, batch_size=4,
+                           data=str(tmp_path / "pairs.csv"), eval_held_out=1, eval_seen=1, progress=False, **kw)  # fmt: skip
+
+    whole = train(cfg("a"))
+    train(cfg("b", stop_after=3))
+    resumed = train(cfg("b", resume=True))
+    la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert [r["loss"] for r in lb] == [r["loss"] for r in la]
+    # before: 0, 2, 2, 2, 3, 3, 4, 4 (the resumed run tried the missing rows again, counting them)
+    assert [r["skipped"] for r in lb] == [r["skipped"] for r in la] and resumed["skipped"] == whole["skipped"] == 2

@@ -171,10 +171,12 @@ class IndexedStream:
         return np.stack(imgs), caps, np.asarray(idx, np.int64)
 
     def state(self) -> dict:
-        return {"position": self.position, "skipped": self.skipped}
+        # the unreadable items too: a resumed run would otherwise count them again next epoch
+        return {"position": self.position, "skipped": self.skipped, "bad": sorted(self._bad)}
 
     def load_state(self, state: dict) -> None:
         self.position, self.skipped = int(state["position"]), int(state["skipped"])
+        self._bad = {int(i) for i in state.get("bad", ())}
 
 
 class ShardStream:
