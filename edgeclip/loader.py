@@ -13,7 +13,7 @@ from .bundle import Bundle, Variant
 from .errors import BackendUnavailableError, InputError, IntegrityError, ModelNotFoundError
 from .model import EdgeClip
 from .paths import converted_dir
-from .selection import select
+from .selection import check_threads, select
 
 
 def select_variant(
@@ -154,9 +154,7 @@ def _check_counts(batch_size: object, threads: object) -> None:
 
     if not whole(batch_size) or batch_size < 1:  # type: ignore[operator]
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if threads is not None and (not whole(threads) or threads < 0):  # type: ignore[operator]
-        raise InputError(f"threads must be a positive integer, 0 or None (the runtime's default: "
-                         f"one per core), got {threads!r}.")  # fmt: skip
+    check_threads(threads)
 
 
 def load(

@@ -16,7 +16,7 @@ from .autoselect import choose, precision_rank
 from .backends import PREFERENCE, available_backends, canonical_name, get_backend
 from .backends.base import Session
 from .bundle import Bundle, Variant
-from .errors import InputError
+from .errors import BackendUnavailableError, InputError
 from .towers import TowerRunner, variant_opener
 from .verify import Status, known_status, refusal, status
 
@@ -209,11 +209,12 @@ def status_from_conversion(v: Variant) -> Status:
 
 def verify_all(bundle: Bundle, threads: int | None = None, device: str = "auto") -> list[Status]:
     """The on-device status of every variant whose backend is installed (checks run once)."""
+    check_threads(threads)  # a bad count would fail every check, and the verdicts are cached
     ver, installed = _Verifier(bundle, threads, device, True), set(available_backends())
     out = []
     for v in bundle.variants:
         if v.backend not in installed:
-            out.append(Status(v, "unverified", f"backend {v.backend} is not installed here"))
+            out.append(Status(v, "unverified", _not_installed(v.backend)))
             continue
         ver.ok(v)
         out.append(ver.statuses[v.id])
@@ -223,3 +224,21 @@ def verify_all(bundle: Bundle, threads: int | None = None, device: str = "auto")
             out.append(Status(Variant.from_dict(d), "failed",
                               f"its files are damaged ({why}); re-download or re-convert the bundle"))  # fmt: skip
     return out
+
+
+def _not_installed(backend: str) -> str:
+    """Why a variant of ``backend`` is not checked here, with the install line when there is one."""
+    try:
+        get_backend(backend)
+    except BackendUnavailableError as exc:
+        return f"not checked here: {exc}"
+    except InputError:
+        return f"not checked here: this edgeclip has no backend {backend!r} (a newer one may)"
+    return f"backend {backend} is not installed here"
+
+
+def check_threads(threads: object) -> None:
+    """``threads`` None, 0 (the runtime's default: one per core) or a positive whole number."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise InputError(f"threads must be a positive integer, 0 or None (the runtime's default: "
+                         f"one per core), got {threads!r}.", param="threads")  # fmt: skip

@@ -42,6 +42,38 @@ def test_threads_must_be_a_count(micro_bundle, threads):
         edgeclip.load(micro_bundle, threads=threads)
 
 
+@pytest.mark.parametrize("threads", [-2, "2"])
+def test_verify_bundle_refuses_a_bad_thread_count_and_caches_no_verdict(micro_bundle, threads, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    # before: every check failed on the count, and those "failed" verdicts were cached for the host
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path))
+    with pytest.raises(InputError, match="threads must be a positive integer, 0 or None"):
+        edgeclip.verify_bundle(edgeclip.Bundle.open(micro_bundle), threads=threads)
+    assert not (tmp_path / "device_checks.json").exists()
+    here = set(edgeclip.available_backends())
+    statuses = edgeclip.verify_bundle(edgeclip.Bundle.open(micro_bundle))
+    assert all(st.usable for st in statuses if st.variant.backend in here)
+    assert all("pip install" in st.reason for st in statuses if st.variant.backend not in here)
+
+
+def test_a_variant_of_a_backend_this_edgeclip_lacks_says_so(micro_bundle, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from edgeclip.bundle import write_manifest
+
+    monkeypatch.setenv("EDGECLIP_HOME", str(tmp_path / "home"))
+    copy = tmp_path / "newer"
+    shutil.copytree(micro_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["variants"][0].update(backend="tvm", id="tvm-fp32")  # from a newer edgeclip
+    write_manifest(copy, manifest)
+    statuses = {st.variant.id: st for st in edgeclip.verify_bundle(edgeclip.Bundle.open(copy))}
+    # before: "backend tvm is not installed here", as if a pip install would fix it
+    assert statuses["tvm-fp32"].state == "unverified"
+    assert "this edgeclip has no backend 'tvm'" in statuses["tvm-fp32"].reason
+
+
 def test_zero_threads_is_the_runtimes_default(micro_bundle):
     assert edgeclip.load(micro_bundle, threads=0).encode_text("a cat").shape[0] == 1
 
