@@ -84,6 +84,19 @@ def parity(
     }
 
 
+def recorded_thresholds(gate_record: dict[str, Any] | None) -> dict[str, float]:
+    """The thresholds a variant was gated with at conversion (``convert(thresholds=...)``), so
+    the on-device check applies the same bar; a value out of its range (a cosine in [-1, 1],
+    a share or margin in [0, 1]) or not a number is ignored for the default."""
+    recorded = (gate_record or {}).get("thresholds")
+    th = dict(THRESHOLDS)
+    for key, value in (recorded.items() if isinstance(recorded, dict) else ()):
+        low = -1.0 if key == "cosine_mean" else 0.0
+        if key in th and isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= 1:
+            th[key] = float(value)
+    return th
+
+
 def decide(measured: dict[str, Any], thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """The variant-gate verdict for parity numbers: ``{"passed", "reason", "thresholds"}``."""
     th = {**THRESHOLDS, **(thresholds or {})}

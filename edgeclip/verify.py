@@ -139,13 +139,13 @@ def check(variant: Variant, probe: Probe, towers: tuple[Any, Any]) -> dict[str, 
         raise
     except Exception as exc:  # noqa: BLE001 - a variant that cannot run here fails its gate
         return _error_result(probe, exc, start)
-    n = probe.n_texts
+    n, th = probe.n_texts, gate.recorded_thresholds(variant.gate)  # the conversion's own bar
     measured = gate.parity(img, txt[:n], txt[n:], probe.ref_image, probe.ref_text[:n],
-                           probe.ref_text[n:], probe.reference)  # fmt: skip
+                           probe.ref_text[n:], probe.reference, th["top1_tie_margin"])  # fmt: skip
     drift = max(gate.batch_drift(alone_i, img[:k]), gate.batch_drift(alone_t, txt[:k]))
     return {
         "parity": measured,
-        "gate": gate.decide(measured),
+        "gate": gate.decide(measured, th),
         "batch_drift": drift,
         "batch_invariant": drift <= gate.BATCH_INVARIANCE_TOLERANCE,
         "seconds": round(time.perf_counter() - start, 3),

@@ -258,3 +258,29 @@ def test_a_damaged_variant_is_left_out_and_the_rest_still_serve(int8_bundle, tmp
     assert cli(["verify", str(copy_)]) == 1
     out = capsys.readouterr().out
     assert "its files are damaged (onnx-int8-dynamic/image.onnx: sha256 differs" in out
+
+
+@pytest.mark.parametrize("recorded, passes", [(None, False), ({"cosine_mean": -1.0, "top1_agreement": 0.0}, True)])
+def test_the_on_device_check_applies_the_thresholds_the_variant_was_gated_with(
+    micro_bundle, home, tmp_path, recorded, passes
+):
+    # A bundle gated with its own bar (convert(thresholds=...)) is judged by that bar on the
+    # device too; before, the device always applied the defaults.
+    copy = tmp_path / "own-bar"
+    shutil.copytree(micro_bundle, copy)
+    path = copy / "onnx-fp32" / "image.onnx"
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) > 64:
+            arr = onnx.numpy_helper.to_array(init)
+            noisy = arr + rng.standard_normal(arr.shape).astype(np.float32) * np.abs(arr).mean() * 3
+            init.CopyFrom(onnx.numpy_helper.from_array(noisy.astype(np.float32), init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    if recorded:
+        manifest["variants"][0]["gate"]["thresholds"].update(recorded)
+    write_manifest(copy, manifest)
+    (st,) = [s for s in edgeclip.verify_bundle(Bundle.open(copy)) if s.variant.id == "onnx-fp32"]
+    assert st.usable is passes, st.reason
+    assert st.result["gate"]["thresholds"]["cosine_mean"] == (-1.0 if recorded else 0.99)
