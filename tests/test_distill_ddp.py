@@ -177,3 +177,21 @@ def test_unreadable_images_are_counted_over_every_process(tmp_path, teacher_dir)
     # before: 2 processes reported rank 0's count alone (1: the other bad row was rank 1's)
     assert json.loads(outs[0])["skipped"] == json.loads(outs[1])["skipped"] == 2
     assert [json.loads(x)["skipped"] for x in open(tmp_path / "two" / "train_log.jsonl")][-1] == 2
+
+
+def test_a_teacher_cache_filled_by_two_processes_holds_every_item(tmp_path, teacher_dir):
+    cache = tmp_path / "cache"
+    base = ["distill", "--teacher", teacher_dir, "--student", "micro", "--losses", "fd=2000,icl=1,crd=1", "--steps",
+            "4", "--batch-size", "8", "--procedural-size", "32", "--eval-held-out", "1", "--no-progress"]  # fmt: skip
+    two = _launch([*base, "--teacher-cache", str(cache), "-o", str(tmp_path / "two")], 2)
+    (out0, err0), (_, err1) = [p.communicate(timeout=240) for p in two]
+    assert two[0].returncode == two[1].returncode == 0, (err0[-2000:], err1[-2000:])
+    # before: 16 (rank 0's forwards), and the store held rank 0's 16 items alone
+    assert json.loads(out0)["teacher_items_computed"] == 32
+    warm = _launch([*base, "--teacher-cache", str(cache), "-o", str(tmp_path / "warm")], 1)
+    cold = _launch([*base, "-o", str(tmp_path / "cold")], 1)
+    outs = [p.communicate(timeout=240) for p in warm + cold]
+    assert all(p.returncode == 0 for p in warm + cold), [e[-2000:] for _, e in outs]
+    assert json.loads(outs[0][0])["teacher_items_computed"] == 0  # before: 32, every batch missed
+    lw, lc = ([json.loads(x)["loss"] for x in open(tmp_path / d / "train_log.jsonl")] for d in ("warm", "cold"))
+    assert lw == pytest.approx(lc, rel=1e-4)

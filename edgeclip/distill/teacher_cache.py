@@ -110,6 +110,31 @@ class TeacherFeatures:
             self.computed += len(index)
         return ti.float(), tt.float()
 
+    @torch.no_grad()
+    def gather(self, device: torch.device) -> None:
+        """Take every process's embeddings into this store, and their count (a collective).
+
+        Before, rank 0 saved its own items alone: a later run found half a store, which misses
+        on every batch, and ``teacher_items_computed`` counted rank 0's forwards only.
+        """
+        from . import dist
+
+        self.computed = dist.total(self.computed, device)
+        if self.store is None or not dist.active():
+            return
+        import torch.distributed as tdist
+
+        s, rank, world = self.store, tdist.get_rank(), tdist.get_world_size()
+        # each item is taken from the lowest rank holding it, so the sum below adds one copy
+        owner = torch.where(s["have"], rank, world).to(device)
+        tdist.all_reduce(owner, op=tdist.ReduceOp.MIN)
+        mine = (owner == rank).cpu()
+        for k in ("img", "txt"):  # float32: exact for fp16 values plus zeros
+            part = torch.where(mine[:, None], s[k].float(), 0.0).to(device)
+            tdist.all_reduce(part)
+            s[k] = part.cpu().half()
+        s["have"] = (owner < world).cpu()
+
     def save(self) -> None:
         """Write the store to ``disk`` (atomically) when this run added embeddings to it."""
         if self.disk is None or self.store is None or not self.computed:

@@ -198,6 +198,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, teache
         else:
             (loop.out / "train_log.jsonl").write_text("")
     done = _loop(loop, stream, start)
+    if loop.tfeat is not None:
+        loop.tfeat.gather(run.device)  # every process's, for rank 0's save and the count
     result = {"out": str(loop.out), "steps": done, "elapsed_s": time.perf_counter() - loop.t0,
               "skipped": loop.skipped}  # fmt: skip
     if loop.run.teacher is not None:  # teacher forwards this run needed (0 with a warm cache)
