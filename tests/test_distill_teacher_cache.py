@@ -38,3 +38,29 @@ def test_a_damaged_teacher_cache_is_computed_again_and_rewritten(tmp_path, teach
         again = train(_cfg(tmp_path / "b", teacher_dir, cache))
     assert again["teacher_items_computed"] == 16 and _losses(tmp_path / "b") == _losses(tmp_path / "a")
     assert train(_cfg(tmp_path / "c", teacher_dir, cache))["teacher_items_computed"] == 0  # rewritten
+
+
+SAVER = """
+import sys, torch
+from pathlib import Path
+from edgeclip.distill.teacher_cache import TeacherFeatures
+f = TeacherFeatures.__new__(TeacherFeatures)  # a store as a run leaves it, without its teacher
+f.disk, f.computed = Path(sys.argv[1]), 1
+f.store = {k: torch.zeros(8000, 256, dtype=torch.float16) for k in ("img", "txt")}
+f.store["have"] = torch.ones(8000, dtype=torch.bool)
+for _ in range(20):
+    f.save()
+"""
+
+
+def test_two_runs_saving_one_cache_file_at_once_both_finish(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "cache" / "store.pt"
+    procs = [subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    # before: both wrote store.tmp; one's rename took it, the other's failed (FileNotFoundError)
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert torch.load(path, weights_only=True)["have"].all() and [p.name for p in path.parent.iterdir()] == ["store.pt"]

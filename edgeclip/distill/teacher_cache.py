@@ -140,7 +140,9 @@ class TeacherFeatures:
         if self.disk is None or self.store is None or not self.computed:
             return
         self.disk.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.disk.with_suffix(".tmp")
+        # a temp file of this process's own: runs sharing the cache folder may save at once
+        # (before: one's rename took the other's half-written file, the other's rename failed)
+        tmp = self.disk.with_name(f"{self.disk.name}.{os.getpid()}.tmp")
         torch.save(self.store, tmp)
         os.replace(tmp, self.disk)
 
