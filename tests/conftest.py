@@ -130,3 +130,13 @@ def teacher_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("teacher")
     save_clip_dir(S.build_model(S.load_arch("micro-teacher"), seed=7), d)
     return d
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium with a profile of its own (the web-page tests)."""
+    from test_serve_helpers import Chromium
+
+    b = Chromium(tmp_path / "profile")
+    yield b
+    b.close()

@@ -43,10 +43,8 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def _broken_copy(src, dst):
-    """The int8 text graph altered after gating; manifest re-hashed, its gate still 'passed'."""
-    shutil.copytree(src, dst)
-    path = dst / "onnx-int8-dynamic" / "text.onnx"
+def _add_noise(path):
+    """Noise three times the weights' mean size added to every float weight of the graph."""
     model = onnx.load(str(path))
     rng = np.random.default_rng(0)
     for init in model.graph.initializer:
@@ -55,6 +53,12 @@ def _broken_copy(src, dst):
             noisy = arr + rng.standard_normal(arr.shape).astype(np.float32) * np.abs(arr).mean() * 3
             init.CopyFrom(onnx.numpy_helper.from_array(noisy.astype(np.float32), init.name))
     onnx.save(model, str(path))
+
+
+def _broken_copy(src, dst):
+    """The int8 text graph altered after gating; manifest re-hashed, its gate still 'passed'."""
+    shutil.copytree(src, dst)
+    _add_noise(dst / "onnx-int8-dynamic" / "text.onnx")
     manifest = json.loads((dst / "manifest.json").read_text())
     write_manifest(dst, manifest)
     return dst
@@ -268,15 +272,7 @@ def test_the_on_device_check_applies_the_thresholds_the_variant_was_gated_with(
     # device too; before, the device always applied the defaults.
     copy = tmp_path / "own-bar"
     shutil.copytree(micro_bundle, copy)
-    path = copy / "onnx-fp32" / "image.onnx"
-    model = onnx.load(str(path))
-    rng = np.random.default_rng(0)
-    for init in model.graph.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) > 64:
-            arr = onnx.numpy_helper.to_array(init)
-            noisy = arr + rng.standard_normal(arr.shape).astype(np.float32) * np.abs(arr).mean() * 3
-            init.CopyFrom(onnx.numpy_helper.from_array(noisy.astype(np.float32), init.name))
-    onnx.save(model, str(path))
+    _add_noise(copy / "onnx-fp32" / "image.onnx")
     manifest = json.loads((copy / "manifest.json").read_text())
     if recorded:
         manifest["variants"][0]["gate"]["thresholds"].update(recorded)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distill_pairs import pairs_with_two_missing
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -151,13 +152,7 @@ def test_a_dying_process_stops_the_others(tmp_path, teacher_dir):
 
 
 def test_unreadable_images_are_counted_over_every_process(tmp_path, teacher_dir):
-    from PIL import Image
-
-    rows = ["image,caption"]
-    for k in range(8):
-        Image.new("RGB", (40, 40), (25 * k, 100, 0)).save(tmp_path / f"{k}.png")
-        rows.append(f"{k}.png,picture {k}")
-    (tmp_path / "pairs.csv").write_text("\n".join(rows + ["missing1.png,gone", "missing2.png,gone"]) + "\n")
+    pairs_with_two_missing(tmp_path)
 
     def argv(out):
         return ["distill", "--teacher", teacher_dir, "--student", "micro", "--data", str(tmp_path / "pairs.csv"),

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from distill_pairs import pairs_with_two_missing
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -83,15 +84,9 @@ def test_an_unfinished_run_in_an_earlier_runs_folder_does_not_look_finished(tmp_
 
 
 def test_a_resumed_run_counts_unreadable_images_as_the_uninterrupted_run(tmp_path, teacher_dir):
-    from PIL import Image
-
     from edgeclip.distill.trainer import TrainConfig, train
 
-    rows = ["image,caption"]
-    for k in range(8):
-        Image.new("RGB", (40, 40), (25 * k, 100, 0)).save(tmp_path / f"{k}.png")
-        rows.append(f"{k}.png,picture {k}")
-    (tmp_path / "pairs.csv").write_text("\n".join(rows + ["missing1.png,gone", "missing2.png,gone"]) + "\n")
+    pairs_with_two_missing(tmp_path)
 
     def cfg(out, **kw):  # 8 steps of 4 over 10 rows: the missing rows come round again
         return TrainConfig(student="micro", out=str(tmp_path / out), teacher=str(teacher_dir), steps=8, batch_size=4,

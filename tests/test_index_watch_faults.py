@@ -6,12 +6,14 @@ hidden until it is back, and the other folders are still watched. Real processes
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from test_index import _shapes
@@ -20,12 +22,22 @@ from test_index_watch import DEADLINE_S, Lines
 from edgeclip.index import Index
 
 
-def _start(micro_bundle: Path, db: Path, err: Path, *dirs: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _watching(micro_bundle: Path, db: Path, err: Path, *dirs: Path) -> Iterator[tuple]:
+    """A running ``edgeclip index DIRS --watch 1`` and its stdout lines; killed if the test
+    fails before stopping it, and its stderr checked for errors once it has stopped."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "edgeclip", "index", *map(str, dirs), "--db", str(db),
          "--model", str(micro_bundle), "--quiet", "--watch", "1"],
         stdout=subprocess.PIPE, stderr=err.open("wb"),
     )  # fmt: skip
+    try:
+        yield proc, Lines(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "error" not in err.read_text(), err.read_text()
 
 
 def _wait_for_stderr(err: Path, text: str, proc: subprocess.Popen) -> str:
@@ -55,9 +67,7 @@ def test_a_pass_that_finds_another_writer_is_skipped_and_the_watch_goes_on(micro
     album.mkdir()
     shots = _shapes(2)
     shots[0].save(album / "a.png")
-    proc = _start(micro_bundle, db, err, album)
-    lines = Lines(proc)
-    try:
+    with _watching(micro_bundle, db, err, album) as (proc, lines):
         assert lines.next().startswith("1 embedded")
         # Another writer (a one-off `edgeclip index`, `--forget`) takes the index's lock.
         fd = os.open(f"{db}.lock", os.O_RDWR)
@@ -72,13 +82,7 @@ def test_a_pass_that_finds_another_writer_is_skipped_and_the_watch_goes_on(micro
             os.close(fd)  # releases the flock
         assert _line_ending(lines, "2 photos searchable").split()[1] == "1"  # "<time> 1 embedded"
         assert _stop(proc) == 0, err.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    said = err.read_text()
-    assert said.count("Skipping this pass") == 1, said
-    assert "error" not in said, said
+    assert err.read_text().count("Skipping this pass") == 1, err.read_text()
 
 
 def test_a_vanished_folder_is_said_once_hidden_and_back_when_it_returns(micro_bundle, tmp_path):
@@ -89,9 +93,7 @@ def test_a_vanished_folder_is_said_once_hidden_and_back_when_it_returns(micro_bu
     shots = _shapes(3)
     shots[0].save(home / "h.png")
     shots[1].save(other / "c.png")
-    proc = _start(micro_bundle, db, err, home, other)
-    lines = Lines(proc)
-    try:
+    with _watching(micro_bundle, db, err, home, other) as (proc, lines):
         assert lines.next().startswith("2 embedded")
         other.rename(tmp_path / "card-away")  # the card's folder is gone: renamed, or pulled
         assert "1 missing" in _line_ending(lines, "1 photos searchable")
@@ -105,10 +107,4 @@ def test_a_vanished_folder_is_said_once_hidden_and_back_when_it_returns(micro_bu
         back = _line_ending(lines, "3 photos searchable")
         assert back.split()[1] == "0" and "3 unchanged" in back  # back without re-embedding
         assert _stop(proc) == 0, err.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    said = err.read_text()
-    assert said.count("the folder is gone") == 1, said
-    assert "error" not in said, said
+    assert err.read_text().count("the folder is gone") == 1, err.read_text()

@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import test_serve_helpers
 from PIL import Image
+from serve_pages import indexed_shapes
 from test_serve_helpers import Chromium, ServeProcess, StoppedWorker
-
-from edgeclip.index import Index
 
 MAX_BODY = 200_000  # small, so a "too large" photo is a few hundred kB, not tens of MB
 STATE = "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
@@ -41,14 +40,8 @@ def files(tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, micro_bundle) -> SimpleNamespace:
-    from converters.calibration import synthetic_pairs
-
     tmp = tmp_path_factory.mktemp("page-index")
-    (tmp / "tree").mkdir()
-    for i, im in enumerate(synthetic_pairs(6, 64, 1)[0]):
-        im.save(tmp / "tree" / f"shape {i}.png")
-    with Index(tmp / "photos.db", str(micro_bundle)) as ix:
-        assert not ix.update([tmp / "tree"]).failures
+    indexed_shapes(tmp, micro_bundle, 6, seed=1)
     (tmp / "tree" / "shape 5.png").unlink()  # indexed, then deleted: its row still says ok
     return SimpleNamespace(db=tmp / "photos.db", tmp=tmp, gone=tmp / "tree" / "shape 5.png")
 
@@ -59,13 +52,6 @@ def server(library, micro_bundle):
                       "--max-body-bytes", str(MAX_BODY), log_dir=library.tmp) as s:  # fmt: skip
         s.client.post("/v1/embeddings", json={"input": ["warm up"]})  # the worker runs from now
         yield s
-
-
-@pytest.fixture
-def browser(tmp_path):
-    b = Chromium(tmp_path / "profile")
-    yield b
-    b.close()
 
 
 def _open(browser: Chromium, url: str) -> None:

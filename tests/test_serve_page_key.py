@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from serve_pages import indexed_shapes
 from test_serve_helpers import Chromium, ServeProcess
-
-from edgeclip.index import Index
 
 KEY = "page-key-1234"
 STATE = "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
@@ -28,27 +27,14 @@ CASES = {  # the key typed -> what the status must say
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, micro_bundle):
-    from converters.calibration import synthetic_pairs
-
     tmp = tmp_path_factory.mktemp("page-key")
-    (tmp / "tree").mkdir()
-    for i, im in enumerate(synthetic_pairs(3, 64, 4)[0]):
-        im.save(tmp / "tree" / f"shape {i}.png")
-    with Index(tmp / "photos.db", str(micro_bundle)) as ix:
-        assert not ix.update([tmp / "tree"]).failures
+    indexed_shapes(tmp, micro_bundle, 3, seed=4)
     (tmp / "key").write_text(KEY + "\n")
     Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp / "red.png")
     with ServeProcess(micro_bundle, "--index", str(tmp / "photos.db"), "--api-key-file",
                       str(tmp / "key"), "--idle-ttl", "0", log_dir=tmp) as s:  # fmt: skip
         s.image = tmp / "red.png"
         yield s
-
-
-@pytest.fixture
-def browser(tmp_path):
-    b = Chromium(tmp_path / "profile")
-    yield b
-    b.close()
 
 
 def _open(browser: Chromium, url: str) -> None:

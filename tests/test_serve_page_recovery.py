@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import test_serve_helpers
+from serve_pages import indexed_shapes
 from test_serve_helpers import Chromium, ServeProcess
-
-from edgeclip.index import Index
 
 STATE = "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
 STATUS = "document.getElementById('status').textContent"
@@ -22,22 +21,8 @@ STATUS = "document.getElementById('status').textContent"
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, micro_bundle) -> SimpleNamespace:
-    from converters.calibration import synthetic_pairs
-
     tmp = tmp_path_factory.mktemp("page-recovery")
-    (tmp / "tree").mkdir()
-    for i, im in enumerate(synthetic_pairs(4, 64, 2)[0]):
-        im.save(tmp / "tree" / f"shape {i}.png")
-    with Index(tmp / "photos.db", str(micro_bundle)) as ix:
-        assert not ix.update([tmp / "tree"]).failures
-    return SimpleNamespace(db=tmp / "photos.db", tmp=tmp)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    b = Chromium(tmp_path / "profile")
-    yield b
-    b.close()
+    return SimpleNamespace(db=indexed_shapes(tmp, micro_bundle, 4, seed=2), tmp=tmp)
 
 
 def _open(browser: Chromium, url: str) -> None:
