@@ -7,17 +7,14 @@ nothing else: pointed at a photo folder, a checkpoint, a web project with its ow
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import os
 import shutil
-import socket
-import tempfile
 from pathlib import Path
 
 from edgeclip.bundle import FORMAT, MANIFEST
 from edgeclip.errors import InputError
+from edgeclip.scratch import leftovers, scratch_dir
 
 __all__ = ["check_output", "place_bundle", "staging_dir", "sweep_stale"]
 
@@ -73,39 +70,11 @@ def check_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def _owner() -> str:
-    """``HOST-PID`` of this process, in the hidden folders' names, so a later run can tell the
-    leftovers of a killed conversion from the folders of one still running."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f"{host}-{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
-
-
-def _stale(folder: Path, kind: str, out_name: str) -> bool:
-    """A ``.OUT.KIND-HOST-PID-xxxx`` folder whose process (on this host) is gone."""
-    parts = folder.name[len(f".{out_name}.{kind}-"):].split("-")  # HOST, PID, mkdtemp's random
-    ours = _owner().split("-")[0]
-    return len(parts) == 3 and parts[0] == ours and parts[1].isdigit() and not _alive(int(parts[1]))
-
-
 def sweep_stale(out: Path) -> None:
     """Remove what killed runs left beside ``out`` (a half-built ``.partial-`` folder; a swap's
     ``.old-`` folder, whose previous bundle goes back in place when ``out`` is gone)."""
-    if os.name == "nt":  # os.kill(pid, 0) would end the process there
-        return
     for kind in ("partial", "old"):
-        for folder in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
-            if not folder.is_dir() or not _stale(folder, kind, out.name):
-                continue
+        for folder in leftovers(out.parent, out.name, kind):
             previous = folder / "old"
             try:
                 if kind == "old" and not out.exists() and (previous / MANIFEST).is_file():
@@ -120,7 +89,7 @@ def staging_dir(out: Path) -> Path:
     what killed conversions left beside ``out`` is removed first."""
     try:
         sweep_stale(out)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{_owner()}-", dir=out.parent))
+        staging = scratch_dir(out.parent, out.name, "partial")
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be shared
     except OSError as exc:
         raise InputError(
@@ -138,7 +107,7 @@ def place_bundle(staging: Path, out: Path, overwrite: bool) -> None:
     _refuse_non_bundle(out)  # checked again: the folder may have changed during the conversion
     if not overwrite:
         raise InputError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{_owner()}-", dir=out.parent))
+    trash = scratch_dir(out.parent, out.name, "old")
     os.replace(out, trash / "old")
     try:
         os.replace(staging, out)

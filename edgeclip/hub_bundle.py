@@ -22,12 +22,9 @@ Logit scale, in order of preference:
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import shutil
-import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from .errors import BackendUnavailableError, EdgeclipError, InputError
 from .hub import fetch_files
 from .hub_errors import DISK_FULL, NOT_WRITABLE, cache_write_message, check_folder
 from .hub_layout import layout_error, load_combined, preprocess_config, read_json
+from .scratch import leftovers, scratch_dir
 from .tokenizer import EOT_ID, SOT_ID
 
 VOCAB = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
@@ -314,7 +312,7 @@ def discard_bundle(path: Path) -> None:
     first, so no build racing this one sees it half deleted; one already gone is fine."""
     aside = None
     try:
-        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".damaged", dir=path.parent))
+        aside = scratch_dir(path.parent, path.name, "damaged")
         os.replace(path, aside / "old")
     except FileNotFoundError:
         pass  # another process discarded it first
@@ -329,21 +327,11 @@ def discard_bundle(path: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-#: a build or discard folder untouched this long is a killed process's leftover, not a live one
-LEFTOVER_AGE_S = 3600
-
-
 def _sweep_leftovers(root: Path, name: str) -> None:
-    """Delete the temporary folders a killed build (or discard) of ``name`` left in ``root``:
-    nothing else ever would. A folder changed within the hour may be another process's build
-    in progress, so it is left alone."""
-    now = time.time()
-    for leftover in root.glob(f".{glob.escape(name)}.*"):
-        try:
-            stale = leftover.suffix in (".tmp", ".damaged") and now - leftover.stat().st_mtime > LEFTOVER_AGE_S
-        except OSError:
-            continue
-        if stale and leftover.is_dir() and not leftover.is_symlink():
+    """Delete the folders a killed build (or discard) of ``name`` left in ``root``: nothing
+    else ever would. Another process's build in progress is left alone."""
+    for kind in ("partial", "damaged"):
+        for leftover in leftovers(root, name, kind):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -352,7 +340,7 @@ def _build(onnx: Any, model_name: str, entry: dict, source: dict, roles: dict, p
     """Write the bundle in a temporary folder beside ``final``, then rename it into place."""
     root.mkdir(parents=True, exist_ok=True)
     _sweep_leftovers(root, final.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    tmp = scratch_dir(root, final.name, "partial")
     try:
         (tmp / "onnx-fp32").mkdir()
         (tmp / "tokenizer").mkdir()

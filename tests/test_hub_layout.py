@@ -171,14 +171,18 @@ def test_the_command_prints_a_warning_as_one_line_for_people(zoo, monkeypatch, t
 
 
 def test_a_killed_builds_leftover_folders_are_swept_but_a_live_one_is_kept(zoo, monkeypatch, tmp_path):
-    # before: each killed build left a .toy@REV.*.tmp folder (a whole bundle) for ever
-    name = f"toy@{TINY_REV}"
+    # before: each killed build left a hidden folder (a whole bundle) for ever
+    from edgeclip.scratch import owner_tag
+
+    name, host = f"toy@{TINY_REV}", owner_tag().split("-")[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     zoo.mkdir(parents=True)
-    old, live, other = zoo / f".{name}.k1ll3d.tmp", zoo / f".{name}.l1ve.tmp", zoo / ".other.x.tmp"
+    old = zoo / f".{name}.partial-{host}-{dead}-k1ll3d"  # its process is gone
+    live = zoo / f".{name}.partial-{owner_tag()}-l1ve"  # this process's: a build in progress
+    other = zoo / f".other.partial-{host}-{dead}-x"  # another model's, not this build's to sweep
     for folder in (old, live, other):
         (folder / "onnx-fp32").mkdir(parents=True)
-    for folder in (old, other):
-        os.utime(folder, (1e9, 1e9))  # untouched since 2001
     with _serve(monkeypatch, tmp_path, GOOD):
         edgeclip.load("toy")
     assert sorted(p.name for p in zoo.iterdir()) == sorted([name, live.name, other.name])
